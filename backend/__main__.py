@@ -1,0 +1,49 @@
+"""`python -m backend`: the Flask app behind gunicorn (one process holds the model; threads serve
+/health and /cancel while a generation streams)."""
+from __future__ import annotations
+
+import logging
+import os
+
+from gunicorn.app.base import BaseApplication
+
+from backend.app import create_app
+from backend.config import Config
+from playground.settings import environment
+
+
+class BackendServer(BaseApplication):
+    def __init__(self, config: Config):
+        self.config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings = {
+            "bind": f"{self.config.host}:{self.config.port}",
+            # One process: the model is loaded once; the GPU holds one copy.
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": 8,
+            # gthread workers heartbeat from their main loop, so long generations are fine.
+            "timeout": 120,
+            "graceful_timeout": 10,
+            "keepalive": 5,
+            "errorlog": "-",
+            "loglevel": "info",
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return create_app(self.config)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Let JAX take GPU memory as it needs it, so two backends can share one card.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    BackendServer(Config.from_env(environment())).run()
+
+
+if __name__ == "__main__":
+    main()

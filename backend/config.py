@@ -1,0 +1,36 @@
+"""The backend's configuration, read from environment variables."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from playground.settings import get_float, get_int, get_list, get_str
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "tiny"
+    cache_dir: Path = Path("cache")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Batch sizes compiled before the backend reports ready; others compile on first use.
+    warm_up_batch_sizes: tuple[int, ...] = (2, 4, 6, 8)
+    # How often a running /generate stream reports progress (the scheduler needs ≤ 2 s).
+    progress_interval_secs: float = 0.5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Config":
+        sizes = get_list(env, "BACKEND_WARMUP_BATCH_SIZES", ["2", "4", "6", "8"])
+        try:
+            warm_up = tuple(int(size) for size in sizes)
+        except ValueError:
+            raise ValueError(f"BACKEND_WARMUP_BATCH_SIZES must be integers, got {sizes!r}") from None
+        return cls(
+            model=get_str(env, "DALLE_MODEL", cls.model),
+            cache_dir=Path(get_str(env, "MODEL_CACHE_DIR", str(cls.cache_dir))),
+            host=get_str(env, "BACKEND_HOST", cls.host),
+            port=get_int(env, "BACKEND_PORT", cls.port),
+            warm_up_batch_sizes=warm_up,
+            progress_interval_secs=get_float(env, "BACKEND_PROGRESS_INTERVAL", cls.progress_interval_secs),
+        )

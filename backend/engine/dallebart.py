@@ -1,0 +1,349 @@
+"""DalleBart (the DALL·E Mini / Mega text-to-image-token transformer) as plain JAX functions.
+
+Parameters are the nested dict of the official `flax_model.msgpack` (scanned layout: every
+layer weight is stacked on a leading axis of size L), so a published checkpoint is used as
+is. Two decoder paths exist:
+
+* `decode_step`, the fast path: one token for every row, with a key/value cache for
+  self-attention and cross-attention keys/values computed once per prompt. Rows are laid
+  out [B, 2, ...] (image, conditional/unconditional), so the two encoder rows are never
+  copied per image.
+* `decode_full`, the plain full-sequence forward pass the fast path is tested against.
+
+Activations, layer norms and softmaxes are float32; matrix products take the weights in
+their stored dtype (float16 for Mega) and accumulate in float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LAYER_NORM_EPS = 1e-5
+ENCODER_LAYERS = "FlaxBartEncoderLayers"
+DECODER_LAYERS = "FlaxBartDecoderLayers"
+
+# What the published configs fix; anything else needs code this module does not have.
+_REQUIRED_OPTIONS = {
+    "ln_type": "layernorm",
+    "ln_positions": "normformer",
+    "use_glu": True,
+    "use_bias": False,
+    "use_final_ln_encoder": True,
+    "use_final_ln_decoder": True,
+    "force_ln_scale": False,
+    "scale_embedding": False,
+    "use_scan": True,
+    "tie_word_embeddings": False,
+    "use_absolute_position_embeddings": True,
+    "use_alibi": False,
+    "use_cosine_attention": False,
+    "use_deepnet_scaling": False,
+    "use_head_scale": False,
+    "use_swin_position_embeddings": False,
+    "activation_function": "gelu",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DalleBartConfig:
+    d_model: int
+    encoder_layers: int
+    decoder_layers: int
+    encoder_attention_heads: int
+    decoder_attention_heads: int
+    encoder_ffn_dim: int
+    decoder_ffn_dim: int
+    encoder_vocab_size: int
+    image_vocab_size: int
+    max_text_length: int = 64
+    image_length: int = 256
+    normalize_text: bool = True
+    # Both published models use 16384 and 16385 (Mega's image vocabulary is padded to 16415).
+    decoder_start_token_id: int = 16384
+    pad_token_id: int = 16385
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DalleBartConfig":
+        """Read an official `config.json`; refuse options this implementation lacks."""
+        for key, required in _REQUIRED_OPTIONS.items():
+            if key in data and data[key] != required:
+                raise ValueError(f"config.json: {key}={data[key]!r} is not supported (need {required!r})")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names[:9] if n not in data]
+        if missing:
+            raise ValueError(f"config.json lacks {', '.join(missing)}")
+        config = cls(**{n: data[n] for n in names if n in data})
+        for heads in (config.encoder_attention_heads, config.decoder_attention_heads):
+            if config.d_model % heads:
+                raise ValueError("config.json: d_model must be a multiple of the attention heads")
+        if not 0 <= config.decoder_start_token_id <= config.image_vocab_size:
+            raise ValueError("config.json: decoder_start_token_id must be a row of the decoder embedding")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full official `config.json` content for this configuration."""
+        data = dict(_REQUIRED_OPTIONS)
+        data.update(dataclasses.asdict(self))
+        data.update(
+            bos_token_id=self.pad_token_id,
+            eos_token_id=self.pad_token_id,
+            pad_token_id=self.pad_token_id,
+            min_length=self.image_length + 1,
+            max_length=self.image_length + 1,
+            is_encoder_decoder=True,
+            do_sample=True,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            init_std=0.02,
+            use_cache=True,
+            gradient_checkpointing=False,
+            sinkhorn_iters=1,
+            tau_init=0.05,
+            model_type="dallebart",
+            architectures=["eBart"],
+        )
+        return data
+
+
+def expected_param_shapes(config: DalleBartConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter path of a checkpoint for `config`, with its shape (no allocation)."""
+    d, v_img = config.d_model, config.image_vocab_size + 1
+    shapes: dict[str, tuple[int, ...]] = {"lm_head/kernel": (d, v_img)}
+    for side, vocab, length, layers, ffn, stack in (
+        ("encoder", config.encoder_vocab_size, config.max_text_length, config.encoder_layers,
+         config.encoder_ffn_dim, ENCODER_LAYERS),
+        ("decoder", v_img, config.image_length, config.decoder_layers, config.decoder_ffn_dim,
+         DECODER_LAYERS),
+    ):
+        top = f"model/{side}"
+        shapes[f"{top}/embed_tokens/embedding"] = (vocab, d)
+        shapes[f"{top}/embed_positions/embedding"] = (length, d)
+        shapes[f"{top}/layernorm_embedding/scale"] = (d,)
+        shapes[f"{top}/layernorm_embedding/bias"] = (d,)
+        shapes[f"{top}/final_ln/bias"] = (d,)
+        layer = f"{top}/layers/{stack}"
+        attentions = ["FlaxBartAttention_0"] + (["FlaxBartAttention_1"] if side == "decoder" else [])
+        for attention in attentions:
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                shapes[f"{layer}/{attention}/{proj}/kernel"] = (layers, d, d)
+        # Normformer: pre-norms are bias-only, post-attention norms have scale and bias.
+        norms = ["LayerNorm_0", "LayerNorm_1"] + (["LayerNorm_2", "LayerNorm_3"] if side == "decoder" else [])
+        for i, name in enumerate(norms):
+            shapes[f"{layer}/{name}/bias"] = (layers, d)
+            if i % 2:
+                shapes[f"{layer}/{name}/scale"] = (layers, d)
+        shapes[f"{layer}/GLU_0/LayerNorm_0/bias"] = (layers, d)
+        shapes[f"{layer}/GLU_0/LayerNorm_1/bias"] = (layers, ffn)
+        shapes[f"{layer}/GLU_0/Dense_0/kernel"] = (layers, d, ffn)
+        shapes[f"{layer}/GLU_0/Dense_1/kernel"] = (layers, d, ffn)
+        shapes[f"{layer}/GLU_0/Dense_2/kernel"] = (layers, ffn, d)
+    return shapes
+
+
+def random_params(config: DalleBartConfig, seed: int, dtype=np.float32, std: float = 0.02) -> dict:
+    """Deterministic random weights in the checkpoint layout (for tests, the tiny model, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    tree: dict = {}
+    for path, shape in sorted(expected_param_shapes(config).items()):
+        if path.endswith("/scale"):
+            leaf = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+        elif path.endswith("/bias"):
+            leaf = 0.1 * rng.standard_normal(shape, dtype=np.float32)
+        else:
+            leaf = std * rng.standard_normal(shape, dtype=np.float32)
+        node = tree
+        *parents, name = path.split("/")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = leaf.astype(dtype)
+    return tree
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _layer_norm(x, bias, scale=None):
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS)
+    if scale is not None:
+        y = y * scale.astype(jnp.float32)
+    return y + bias.astype(jnp.float32)
+
+
+def _dense(x, kernel):
+    """x @ kernel with the weight's dtype as input and a float32 result."""
+    return jnp.einsum("...i,io->...o", x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32)
+
+
+def _heads(x, num_heads):
+    return x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
+
+
+def _merge_heads(x):
+    return x.reshape(x.shape[:-2] + (-1,))
+
+
+def _glu(p, x):
+    h = _layer_norm(x, p["LayerNorm_0"]["bias"])
+    h = jax.nn.gelu(_dense(h, p["Dense_0"]["kernel"]), approximate=False) * _dense(h, p["Dense_1"]["kernel"])
+    h = _layer_norm(h, p["LayerNorm_1"]["bias"])
+    return _dense(h, p["Dense_2"]["kernel"])
+
+
+def _attention_output(p, attended, residual, post_norm):
+    out = _dense(_merge_heads(attended), p["out_proj"]["kernel"])
+    return residual + _layer_norm(out, post_norm["bias"], post_norm["scale"])
+
+
+def _embed(p, token_ids, positions):
+    x = jnp.take(p["embed_tokens"]["embedding"], token_ids, axis=0).astype(jnp.float32)
+    x = x + jnp.take(p["embed_positions"]["embedding"], positions, axis=0).astype(jnp.float32)
+    return _layer_norm(x, p["layernorm_embedding"]["bias"], p["layernorm_embedding"]["scale"])
+
+
+def _softmax_attend(scores, bias, values, einsum_spec):
+    weights = jax.nn.softmax(scores + bias, axis=-1)
+    return jnp.einsum(einsum_spec, weights.astype(values.dtype), values, preferred_element_type=jnp.float32)
+
+
+def _mask_bias(mask):
+    return jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------- encoder
+
+
+def encode(params, config: DalleBartConfig, input_ids, attention_mask):
+    """Text tokens [R, S] → encoder states [R, S, D] (float32)."""
+    p = params["model"]["encoder"]
+    heads = config.encoder_attention_heads
+    scale = (config.d_model // heads) ** -0.5
+    x = _embed(p, input_ids, jnp.arange(input_ids.shape[1]))
+    bias = _mask_bias(attention_mask[:, None, None, :] > 0)  # [R, 1, 1, S]
+
+    def layer(x, lp):
+        h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
+        a = lp["FlaxBartAttention_0"]
+        q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
+        k = _heads(_dense(h, a["k_proj"]["kernel"]), heads)
+        v = _heads(_dense(h, a["v_proj"]["kernel"]), heads)
+        scores = jnp.einsum("rqhd,rkhd->rhqk", q, k)
+        out = _softmax_attend(scores, bias, v, "rhqk,rkhd->rqhd")
+        x = _attention_output(a, out, x, lp["LayerNorm_1"])
+        return x + _glu(lp["GLU_0"], x), None
+
+    x, _ = jax.lax.scan(layer, x, p["layers"][ENCODER_LAYERS])
+    return _layer_norm(x, p["final_ln"]["bias"])
+
+
+# ---------------------------------------------------------------- decoder, fast path
+
+
+def cross_attention_kv(params, config: DalleBartConfig, encoder_states):
+    """Per-layer cross-attention keys and values, [L, R, S, H, hd] each, computed once per prompt."""
+    layers = params["model"]["decoder"]["layers"][DECODER_LAYERS]["FlaxBartAttention_1"]
+    heads = config.decoder_attention_heads
+
+    def project(kernel):
+        return _heads(jnp.einsum("rsi,lio->lrso", encoder_states.astype(kernel.dtype), kernel,
+                                 preferred_element_type=jnp.float32), heads)
+
+    dtype = layers["k_proj"]["kernel"].dtype
+    return project(layers["k_proj"]["kernel"]).astype(dtype), project(layers["v_proj"]["kernel"]).astype(dtype)
+
+
+def empty_cache(config: DalleBartConfig, batch: int, dtype):
+    """Self-attention cache: keys and values, each [L, T, B, 2, H, hd]."""
+    heads = config.decoder_attention_heads
+    shape = (config.decoder_layers, config.image_length, batch, 2, heads, config.d_model // heads)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_kv, encoder_mask):
+    """One decoder position for every row.
+
+    tokens [B, 2] int32 (the previous token of each conditional/unconditional row), position a
+    scalar, cache from `empty_cache`, cross_kv from `cross_attention_kv` on the two encoder rows
+    (conditional, unconditional), encoder_mask [2, S]. Returns logits [B, 2, V] and the cache.
+    """
+    p = params["model"]["decoder"]
+    heads = config.decoder_attention_heads
+    scale = (config.d_model // heads) ** -0.5
+    x = _embed(p, tokens, position)  # [B, 2, D]
+    cache_k, cache_v = cache
+    causal_bias = _mask_bias(jnp.arange(config.image_length) <= position)  # [T]
+    cross_bias = _mask_bias(encoder_mask > 0)[:, None, :]  # [2, 1, S]
+
+    def layer(carry, inputs):
+        x, cache_k, cache_v = carry
+        lp, index, cross_k, cross_v = inputs
+        a = lp["FlaxBartAttention_0"]
+        h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
+        q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
+        k = _heads(_dense(h, a["k_proj"]["kernel"]), heads).astype(cache_k.dtype)
+        v = _heads(_dense(h, a["v_proj"]["kernel"]), heads).astype(cache_v.dtype)
+        at = (index, position, 0, 0, 0, 0)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k[None, None], at)
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v[None, None], at)
+        keys = jax.lax.dynamic_index_in_dim(cache_k, index, keepdims=False)  # [T, B, 2, H, hd]
+        values = jax.lax.dynamic_index_in_dim(cache_v, index, keepdims=False)
+        scores = jnp.einsum("bchd,tbchd->bcht", q.astype(keys.dtype), keys, preferred_element_type=jnp.float32)
+        out = _softmax_attend(scores, causal_bias, values, "bcht,tbchd->bchd")
+        x = _attention_output(a, out, x, lp["LayerNorm_1"])
+
+        c = lp["FlaxBartAttention_1"]
+        h = _layer_norm(x, lp["LayerNorm_2"]["bias"])
+        q = _heads(_dense(h, c["q_proj"]["kernel"]), heads) * scale
+        scores = jnp.einsum("bchd,cshd->bchs", q.astype(cross_k.dtype), cross_k, preferred_element_type=jnp.float32)
+        out = _softmax_attend(scores, cross_bias, cross_v, "bchs,cshd->bchd")
+        x = _attention_output(c, out, x, lp["LayerNorm_3"])
+        x = x + _glu(lp["GLU_0"], x)
+        return (x, cache_k, cache_v), None
+
+    layer_params = p["layers"][DECODER_LAYERS]
+    indices = jnp.arange(config.decoder_layers)
+    (x, cache_k, cache_v), _ = jax.lax.scan(
+        layer, (x, cache_k, cache_v), (layer_params, indices, cross_kv[0], cross_kv[1]))
+    x = _layer_norm(x, p["final_ln"]["bias"])
+    return _dense(x, params["lm_head"]["kernel"]), (cache_k, cache_v)
+
+
+# ---------------------------------------------------------------- decoder, plain reference
+
+
+def decode_full(params, config: DalleBartConfig, decoder_input_ids, encoder_states, encoder_mask):
+    """Plain causal forward over whole sequences: ids [N, T] → logits [N, T, V]. No cache."""
+    p = params["model"]["decoder"]
+    heads = config.decoder_attention_heads
+    scale = (config.d_model // heads) ** -0.5
+    length = decoder_input_ids.shape[1]
+    x = _embed(p, decoder_input_ids, jnp.arange(length))
+    causal_bias = _mask_bias(jnp.tril(jnp.ones((length, length), bool)))  # [Tq, Tk]
+    cross_bias = _mask_bias(encoder_mask[:, None, None, :] > 0)  # [N, 1, 1, S]
+
+    def attend(a, h, kv_source, bias):
+        q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
+        k = _heads(_dense(kv_source, a["k_proj"]["kernel"]), heads)
+        v = _heads(_dense(kv_source, a["v_proj"]["kernel"]), heads)
+        scores = jnp.einsum("nqhd,nkhd->nhqk", q, k)
+        return _softmax_attend(scores, bias, v, "nhqk,nkhd->nqhd")
+
+    def layer(x, lp):
+        h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
+        out = attend(lp["FlaxBartAttention_0"], h, h, causal_bias)
+        x = _attention_output(lp["FlaxBartAttention_0"], out, x, lp["LayerNorm_1"])
+        h = _layer_norm(x, lp["LayerNorm_2"]["bias"])
+        out = attend(lp["FlaxBartAttention_1"], h, encoder_states, cross_bias)
+        x = _attention_output(lp["FlaxBartAttention_1"], out, x, lp["LayerNorm_3"])
+        return x + _glu(lp["GLU_0"], x), None
+
+    x, _ = jax.lax.scan(layer, x, p["layers"][DECODER_LAYERS])
+    x = _layer_norm(x, p["final_ln"]["bias"])
+    return _dense(x, params["lm_head"]["kernel"])

@@ -1,0 +1,389 @@
+"""The engine: prompt → image tokens → images, batched, reproducible, cancellable.
+
+One request is one batched pass: B images give rows [B, 2] (conditional, unconditional).
+The encoder runs once on the two distinct rows (the prompt and the empty prompt), and the
+cross-attention keys/values of those two rows are computed once and shared by all images.
+The 256 decoding steps run as jitted chunks of `CHUNK_STEPS` steps (a `fori_loop` each)
+from a host loop that reports progress and checks for cancellation between chunks, with
+one chunk always queued ahead so the device never waits for the host.
+
+Sampling values (top_k, top_p, temperature, condition_scale) are run-time arrays, so
+changing them never recompiles; each batch size is compiled once (`warm_up`, ahead of
+time). Image i uses the key `fold_in(key(seed), i)` and, at step t, `fold_in(that, t)`:
+it depends only on (prompt, parameters, seed, i), not on the batch size or device count.
+With several local devices the batch axis is sharded over all of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from PIL import Image
+
+from . import checkpoint, dallebart
+from .dallebart import DalleBartConfig
+from .models import resolve_model
+
+log = logging.getLogger(__name__)
+
+CHUNK_STEPS = 8
+MAX_SEED = 2**32
+MAX_IMAGES = 16
+DEFAULT_SAMPLING = {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0}
+COMPILATION_CACHE_SUBFOLDER = "jax-compilation-cache"
+
+
+class GenerationCancelled(Exception):
+    """The caller's cancel event was set; no images were produced."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    text: str
+    num_images: int
+    seed: int = 0
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    condition_scale: float | None = None
+
+    def validate(self, max_images: int = MAX_IMAGES) -> None:
+        """Raise ValueError naming the first bad field."""
+        if not isinstance(self.text, str):
+            raise ValueError("text must be a string")
+        if not _is_int(self.num_images) or not 1 <= self.num_images <= max_images:
+            raise ValueError(f"num_images must be an integer from 1 to {max_images}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ValueError("top_k must be an integer >= 1")
+        checks = (("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("temperature", lambda v: v > 0, "> 0"),
+                  ("condition_scale", lambda v: v >= 0, ">= 0"))
+        for name, ok, rule in checks:
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not np.isfinite(value) or not ok(value)):
+                raise ValueError(f"{name} must be a number {rule}")
+
+    def sampling(self) -> dict[str, float | int]:
+        """The four sampling values, defaults filled in."""
+        given = {name: getattr(self, name) for name in DEFAULT_SAMPLING}
+        return {name: DEFAULT_SAMPLING[name] if value is None else value for name, value in given.items()}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seed: int
+    params: dict[str, float | int]
+    timings: dict[str, float]
+    codes: np.ndarray  # int32 [num_images, 256] image tokens (VQGAN codes)
+
+
+def seed_key(seed: int) -> np.ndarray:
+    """Raw PRNG key from the seed's two 32-bit words: equals jax.random.PRNGKey(seed) below 2**32."""
+    return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED) + 1
+
+
+# ---------------------------------------------------------------- the jitted pieces
+
+
+def _sample(logits, keys, sampling, num_codes):
+    """Super-conditioning, temperature, top-k, top-p, then one draw per row.
+
+    logits [B, 2, V] (conditional, unconditional), keys [B, 2] raw per-row keys. Top-k and
+    top-p act as thresholds on one sorted copy, so k and p stay run-time values.
+    """
+    cond, uncond = logits[:, 0], logits[:, 1]
+    scores = uncond + sampling["condition_scale"] * (cond - uncond)
+    valid = jnp.arange(scores.shape[-1]) < num_codes  # only VQGAN codes; never start/pad/padding ids
+    scores = jnp.where(valid, scores / sampling["temperature"], -jnp.inf)
+    ranked = -jnp.sort(-scores, axis=-1)
+    k = jnp.clip(sampling["top_k"], 1, num_codes)
+    kth_best = jax.lax.dynamic_index_in_dim(ranked, k - 1, axis=-1)  # [B, 1]
+    ranked = jnp.where(ranked >= kth_best, ranked, -jnp.inf)
+    probs = jax.nn.softmax(ranked, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the better tokens
+    kept = (before < sampling["top_p"]) & (ranked > -jnp.inf)
+    kept = kept.at[:, 0].set(True)
+    threshold = jnp.min(jnp.where(kept, ranked, jnp.inf), axis=-1, keepdims=True)
+    threshold = jnp.maximum(threshold, kth_best)
+    scores = jnp.where(scores >= threshold, scores, -jnp.inf)
+    return jax.vmap(jax.random.categorical)(keys, scores).astype(jnp.int32)
+
+
+@dataclasses.dataclass
+class _Programs:
+    """The compiled executables for one batch size."""
+    prepare: Callable
+    chunk: Callable
+    vqgan: Callable
+
+
+class Engine:
+    """A loaded model; `generate` is thread-safe (one generation at a time)."""
+
+    def __init__(self, model_name: str, config: DalleBartConfig, params, vqgan_config, vqgan_params,
+                 tokenizer, normalizer=None, devices=None, chunk_steps: int = CHUNK_STEPS):
+        if config.image_length % chunk_steps:
+            raise ValueError("chunk_steps must divide image_length")
+        self.model_name = model_name
+        self.config = config
+        self.vqgan_config = vqgan_config
+        self.num_codes = min(config.image_vocab_size, vqgan_config.n_embed)
+        self.tokenizer = tokenizer
+        self.normalizer = normalizer
+        self.chunk_steps = chunk_steps
+        self.devices = list(devices or jax.local_devices())
+        self._mesh = Mesh(np.array(self.devices), ("batch",))
+        self._replicated = NamedSharding(self._mesh, PartitionSpec())
+        # Weights go to every device in their own dtype: no float32 copy of a half model.
+        self.params = jax.device_put(params, self._replicated)
+        self.vqgan_params = jax.device_put(vqgan_params, self._replicated)
+        self.cache_dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        self._programs: dict[tuple[int, int], _Programs] = {}
+        self._lock = threading.Lock()
+        self.uncond_tokens = tokenizer.encode([""], max_length=config.max_text_length)
+
+    # -- shapes and shardings
+
+    @property
+    def total_tokens(self) -> int:
+        return self.config.image_length
+
+    def padded_batch(self, num_images: int) -> int:
+        """Rows actually computed: a multiple of the device count (extra rows are discarded)."""
+        count = len(self.devices)
+        return -(-num_images // count) * count
+
+    def _batch_sharding(self, ndim: int, axis: int = 0) -> NamedSharding:
+        spec = [None] * ndim
+        spec[axis] = "batch"
+        return NamedSharding(self._mesh, PartitionSpec(*spec))
+
+    def _state_shardings(self):
+        return {"cache": (self._batch_sharding(6, 2),) * 2, "tokens": self._batch_sharding(1),
+                "codes": self._batch_sharding(2), "keys": self._batch_sharding(2)}
+
+    # -- programs
+
+    def _prepare_fn(self, params, input_ids, attention_mask, key, batch_rows):
+        config = self.config
+        encoder_states = dallebart.encode(params, config, input_ids, attention_mask)
+        cross_kv = dallebart.cross_attention_kv(params, config, encoder_states)
+        image_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, batch_rows)
+        batch = batch_rows.shape[0]
+        state = {
+            "cache": dallebart.empty_cache(config, batch, self.cache_dtype),
+            "tokens": jnp.full((batch,), config.decoder_start_token_id, jnp.int32),
+            "codes": jnp.zeros((batch, config.image_length), jnp.int32),
+            "keys": image_keys,
+        }
+        return cross_kv, state
+
+    def _chunk_fn(self, params, cross_kv, encoder_mask, state, start, sampling, steps):
+        config = self.config
+        shardings = self._state_shardings()
+
+        def step(i, state):
+            position = start + i
+            tokens = jnp.broadcast_to(state["tokens"][:, None], (state["tokens"].shape[0], 2))
+            logits, cache = dallebart.decode_step(params, config, tokens, position, state["cache"],
+                                                  cross_kv, encoder_mask)
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(state["keys"], position)
+            next_tokens = _sample(logits, step_keys, sampling, self.num_codes)
+            codes = jax.lax.dynamic_update_slice(state["codes"], next_tokens[:, None], (0, position))
+            new = {"cache": cache, "tokens": next_tokens, "codes": codes, "keys": state["keys"]}
+            return jax.lax.with_sharding_constraint(new, shardings)
+
+        state = jax.lax.fori_loop(0, steps, step, state)
+        # A small separate output the host can wait on while the state is donated onward.
+        return state, state["tokens"] + 0
+
+    def _vqgan_fn(self, vqgan_params, codes):
+        from .vqgan import decode_codes
+
+        return decode_codes(vqgan_params, self.vqgan_config, codes)
+
+    def _compile(self, num_images: int, steps: int) -> _Programs:
+        batch = self.padded_batch(num_images)
+        config = self.config
+        text = jax.ShapeDtypeStruct((2, config.max_text_length), jnp.int32, sharding=self._replicated)
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=self._replicated)
+        rows = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=self._batch_sharding(1))
+        prepare = jax.jit(self._prepare_fn, out_shardings=(self._replicated, self._state_shardings()))
+        prepare = prepare.lower(self.params, text, text, key, rows).compile()
+        cross_kv, state = prepare.out_info
+        scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=self._replicated)
+        sampling = {"top_k": scalar(jnp.int32), "top_p": scalar(jnp.float32),
+                    "temperature": scalar(jnp.float32), "condition_scale": scalar(jnp.float32)}
+        chunk = jax.jit(self._chunk_fn, static_argnames="steps", donate_argnames="state",
+                        out_shardings=(self._state_shardings(), self._batch_sharding(1)))
+        chunk = chunk.lower(self.params, cross_kv, text, state, scalar(jnp.int32), sampling,
+                            steps=steps).compile()
+        codes = jax.ShapeDtypeStruct((batch, config.image_length), jnp.int32, sharding=self._batch_sharding(2))
+        vqgan = jax.jit(self._vqgan_fn).lower(self.vqgan_params, codes).compile()
+        return _Programs(prepare, chunk, vqgan)
+
+    def programs(self, num_images: int, steps: int | None = None) -> _Programs:
+        """The compiled programs for this batch size (compiled now if warm_up did not)."""
+        steps = steps or self.chunk_steps
+        slot = (self.padded_batch(num_images), steps)
+        if slot not in self._programs:
+            started = time.monotonic()
+            self._programs[slot] = self._compile(num_images, steps)
+            log.info("compiled batch %d (%d steps a chunk) in %.1f s", slot[0], steps, time.monotonic() - started)
+        return self._programs[slot]
+
+    @property
+    def compiled_batches(self) -> list[tuple[int, int]]:
+        return sorted(self._programs)
+
+    def warm_up(self, batch_sizes=(2, 4, 6, 8)) -> None:
+        with self._lock:
+            for size in batch_sizes:
+                self.programs(size)
+
+    # -- generation
+
+    def encode_text(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """[2, S] token ids and mask: the (normalised) prompt, then the empty prompt."""
+        if self.normalizer is not None and self.config.normalize_text:
+            text = self.normalizer.normalize(text)
+        ids, mask = self.tokenizer.encode([text], max_length=self.config.max_text_length)
+        return (np.concatenate([ids, self.uncond_tokens[0]]).astype(np.int32),
+                np.concatenate([mask, self.uncond_tokens[1]]).astype(np.int32))
+
+    def generate_codes(self, request: GenerationRequest, on_progress=None, cancel=None,
+                       steps_per_chunk: int | None = None) -> tuple[np.ndarray, int, dict]:
+        """Image tokens [num_images, 256] for a validated request; the seed used; the sampling values."""
+        request.validate()
+        with self._lock:
+            return self._generate_codes(request, on_progress, cancel, steps_per_chunk)
+
+    def _generate_codes(self, request, on_progress, cancel, steps_per_chunk):
+        seed = request.seed or random_seed()
+        sampling = request.sampling()
+        programs = self.programs(request.num_images, steps_per_chunk)
+        steps = steps_per_chunk or self.chunk_steps
+        batch = self.padded_batch(request.num_images)
+        input_ids, attention_mask = self.encode_text(request.text)
+        put = lambda value: jax.device_put(value, self._replicated)
+        cross_kv, state = programs.prepare(
+            self.params, put(input_ids), put(attention_mask), put(seed_key(seed)),
+            jax.device_put(np.arange(batch, dtype=np.int32), self._batch_sharding(1)))
+        device_sampling = {"top_k": put(np.int32(min(sampling["top_k"], 2**31 - 1))),
+                           **{name: put(np.float32(sampling[name]))
+                              for name in ("top_p", "temperature", "condition_scale")}}
+        encoder_mask = put(attention_mask)
+        total = self.total_tokens
+        in_flight: list[tuple[int, jax.Array]] = []
+        for start in range(0, total, steps):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled()
+            state, marker = programs.chunk(self.params, cross_kv, encoder_mask, state, put(np.int32(start)),
+                                           device_sampling)
+            in_flight.append((start + steps, marker))
+            if len(in_flight) > 1:
+                self._report(in_flight.pop(0), on_progress, total)
+        while in_flight:
+            self._report(in_flight.pop(0), on_progress, total)
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled()
+        return state["codes"], seed, sampling
+
+    @staticmethod
+    def _report(done_marker, on_progress, total):
+        done, marker = done_marker
+        marker.block_until_ready()
+        if on_progress is not None:
+            on_progress(done, total)
+
+    def generate(self, request: GenerationRequest, on_progress=None, cancel: threading.Event | None = None
+                 ) -> GenerationResult:
+        request.validate()
+        with self._lock:
+            started = time.perf_counter()
+            codes, seed, sampling = self._generate_codes(request, on_progress, cancel, None)
+            codes.block_until_ready()
+            tokens_done = time.perf_counter()
+            pixels = np.asarray(self.programs(request.num_images).vqgan(self.vqgan_params, codes))
+            vqgan_done = time.perf_counter()
+        n = request.num_images
+        images = [Image.fromarray(np.round(p * 255).astype(np.uint8), "RGB") for p in pixels[:n]]
+        return GenerationResult(
+            images=images, seed=seed, params=sampling, codes=np.asarray(codes)[:n],
+            timings={"tokens_secs": tokens_done - started, "vqgan_secs": vqgan_done - tokens_done})
+
+
+# ---------------------------------------------------------------- loading
+
+
+def enable_compilation_cache(cache_dir: Path) -> Path:
+    """Keep compiled programs in `<cache_dir>/jax-compilation-cache`, so a restart is quick."""
+    folder = Path(cache_dir) / COMPILATION_CACHE_SUBFOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+def _vqgan_decoder_only(path: str) -> bool:
+    return not path.startswith(("encoder/", "quant_conv/"))
+
+
+def load_engine(model: str = "tiny", cache_dir: Path = Path("cache"), *, dtype: str | None = None,
+                devices=None) -> Engine:
+    """Resolve, read and place a model: `tiny`, `mini`, `mega`, `mega_full` or a folder.
+
+    `dtype` overrides the weights' dtype (e.g. "bfloat16"); by default published models use
+    their registry dtype and folders keep what the file stores.
+    """
+    from .text_normalizer import TextNormalizer
+    from .tokenizer import TextTokenizer
+    from .vqgan import VQGANConfig, init_vqgan_params
+
+    files = resolve_model(model, cache_dir)
+    enable_compilation_cache(cache_dir)
+    config = DalleBartConfig.from_dict(_read_json(files.dalle_dir / "config.json"))
+    weights_dtype = dtype or files.dtype
+    dtype_for = checkpoint.cast_floats_to(weights_dtype) if weights_dtype else checkpoint.keep_dtype
+    params = checkpoint.read_checkpoint(files.dalle_dir / "flax_model.msgpack",
+                                        dallebart.expected_param_shapes(config), dtype_for)
+    vqgan_config = VQGANConfig.from_dict(_read_json(files.vqgan_dir / "config.json"))
+    vqgan_shapes = jax.eval_shape(lambda: init_vqgan_params(vqgan_config, jax.random.PRNGKey(0)))
+    vqgan_params = checkpoint.read_checkpoint(
+        files.vqgan_dir / "flax_model.msgpack", checkpoint.tree_shapes(vqgan_shapes),
+        checkpoint.cast_floats_to(np.float32), keep=_vqgan_decoder_only)
+    tokenizer = TextTokenizer.from_folder(files.dalle_dir)
+    normalizer = TextNormalizer(files.word_frequencies) if config.normalize_text else None
+    return Engine(files.name, config, params, vqgan_config, vqgan_params, tokenizer, normalizer, devices)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise checkpoint.CheckpointError(f"cannot read {path}: {error}") from error

@@ -1,0 +1,191 @@
+"""Which model files to load: the published models, a local folder, or the generated tiny one.
+
+Every choice ends as a `ModelFiles`: a DalleBart folder (config.json, flax_model.msgpack,
+tokenizer files, optionally enwiki-words-frequency.txt) and a VQGAN folder (config.json,
+flax_model.msgpack), so all of them are loaded by the same code.
+
+Published models come from the Hugging Face hub through `huggingface_hub` into
+`<cache_dir>/huggingface` (progress bars, interrupted downloads resume). `tiny` is a small
+random model generated deterministically on first use into `<cache_dir>/tiny/`, in the
+official file formats, for tests and offline runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint
+from .dallebart import DalleBartConfig, random_params
+
+DALLE_FILES = ("config.json", "flax_model.msgpack", "tokenizer.json", "vocab.json", "merges.txt",
+               "tokenizer_config.json", "special_tokens_map.json")
+WORD_FREQUENCIES_FILE = "enwiki-words-frequency.txt"  # optional: hashtag splitting
+VQGAN_FILES = ("config.json", "flax_model.msgpack")
+VQGAN_SUBFOLDER = "vqgan"  # a local model folder may carry its VQGAN here
+
+VQGAN_REPO = "dalle-mini/vqgan_imagenet_f16_16384"
+VQGAN_REVISION = "e93a26e7707683d349bf5d5c41c5b0ef69b677a9"
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedModel:
+    repo: str
+    revision: str | None  # None: the repository's main branch
+    dtype: str  # the dtype the weights are used in, whatever the file stores
+
+
+# mega is the fp16 W&B artifact mega-1-fp16, which is not on the hub: the hub's dalle-mega
+# (mega-1, float32 file) cast to float16 while loading is the same network. A folder holding
+# the W&B artifact can be used as a local model.
+PUBLISHED_MODELS = {
+    "mini": PublishedModel("dalle-mini/dalle-mini", None, "float32"),
+    "mega": PublishedModel("dalle-mini/dalle-mega", None, "float16"),
+    "mega_full": PublishedModel("dalle-mini/dalle-mega", None, "float16"),
+}
+TINY = "tiny"
+MODEL_CHOICES = (TINY, *PUBLISHED_MODELS)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model's files are neither present nor downloadable; the message says how to provide them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+    name: str
+    dalle_dir: Path
+    vqgan_dir: Path
+    dtype: str | None  # None: keep the dtype stored in the file
+
+    @property
+    def word_frequencies(self) -> Path | None:
+        path = self.dalle_dir / WORD_FREQUENCIES_FILE
+        return path if path.is_file() else None
+
+
+def resolve_model(model: str, cache_dir: Path) -> ModelFiles:
+    """Find (download, or generate) the files of `model`: a name in MODEL_CHOICES or a folder."""
+    cache_dir = Path(cache_dir)
+    if model == TINY:
+        folder = ensure_tiny_model(cache_dir)
+        return ModelFiles(TINY, folder, folder / VQGAN_SUBFOLDER, None)
+    if model in PUBLISHED_MODELS:
+        published = PUBLISHED_MODELS[model]
+        dalle_dir = download(published.repo, published.revision, DALLE_FILES, cache_dir, model,
+                             optional=(WORD_FREQUENCIES_FILE,))
+        vqgan_dir = download(VQGAN_REPO, VQGAN_REVISION, VQGAN_FILES, cache_dir, model)
+        return ModelFiles(model, dalle_dir, vqgan_dir, published.dtype)
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise ModelUnavailableError(
+            f"unknown model {model!r}: use one of {', '.join(MODEL_CHOICES)} or the path of a folder "
+            f"holding {', '.join(DALLE_FILES[:2])} and the tokenizer files")
+    _require_files(folder, DALLE_FILES[:2], f"model folder {folder}")
+    vqgan_dir = folder / VQGAN_SUBFOLDER
+    if not vqgan_dir.is_dir():
+        vqgan_dir = download(VQGAN_REPO, VQGAN_REVISION, VQGAN_FILES, cache_dir, str(folder))
+    _require_files(vqgan_dir, VQGAN_FILES, f"VQGAN folder {vqgan_dir}")
+    return ModelFiles(folder.name, folder, vqgan_dir, None)
+
+
+def _require_files(folder: Path, names, what: str) -> None:
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise ModelUnavailableError(f"{what} lacks {', '.join(missing)}")
+
+
+def download(repo: str, revision: str | None, files, cache_dir: Path, model: str, optional=()) -> Path:
+    """The folder of `repo` at `revision` in the cache with `files`, downloading what is missing."""
+    from huggingface_hub import snapshot_download  # only the published models need it
+
+    hub_cache = Path(cache_dir) / "huggingface"
+    at = f"{repo}@{revision or 'main'}"
+    try:
+        folder = Path(snapshot_download(repo_id=repo, revision=revision, cache_dir=hub_cache,
+                                        allow_patterns=[*files, *optional]))
+    except Exception as error:  # offline, unknown repo, HTTP or disk errors: all say the same to a user
+        raise ModelUnavailableError(
+            f"model {model!r} needs {', '.join(files)} from the Hugging Face repository {at}, which are "
+            f"not in {hub_cache} and could not be downloaded ({type(error).__name__}: {error}). "
+            f"Connect this machine to the internet once (the files stay in MODEL_CACHE_DIR), or put the "
+            f"files in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' subfolder) and set DALLE_MODEL "
+            f"to that folder.") from error
+    _require_files(folder, files, f"the download of {at}")
+    return folder
+
+
+# ---------------------------------------------------------------- the tiny model
+
+TINY_SEED = 20240601
+TINY_TEXT_VOCAB = 1024
+TINY_WEIGHT_STD = 0.25  # large enough that logits are spread, so greedy choices are clear
+
+
+def tiny_dalle_config(encoder_vocab_size: int) -> DalleBartConfig:
+    return DalleBartConfig(
+        d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        encoder_vocab_size=encoder_vocab_size, image_vocab_size=1024,
+        decoder_start_token_id=1024, pad_token_id=1025)
+
+
+def tiny_vqgan_config():
+    from .vqgan import VQGANConfig
+
+    # Same resolutions as the real one (256 px from 16×16 codes), far fewer channels.
+    return VQGANConfig(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(16,),
+                       z_channels=32, embed_dim=32, n_embed=1024, resolution=256)
+
+
+def ensure_tiny_model(cache_dir: Path) -> Path:
+    """`<cache_dir>/tiny/`, generated on first use (atomically: concurrent callers are safe)."""
+    folder = Path(cache_dir) / TINY
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = folder.parent / f".{TINY}-{uuid.uuid4().hex}"
+    try:
+        write_tiny_model(building)
+        try:
+            os.rename(building, folder)
+        except OSError:  # another process finished first; its files are identical
+            if not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return folder
+
+
+def write_tiny_model(folder: Path) -> None:
+    """Write the tiny model's files, byte for byte the same on every run."""
+    import jax
+
+    from .tokenizer import TextTokenizer, write_small_tokenizer
+    from .vqgan import init_vqgan_params
+
+    folder.mkdir(parents=True)
+    write_small_tokenizer(folder, vocab_size=TINY_TEXT_VOCAB)
+    vocab_size = TextTokenizer.from_folder(folder).vocab_size
+    config = tiny_dalle_config(vocab_size)
+    _write_json(folder / "config.json", config.to_dict())
+    params = random_params(config, TINY_SEED, std=TINY_WEIGHT_STD)
+    checkpoint.write_checkpoint(folder / "flax_model.msgpack", params)
+
+    vqgan_dir = folder / VQGAN_SUBFOLDER
+    vqgan_dir.mkdir()
+    vqgan_config = tiny_vqgan_config()
+    _write_json(vqgan_dir / "config.json", vqgan_config.to_dict())
+    with jax.default_device(jax.devices("cpu")[0]):
+        vqgan_params = init_vqgan_params(vqgan_config, jax.random.PRNGKey(TINY_SEED))
+    checkpoint.write_checkpoint(vqgan_dir / "flax_model.msgpack",
+                                jax.tree_util.tree_map(np.asarray, vqgan_params))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,75 @@
+"""Validation of a POST /generate body into the engine's request."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MAX_SEED = 2**32  # the original accepted 0 … 2^32 inclusive
+MAX_TEXT_LENGTH = 1000
+MAX_IMAGES = 8
+
+
+class BadRequest(ValueError):
+    """The body is not a valid generation request; the message names the field."""
+
+
+@dataclass(frozen=True)
+class GenerateBody:
+    job_id: str
+    text: str
+    num_images: int
+    seed: int
+    top_k: int | None
+    top_p: float | None
+    temperature: float | None
+    condition_scale: float | None
+
+
+def _integer(body: dict, name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be an integer")
+    return value
+
+
+def _optional_number(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{name} must be a finite number or null")
+    return float(value)
+
+
+def parse_generate_body(body: Any) -> GenerateBody:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 100:
+        raise BadRequest("job_id must be a non-empty string of at most 100 characters")
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
+        raise BadRequest(f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters")
+    num_images = _integer(body, "num_images")
+    if not 1 <= num_images <= MAX_IMAGES:
+        raise BadRequest(f"num_images must be between 1 and {MAX_IMAGES}")
+    seed = _integer(body, "seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise BadRequest(f"seed must be between 0 and {MAX_SEED}")
+
+    top_k = body.get("top_k")
+    if top_k is not None:
+        top_k = _integer(body, "top_k")
+        if top_k < 1:
+            raise BadRequest("top_k must be at least 1")
+    top_p = _optional_number(body, "top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise BadRequest("top_p must be greater than 0 and at most 1")
+    temperature = _optional_number(body, "temperature")
+    if temperature is not None and temperature <= 0:
+        raise BadRequest("temperature must be greater than 0")
+    condition_scale = _optional_number(body, "condition_scale")
+    if condition_scale is not None and condition_scale < 0:
+        raise BadRequest("condition_scale must be at least 0")
+    return GenerateBody(job_id, text, num_images, seed, top_k, top_p, temperature, condition_scale)

@@ -1,0 +1,107 @@
+"""One /generate call: the engine runs in its own thread while the response streams its progress."""
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from backend.engine import GenerationCancelled, GenerationRequest
+from backend.generate_request import GenerateBody
+from backend.png import encode_png
+
+log = logging.getLogger(__name__)
+
+
+def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int) -> dict[str, str]:
+    """What a PNG says about itself, so the file alone tells how to make it again."""
+    return {
+        "prompt": body.text,
+        "seed": str(seed),
+        "image_index": str(index),
+        "gen_top_k": str(params.get("top_k")),
+        "gen_top_p": str(params.get("top_p")),
+        "temperature": str(params.get("temperature")),
+        "condition_scale": str(params.get("condition_scale")),
+        "model": model,
+        "software": "dalle-playground",
+    }
+
+
+class GenerationRun:
+    def __init__(self, engine: Any, body: GenerateBody, seed: int, progress_interval: float,
+                 on_finish: Callable[[], None]):
+        self.engine = engine
+        self.body = body
+        self.seed = seed
+        self.progress_interval = progress_interval
+        self.cancel = threading.Event()
+        self._on_finish = on_finish
+        self._finished = threading.Event()
+        self._tokens_done = 0
+        self._total_tokens = 256
+        self._outcome: dict | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.body.job_id
+
+    def start(self) -> "GenerationRun":
+        threading.Thread(target=self._run, name=f"generate-{self.job_id}", daemon=True).start()
+        return self
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self._tokens_done, self._total_tokens = done, total
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            request = GenerationRequest(
+                text=self.body.text,
+                num_images=self.body.num_images,
+                seed=self.seed,
+                top_k=self.body.top_k,
+                top_p=self.body.top_p,
+                temperature=self.body.temperature,
+                condition_scale=self.body.condition_scale,
+            )
+            result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel)
+            png_started = time.monotonic()
+            images = [
+                base64.b64encode(encode_png(image, png_metadata(
+                    self.body, result.seed, result.params, self.engine.model_name, index))).decode("ascii")
+                for index, image in enumerate(result.images)
+            ]
+            timings = dict(result.timings)
+            timings["png_secs"] = time.monotonic() - png_started
+            timings["total_secs"] = time.monotonic() - started
+            self._outcome = {
+                "event": "done",
+                "seed": result.seed,
+                "model": self.engine.model_name,
+                "params": result.params,
+                "images": images,
+                "timings": timings,
+            }
+        except GenerationCancelled:
+            self._outcome = {"event": "cancelled"}
+        except Exception as exc:  # e.g. out of memory: reported to the scheduler, the service lives on
+            log.exception("generation of job %s failed", self.job_id)
+            self._outcome = {"event": "error", "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            self._finished.set()
+            self._on_finish()
+
+    def events(self) -> Iterator[dict]:
+        """The NDJSON events; a client that goes away (GeneratorExit) cancels the run."""
+        try:
+            yield {"event": "started", "seed": self.seed, "total_tokens": self._total_tokens}
+            while not self._finished.wait(self.progress_interval):
+                yield {"event": "progress", "tokens_done": self._tokens_done, "total_tokens": self._total_tokens}
+            yield self._outcome
+        finally:
+            if not self._finished.is_set():
+                log.info("client of job %s went away: cancelling", self.job_id)
+                self.cancel.set()

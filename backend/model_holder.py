@@ -1,0 +1,56 @@
+"""Loads the engine in the background so the service answers /health while the model loads."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """Owns the engine: `loading` until the loader returns, then `ready`, or `error` with a reason."""
+
+    def __init__(self, model_name: str, loader: Callable[[], Any]):
+        self.model_name = model_name
+        self._loader = loader
+        self._engine: Any = None
+        self._error: str | None = None
+        self._ready = threading.Event()
+        self.load_secs: float | None = None
+
+    def start(self) -> "ModelHolder":
+        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        return self
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            self._engine = self._loader()
+        except Exception as exc:  # any loading failure is reported by /health, not a crash
+            log.exception("loading model %s failed", self.model_name)
+            self._error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.load_secs = time.monotonic() - started
+            log.info("model %s ready after %.1f s", self.model_name, self.load_secs)
+        finally:
+            self._ready.set()
+
+    @property
+    def status(self) -> str:
+        if not self._ready.is_set():
+            return "loading"
+        return "error" if self._error else "ready"
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def engine(self) -> Any:
+        return self._engine
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)

@@ -1,0 +1,1 @@
+"""The web UI and REST API over the queue and the image library."""

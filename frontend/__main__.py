@@ -1,0 +1,41 @@
+"""`python -m frontend`: serve the UI and the API until SIGTERM or SIGINT."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from frontend.config import Config
+from frontend.server import create_server
+from playground.settings import environment, get_str
+
+log = logging.getLogger("frontend")
+
+
+def main() -> None:
+    env = environment()
+    logging.basicConfig(level=get_str(env, "LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = create_server(Config.from_env(env))
+    stopping = threading.Event()
+
+    def stop(signum, frame) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        # shutdown() waits for serve_forever to return, so it must run off the serving thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("frontend serving on %s", server.url)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+    log.info("frontend stopped")
+
+
+if __name__ == "__main__":
+    main()

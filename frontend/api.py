@@ -1,0 +1,246 @@
+"""The routes: Part 1 of API.md exactly as the original playground, Part 2 additions, pages.
+
+Handlers take a `Request` and return a `Response`; they raise `ValidationError` for bad input
+(the server answers 400 naming the field) and let Redis errors through (the server answers 503).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import redis
+
+from frontend.config import Config
+from frontend.files import FileCache, resolve_inside, safe_relative_parts
+from frontend.library_view import LibraryView
+from frontend.openapi import OpenApiDocument
+from frontend.responses import Response, error_response, json_response
+from frontend.routing import UUID_PATTERN, Request, Router
+from frontend.validation import ValidationError, parse_json_object, validate_prompt
+from playground.jobs import JobNotFound, JobQueue, QueueFull
+from playground.library import LibraryStore
+
+PAGES = {"/": "index.html", "/index.html": "index.html",
+         "/advanced.html": "advanced.html", "/library.html": "library.html"}
+IMAGE_URL = re.compile(rf"/?library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
+# Library PNGs are written once under a fresh uuid and never change.
+IMMUTABLE = "public, max-age=31536000, immutable"
+MAX_QUERY_FIELDS = 20
+
+
+class Api:
+    def __init__(self, config: Config, queue: JobQueue, store: LibraryStore,
+                 openapi: OpenApiDocument | None = None):
+        self.config = config
+        self.queue = queue
+        self.store = store
+        self.library = LibraryView(store)
+        self.openapi = openapi or OpenApiDocument.load()
+        self.files = FileCache()
+        self.router = self._routes()
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Api":
+        # Bounded waits: a dead Redis makes requests fail fast with 503 rather than hang.
+        client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2, socket_timeout=5,
+                                      health_check_interval=30)
+        return cls(config, JobQueue(client, max_queued=config.max_queued_jobs),
+                   LibraryStore(config.library_dir))
+
+    def close(self) -> None:
+        self.queue.redis.close()
+
+    def _routes(self) -> Router:
+        uuid = {"queue_id": UUID_PATTERN, "job_id": UUID_PATTERN, "image_id": UUID_PATTERN}
+        router = Router()
+        # Part 1: the original playground's API.
+        router.add("POST", "/prompt", self.submit_prompt, changes_state=True)
+        router.add("GET", "/queue_status", self.queue_status)
+        router.add("GET", "/getlibrary", self.get_library)
+        router.add("GET", "/library/{queue_id}/{image_id}.png", self.library_image, params=uuid)
+        router.add("POST", "/deleteimage", self.delete_image_by_path, changes_state=True)
+        for page in PAGES:
+            router.add("GET", page, self.page)
+        # Part 2: additions.
+        router.add("DELETE", "/library/{queue_id}/{image_id}.png", self.delete_image, changes_state=True,
+                   params=uuid)
+        router.add("GET", "/jobs/{job_id}", self.job_status, params=uuid)
+        router.add("POST", "/jobs/{job_id}/cancel", self.cancel_job, changes_state=True, params=uuid)
+        router.add("DELETE", "/jobs/{job_id}", self.delete_job, changes_state=True, params=uuid)
+        router.add("GET", "/health", self.health)
+        router.add("GET", "/openapi.yaml", lambda request: Response(200, self.openapi.yaml_bytes, "application/yaml"))
+        router.add("GET", "/openapi.json", lambda request: Response(200, self.openapi.json_bytes, "application/json"))
+        return router
+
+    # -- Part 1 ----------------------------------------------------------------------------
+
+    def submit_prompt(self, request: Request) -> Response:
+        if request.body is None:
+            return error_response(411, "POST /prompt needs a JSON body and its Content-Length")
+        params = validate_prompt(parse_json_object(request.body), self.config.max_text_chars)
+        try:
+            job = self.queue.submit(params)
+        except QueueFull as full:
+            return error_response(429, str(full), {"Retry-After": "30"})
+        return json_response({"queue_id": job.id}, headers={"Location": f"/jobs/{job.id}"})
+
+    def queue_status(self, request: Request) -> Response:
+        return json_response([job.to_status() for job in self.queue.unfinished()])
+
+    def get_library(self, request: Request) -> Response:
+        fields = _query_fields(request.query)
+        if not fields.keys() & {"offset", "limit", "q"}:
+            page = self.library.whole()
+        else:
+            offset = _int_field(fields, "offset", 0, 10**9) or 0
+            limit = _int_field(fields, "limit", 1, self.config.max_page_size)
+            query = fields.get("q", "")
+            if len(query) > self.config.max_text_chars:
+                raise ValidationError("q", f"is longer than {self.config.max_text_chars} characters")
+            page = self.library.page(offset, limit, query)
+        return Response(200, page.body, headers={"X-Total-Count": str(page.total)})
+
+    def library_image(self, request: Request) -> Response:
+        path = self._library_file(request.params["queue_id"], request.params["image_id"])
+        content = self.files.read(path) if path else None
+        if content is None:
+            return error_response(404, "no such image")
+        return Response(200, content.body, content.content_type, {"Cache-Control": IMMUTABLE})
+
+    def delete_image_by_path(self, request: Request) -> Response:
+        """The original UI's double-click delete: {"path": "library/<queue_id>/<image>.png"}."""
+        body = parse_json_object(request.body or b"")
+        path = body.get("path")
+        found = IMAGE_URL.fullmatch(path) if isinstance(path, str) else None
+        if not found:
+            raise ValidationError("path", "must look like library/<queue_id>/<image-uuid>.png")
+        return self._delete_image(found.group(1), found.group(2))
+
+    def page(self, request: Request) -> Response:
+        return self.static_file("/" + PAGES[request.path])
+
+    # -- Part 2 ----------------------------------------------------------------------------
+
+    def delete_image(self, request: Request) -> Response:
+        return self._delete_image(request.params["queue_id"], request.params["image_id"])
+
+    def job_status(self, request: Request) -> Response:
+        job_id = request.params["job_id"]
+        job = self.queue.get(job_id)
+        entry = self.library.entry(job_id) if job is None or job.status == "done" else None
+        if job is None:
+            if entry is None:
+                return error_response(404, f"no job {job_id}")
+            # Finished long ago: Redis forgot it, the library remembers.
+            return json_response(_status_from_entry(entry))
+        status = job.to_status()
+        if job.status == "done":
+            status["result"] = entry
+        return json_response(status)
+
+    def cancel_job(self, request: Request) -> Response:
+        job_id = request.params["job_id"]
+        before = self.queue.get(job_id)
+        if before is None:
+            if self.library.entry(job_id) is not None:
+                return error_response(409, "the job is already done", status="done")
+            return error_response(404, f"no job {job_id}")
+        if before.finished:
+            return error_response(409, f"the job is already {before.status}", status=before.status)
+        try:
+            job = self.queue.cancel(job_id)
+        except JobNotFound:
+            return error_response(404, f"no job {job_id}")
+        return json_response(job.to_status())
+
+    def delete_job(self, request: Request) -> Response:
+        job_id = request.params["job_id"]
+        job = self.queue.get(job_id)
+        if job is not None and not job.finished:
+            return error_response(409, f"the job is {job.status}; cancel it first", status=job.status)
+        # The store never follows a symlinked job folder: it only drops the index entry then.
+        deleted = self.store.delete_job(job_id)
+        if not deleted and job is None:
+            return error_response(404, f"no job {job_id}")
+        return json_response({"queue_id": job_id, "deleted": deleted})
+
+    def health(self, request: Request) -> Response:
+        report = {"frontend": {"status": "ok"}}
+        try:
+            self.queue.redis.ping()
+            scheduler = self.queue.health()
+        except redis.RedisError as exc:
+            report["redis"] = {"status": "error", "error": f"{exc.__class__.__name__}: {exc}"}
+            report["scheduler"] = {"status": "unknown", "workers": []}
+            report["backends"] = []
+            return json_response({"status": "error", **report}, 503)
+        report["redis"] = {"status": "ok"}
+        workers = scheduler["workers"]
+        report["scheduler"] = {"status": "ok" if scheduler["alive_workers"] else "error",
+                               "alive_workers": scheduler["alive_workers"],
+                               "queued": scheduler["queued"], "workers": workers}
+        report["backends"] = [{"url": w["backend_url"], "status": w["backend_status"] if w["alive"] else "unknown",
+                               "model": w["model"], "error": w["backend_error"], "worker": w["id"]}
+                              for w in workers]
+        healthy = bool(workers) and all(w["alive"] and w["backend_status"] == "ready" for w in workers)
+        return json_response({"status": "ok" if healthy else "degraded", **report}, 200 if healthy else 503)
+
+    # -- files -----------------------------------------------------------------------------
+
+    def static_file(self, url_path: str) -> Response:
+        """A file of the static folder (the UI's pages, scripts, styles), or 404."""
+        parts = safe_relative_parts(url_path)
+        path = resolve_inside(self.config.static_dir, parts) if parts else None
+        content = self.files.read(path) if path else None
+        if content is None:
+            return error_response(404, "not found")
+        # Revalidated on every load, so a changed UI is picked up at once.
+        return Response(200, content.body, content.content_type, {"Cache-Control": "no-cache"})
+
+    def _library_file(self, queue_id: str, image_id: str) -> Path | None:
+        """The PNG's path if it is a regular file really inside the library (no symlink out)."""
+        return resolve_inside(self.config.library_dir, [queue_id, f"{image_id}.png"])
+
+    def _delete_image(self, queue_id: str, image_id: str) -> Response:
+        url = f"library/{queue_id}/{image_id}.png"
+        # The store refuses a symlinked file; a symlinked job folder is refused here.
+        if self._library_file(queue_id, image_id) is None or not self.store.delete_image(url):
+            return error_response(404, f"no image {url}")
+        return json_response({"success": True, "deleted": url})
+
+
+def _query_fields(query: str) -> dict[str, str]:
+    """The query's fields, the last value of each; bad encoding is replaced, not fatal."""
+    try:
+        parsed = parse_qs(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS, errors="replace")
+    except ValueError:
+        raise ValidationError(None, f"at most {MAX_QUERY_FIELDS} query parameters are accepted") from None
+    return {name: values[-1] for name, values in parsed.items()}
+
+
+def _int_field(fields: dict[str, str], name: str, minimum: int, maximum: int) -> int | None:
+    raw = fields.get(name, "").strip()
+    if not raw:
+        return None
+    if not (len(raw) <= 12 and raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
+        raise ValidationError(name, f"must be an integer from {minimum} to {maximum}")
+    return int(raw)
+
+
+def _status_from_entry(entry: dict) -> dict:
+    """The per-job status of a job known only from its library entry."""
+    images = entry.get("generated_images") or []
+    return {
+        "queue_id": entry.get("queue_id"),
+        "text": entry.get("text_prompt"),
+        "num_images": entry.get("num_images", len(images)),
+        "seed": entry.get("seed"),
+        "status": "done",
+        "position": None,
+        "progress": {"tokens_done": 256, "total_tokens": 256},
+        "eta_secs": None,
+        "error": None,
+        "images": images,
+        "result": entry,
+    }

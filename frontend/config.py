@@ -1,0 +1,54 @@
+"""The frontend's configuration, read from environment variables."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from playground.settings import get_float, get_int, get_str
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    library_dir: Path = Path("library")
+    static_dir: Path = field(default=STATIC_DIR)
+    # Empty: no token. Set: every request that changes something must carry it.
+    api_token: str = ""
+    # Request bounds: a request line longer than this gets 414, a body longer gets 413.
+    max_request_line: int = 8192
+    max_body_bytes: int = 64 * 1024
+    # A client silent this long (idle keep-alive or a stalled request) loses its connection.
+    socket_timeout_secs: float = 15.0
+    # The whole body must arrive within this, so a client dribbling bytes cannot hold a thread.
+    body_deadline_secs: float = 15.0
+    # Connections beyond this are answered 503 at once instead of getting a thread.
+    max_connections: int = 256
+    # Unfinished jobs beyond this make POST /prompt answer 429.
+    max_queued_jobs: int = 1000
+    # The prompt text limit of API.md.
+    max_text_chars: int = 1000
+    # GET /getlibrary?limit= is capped here.
+    max_page_size: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Config":
+        return cls(
+            host=get_str(env, "FRONTEND_HOST", cls.host),
+            port=get_int(env, "FRONTEND_PORT", cls.port),
+            redis_url=get_str(env, "REDIS_URL", cls.redis_url),
+            library_dir=Path(get_str(env, "LIBRARY_DIR", str(cls.library_dir))),
+            static_dir=Path(get_str(env, "STATIC_DIR", str(STATIC_DIR))),
+            api_token=env.get("API_TOKEN", "").strip(),
+            max_request_line=get_int(env, "FRONTEND_MAX_REQUEST_LINE", cls.max_request_line),
+            max_body_bytes=get_int(env, "FRONTEND_MAX_BODY_BYTES", cls.max_body_bytes),
+            socket_timeout_secs=get_float(env, "FRONTEND_SOCKET_TIMEOUT", cls.socket_timeout_secs),
+            body_deadline_secs=get_float(env, "FRONTEND_BODY_DEADLINE", cls.body_deadline_secs),
+            max_connections=get_int(env, "FRONTEND_MAX_CONNECTIONS", cls.max_connections),
+            max_queued_jobs=get_int(env, "FRONTEND_MAX_QUEUED_JOBS", cls.max_queued_jobs),
+            max_page_size=get_int(env, "FRONTEND_MAX_PAGE_SIZE", cls.max_page_size),
+        )

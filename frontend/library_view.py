@@ -1,0 +1,67 @@
+"""GET /getlibrary's answers from prepared bytes: the whole library, pages, and text search.
+
+Each entry is serialized once per change of the library (the store hands out the same list
+until library.json changes), so a page of a 10,000-job library is a slice and a join, and the
+whole library is the index file's own bytes.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from playground.library import LibraryStore
+from frontend.responses import json_bytes
+
+
+@dataclass(frozen=True)
+class LibraryPage:
+    body: bytes
+    total: int
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    source: list  # the store's entries list these were made from
+    encoded: list[bytes]
+    prompts: list[str]  # lower-cased text_prompt, for the case-insensitive filter
+    by_id: dict[str, dict]
+
+
+class LibraryView:
+    def __init__(self, store: LibraryStore):
+        self.store = store
+        self._snapshot: _Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def whole(self) -> LibraryPage:
+        entries = self.store.entries()
+        return LibraryPage(self.store.entries_json(), len(entries))
+
+    def page(self, offset: int = 0, limit: int | None = None, query: str = "") -> LibraryPage:
+        """Entries matching `query` (case-insensitive substring of the prompt), newest first,
+        from `offset`, at most `limit` of them; `total` counts all that match."""
+        snapshot = self._current()
+        encoded = snapshot.encoded
+        if query:
+            needle = query.casefold()
+            encoded = [item for item, prompt in zip(encoded, snapshot.prompts) if needle in prompt]
+        end = None if limit is None else offset + limit
+        return LibraryPage(b"[" + b",".join(encoded[offset:end]) + b"]", len(encoded))
+
+    def entry(self, queue_id: str) -> dict | None:
+        return self._current().by_id.get(queue_id)
+
+    def _current(self) -> _Snapshot:
+        entries = self.store.entries()
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.source is entries:
+            return snapshot
+        with self._lock:
+            if self._snapshot is None or self._snapshot.source is not entries:
+                self._snapshot = _Snapshot(
+                    source=entries,
+                    encoded=[json_bytes(entry) for entry in entries],
+                    prompts=[str(entry.get("text_prompt", "")).casefold() for entry in entries],
+                    by_id={entry.get("queue_id"): entry for entry in entries},
+                )
+            return self._snapshot

@@ -1,0 +1,31 @@
+"""The OpenAPI document (frontend/openapi.yaml), served as YAML and as JSON."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from frontend.responses import json_bytes
+
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
+
+
+@dataclass(frozen=True)
+class OpenApiDocument:
+    document: dict
+    yaml_bytes: bytes
+    json_bytes: bytes
+
+    @classmethod
+    def load(cls, path: Path = OPENAPI_PATH) -> "OpenApiDocument":
+        raw = path.read_bytes()
+        document = yaml.safe_load(raw)
+        return cls(document, raw, json_bytes(document))
+
+    def operations(self) -> set[tuple[str, str]]:
+        """(METHOD, path) for every operation the document describes."""
+        methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+        return {(method.upper(), path)
+                for path, item in self.document.get("paths", {}).items()
+                for method in item if method in methods}

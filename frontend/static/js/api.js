@@ -1,0 +1,73 @@
+// Every call the pages make to the playground's HTTP API (see the API document).
+import { askForToken, savedToken } from "./token.js";
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && typeof body.error === "string") return body.error;
+  } catch {
+    // Not JSON (a proxy's error page, say): fall back to the status line.
+  }
+  return `${response.status} ${response.statusText || "error"}`;
+}
+
+async function request(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const token = savedToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, "The playground server cannot be reached.");
+  }
+  if (response.status === 401 && method !== "GET") {
+    if (await askForToken(Boolean(token))) return request(method, path, body);
+  }
+  if (!response.ok) throw new ApiError(response.status, await errorMessage(response));
+  return response;
+}
+
+const jobPath = (queueId) => `jobs/${encodeURIComponent(queueId)}`;
+
+export async function submitPrompt(params) {
+  return (await request("POST", "prompt", params)).json();
+}
+
+export async function queueStatus() {
+  return (await request("GET", "queue_status")).json();
+}
+
+export async function jobStatus(queueId) {
+  return (await request("GET", jobPath(queueId))).json();
+}
+
+export async function cancelJob(queueId) {
+  return (await request("POST", `${jobPath(queueId)}/cancel`)).json();
+}
+
+export async function deleteJob(queueId) {
+  await request("DELETE", jobPath(queueId));
+}
+
+// `path` is an entry of generated_images: "library/<queue_id>/<uuid>.png".
+export async function deleteImage(path) {
+  await request("DELETE", path);
+}
+
+export async function getLibrary({ offset, limit, q }) {
+  const query = new URLSearchParams({ offset, limit });
+  if (q) query.set("q", q);
+  const response = await request("GET", `getlibrary?${query}`);
+  const entries = await response.json();
+  const total = Number.parseInt(response.headers.get("X-Total-Count") ?? "", 10);
+  return { entries, total: Number.isFinite(total) ? total : offset + entries.length };
+}

@@ -1,0 +1,155 @@
+// The library page: finished jobs newest first, fetched a page at a time as the
+// reader scrolls, filtered on the server, so a library of 10,000 jobs stays quick.
+import { deleteImage, deleteJob, getLibrary } from "./api.js";
+import { el } from "./dom.js";
+import { formatDate, formatNumber, formatSeconds } from "./format.js";
+import { thumbnail } from "./viewer.js";
+
+const PAGE_SIZE = 20;
+const FILTER_DELAY_MS = 300;
+
+const libraryNode = document.getElementById("library");
+const countNode = document.getElementById("library-count");
+const errorNode = document.getElementById("library-error");
+const filterInput = document.getElementById("filter");
+const loadMore = document.getElementById("load-more");
+
+// `failed`: the last page did not load; only the button (not scrolling) tries again.
+const state = { q: "", offset: 0, total: 0, loading: false, failed: false, generation: 0 };
+
+function showCount() {
+  const jobs = state.total === 1 ? "1 job" : `${state.total.toLocaleString()} jobs`;
+  countNode.textContent = state.q ? `${jobs} ${state.total === 1 ? "matches" : "match"} “${state.q}”` : jobs;
+}
+
+function settingsLink(entry) {
+  const query = new URLSearchParams({ text: entry.text_prompt, num_images: entry.num_images, seed: entry.seed });
+  const sampling = { gen_top_k: entry.gen_top_k, gen_top_p: entry.gen_top_p,
+                     temperature: entry.temperature, condition_scale: entry.condition_scale };
+  for (const [name, value] of Object.entries(sampling)) {
+    if (value !== null && value !== undefined) query.set(name, value);
+  }
+  return `advanced.html?${query}`;
+}
+
+function removeCard(card) {
+  card.remove();
+  state.total = Math.max(0, state.total - 1);
+  state.offset = Math.max(0, state.offset - 1); // the next page starts one entry earlier now
+  showCount();
+}
+
+function jobCard(entry) {
+  const card = el("article", { class: "card job", "data-queue-id": entry.queue_id });
+  const images = entry.generated_images ?? [];
+  const perImage = entry.process_time_secs / (entry.num_images || images.length || 1);
+
+  async function removeImage(src, thumb) {
+    if (!window.confirm("Delete this image? This cannot be undone.")) return false;
+    try {
+      await deleteImage(src);
+    } catch (error) {
+      errorNode.textContent = `Could not delete the image: ${error.message}`;
+      return false;
+    }
+    thumb.remove();
+    if (!card.querySelector(".thumb")) removeCard(card);
+    return true;
+  }
+
+  async function removeJob() {
+    if (!window.confirm(`Delete all ${images.length} images of this job? This cannot be undone.`)) return;
+    try {
+      await deleteJob(entry.queue_id);
+      removeCard(card);
+    } catch (error) {
+      errorNode.textContent = `Could not delete the job: ${error.message}`;
+    }
+  }
+
+  const thumbs = images.map((src) => {
+    const thumb = thumbnail({ src, alt: entry.text_prompt, onDelete: () => removeImage(src, thumb) });
+    return thumb;
+  });
+
+  card.append(
+    el("h2", { class: "prompt" }, entry.text_prompt),
+    el("p", { class: "meta" },
+      el("time", { datetime: new Date(entry.creation_unixtime * 1000).toISOString() }, formatDate(entry.creation_unixtime)),
+      ` · seed ${entry.seed ?? "–"} · ${formatSeconds(entry.process_time_secs)} total, `
+      + `${formatSeconds(perImage)} per image`),
+    el("p", { class: "params" },
+      `top-k ${formatNumber(entry.gen_top_k)} · top-p ${formatNumber(entry.gen_top_p)} · `
+      + `temperature ${formatNumber(entry.temperature)} · condition scale ${formatNumber(entry.condition_scale)}`
+      + (entry.model ? ` · model ${entry.model}` : "")),
+    el("div", { class: "thumbs" }, thumbs),
+    el("div", { class: "card-actions" },
+      el("a", { class: "button", href: settingsLink(entry) }, "Use these settings again"),
+      el("button", { type: "button", class: "danger", onclick: removeJob }, "Delete job")));
+  return card;
+}
+
+async function loadNextPage() {
+  if (state.loading) return;
+  state.loading = true;
+  state.failed = false;
+  const generation = state.generation;
+  try {
+    const { entries, total } = await getLibrary({ offset: state.offset, limit: PAGE_SIZE, q: state.q });
+    if (generation !== state.generation) return; // the filter changed meanwhile
+    loadMore.textContent = "Load more";
+    libraryNode.append(...entries.map(jobCard));
+    state.offset += entries.length;
+    state.total = total;
+    errorNode.textContent = "";
+    showCount();
+    loadMore.hidden = state.offset >= total || entries.length === 0;
+  } catch (error) {
+    if (generation === state.generation) {
+      errorNode.textContent = `Could not load the library: ${error.message}`;
+      state.failed = true;
+      loadMore.textContent = "Try again";
+      loadMore.hidden = false;
+    }
+  } finally {
+    if (generation === state.generation) state.loading = false;
+  }
+  // Screens taller than one page: keep filling while the button is still in view.
+  if (generation === state.generation && !state.failed && !loadMore.hidden && isNearViewport(loadMore)) {
+    loadNextPage();
+  }
+}
+
+function isNearViewport(node) {
+  return node.getBoundingClientRect().top < window.innerHeight + 800;
+}
+
+function restart(q) {
+  state.generation += 1;
+  Object.assign(state, { q, offset: 0, total: 0, loading: false, failed: false });
+  libraryNode.replaceChildren();
+  loadMore.hidden = true;
+  const url = new URL(window.location.href);
+  if (q) url.searchParams.set("q", q);
+  else url.searchParams.delete("q");
+  history.replaceState(null, "", url);
+  loadNextPage();
+}
+
+let filterTimer = null;
+filterInput.addEventListener("input", () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(() => restart(filterInput.value.trim()), FILTER_DELAY_MS);
+});
+document.getElementById("filter-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  clearTimeout(filterTimer);
+  restart(filterInput.value.trim());
+});
+loadMore.addEventListener("click", loadNextPage);
+new IntersectionObserver((observed) => {
+  if (!state.failed && observed.some((entry) => entry.isIntersecting)) loadNextPage();
+}, { rootMargin: "800px" }).observe(loadMore);
+
+filterInput.value = new URLSearchParams(window.location.search).get("q") ?? "";
+restart(filterInput.value.trim());

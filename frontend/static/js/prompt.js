@@ -1,0 +1,98 @@
+// The prompt form of index.html and advanced.html (the latter adds the sampling fields).
+import { submitPrompt } from "./api.js";
+import { rememberJob } from "./myjobs.js";
+import { startQueue } from "./queue.js";
+import { SAMPLING_FIELDS, validatePrompt } from "./validation.js";
+
+const FIELDS = ["text", "num_images", "seed", ...SAMPLING_FIELDS];
+
+const form = document.getElementById("prompt-form");
+const textInput = document.getElementById("text");
+const submitButton = document.getElementById("submit");
+const formStatus = document.getElementById("form-status");
+
+const queue = startQueue({
+  list: document.getElementById("queue"),
+  empty: document.getElementById("queue-empty"),
+  more: document.getElementById("queue-more"),
+  connection: document.getElementById("connection"),
+  results: document.getElementById("results"),
+  resultsEmpty: document.getElementById("results-empty"),
+  resultsStatus: document.getElementById("results-status"),
+});
+
+// The raw strings of the fields this page has.
+function readForm() {
+  const values = {};
+  for (const name of FIELDS) {
+    const control = form.elements.namedItem(name);
+    if (!control) continue;
+    // A number input holding something unparsable reports "", which would read
+    // as "use the default"; "NaN" makes the validation reject it instead.
+    values[name] = control.validity?.badInput ? "NaN" : control.value;
+  }
+  return values;
+}
+
+// "Use these settings again" in the library links here with the settings in the URL.
+function prefillFromUrl() {
+  const query = new URLSearchParams(window.location.search);
+  for (const name of FIELDS) {
+    const control = form.elements.namedItem(name);
+    if (!control || !query.has(name)) continue;
+    control.value = query.get(name); // on a radio group this checks the matching radio
+  }
+}
+
+function showErrors(errors) {
+  for (const name of FIELDS) {
+    const message = document.getElementById(`${name}-error`);
+    if (!message) continue;
+    message.textContent = errors[name] ?? "";
+    const control = form.elements.namedItem(name);
+    const inputs = control instanceof RadioNodeList ? [...control] : [control];
+    for (const input of inputs) input.toggleAttribute("aria-invalid", Boolean(errors[name]));
+  }
+  const first = FIELDS.find((name) => errors[name]);
+  if (first) {
+    const control = form.elements.namedItem(first);
+    (control instanceof RadioNodeList ? control[0] : control).focus();
+  }
+}
+
+function setStatus(message, isError = false) {
+  formStatus.textContent = message;
+  formStatus.classList.toggle("is-error", isError);
+}
+
+async function submit(event) {
+  event.preventDefault();
+  if (submitButton.disabled) return;
+  const { params, errors } = validatePrompt(readForm());
+  showErrors(errors);
+  if (Object.keys(errors).length > 0) {
+    setStatus("Please correct the highlighted field.", true);
+    return;
+  }
+  submitButton.disabled = true;
+  setStatus("Sending…");
+  try {
+    const { queue_id: queueId } = await submitPrompt(params);
+    rememberJob(queueId, params.text);
+    queue.track(queueId);
+    setStatus("Queued. Your job is highlighted in the queue.");
+  } catch (error) {
+    setStatus(error.message, true);
+  } finally {
+    submitButton.disabled = false;
+  }
+}
+
+textInput.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+form.addEventListener("submit", submit);
+prefillFromUrl();

@@ -1,0 +1,194 @@
+// The live queue on the prompt pages, and the results of my own jobs.
+// One poll at a time: every second while one of my jobs is waiting or running,
+// every few seconds otherwise, and not at all while the tab is hidden.
+import { cancelJob, jobStatus, queueStatus } from "./api.js";
+import { el } from "./dom.js";
+import { formatEta } from "./format.js";
+import { forgetJob, isMine, myJobs } from "./myjobs.js";
+import { resultCard } from "./results.js";
+
+const FAST_POLL_MS = 1000;
+const SLOW_POLL_MS = 5000;
+const FINISHED = new Set(["done", "failed", "cancelled"]);
+// A long queue shows its head and my jobs; the rest is only counted.
+const SHOWN_JOBS = 20;
+
+// One row of the queue; built once per job and updated in place on each poll,
+// so a focused cancel button keeps its focus.
+function queueRow(queueId, onCancel) {
+  const badge = el("span", { class: "badge" });
+  const prompt = el("p", { class: "prompt" });
+  const meta = el("p", { class: "queue-meta" });
+  const progress = el("progress", { max: 256, "aria-label": "Image tokens generated" });
+  const tokens = el("span", { class: "tokens" });
+  const progressLine = el("div", { class: "progress-line" }, progress, tokens);
+  const cancel = el("button", { type: "button", class: "cancel" }, "Cancel");
+  const mine = isMine(queueId);
+  cancel.addEventListener("click", () => {
+    cancel.disabled = true;
+    cancel.textContent = "Cancelling…";
+    onCancel(queueId, cancel);
+  });
+  const node = el("li", { class: mine ? "queue-item mine" : "queue-item", "data-queue-id": queueId },
+    el("div", { class: "queue-head" }, badge, mine && el("span", { class: "mine-tag" }, "yours")),
+    prompt, meta, progressLine, mine && cancel);
+
+  function update(job, index) {
+    const running = job.status === "running";
+    node.dataset.status = job.status;
+    node.classList.toggle("running", running);
+    const position = job.position ?? index; // 0 is the running job, 1 the next one
+    badge.textContent = running ? "Generating" : position === 1 ? "Next" : `Position ${position}`;
+    if (prompt.textContent !== job.text) prompt.textContent = job.text;
+    meta.textContent = `${job.num_images} images · ${formatEta(job.eta_secs)}`;
+    progressLine.hidden = !running;
+    const done = job.progress?.tokens_done;
+    const total = job.progress?.total_tokens;
+    if (running && Number.isFinite(done) && total > 0) {
+      progress.max = total;
+      progress.value = done;
+      tokens.textContent = `${done} / ${total} tokens`;
+    } else {
+      progress.removeAttribute("value"); // indeterminate until the first tokens
+      tokens.textContent = "starting…";
+    }
+  }
+  return { node, update };
+}
+
+export function startQueue({ list, empty, more, connection, results, resultsEmpty, resultsStatus }) {
+  const rows = new Map();
+  const pending = new Set(); // my jobs last seen queued or running
+  let timer = null;
+  let polling = false;
+  let pollAgain = false;
+
+  function showResult(job, { prepend }) {
+    results.querySelector(`[data-queue-id="${CSS.escape(job.queue_id)}"]`)?.remove();
+    const card = resultCard(job);
+    if (prepend) results.prepend(card);
+    else results.append(card);
+    resultsEmpty.hidden = true;
+  }
+
+  async function cancel(queueId, button) {
+    try {
+      await cancelJob(queueId);
+    } catch (error) {
+      connection.textContent = `Could not cancel: ${error.message}`;
+      button.disabled = false;
+      button.textContent = "Cancel";
+    }
+    pollNow();
+  }
+
+  function renderQueue(allJobs) {
+    const jobs = allJobs.filter((job, index) => index < SHOWN_JOBS || isMine(job.queue_id));
+    const seen = new Set();
+    jobs.forEach((job, index) => {
+      seen.add(job.queue_id);
+      let row = rows.get(job.queue_id);
+      if (!row) {
+        row = queueRow(job.queue_id, cancel);
+        rows.set(job.queue_id, row);
+      }
+      row.update(job, allJobs.indexOf(job));
+      if (list.children[index] !== row.node) list.insertBefore(row.node, list.children[index] ?? null);
+    });
+    for (const [queueId, row] of rows) {
+      if (!seen.has(queueId)) {
+        row.node.remove();
+        rows.delete(queueId);
+      }
+    }
+    empty.hidden = jobs.length > 0;
+    more.hidden = allJobs.length === jobs.length;
+    more.textContent = `and ${allJobs.length - jobs.length} more waiting`;
+  }
+
+  // A job of mine that left the queue: find out how it ended.
+  async function settle(queueId) {
+    try {
+      const job = await jobStatus(queueId);
+      if (!FINISHED.has(job.status)) return;
+      pending.delete(queueId);
+      showResult(job, { prepend: true });
+      resultsStatus.textContent = job.status === "done"
+        ? `Your images for “${job.text}” are ready.`
+        : `Your job for “${job.text}” ${job.status === "failed" ? "failed" : "was cancelled"}.`;
+    } catch (error) {
+      if (error.status !== 404) throw error;
+      pending.delete(queueId);
+      forgetJob(queueId);
+    }
+  }
+
+  async function poll() {
+    clearTimeout(timer);
+    if (polling) {
+      pollAgain = true;
+      return;
+    }
+    polling = true;
+    try {
+      const jobs = await queueStatus();
+      renderQueue(jobs);
+      const inQueue = new Set(jobs.map((job) => job.queue_id));
+      // Jobs submitted from another tab of this browser are mine too.
+      for (const job of jobs) if (isMine(job.queue_id)) pending.add(job.queue_id);
+      await Promise.all([...pending].filter((queueId) => !inQueue.has(queueId)).map(settle));
+      connection.textContent = "";
+    } catch (error) {
+      connection.textContent = `${error.message} Trying again…`;
+    } finally {
+      polling = false;
+    }
+    if (pollAgain) {
+      pollAgain = false;
+      poll();
+    } else {
+      schedule();
+    }
+  }
+
+  function schedule() {
+    clearTimeout(timer);
+    if (!document.hidden) timer = setTimeout(poll, pending.size > 0 ? FAST_POLL_MS : SLOW_POLL_MS);
+  }
+
+  function pollNow() {
+    if (!document.hidden) poll();
+  }
+
+  // My earlier jobs: show the finished ones, follow the others.
+  async function restore() {
+    const jobs = await Promise.all(myJobs().map(async ({ queue_id }) => {
+      try {
+        return await jobStatus(queue_id);
+      } catch (error) {
+        if (error.status === 404) forgetJob(queue_id);
+        else pending.add(queue_id); // unknown for now; the next poll asks again
+        return null;
+      }
+    }));
+    for (const job of jobs) {
+      if (!job) continue;
+      if (FINISHED.has(job.status)) showResult(job, { prepend: false });
+      else pending.add(job.queue_id);
+    }
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) clearTimeout(timer);
+    else pollNow();
+  });
+  restore().finally(pollNow);
+
+  return {
+    // Follow a job this browser just submitted.
+    track(queueId) {
+      pending.add(queueId);
+      pollNow();
+    },
+  };
+}

@@ -1,0 +1,30 @@
+// A finished job of mine on the prompt pages: its images, or why there are none.
+import { el } from "./dom.js";
+import { formatSeconds } from "./format.js";
+import { thumbnail } from "./viewer.js";
+
+function doneDetails(entry) {
+  const images = entry.generated_images ?? [];
+  const perImage = entry.process_time_secs / (entry.num_images || images.length || 1);
+  return [
+    el("p", { class: "meta" },
+      `Seed ${entry.seed ?? "–"} · ${images.length} images · ${formatSeconds(entry.process_time_secs)}`
+      + ` (${formatSeconds(perImage)} per image)`),
+    el("div", { class: "thumbs" }, images.map((src) => thumbnail({ src, alt: entry.text_prompt }))),
+  ];
+}
+
+function details(job) {
+  if (job.status === "done" && job.result) return doneDetails(job.result);
+  if (job.status === "failed") {
+    return el("p", { class: "job-error", role: "alert" }, `Failed: ${job.error || "no reason given"}`);
+  }
+  if (job.status === "cancelled") return el("p", { class: "meta" }, "Cancelled.");
+  return el("p", { class: "meta" }, `Finished, but its images are no longer in the library.`);
+}
+
+export function resultCard(job) {
+  return el("article", { class: "card result", "data-queue-id": job.queue_id, "data-status": job.status },
+    el("h3", { class: "prompt" }, job.text ?? job.result?.text_prompt ?? ""),
+    details(job));
+}

@@ -1,0 +1,54 @@
+// The same input rules as the server's POST /prompt, checked before sending so
+// mistakes are shown next to their field at once.
+export const MAX_PROMPT_CHARS = 1000;
+export const MAX_SEED = 4294967296;
+export const SAMPLING_FIELDS = ["gen_top_k", "gen_top_p", "temperature", "condition_scale"];
+
+const INTEGER = /^\d+$/;
+
+function parseNumber(raw) {
+  const text = raw.trim();
+  if (text === "") return null;
+  const value = Number(text);
+  return Number.isFinite(value) ? value : Number.NaN;
+}
+
+const samplingRules = {
+  gen_top_k: (raw) => (INTEGER.test(raw.trim()) && Number(raw) >= 1 ? null : "Top-k must be a whole number of at least 1."),
+  gen_top_p: (raw) => {
+    const value = parseNumber(raw);
+    return value > 0 && value <= 1 ? null : "Top-p must be above 0 and at most 1.";
+  },
+  temperature: (raw) => (parseNumber(raw) > 0 ? null : "Temperature must be above 0."),
+  condition_scale: (raw) => (parseNumber(raw) >= 0 ? null : "Condition scale must be 0 or more."),
+};
+
+// `form` maps field names to the raw strings of the form (sampling fields only on
+// the advanced page). Returns { params, errors }: params is the POST /prompt body,
+// errors maps a field name to what is wrong with it.
+export function validatePrompt(form) {
+  const errors = {};
+  const params = {};
+
+  const text = (form.text ?? "").trim();
+  if (!text) errors.text = "Write a prompt first.";
+  else if ([...text].length > MAX_PROMPT_CHARS) errors.text = `A prompt has at most ${MAX_PROMPT_CHARS} characters.`;
+  params.text = text;
+
+  const numImages = Number(form.num_images);
+  if ([2, 4, 6, 8].includes(numImages)) params.num_images = numImages;
+  else errors.num_images = "Choose 2, 4, 6 or 8 images.";
+
+  const seed = (form.seed ?? "").trim() || "0";
+  if (INTEGER.test(seed) && Number(seed) <= MAX_SEED) params.seed = Number(seed);
+  else errors.seed = `The seed is a whole number from 0 to ${MAX_SEED}.`;
+
+  for (const field of SAMPLING_FIELDS) {
+    const raw = form[field];
+    if (raw === undefined || raw.trim() === "") continue; // empty: the model's default
+    const problem = samplingRules[field](raw);
+    if (problem) errors[field] = problem;
+    else params[field] = Number(raw);
+  }
+  return { params, errors };
+}

@@ -1,0 +1,1 @@
+"""What the services share: settings, the Redis job queue, the library store, the local launcher."""

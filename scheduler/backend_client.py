@@ -1,0 +1,103 @@
+"""The scheduler's HTTP client for one backend (protocol: docs/architecture.md)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import requests
+
+TERMINAL_EVENTS = ("done", "cancelled", "error")
+
+
+class BackendUnavailable(Exception):
+    """The backend did not take the job (unreachable, loading, busy): try again later."""
+
+
+class BackendRejected(Exception):
+    """The backend refused the job itself (400): retrying cannot help."""
+
+
+class BackendLost(Exception):
+    """The connection broke or went silent in the middle of a job."""
+
+
+class GenerationStream:
+    """The NDJSON events of one /generate call; closing it hangs up, which cancels the job."""
+
+    def __init__(self, response: requests.Response):
+        self.response = response
+
+    def __iter__(self) -> Iterator[dict]:
+        try:
+            for line in self.response.iter_lines(chunk_size=None):
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    raise BackendLost(f"backend sent a line that is not JSON: {line[:200]!r}") from None
+                yield event
+                if event.get("event") in TERMINAL_EVENTS:
+                    return
+        except requests.RequestException as exc:
+            raise BackendLost(f"connection lost: {exc}") from exc
+        raise BackendLost("the stream ended without a result")
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> "GenerationStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BackendClient:
+    def __init__(self, base_url: str, connect_timeout_secs: float = 3.0, stall_timeout_secs: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout_secs = connect_timeout_secs
+        self.stall_timeout_secs = stall_timeout_secs
+        self.session = requests.Session()
+
+    def health(self) -> dict:
+        """The backend's /health body; {"status": "unreachable", "error": ...} when it cannot be asked."""
+        try:
+            response = self.session.get(f"{self.base_url}/health", timeout=self.connect_timeout_secs)
+            body = response.json()
+        except (requests.RequestException, ValueError) as exc:
+            return {"status": "unreachable", "error": str(exc)}
+        if not isinstance(body, dict):
+            return {"status": "error", "error": f"unexpected /health answer: {body!r}"}
+        return body
+
+    def generate(self, params: dict) -> GenerationStream:
+        """Start a job; raises BackendUnavailable or BackendRejected if the backend does not take it."""
+        try:
+            response = self.session.post(f"{self.base_url}/generate", json=params, stream=True,
+                                         timeout=(self.connect_timeout_secs, self.stall_timeout_secs))
+        except requests.RequestException as exc:
+            raise BackendUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
+        if response.status_code == 200:
+            return GenerationStream(response)
+        try:
+            message = response.json().get("error") or response.reason
+        except (ValueError, AttributeError):
+            message = response.text[:500] or response.reason
+        finally:
+            response.close()
+        if response.status_code == 400:
+            raise BackendRejected(f"backend refused the job: {message}")
+        raise BackendUnavailable(f"backend answered {response.status_code}: {message}")
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the backend to stop `job_id`; False if it was not running it or cannot be reached."""
+        try:
+            response = self.session.post(f"{self.base_url}/cancel", json={"job_id": job_id},
+                                         timeout=self.connect_timeout_secs)
+            return bool(response.json().get("cancelled"))
+        except (requests.RequestException, ValueError, AttributeError):
+            return False
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,232 @@
+"""One worker: feeds one backend, one job at a time, from the shared FIFO queue."""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+import time
+
+import redis
+
+from playground.jobs import Job
+from playground.library import LibraryStore
+from scheduler.backend_client import BackendClient, BackendLost, BackendRejected, BackendUnavailable
+from scheduler.config import Config
+from scheduler.worker_queue import WorkerQueue
+
+log = logging.getLogger(__name__)
+
+# How long an idle worker blocks in BLMOVE before it looks at its backend and the stop flag
+# again; a pushed job wakes it at once, so this bounds only shutdown and health checks.
+CLAIM_TIMEOUT_SECS = 1.0
+HEALTH_RECHECK_SECS = 2.0
+SWEEP_EVERY_HEARTBEATS = 2
+
+
+def worker_id_for(backend_url: str) -> str:
+    """A stable id per backend, so a restarted scheduler takes back its own worker's job."""
+    return backend_url.split("://", 1)[-1].rstrip("/")
+
+
+class Worker:
+    """Serves one backend until its own `stop` event is set (by the scheduler on SIGTERM, or
+    by itself when another scheduler has taken over this backend)."""
+
+    def __init__(self, config: Config, backend_url: str, redis_client: redis.Redis,
+                 library: LibraryStore, stop: threading.Event):
+        self.config = config
+        self.backend_url = backend_url
+        self.queue = WorkerQueue(redis_client, worker_id_for(backend_url), backend_url,
+                                 prefix=config.redis_prefix, max_attempts=config.max_attempts,
+                                 heartbeat_ttl_secs=config.heartbeat_ttl_secs)
+        self.backend = BackendClient(backend_url, stall_timeout_secs=config.stall_timeout_secs)
+        self.library = library
+        self.stop = stop
+        # What the heartbeat publishes; written by the worker thread only.
+        self.backend_status = "unknown"
+        self.backend_error: str | None = None
+        self.model: str | None = None
+        self._ready_checked_at = 0.0
+
+    @property
+    def worker_id(self) -> str:
+        return self.queue.worker_id
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Claim and run jobs until `stop` is set. Survives Redis and backend outages."""
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat {self.worker_id}", daemon=True)
+        try:
+            self._register()
+            heartbeat.start()
+            while not self.stop.is_set():
+                try:
+                    if not self._wait_for_backend():
+                        break
+                    job = self.queue.claim(timeout=CLAIM_TIMEOUT_SECS)
+                    if job is not None:
+                        self.run_job(job)
+                except redis.RedisError as exc:
+                    log.warning("worker %s: Redis error, retrying: %s", self.worker_id, exc)
+                    self.stop.wait(self.config.backoff_max_secs)
+        finally:
+            self._unregister()
+            self.backend.close()
+
+    def _register(self) -> None:
+        """Take our identity; while another live scheduler holds it, wait for it to go away."""
+        delay = self.config.backoff_min_secs
+        while not self.stop.is_set():
+            try:
+                if self.queue.register():
+                    log.info("worker %s serving %s", self.worker_id, self.backend_url)
+                    return
+                log.warning("worker %s: another live scheduler serves %s; waiting", self.worker_id, self.backend_url)
+            except redis.RedisError as exc:
+                log.warning("worker %s: cannot reach Redis: %s", self.worker_id, exc)
+            self.stop.wait(delay)
+            delay = min(delay * 2, self.config.backoff_max_secs)
+
+    def _unregister(self) -> None:
+        try:
+            self.queue.unregister()
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not unregister: %s", self.worker_id, exc)
+
+    def _heartbeat_loop(self) -> None:
+        beats = 0
+        while not self.stop.wait(self.config.heartbeat_interval_secs if beats else 0):
+            try:
+                if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error):
+                    log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
+                    self.stop.set()
+                    return
+                if beats % SWEEP_EVERY_HEARTBEATS == 0:
+                    for job_id, status in self.queue.sweep_dead_workers():
+                        log.warning("recovered job %s from a dead worker: now %s", job_id, status)
+            except redis.RedisError as exc:
+                log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+            beats += 1
+
+    def _wait_for_backend(self) -> bool:
+        """Block (with back-off) until the backend is ready and idle; False if stopping."""
+        if self.backend_status == "ready" and time.monotonic() - self._ready_checked_at < HEALTH_RECHECK_SECS:
+            return True
+        delay = self.config.backoff_min_secs
+        while not self.stop.is_set():
+            health = self.backend.health()
+            status = health.get("status", "error")
+            self.model = health.get("model") or self.model
+            self.backend_error = health.get("error")
+            if status == "ready" and health.get("busy"):
+                status = "busy"  # still finishing a job we hung up on, or someone else's
+            if status != self.backend_status:
+                log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
+                         f" ({self.backend_error})" if self.backend_error else "")
+            self.backend_status = status
+            if status == "ready":
+                self._ready_checked_at = time.monotonic()
+                return True
+            self.stop.wait(delay)
+            delay = min(delay * 2, self.config.backoff_max_secs)
+        return False
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def run_job(self, job: Job) -> None:
+        """Run a claimed job on the backend and record how it ended."""
+        started = time.monotonic()
+        log.info("job %s (attempt %d) -> %s", job.id, job.attempts, self.backend_url)
+        try:
+            with self.backend.generate(job.params()) as stream:
+                self.backend_status = "busy"
+                self._follow(job, stream, started)
+        except BackendUnavailable as exc:
+            # It never started: not an attempt.
+            self.backend_status = "unavailable"
+            self.queue.put_back(job.id, str(exc), count_attempt=False)
+        except BackendRejected as exc:
+            self.queue.finish_failed(job.id, str(exc))
+        except BackendLost as exc:
+            self.backend_status = "lost"
+            status = self.queue.put_back(job.id, f"backend {self.backend_url}: {exc}")
+            log.warning("job %s: backend %s lost (%s); job is now %s", job.id, self.backend_url, exc, status)
+        except _Stopping:
+            self.queue.put_back(job.id, "the scheduler stopped during the job", count_attempt=False)
+        except (OSError, ValueError, KeyError, binascii.Error) as exc:
+            # A broken answer or a library write that failed: count it, retry, fail after the last.
+            log.exception("job %s failed in the worker", job.id)
+            self.queue.put_back(job.id, f"worker error: {exc!r}")
+        else:
+            return
+        finally:
+            if self.backend_status == "busy":
+                self.backend_status = "ready"
+
+    def _follow(self, job: Job, stream, started: float) -> None:
+        cancelling = False
+        last_write = 0.0
+        for event in stream:
+            kind = event.get("event")
+            if kind in ("started", "progress"):
+                if self.stop.is_set() and not cancelling:
+                    self.backend.cancel(job.id)
+                    raise _Stopping()
+                now = time.monotonic()
+                if kind == "started" or now - last_write >= self.config.progress_interval_secs:
+                    last_write = now
+                    wants_cancel = self.queue.progress(
+                        job.id, int(event.get("tokens_done", 0)), int(event.get("total_tokens", 256)),
+                        seed=event.get("seed") if kind == "started" else None)
+                    if wants_cancel and not cancelling:
+                        # Keep reading until the backend confirms, so it is free for the next job.
+                        cancelling = True
+                        if not self.backend.cancel(job.id):
+                            stream.close()
+                            self.queue.finish_cancelled(job.id)
+                            return
+            elif kind == "done":
+                if cancelling or self.queue.cancel_requested(job.id):
+                    self.queue.finish_cancelled(job.id)  # too late to stop: discard the images
+                else:
+                    self._store(job, event, time.monotonic() - started)
+                return
+            elif kind == "cancelled":
+                if cancelling or self.queue.cancel_requested(job.id):
+                    self.queue.finish_cancelled(job.id)
+                else:
+                    raise BackendLost("the backend cancelled the job on its own")
+                return
+            elif kind == "error":
+                self.queue.finish_failed(job.id, f"backend error: {event.get('error') or 'unknown'}")
+                return
+
+    def _store(self, job: Job, event: dict, process_time_secs: float) -> None:
+        images = [base64.b64decode(data, validate=True) for data in event["images"]]
+        params = event.get("params") or {}
+        entry = {
+            "queue_id": job.id,
+            "text_prompt": job.text,
+            "creation_unixtime": time.time(),
+            "process_time_secs": round(process_time_secs, 3),
+            "seed": int(event.get("seed", job.seed)),
+            "num_images": len(images),
+            "gen_top_k": params.get("top_k", job.top_k),
+            "gen_top_p": params.get("top_p", job.top_p),
+            "temperature": params.get("temperature", job.temperature),
+            "condition_scale": params.get("condition_scale", job.condition_scale),
+            "model": event.get("model") or self.model,
+            "backend": self.backend_url,
+            "secs_per_image": round(process_time_secs / max(1, len(images)), 3),
+        }
+        stored = self.library.add_job(entry, images)
+        self.queue.finish_done(job.id, seed=entry["seed"], model=entry["model"] or "",
+                               images=stored["generated_images"], process_time_secs=entry["process_time_secs"])
+        self.queue.record_speed(entry["secs_per_image"])
+        log.info("job %s done in %.2f s", job.id, process_time_secs)
+
+
+class _Stopping(Exception):
+    """The scheduler is shutting down in the middle of a job."""

@@ -1,0 +1,277 @@
+"""A worker's side of the Redis job queue: claim the next job, report progress, finish it,
+put it back, and recover the job of a worker that died.
+
+A claimed job moves atomically (BLMOVE) from the queue into the worker's own processing
+list, so it is always in exactly one list until it finishes. A worker proves it is alive
+with a key that expires unless its heartbeat renews it; a worker whose key has expired
+gets its job put back at the front of the queue by whoever notices first (its own
+successor at start, or any other worker's periodic sweep). Key layout: `playground.jobs`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+
+import redis
+
+from playground.jobs import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, Job, Keys
+
+MAX_ATTEMPTS = 3
+HEARTBEAT_TTL_SECS = 6
+SPEED_SMOOTHING = 0.3  # weight of the newest measurement in the moving average
+
+# KEYS: processing list, job hash, worker hash. ARGV: job id, now, worker id, backend url.
+# The job may have been cancelled while it sat in the queue; then it is dropped here.
+_START = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if status ~= 'queued' then
+  redis.call('LREM', KEYS[1], 0, ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[2], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3],
+           'backend', ARGV[4], 'tokens_done', '0', 'cancel_requested', '0')
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('HSET', KEYS[3], 'job_id', ARGV[1])
+return 1
+"""
+
+# KEYS: processing list, job hash, worker hash. ARGV: job id, now, ttl, field, value, ...
+_FINISH = """
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+redis.call('HSET', KEYS[3], 'job_id', '')
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'finished_at', ARGV[2], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""
+
+# Put a job back at the front of the queue, or fail it when it has had its attempts, or
+# cancel it when that was asked. KEYS: processing list, job hash, queue, worker hash, the
+# worker's alive key. ARGV: job id, reason, count_attempt (1/0), max attempts, now, ttl,
+# only_if_dead (1/0: leave it alone if that worker has come back). Returns the new status.
+_PUT_BACK = """
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return '' end
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return '' end
+redis.call('HSET', KEYS[4], 'job_id', '')
+if redis.call('EXISTS', KEYS[2]) == 0 then return '' end
+local finish = function(status, err)
+  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', ARGV[5], 'error', err)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+  return status
+end
+if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return finish('cancelled', '') end
+local attempts = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')
+if ARGV[3] == '1' and attempts >= tonumber(ARGV[4]) then
+  return finish('failed', 'gave up after ' .. attempts .. ' attempts; last: ' .. ARGV[2])
+end
+if ARGV[3] ~= '1' and attempts > 0 then attempts = attempts - 1 end
+redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', attempts, 'last_error', ARGV[2],
+           'tokens_done', '0', 'started_at', '', 'worker', '', 'backend', '')
+redis.call('LPUSH', KEYS[3], ARGV[1])
+return 'queued'
+"""
+
+# Take a worker's identity if it is free, ours, or its holder is known to be dead.
+# KEYS: alive key. ARGV: owner, ttl, predecessor to replace ('' = none).
+_TAKE_IDENTITY = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and holder ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: speed hash. ARGV: worker id, seconds per image, smoothing.
+_RECORD_SPEED = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local new = tonumber(ARGV[2])
+if old then new = tonumber(ARGV[3]) * new + (1 - tonumber(ARGV[3])) * tonumber(old) end
+redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
+return tostring(new)
+"""
+
+
+def process_owner() -> str:
+    """Who holds a worker identity: host, pid, and a random part that tells restarts apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def owner_is_dead(holder: str, me: str) -> bool:
+    """True when `holder` is provably a dead process on this host (e.g. a scheduler killed
+    with -9 that we replace), so its identity can be taken without waiting for its TTL."""
+    try:
+        host, pid, _ = holder.split(":")
+        my_host, my_pid, _ = me.split(":")
+        pid = int(pid)
+    except ValueError:
+        return False
+    if host != my_host:
+        return False
+    if pid == int(my_pid):  # our pid, another owner: a restarted container reusing pid 1
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class WorkerQueue:
+    """The queue operations of the worker serving one backend."""
+
+    def __init__(self, redis_client: redis.Redis, worker_id: str, backend_url: str,
+                 prefix: str = DEFAULT_PREFIX, max_attempts: int = MAX_ATTEMPTS,
+                 heartbeat_ttl_secs: int = HEARTBEAT_TTL_SECS,
+                 finished_ttl_secs: int = DEFAULT_FINISHED_TTL_SECS, owner: str | None = None):
+        self.redis = redis_client
+        self.worker_id = worker_id
+        self.backend_url = backend_url
+        self.keys = Keys(prefix)
+        self.max_attempts = max_attempts
+        self.heartbeat_ttl_secs = heartbeat_ttl_secs
+        self.finished_ttl_secs = finished_ttl_secs
+        self.owner = owner or process_owner()
+        self.processing = self.keys.processing(worker_id)
+        self.worker_key = self.keys.worker(worker_id)
+        self._start = redis_client.register_script(_START)
+        self._finish = redis_client.register_script(_FINISH)
+        self._put_back = redis_client.register_script(_PUT_BACK)
+        self._take_identity = redis_client.register_script(_TAKE_IDENTITY)
+        self._record_speed = redis_client.register_script(_RECORD_SPEED)
+
+    # -- identity and heartbeat ------------------------------------------------------------
+
+    def register(self) -> bool:
+        """Take this worker's identity and put back any job a dead predecessor left running.
+
+        False when another live process holds it (two schedulers configured for one backend).
+        """
+        holder = self.redis.get(self.keys.alive(self.worker_id))
+        predecessor = holder.decode() if holder and owner_is_dead(holder.decode(), self.owner) else ""
+        if not self._take_identity(keys=[self.keys.alive(self.worker_id)],
+                                   args=[self.owner, self.heartbeat_ttl_secs, predecessor]):
+            return False
+        self.redis.sadd(self.keys.workers, self.worker_id)
+        self.redis.hset(self.worker_key, mapping={"backend_url": self.backend_url, "job_id": "",
+                                                  "heartbeat": repr(time.time())})
+        self.recover(self.worker_id, reason="the scheduler worker was restarted during the job")
+        return True
+
+    def heartbeat(self, backend_status: str, model: str | None = None,
+                  backend_error: str | None = None) -> bool:
+        """Renew the alive key and publish the backend's state; False if the identity was lost."""
+        if not self._take_identity(keys=[self.keys.alive(self.worker_id)],
+                                   args=[self.owner, self.heartbeat_ttl_secs, ""]):
+            return False
+        self.redis.hset(self.worker_key, mapping={
+            "backend_url": self.backend_url, "backend_status": backend_status, "model": model or "",
+            "backend_error": backend_error or "", "heartbeat": repr(time.time())})
+        return True
+
+    def unregister(self) -> None:
+        """A clean stop: the worker disappears from health (its job must be put back first)."""
+        pipe = self.redis.pipeline()
+        pipe.srem(self.keys.workers, self.worker_id)
+        pipe.delete(self.worker_key, self.keys.alive(self.worker_id))
+        pipe.execute()
+
+    # -- the job's life --------------------------------------------------------------------
+
+    def claim(self, timeout: float) -> Job | None:
+        """Wait up to `timeout` seconds for the next queued job and mark it running.
+
+        BLMOVE wakes the moment a job is pushed, so an idle worker starts at once.
+        """
+        job_id = self.redis.blmove(self.keys.queue, self.processing, timeout, "LEFT", "LEFT")
+        if job_id is None:
+            return None
+        job_id = job_id.decode()
+        if not self._start(keys=[self.processing, self.keys.job(job_id), self.worker_key],
+                           args=[job_id, repr(time.time()), self.worker_id, self.backend_url]):
+            return None
+        return Job.from_hash(self.redis.hgetall(self.keys.job(job_id)))
+
+    def progress(self, job_id: str, tokens_done: int, total_tokens: int,
+                 seed: int | None = None) -> bool:
+        """Store progress; returns whether a cancel was asked for (one round trip)."""
+        fields = {"tokens_done": tokens_done, "total_tokens": total_tokens}
+        if seed is not None:
+            fields["seed"] = seed
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.job(job_id), mapping=fields)
+        pipe.hget(self.keys.job(job_id), "cancel_requested")
+        return pipe.execute()[1] == b"1"
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.redis.hget(self.keys.job(job_id), "cancel_requested") == b"1"
+
+    def finish_done(self, job_id: str, seed: int, model: str, images: list[str],
+                    process_time_secs: float) -> None:
+        self._finish_as(job_id, status="done", seed=seed, model=model, images=json.dumps(images),
+                        process_time_secs=repr(process_time_secs), error="")
+
+    def finish_failed(self, job_id: str, error: str) -> None:
+        self._finish_as(job_id, status="failed", error=error)
+
+    def finish_cancelled(self, job_id: str) -> None:
+        self._finish_as(job_id, status="cancelled", error="")
+
+    def _finish_as(self, job_id: str, **fields) -> None:
+        flat = [str(item) for pair in fields.items() for item in pair]
+        self._finish(keys=[self.processing, self.keys.job(job_id), self.worker_key],
+                     args=[job_id, repr(time.time()), self.finished_ttl_secs, *flat])
+
+    def put_back(self, job_id: str, reason: str, count_attempt: bool = True) -> str:
+        """Return the job to the front of the queue (or fail it after its last attempt).
+
+        `count_attempt=False` when the job never really ran or we stopped it ourselves
+        (backend busy, scheduler shutting down). Returns the job's new status.
+        """
+        return self._put_back_from(self.worker_id, job_id, reason, count_attempt, only_if_dead=False)
+
+    def _put_back_from(self, worker_id: str, job_id: str, reason: str, count_attempt: bool,
+                       only_if_dead: bool) -> str:
+        status = self._put_back(
+            keys=[self.keys.processing(worker_id), self.keys.job(job_id), self.keys.queue,
+                  self.keys.worker(worker_id), self.keys.alive(worker_id)],
+            args=[job_id, reason, "1" if count_attempt else "0", self.max_attempts,
+                  repr(time.time()), self.finished_ttl_secs, "1" if only_if_dead else "0"])
+        return status.decode() if isinstance(status, bytes) else status
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover(self, worker_id: str, reason: str) -> list[tuple[str, str]]:
+        """Put back every job in `worker_id`'s processing list; [(job id, new status)].
+
+        Another worker's jobs are only touched while its alive key is absent.
+        """
+        recovered = []
+        for raw in self.redis.lrange(self.keys.processing(worker_id), 0, -1):
+            job_id = raw.decode()
+            status = self._put_back_from(worker_id, job_id, reason, count_attempt=True,
+                                         only_if_dead=worker_id != self.worker_id)
+            if status:
+                recovered.append((job_id, status))
+        return recovered
+
+    def sweep_dead_workers(self) -> list[tuple[str, str]]:
+        """Recover the jobs of other workers whose heartbeat has expired."""
+        recovered = []
+        for raw in self.redis.smembers(self.keys.workers):
+            other = raw.decode()
+            if other == self.worker_id or self.redis.exists(self.keys.alive(other)):
+                continue
+            if self.redis.llen(self.keys.processing(other)):
+                recovered += self.recover(other, reason=f"worker {other} stopped responding during the job")
+        return recovered
+
+    # -- speed -----------------------------------------------------------------------------
+
+    def record_speed(self, secs_per_image: float) -> float:
+        """Fold one measurement into this worker's moving average of seconds per image."""
+        return float(self._record_speed(keys=[self.keys.speed],
+                                        args=[self.worker_id, repr(secs_per_image), SPEED_SMOOTHING]))

@@ -1,0 +1,35 @@
+"""Fixtures shared by the whole suite: a real Redis server per test session, flushed per test."""
+from __future__ import annotations
+
+import pytest
+import redis
+
+from playground.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory):
+    """One model cache for the whole run, so the tiny model is written once."""
+    return tmp_path_factory.mktemp("model-cache")

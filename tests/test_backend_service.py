@@ -1,0 +1,174 @@
+"""The backend service with the real engine on the tiny model: health, streaming, validation,
+one job at a time, cancel, and cancel-on-disconnect through the real gunicorn server."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import pytest
+from PIL import Image
+
+from backend.app import create_app
+from backend.config import Config
+from backend.png import read_png_metadata
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from backend.engine import load_engine
+
+    engine = load_engine("tiny", cache_dir=tmp_path_factory.mktemp("cache"))
+    engine.warm_up((2,))
+    return engine
+
+
+@pytest.fixture
+def client(engine):
+    app = create_app(Config(progress_interval_secs=0.02), loader=lambda: engine)
+    assert app.extensions["model_holder"].wait(30)
+    return app.test_client()
+
+
+def events_of(response) -> list[dict]:
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+
+
+def job(**overrides) -> dict:
+    body = {"job_id": "job-1", "text": "a red circle", "num_images": 2, "seed": 7}
+    body.update(overrides)
+    return body
+
+
+def test_health_reports_loading_then_ready(engine):
+    release = threading.Event()
+
+    def slow_loader():
+        release.wait(10)
+        return engine
+
+    client = create_app(Config(), loader=slow_loader).test_client()
+    loading = client.get("/health")
+    assert loading.status_code == 503 and loading.json["status"] == "loading"
+    assert client.post("/generate", json=job()).status_code == 503
+    release.set()
+    client.application.extensions["model_holder"].wait(10)
+    ready = client.get("/health")
+    assert ready.status_code == 200
+    assert ready.json["status"] == "ready" and ready.json["busy"] is False
+
+
+def test_loading_failure_is_reported_not_crashed():
+    def broken_loader():
+        raise FileNotFoundError("flax_model.msgpack is missing")
+
+    client = create_app(Config(model="mini"), loader=broken_loader).test_client()
+    client.application.extensions["model_holder"].wait(10)
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.json["status"] == "error" and "flax_model.msgpack" in health.json["error"]
+    assert client.post("/generate", json=job()).status_code == 503
+
+
+def test_generate_streams_progress_then_pngs_with_metadata(client):
+    response = client.post("/generate", json=job(condition_scale=3.0))
+    assert response.status_code == 200
+    assert response.mimetype == "application/x-ndjson"
+    events = events_of(response)
+    assert events[0] == {"event": "started", "seed": 7, "total_tokens": 256}
+    done = events[-1]
+    assert done["event"] == "done" and done["seed"] == 7 and done["model"] == "tiny"
+    assert done["params"]["condition_scale"] == 3.0
+    assert set(done["timings"]) >= {"tokens_secs", "vqgan_secs", "png_secs", "total_secs"}
+    assert len(done["images"]) == 2
+    for index, encoded in enumerate(done["images"]):
+        data = base64.b64decode(encoded)
+        image = Image.open(io.BytesIO(data))
+        assert image.format == "PNG" and image.size == (256, 256)
+        meta = read_png_metadata(data)
+        assert meta["prompt"] == "a red circle" and meta["seed"] == "7"
+        assert meta["image_index"] == str(index) and meta["condition_scale"] == "3.0"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert all(0 <= e["tokens_done"] <= 256 for e in progress)
+
+
+def test_seed_zero_is_replaced_and_reported(client):
+    events = events_of(client.post("/generate", json=job(seed=0)))
+    assert 1 <= events[0]["seed"] <= 2**32
+    assert events[-1]["seed"] == events[0]["seed"]
+
+
+def test_same_seed_same_pngs_and_largest_seed_works(client):
+    first = events_of(client.post("/generate", json=job(seed=2**32)))[-1]
+    second = events_of(client.post("/generate", json=job(seed=2**32)))[-1]
+    assert first["event"] == "done" and first["images"] == second["images"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"text": "x", "num_images": 2, "seed": 1}, "job_id"),
+        (job(text="   "), "text"),
+        (job(text="x" * 1001), "text"),
+        (job(num_images=9), "num_images"),
+        (job(num_images="2"), "num_images"),
+        (job(seed=2**32 + 1), "seed"),
+        (job(seed=-1), "seed"),
+        (job(top_k=0), "top_k"),
+        (job(top_p=1.5), "top_p"),
+        (job(temperature=0), "temperature"),
+        (job(condition_scale=-1), "condition_scale"),
+        ([1, 2], "body"),
+    ],
+)
+def test_bad_requests_name_the_field(client, body, field):
+    response = client.post("/generate", json=body)
+    assert response.status_code == 400
+    assert field in response.json["error"]
+    assert client.get("/health").json["busy"] is False
+
+
+def test_non_json_body_is_refused(client):
+    response = client.post("/generate", data=b"\xff\xfe not json", content_type="application/json")
+    assert response.status_code == 400
+
+
+def test_one_job_at_a_time_and_cancel(client):
+    response = client.post("/generate", json=job(job_id="long"), buffered=False)
+    lines = response.response
+    first = json.loads(next(iter(lines)))
+    assert first["event"] == "started"
+    busy = client.post("/generate", json=job(job_id="other"))
+    assert busy.status_code == 409
+    assert client.post("/cancel", json={"job_id": "not-this-one"}).json == {"cancelled": False}
+    assert client.post("/cancel", json={"job_id": "long"}).json == {"cancelled": True}
+    rest = [json.loads(line) for line in lines]
+    assert rest[-1] == {"event": "cancelled"}
+    assert client.get("/health").json["busy"] is False
+
+
+def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, model_cache_dir):
+    import requests
+
+    from processes import backend_process
+
+    backend = backend_process(tmp_path, model_cache_dir, extra_env={
+        "BACKEND_WARMUP_BATCH_SIZES": "2", "BACKEND_PROGRESS_INTERVAL": "0.05"}).start()
+    try:
+        backend.wait_healthy(timeout=240)
+        with requests.post(backend.url + "/generate", json=job(job_id="complete"), stream=True, timeout=60) as response:
+            assert response.headers["Content-Type"].startswith("application/x-ndjson")
+            events = [json.loads(line) for line in response.iter_lines() if line]
+        assert events[0]["event"] == "started" and events[-1]["event"] == "done"
+        assert any(e["event"] == "progress" for e in events)
+
+        response = requests.post(backend.url + "/generate", json=job(job_id="leaver"), stream=True, timeout=60)
+        assert json.loads(next(response.iter_lines()))["event"] == "started"
+        response.close()  # the scheduler died: nobody reads the stream any more
+        backend.wait_until(lambda: "client of job leaver went away" in backend.log_tail(20000), 20,
+                           "the backend noticing the client left")
+        backend.wait_until(lambda: requests.get(backend.url + "/health", timeout=5).json()["busy"] is False,
+                           20, "the backend to be free again")
+    finally:
+        backend.stop()

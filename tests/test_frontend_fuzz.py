@@ -1,0 +1,149 @@
+"""Property-based fuzzing of every route: whatever arrives, the answer is a complete response
+with a status below 500, and the server keeps serving."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+import uuid
+from urllib.parse import quote, urlencode
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from frontend.config import Config
+from frontend.threaded import serving
+from playground.jobs import JobQueue
+from playground.library import LibraryStore
+
+FUZZ_SETTINGS = settings(max_examples=300, deadline=None, database=None,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def world(redis_server, tmp_path_factory):
+    """A server with some jobs and library entries the fuzzer can aim at."""
+    import redis
+
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "static").mkdir()
+    (root / "static" / "index.html").write_text("<!doctype html>")
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    queue = JobQueue(client)
+    store = LibraryStore(root / "library")
+    job_ids = [queue.submit({"text": f"job {i}", "num_images": 2, "seed": i}).id for i in range(3)]
+    images = []
+    for i in range(3):
+        entry = store.add_job({"queue_id": str(uuid.uuid4()), "text_prompt": f"entry {i}",
+                               "creation_unixtime": time.time()}, [b"\x89PNG one", b"\x89PNG two"])
+        job_ids.append(entry["queue_id"])
+        images.extend(entry["generated_images"])
+    config = Config(port=0, redis_url=redis_server.url, library_dir=root / "library",
+                    static_dir=root / "static", max_body_bytes=4096, socket_timeout_secs=2,
+                    body_deadline_secs=2, max_queued_jobs=50)
+    with serving(config) as server:
+        yield {"server": server, "job_ids": job_ids, "images": images}
+    client.close()
+
+
+def send(server, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        length = response.getheader("Content-Length")
+        assert length is not None and int(length) == len(payload) or method == "HEAD"
+        return response.status, payload
+    finally:
+        connection.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=20)
+prompt_values = st.one_of(json_values, st.sampled_from(["2", "4", "6", "8", "0", "4294967296", "4294967297",
+                                                        "", " ", "-1", "1e3", "NaN"]),
+                          st.integers(min_value=-10, max_value=2**33))
+prompt_bodies = st.fixed_dictionaries({}, optional={
+    name: prompt_values for name in ("text", "num_images", "seed", "gen_top_k", "gen_top_p",
+                                     "temperature", "condition_scale", "path")})
+bodies = st.one_of(
+    st.none(),
+    st.binary(max_size=300),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    prompt_bodies.map(lambda value: json.dumps(value).encode()),
+    prompt_bodies.map(lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+)
+segments = st.one_of(st.builds(lambda: str(uuid.uuid4())), st.text(max_size=40), st.sampled_from(
+    ["..", "%2e%2e", "%252e", "\\", "%00", ".", "", "library.json", "job.json"]))
+header_sets = st.dictionaries(
+    st.sampled_from(["Authorization", "X-API-Token", "Origin", "Content-Type", "Sec-Fetch-Site", "Accept",
+                     "Range", "If-None-Match", "Cookie", "Connection"]),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=40), max_size=4)
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_every_route_answers_below_500(world, data):
+    server = world["server"]
+    route = data.draw(st.sampled_from(server.api.router.routes), label="route")
+    path = route.template
+    for name in ("queue_id", "job_id", "image_id"):
+        if "{" + name + "}" in path:
+            choice = data.draw(st.one_of(st.sampled_from(world["job_ids"] + [i.split("/")[2][:-4] for i in world["images"]]),
+                                         segments), label=name)
+            path = path.replace("{" + name + "}", quote(choice, safe="%"))
+    query = data.draw(st.dictionaries(st.sampled_from(["offset", "limit", "q", "x"]), st.text(max_size=20), max_size=3))
+    if query:
+        path += "?" + urlencode(query)
+    method = data.draw(st.sampled_from([route.method, route.method, "GET", "HEAD", "POST", "DELETE", "PUT", "PATCH"]))
+    body = data.draw(bodies, label="body")
+    status, payload = send(server, method, path, body, data.draw(header_sets, label="headers"))
+    # /health says 503 by design here: no scheduler worker runs in this test.
+    healthy_or_health = status < 500 or (status == 503 and path.startswith("/health"))
+    assert healthy_or_health, (method, path, body, payload)
+
+
+@FUZZ_SETTINGS
+@given(body=bodies, headers=header_sets)
+def test_prompt_bodies_answer_200_or_a_named_400(world, body, headers):
+    status, payload = send(world["server"], "POST", "/prompt", body, headers)
+    assert status in (200, 400, 403, 411, 429), payload
+    if status == 400:
+        assert json.loads(payload)["error"]
+
+
+@FUZZ_SETTINGS
+@given(path=st.text(max_size=80))
+def test_any_path_answers_below_500(world, path):
+    status, payload = send(world["server"], "GET", "/" + quote(path, safe="/%?&=.\\"), None, {})
+    assert status < 500
+    assert b"PNG" not in payload or path.startswith("library/")
+
+
+@FUZZ_SETTINGS
+@given(request=st.binary(max_size=400) | st.builds(
+    lambda method, target, rest: method + b" " + target + b" HTTP/1.1\r\n" + rest,
+    st.sampled_from([b"GET", b"POST", b"HEAD", b"DELETE", b"X"]), st.binary(max_size=60), st.binary(max_size=200)))
+def test_raw_bytes_get_a_response_or_a_clean_close(world, request):
+    server = world["server"]
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    if data:
+        status = int(data.split(b" ", 2)[1])
+        assert status < 500, (request, data)
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert sock.recv(12) == b"HTTP/1.1 200"

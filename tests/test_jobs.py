@@ -1,0 +1,149 @@
+"""JobQueue against a real Redis server: submit, order, positions, ETAs, cancel, health."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from playground.jobs import Job, JobNotFound, JobQueue, Keys, QueueFull
+from scheduler.worker_queue import WorkerQueue
+
+
+def params(text="a red squirrel", num_images=2, seed=7, **sampling):
+    return {"text": text, "num_images": num_images, "seed": seed, **sampling}
+
+
+@pytest.fixture
+def queue(redis_client):
+    return JobQueue(redis_client, max_queued=50)
+
+
+def test_submit_stores_every_parameter(queue):
+    job = queue.submit(params("über ☃", 4, 4294967296, top_k=64, top_p=0.9, temperature=1.5,
+                              condition_scale=3.0))
+    stored = queue.get(job.id)
+    assert stored.status == "queued"
+    status = stored.to_status()
+    assert status["queue_id"] == job.id and status["text"] == "über ☃"
+    assert (status["num_images"], status["seed"]) == (4, 4294967296)
+    assert (status["top_k"], status["top_p"], status["temperature"], status["condition_scale"]) == (64, 0.9, 1.5, 3.0)
+    assert status["position"] == 1 and status["attempts"] == 0 and status["error"] is None
+    assert status["progress"] == {"tokens_done": 0, "total_tokens": 256}
+    assert abs(status["created_at"] - time.time()) < 5
+
+
+def test_sampling_values_default_to_none(queue):
+    status = queue.get(queue.submit(params()).id).to_status()
+    assert [status[k] for k in ("top_k", "top_p", "temperature", "condition_scale")] == [None] * 4
+
+
+def test_unfinished_lists_queued_jobs_oldest_first(queue):
+    ids = [queue.submit(params(f"prompt {i}")).id for i in range(5)]
+    listed = queue.unfinished()
+    assert [j.id for j in listed] == ids
+    assert [j.position for j in listed] == [1, 2, 3, 4, 5]
+
+
+def test_queue_full_rejects_without_storing(redis_client):
+    queue = JobQueue(redis_client, max_queued=2)
+    queue.submit(params())
+    queue.submit(params())
+    with pytest.raises(QueueFull):
+        queue.submit(params())
+    assert queue.queued_count() == 2
+    assert len(redis_client.keys(Keys().job("*"))) == 2
+
+
+def test_get_unknown_job_is_none(queue):
+    assert queue.get("00000000-0000-4000-8000-000000000000") is None
+
+
+def test_cancel_queued_job_removes_it_at_once(queue):
+    first, second, third = (queue.submit(params(str(i))) for i in range(3))
+    cancelled = queue.cancel(second.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert [j.id for j in queue.unfinished()] == [first.id, third.id]
+    assert queue.get(third.id).position == 2
+
+
+def test_cancel_unknown_job_raises(queue):
+    with pytest.raises(JobNotFound):
+        queue.cancel("00000000-0000-4000-8000-000000000000")
+
+
+def test_cancel_running_job_flags_it_and_finished_job_is_unchanged(queue, redis_client):
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
+    worker.register()
+    job = queue.submit(params())
+    claimed = worker.claim(timeout=1)
+    assert claimed.id == job.id
+    flagged = queue.cancel(job.id)
+    assert flagged.status == "running" and flagged.cancel_requested
+    assert worker.cancel_requested(job.id)
+    worker.finish_cancelled(job.id)
+    assert queue.get(job.id).status == "cancelled"
+    again = queue.cancel(job.id)
+    assert again.status == "cancelled"
+
+
+def test_running_first_then_queued_with_eta_from_measured_speed(queue, redis_client):
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
+    worker.register()
+    worker.heartbeat(backend_status="ready", model="tiny")
+    ids = [queue.submit(params(str(i), num_images=2)).id for i in range(3)]
+    # Without a measured speed there is no ETA rather than a made-up one.
+    assert all(j.eta_secs is None for j in queue.unfinished())
+    worker.record_speed(secs_per_image=1.0)
+    running = worker.claim(timeout=1)
+    now = time.time()
+    listed = queue.unfinished(now=now)
+    assert [j.id for j in listed] == ids
+    assert [j.status for j in listed] == ["running", "queued", "queued"]
+    assert [j.position for j in listed] == [0, 1, 2]
+    assert listed[0].id == running.id and listed[0].attempts == 1
+    etas = [j.eta_secs for j in listed]
+    assert etas[0] == pytest.approx(2.0, abs=0.2)
+    assert etas[1] == pytest.approx(4.0, abs=0.2)
+    assert etas[2] == pytest.approx(6.0, abs=0.2)
+
+
+def test_speed_is_a_moving_average_of_measurements(redis_client):
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
+    worker.record_speed(secs_per_image=2.0)
+    worker.record_speed(secs_per_image=4.0)
+    speed = float(redis_client.hget(Keys().speed, "w1"))
+    assert 2.0 < speed < 4.0
+
+
+def test_eta_spreads_queued_jobs_over_two_workers(queue, redis_client):
+    fast = WorkerQueue(redis_client, "fast", "http://127.0.0.1:1")
+    slow = WorkerQueue(redis_client, "slow", "http://127.0.0.1:2")
+    for worker, speed in ((fast, 1.0), (slow, 3.0)):
+        worker.register()
+        worker.heartbeat(backend_status="ready", model="tiny")
+        worker.record_speed(secs_per_image=speed)
+    for i in range(3):
+        queue.submit(params(str(i), num_images=2))
+    etas = [j.eta_secs for j in queue.unfinished()]
+    # As the workers would take them: the first to fast (2 s), the second to slow (6 s),
+    # the third to fast again once it is free (2 + 2 s).
+    assert etas == pytest.approx([2.0, 6.0, 4.0], abs=0.2)
+
+
+def test_health_reports_workers_and_heartbeat_age(queue, redis_client):
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:9")
+    worker.register()
+    worker.heartbeat(backend_status="loading", model="tiny")
+    queue.submit(params())
+    health = queue.health()
+    assert health["queued"] == 1 and health["alive_workers"] == 1
+    [entry] = health["workers"]
+    assert entry["backend_url"] == "http://127.0.0.1:9" and entry["backend_status"] == "loading"
+    assert entry["model"] == "tiny" and entry["alive"] is True
+    assert 0 <= entry["heartbeat_age_secs"] < 5
+
+
+def test_job_round_trips_through_its_hash():
+    job = Job(id="x", text="t", num_images=2, seed=1, top_p=0.5)
+    from playground.jobs import encode_job_fields
+    assert Job.from_hash(encode_job_fields(job)).to_status() == job.to_status()

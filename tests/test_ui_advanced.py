@@ -1,0 +1,96 @@
+"""The advanced page in a real Chromium: sampling fields with their defaults, validation
+before anything is sent, the body that is sent, and prefilling from the URL."""
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from browser import browser, page  # noqa: F401  (fixtures)
+from stack import stack  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+DEFAULTS = {"gen_top_k": "50", "gen_top_p": "1.0", "temperature": "1.0", "condition_scale": "10"}
+
+
+def prompt_requests(page) -> list:
+    sent = []
+    page.on("request", lambda request: sent.append(request) if request.url.endswith("/prompt") else None)
+    return sent
+
+
+def test_defaults_are_shown(page, stack):
+    page.goto(f"{stack.frontend_url}/advanced.html")
+    for field, value in DEFAULTS.items():
+        expect(page.locator(f"#{field}")).to_have_value(value)
+        expect(page.get_by_label({"gen_top_k": "Top-k", "gen_top_p": "Top-p", "temperature": "Temperature",
+                                  "condition_scale": "Condition scale"}[field])).to_be_visible()
+    expect(page.locator("#gen_top_k-hint")).to_contain_text("Default 50")
+    expect(page.locator("#condition_scale-hint")).to_contain_text("Default 10")
+
+
+INVALID = [
+    ("gen_top_k", "0", "Top-k must be a whole number of at least 1."),
+    ("gen_top_k", "2.5", "Top-k must be a whole number of at least 1."),
+    ("gen_top_p", "0", "Top-p must be above 0 and at most 1."),
+    ("gen_top_p", "1.5", "Top-p must be above 0 and at most 1."),
+    ("temperature", "0", "Temperature must be above 0."),
+    ("condition_scale", "-1", "Condition scale must be 0 or more."),
+    ("seed", "4294967297", "The seed is a whole number from 0 to 4294967296."),
+    ("seed", "-3", "The seed is a whole number from 0 to 4294967296."),
+]
+
+
+def test_invalid_values_are_refused_before_sending(page, stack):
+    page.goto(f"{stack.frontend_url}/advanced.html")
+    sent = prompt_requests(page)
+    page.fill("#text", "a fox in a field")
+    for field, value, message in INVALID:
+        page.fill(f"#{field}", value)
+        page.click("#submit")
+        expect(page.locator(f"#{field}-error")).to_have_text(message)
+        expect(page.locator(f"#{field}")).to_have_attribute("aria-invalid", "")
+        expect(page.locator(f"#{field}")).to_be_focused()
+        expect(page.locator("#form-status")).to_have_class("form-status is-error")
+        page.fill(f"#{field}", {"seed": "0", **DEFAULTS}[field])
+    page.wait_for_timeout(200)
+    assert sent == []
+
+
+def test_a_valid_form_sends_numbers_and_clears_old_errors(page, stack):
+    page.goto(f"{stack.frontend_url}/advanced.html")
+    sent = prompt_requests(page)
+    page.fill("#text", "  a fox in a field  ")
+    page.fill("#gen_top_p", "0")
+    page.click("#submit")
+    expect(page.locator("#gen_top_p-error")).not_to_be_empty()
+
+    page.click("label[for=num-6]")
+    page.fill("#seed", "4294967296")
+    page.fill("#gen_top_k", "64")
+    page.fill("#gen_top_p", "0.9")
+    page.fill("#temperature", "")  # empty: the model's default, so not sent
+    page.fill("#condition_scale", "0")
+    with page.expect_response(lambda response: response.url.endswith("/prompt")) as answer:
+        page.click("#submit")
+    assert answer.value.status == 200
+    assert sent[-1].post_data_json == {"text": "a fox in a field", "num_images": 6, "seed": 4294967296,
+                                       "gen_top_k": 64, "gen_top_p": 0.9, "condition_scale": 0}
+    expect(page.locator("#gen_top_p-error")).to_be_empty()
+    expect(page.locator("#gen_top_p")).not_to_have_attribute("aria-invalid", "")
+
+    queue_id = answer.value.json()["queue_id"]
+    job = page.locator(f'#queue .queue-item.mine[data-queue-id="{queue_id}"]')
+    expect(job).to_be_visible()
+    job.get_by_role("button", name="Cancel").click()
+    expect(job).to_have_count(0, timeout=20_000)
+
+
+def test_the_url_prefills_the_form(page, stack):
+    page.goto(f"{stack.frontend_url}/advanced.html?text=%3Cb%3Ebold%3C%2Fb%3E+cat&num_images=8&seed=7"
+              "&gen_top_k=12&gen_top_p=0.5&temperature=0.7&condition_scale=3")
+    expect(page.locator("#text")).to_have_value("<b>bold</b> cat")
+    expect(page.locator("#num-8")).to_be_checked()
+    for field, value in {"seed": "7", "gen_top_k": "12", "gen_top_p": "0.5", "temperature": "0.7",
+                         "condition_scale": "3"}.items():
+        expect(page.locator(f"#{field}")).to_have_value(value)

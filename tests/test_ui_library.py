@@ -1,0 +1,163 @@
+"""The library page in a real Chromium: paging as one scrolls, the server-side filter,
+the full-size view with download, delete job, "use these settings again", and a library
+of 10,000 jobs that still opens quickly."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from browser import add_library_job, browser, page  # noqa: F401  (fixtures)
+from frontend.config import Config
+from frontend.threaded import serving
+from playground.library import JOB_FILE_NAME, LibraryStore
+from stack import stack  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+PAGE_SIZE = 20  # library.js asks for this many jobs at a time
+
+
+@pytest.fixture
+def tag():
+    """A word only this test's prompts contain: the filter finds exactly them."""
+    return f"tag{uuid.uuid4().hex[:8]}"
+
+
+def test_filter_and_paging(page, stack, tag):
+    def prompt(number: int) -> str:
+        return f"{tag} {'squirrel' if number % 3 == 0 else 'kitten'} {number}"
+
+    base = time.time() + 1000  # newer than anything else in the shared library
+    for number in range(45):
+        add_library_job(stack.library_dir, prompt(number), created=base + number)
+    page.goto(f"{stack.frontend_url}/library.html")
+    cards = page.locator("article.job")
+    expect(cards.first.locator(".prompt")).to_have_text(prompt(44))  # newest first
+    total = int(page.request.get(f"{stack.frontend_url}/getlibrary?limit=1").headers["x-total-count"])
+    expect(page.locator("#library-count")).to_have_text(f"{total:,} jobs")
+
+    page.fill("#filter", tag)
+    expect(page.locator("#library-count")).to_have_text(f"45 jobs match “{tag}”")
+    expect(cards).to_have_count(PAGE_SIZE)
+    assert f"q={tag}" in page.url
+    page.mouse.wheel(0, 100_000)
+    expect(cards).to_have_count(2 * PAGE_SIZE)
+    page.mouse.wheel(0, 100_000)
+    expect(cards).to_have_count(45)
+    expect(page.locator("#load-more")).to_be_hidden()
+    prompts = cards.locator(".prompt").all_text_contents()
+    assert prompts == [prompt(number) for number in range(44, -1, -1)]
+
+    page.fill("#filter", f"{tag} squirrel")
+    expect(page.locator("#library-count")).to_have_text(f"15 jobs match “{tag} squirrel”")
+    expect(cards).to_have_count(15)
+    assert all("squirrel" in text for text in cards.locator(".prompt").all_text_contents())
+
+    page.reload()  # the filter survives a reload through the URL
+    expect(page.locator("#filter")).to_have_value(f"{tag} squirrel")
+    expect(cards).to_have_count(15)
+
+    page.fill("#filter", "no prompt has this text at all")
+    expect(page.locator("#library-count")).to_have_text("0 jobs match “no prompt has this text at all”")
+    expect(cards).to_have_count(0)
+
+
+def test_job_details_view_download_reuse_and_delete(page, stack, tag):
+    entry = add_library_job(stack.library_dir, f"{tag} a lighthouse <b>at</b> dusk", num_images=4, seed=4242)
+    page.goto(f"{stack.frontend_url}/library.html?q={tag}")
+    card = page.locator(f'article.job[data-queue-id="{entry["queue_id"]}"]')
+    expect(card.locator(".prompt")).to_have_text(entry["text_prompt"])
+    expect(card.locator(".meta")).to_contain_text("seed 4242 · 13 s total, 3.2 s per image")
+    expect(card.locator(".params")).to_have_text(
+        "top-k 40 · top-p 0.9 · temperature 0.8 · condition scale 7.5 · model tiny")
+    images = card.locator(".thumb img")
+    expect(images).to_have_count(4)
+    assert images.first.get_attribute("loading") == "lazy"
+    assert images.first.get_attribute("alt") == entry["text_prompt"]
+
+    # Click: the full-size view, with a download link to the PNG.
+    card.locator(".thumb").nth(1).click()
+    viewer = page.locator("dialog.viewer[open]")
+    expect(viewer.locator("figcaption")).to_have_text(entry["text_prompt"])
+    download = viewer.get_by_role("link", name="Download")
+    href = download.get_attribute("href")
+    assert href == entry["generated_images"][1]
+    assert download.get_attribute("download") == href.rsplit("/", 1)[1]
+    png = page.request.get(f"{stack.frontend_url}/{href}")
+    assert png.status == 200 and png.headers["content-type"] == "image/png"
+    page.keyboard.press("Escape")
+    expect(viewer).to_have_count(0)
+
+    # The keyboard reaches the same view.
+    card.locator(".thumb").first.focus()
+    page.keyboard.press("Enter")
+    expect(viewer).to_be_visible()
+    page.keyboard.press("Escape")
+
+    # Declining the confirmation keeps the image.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    card.locator(".thumb").first.dblclick()
+    page.wait_for_timeout(300)
+    expect(images).to_have_count(4)
+    expect(viewer).to_have_count(0)
+
+    # Use these settings again: the advanced page, filled in.
+    card.get_by_role("link", name="Use these settings again").click()
+    page.wait_for_url("**/advanced.html?*")
+    expect(page.locator("#text")).to_have_value(entry["text_prompt"])
+    expect(page.locator("#num-4")).to_be_checked()
+    for field, value in {"seed": "4242", "gen_top_k": "40", "gen_top_p": "0.9", "temperature": "0.8",
+                         "condition_scale": "7.5"}.items():
+        expect(page.locator(f"#{field}")).to_have_value(value)
+
+    # Delete the whole job.
+    page.go_back()
+    page.once("dialog", lambda dialog: dialog.accept())
+    card.get_by_role("button", name="Delete job").click()
+    expect(card).to_have_count(0)
+    expect(page.locator("#library-count")).to_have_text(f"0 jobs match “{tag}”")
+    assert page.request.get(f"{stack.frontend_url}/getlibrary?q={tag}").json() == []
+    assert page.request.get(f"{stack.frontend_url}/{href}").status == 404
+
+
+def write_large_library(library_dir, jobs: int) -> None:
+    """`jobs` finished jobs sharing one real PNG, indexed by the store's own rebuild."""
+    shared = add_library_job(library_dir, "the one job with a real image")
+    now = time.time()
+    for number in range(jobs - 1):
+        queue_id = str(uuid.uuid4())
+        (library_dir / queue_id).mkdir()
+        entry = {"queue_id": queue_id, "text_prompt": f"job number {number}", "creation_unixtime": now - number,
+                 "process_time_secs": 6.4, "seed": number + 1, "num_images": 2,
+                 "generated_images": shared["generated_images"], "gen_top_k": None, "gen_top_p": None,
+                 "temperature": None, "condition_scale": None, "model": "tiny"}
+        (library_dir / queue_id / JOB_FILE_NAME).write_text(json.dumps(entry))
+    LibraryStore(library_dir).rebuild(force=True)
+
+
+def test_ten_thousand_jobs_stay_responsive(page, tmp_path, redis_url):
+    library_dir = tmp_path / "library"
+    write_large_library(library_dir, 10_000)
+    with serving(Config(port=0, redis_url=redis_url, library_dir=library_dir)) as server:
+        started = time.monotonic()
+        page.goto(f"{server.url}/library.html")
+        expect(page.locator("#library-count")).to_have_text("10,000 jobs")
+        first_page_secs = time.monotonic() - started
+        cards = page.locator("article.job")
+        expect(cards).to_have_count(PAGE_SIZE)
+        expect(cards.first.locator(".prompt")).to_have_text("job number 0")
+
+        for pages in range(2, 5):
+            page.mouse.wheel(0, 100_000)
+            expect(cards).to_have_count(pages * PAGE_SIZE)
+        # Only what was scrolled to is in the page, and a filter answers at once.
+        started = time.monotonic()
+        page.fill("#filter", "job number 9998")
+        expect(page.locator("#library-count")).to_have_text("1 job matches “job number 9998”")
+        filter_secs = time.monotonic() - started
+    assert first_page_secs < 5, f"the first page took {first_page_secs:.1f} s"
+    assert filter_secs < 3, f"filtering took {filter_secs:.1f} s"
