@@ -11,12 +11,15 @@
 
 # A specific patch release on a specific Debian release, so a rebuild gets the same system.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS base
 # The user the services run as. Set APP_UID/APP_GID (in .env) to your own `id -u`/`id -g`
-# when the library or the model cache is a host folder, so the files there stay yours.
+# when the library or the model cache is a host folder, so the files there stay yours. Set them
+# before the first build: every layer after the user's creation is rebuilt when they change.
 ARG APP_UID=10001
 ARG APP_GID=10001
+
+FROM ${PYTHON_IMAGE} AS base
+ARG APP_UID
+ARG APP_GID
 # The mount points exist in the image owned by that user: a new named volume copies this ownership.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -28,7 +31,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN set -eux; \
     if [ "${APP_UID}" = "0" ] || [ "${APP_GID}" = "0" ]; then echo "APP_UID/APP_GID must not be 0 (root)" >&2; exit 1; fi; \
     getent group "${APP_GID}" >/dev/null || groupadd --gid "${APP_GID}" app; \
-    useradd --uid "${APP_UID}" --gid "${APP_GID}" --home-dir /home/app --create-home --shell /usr/sbin/nologin app; \
+    useradd --no-log-init --uid "${APP_UID}" --gid "${APP_GID}" --home-dir /home/app --create-home --shell /usr/sbin/nologin app; \
     mkdir -p /app /library /cache; \
     chown "${APP_UID}:${APP_GID}" /library /cache
 WORKDIR /app
@@ -43,12 +46,19 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 FROM base AS backend
 # JAX from PyPI with its CUDA wheels (cuBLAS, cuDNN, NCCL, ptxas ...): no CUDA base image is
 # needed, the host's driver is mounted in by the NVIDIA Container Toolkit.
-# cuda12 runs on NVIDIA drivers >= 525; cuda13 needs >= 580. Pinned to the version CI tests.
+# cuda12 runs on NVIDIA drivers >= 525; cuda13 needs >= 580. Pinned for a reproducible image,
+# inside pyproject.toml's jax range (tests/test_compose.py checks that).
 ARG JAX_VERSION=0.10.2
 ARG JAX_CUDA=cuda12
 RUN pip install -r /tmp/requirements-backend.txt "jax[${JAX_CUDA}]==${JAX_VERSION}"
-# Tell the NVIDIA runtime which driver libraries the container needs (compute: CUDA; utility: nvidia-smi).
+# NVIDIA_DRIVER_CAPABILITIES: the driver libraries the container needs (compute: CUDA;
+# utility: nvidia-smi). HF_*: whatever the Hugging Face client keeps besides the model files
+# goes to the cache volume, not the container's own layer, and without a second (chunk) copy
+# of the downloaded gigabytes.
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    HF_HOME=/cache/hf-home \
+    HF_XET_CHUNK_CACHE_SIZE_BYTES=0 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
     DALLE_MODEL=mini \
     MODEL_CACHE_DIR=/cache \
     BACKEND_HOST=0.0.0.0 \
@@ -59,7 +69,9 @@ COPY playground ./playground
 COPY scheduler ./scheduler
 COPY frontend ./frontend
 COPY backend ./backend
-USER app
+ARG APP_UID
+ARG APP_GID
+USER ${APP_UID}:${APP_GID}
 EXPOSE 8080
 # 200 once the model is loaded and compiled; 503 while it loads (urlopen raises on 503).
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30m --retries=4 \
@@ -76,7 +88,9 @@ COPY playground ./playground
 COPY backend ./backend
 COPY frontend ./frontend
 COPY scheduler ./scheduler
-USER app
+ARG APP_UID
+ARG APP_GID
+USER ${APP_UID}:${APP_GID}
 CMD ["python", "-m", "scheduler"]
 
 
@@ -90,7 +104,9 @@ COPY playground ./playground
 COPY backend ./backend
 COPY scheduler ./scheduler
 COPY frontend ./frontend
-USER app
+ARG APP_UID
+ARG APP_GID
+USER ${APP_UID}:${APP_GID}
 EXPOSE 8000
 # Any answer of /health (503 there means a backend is not ready, not that this server is down).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

@@ -91,7 +91,7 @@ class Api:
     def get_library(self, request: Request) -> Response:
         fields = _query_fields(request.query)
         if not fields.keys() & {"offset", "limit", "q"}:
-            page = self.library.whole()
+            page = self.library.whole(gzipped=_accepts_gzip(request.headers.get("Accept-Encoding", "")))
         else:
             offset = _int_field(fields, "offset", 0, 10**9) or 0
             limit = _int_field(fields, "limit", 1, self.config.max_page_size)
@@ -99,7 +99,10 @@ class Api:
             if len(query) > self.config.max_text_chars:
                 raise ValidationError("q", f"is longer than {self.config.max_text_chars} characters")
             page = self.library.page(offset, limit, query)
-        return Response(200, page.body, headers={"X-Total-Count": str(page.total)})
+        headers = {"X-Total-Count": str(page.total), "Vary": "Accept-Encoding"}
+        if page.gzipped:
+            headers["Content-Encoding"] = "gzip"
+        return Response(200, page.body, headers=headers)
 
     def library_image(self, request: Request) -> Response:
         path = self._library_file(request.params["queue_id"], request.params["image_id"])
@@ -135,7 +138,7 @@ class Api:
             # Finished long ago: Redis forgot it, the library remembers.
             return json_response(_status_from_entry(entry))
         status = job.to_status()
-        if job.status == "done":
+        if entry is not None:  # done, and still in the library
             status["result"] = entry
         return json_response(status)
 
@@ -226,6 +229,14 @@ def _int_field(fields: dict[str, str], name: str, minimum: int, maximum: int) ->
     if not (len(raw) <= 12 and raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
         raise ValidationError(name, f"must be an integer from {minimum} to {maximum}")
     return int(raw)
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for item in accept_encoding.lower().split(","):
+        name, _, parameters = item.partition(";")
+        if name.strip() == "gzip":
+            return parameters.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def _status_from_entry(entry: dict) -> dict:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playground.settings import get_float, get_int, get_str
+from playground.settings import get_float, get_int, get_list, get_str
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -19,6 +19,9 @@ class Config:
     static_dir: Path = field(default=STATIC_DIR)
     # Empty: no token. Set: every request that changes something must carry it.
     api_token: str = ""
+    # Host header names answered besides the loopback names ("*" = any). Empty: only the
+    # loopback names when bound to loopback (no DNS rebinding), any name otherwise.
+    allowed_hosts: tuple[str, ...] = ()
     # Request bounds: a request line longer than this gets 414, a body longer gets 413.
     max_request_line: int = 8192
     max_body_bytes: int = 64 * 1024
@@ -44,6 +47,7 @@ class Config:
             library_dir=Path(get_str(env, "LIBRARY_DIR", str(cls.library_dir))),
             static_dir=Path(get_str(env, "STATIC_DIR", str(STATIC_DIR))),
             api_token=env.get("API_TOKEN", "").strip(),
+            allowed_hosts=tuple(name.lower() for name in get_list(env, "FRONTEND_ALLOWED_HOSTS", [])),
             max_request_line=get_int(env, "FRONTEND_MAX_REQUEST_LINE", cls.max_request_line),
             max_body_bytes=get_int(env, "FRONTEND_MAX_BODY_BYTES", cls.max_body_bytes),
             socket_timeout_secs=get_float(env, "FRONTEND_SOCKET_TIMEOUT", cls.socket_timeout_secs),

@@ -75,13 +75,19 @@ class FileContent:
 
 
 class FileCache:
-    """Whole-file contents keyed by path, reread when size or mtime change (UI pages are small
-    and PNGs are at most a few hundred KiB; the cap keeps memory bounded)."""
+    """Whole-file contents keyed by path, reread when size or mtime change.
 
-    def __init__(self, max_entries: int = 512, max_file_bytes: int = 8 * 1024 * 1024):
-        self.max_entries = max_entries
+    UI files and PNGs are small; files up to `max_cached_bytes` are kept (oldest evicted first
+    once `max_total_bytes` are held); bigger ones, up to `max_file_bytes`, are read each time.
+    """
+
+    def __init__(self, max_total_bytes: int = 64 * 1024 * 1024, max_cached_bytes: int = 1024 * 1024,
+                 max_file_bytes: int = 32 * 1024 * 1024):
+        self.max_total_bytes = max_total_bytes
+        self.max_cached_bytes = max_cached_bytes
         self.max_file_bytes = max_file_bytes
         self._entries: dict[str, tuple[tuple[int, int], FileContent]] = {}
+        self._total = 0
         self._lock = threading.Lock()
 
     def read(self, path: Path) -> FileContent | None:
@@ -104,8 +110,17 @@ class FileCache:
         except OSError:
             return None
         content = FileContent(body, content_type(path))
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (version, content)
+        if len(body) <= self.max_cached_bytes:
+            self._keep(key, version, content)
         return content
+
+    def _keep(self, key: str, version: tuple[int, int], content: FileContent) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old:
+                self._total -= len(old[1].body)
+            while self._entries and self._total + len(content.body) > self.max_total_bytes:
+                oldest = next(iter(self._entries))
+                self._total -= len(self._entries.pop(oldest)[1].body)
+            self._entries[key] = (version, content)
+            self._total += len(content.body)

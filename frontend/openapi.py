@@ -22,10 +22,3 @@ class OpenApiDocument:
         raw = path.read_bytes()
         document = yaml.safe_load(raw)
         return cls(document, raw, json_bytes(document))
-
-    def operations(self) -> set[tuple[str, str]]:
-        """(METHOD, path) for every operation the document describes."""
-        methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-        return {(method.upper(), path)
-                for path, item in self.document.get("paths", {}).items()
-                for method in item if method in methods}

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import redis
 
 from frontend.api import Api
-from frontend.auth import has_valid_token, is_cross_site
+from frontend.auth import answered_hosts, has_valid_token, host_name, is_cross_site
 from frontend.config import Config
 from frontend.responses import JSON_TYPE, Response, error_response
 from frontend.routing import NoRoute, Request
@@ -118,7 +118,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             response = error_response(500, "internal error; see the frontend's log")
         self._send(response)
-        access_log.info('%s "%s" %d %d %.1fms', self.client_address[0], self.requestline,
+        access_log.info("%s %r %d %d %.1fms", self.client_address[0], self.requestline,
                         response.status, len(response.body), (time.perf_counter() - started) * 1000)
 
     def _respond(self) -> Response:
@@ -128,17 +128,22 @@ class RequestHandler(BaseHTTPRequestHandler):
             return error_response(400, "the request target must be a path starting with /")
         path, _, query = target.partition("?")
         body = self._read_body()
+        host = self.headers.get("Host")
+        names = self.server.answered_hosts
+        if host is not None and names is not None and host_name(host) not in names:
+            return error_response(400, f"this server does not answer to the host name {host[:100]!r} "
+                                  "(FRONTEND_ALLOWED_HOSTS lists the names it answers to)")
         if self.command not in KNOWN_METHODS:
             return error_response(501, f"method {self.command[:20]} is not supported")
         api: Api = self.server.api
         try:
             route, params = api.router.match(self.command, path)
         except NoRoute as missing:
-            if self.command in ("GET", "HEAD"):
-                return api.static_file(path)
             if missing.allowed:
                 return error_response(405, f"{self.command} is not allowed here",
                                       {"Allow": ", ".join(missing.allowed)})
+            if self.command in ("GET", "HEAD"):
+                return api.static_file(path)
             return error_response(404, "not found")
         if route.changes_state:
             if not has_valid_token(self.headers, self.server.config.api_token):
@@ -166,15 +171,14 @@ class RequestHandler(BaseHTTPRequestHandler):
         return self._read_exactly(length)
 
     def _read_exactly(self, length: int) -> bytes:
-        config = self.server.config
-        deadline = time.monotonic() + config.body_deadline_secs
+        """Each read waits at most the socket timeout; the deadline, checked between reads,
+        bounds a client that keeps sending a byte just before each timeout."""
+        deadline = time.monotonic() + self.server.config.body_deadline_secs
         chunks, remaining = [], length
         try:
             while remaining:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if time.monotonic() > deadline:
                     raise TimeoutError
-                self.connection.settimeout(min(left, config.socket_timeout_secs))
                 chunk = self.rfile.read1(remaining)
                 if not chunk:
                     raise BodyError(error_response(400, f"the body ended after {length - remaining} "
@@ -184,8 +188,6 @@ class RequestHandler(BaseHTTPRequestHandler):
         except TimeoutError:
             raise BodyError(error_response(408, f"the body did not arrive in time "
                                            f"({length - remaining} of {length} bytes)")) from None
-        finally:
-            self.connection.settimeout(config.socket_timeout_secs)
         return b"".join(chunks)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
@@ -211,6 +213,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             head.append("Cache-Control: no-store\r\n")  # API answers are always current
         if self.close_connection:
             head.append("Connection: close\r\n")
+        elif self.request_version == "HTTP/1.0":
+            head.append("Connection: keep-alive\r\n")  # 1.0 clients that asked for it need to hear it
         head.append("\r\n")
         data = "".join(head).encode("latin-1")
         if self.command == "HEAD" or not response.body:
@@ -250,6 +254,9 @@ class FrontendServer(ThreadingHTTPServer):
         self.config = config
         self.api = api
         self._slots = threading.BoundedSemaphore(config.max_connections)
+        self.answered_hosts = answered_hosts(config.host, config.allowed_hosts)
+        if ":" in config.host:
+            self.address_family = socket.AF_INET6
         super().__init__((config.host, config.port), RequestHandler)
 
     @property

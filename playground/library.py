@@ -112,7 +112,11 @@ class LibraryStore:
             if entries is None:
                 log.warning("%s is not a valid library index; rebuilding it from the job folders",
                             self.index_path)
-                self.rebuild()
+                try:
+                    self.rebuild()
+                except OSError:
+                    log.exception("could not rebuild %s; showing an empty library", self.index_path)
+                    self._set_cache(key, [], b"[]")
                 return
             newest_first = sorted(entries, key=_created, reverse=True)
             if newest_first != entries:  # e.g. the original playground's file, oldest first
@@ -193,7 +197,8 @@ class LibraryStore:
         queue_id = match.group(1)
         path = self.root / queue_id / f"{match.group(2)}.png"
         with self._locked():
-            if path.is_symlink() or not path.is_file():
+            # Neither the file nor its job folder may lead out of the library.
+            if path.parent.is_symlink() or path.is_symlink() or not path.is_file():
                 return False
             entries = self._read_index_locked()
             index = next((i for i, e in enumerate(entries) if e.get("queue_id") == queue_id), None)
@@ -249,6 +254,8 @@ class LibraryStore:
                     return False
             by_id = {e.get("queue_id"): e for e in existing or []}
             by_id.update((e["queue_id"], e) for e in self._entries_from_job_files())
+            if existing is None and not by_id and not self.index_path.exists():
+                return False  # a new, empty library: nothing to rebuild
             self._write_index_locked(list(by_id.values()))
             return True
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Self
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 TERMINAL_EVENTS = ("done", "cancelled", "error")
 
@@ -46,11 +48,19 @@ class GenerationStream:
     def close(self) -> None:
         self.response.close()
 
-    def __enter__(self) -> "GenerationStream":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """True when the request cannot have reached the backend (refused or connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
 class BackendClient:
@@ -77,7 +87,10 @@ class BackendClient:
             response = self.session.post(f"{self.base_url}/generate", json=params, stream=True,
                                          timeout=(self.connect_timeout_secs, self.stall_timeout_secs))
         except requests.RequestException as exc:
-            raise BackendUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
+            if _never_connected(exc):
+                raise BackendUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
+            # The request went out: the backend may have died of this very job, so it counts.
+            raise BackendLost(f"connection lost before the answer: {exc}") from exc
         if response.status_code == 200:
             return GenerationStream(response)
         try:

@@ -21,7 +21,7 @@ class Config:
     heartbeat_interval_secs: float = 1.0
     heartbeat_ttl_secs: int = 6
     # How often the running job's progress is written to Redis (the API promises ≤ 2 s).
-    progress_interval_secs: float = 0.5
+    progress_interval_secs: float = 0.25
     # A backend silent this long in the middle of a job (it promises a line a second) is lost.
     stall_timeout_secs: float = 60.0
     # Waiting for a backend that is loading or unreachable: exponential back-off bounds.
@@ -29,7 +29,7 @@ class Config:
     backoff_max_secs: float = 5.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Config":
+    def from_env(cls, env: Mapping[str, str]) -> Config:
         urls = tuple(url.rstrip("/") for url in get_list(env, "BACKEND_URLS", list(cls.backend_urls)))
         if len(set(urls)) != len(urls):
             raise ValueError(f"BACKEND_URLS lists a backend twice: {', '.join(urls)}")
@@ -40,7 +40,6 @@ class Config:
             redis_url=get_str(env, "REDIS_URL", cls.redis_url),
             backend_urls=urls,
             library_dir=Path(get_str(env, "LIBRARY_DIR", str(cls.library_dir))),
-            redis_prefix=get_str(env, "REDIS_PREFIX", cls.redis_prefix),
             max_attempts=get_int(env, "SCHEDULER_MAX_ATTEMPTS", cls.max_attempts),
             stall_timeout_secs=get_float(env, "SCHEDULER_STALL_TIMEOUT", cls.stall_timeout_secs),
         )

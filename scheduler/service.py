@@ -28,7 +28,7 @@ class Scheduler:
                         for url in config.backend_urls]
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         if self.library.rebuild():
             log.warning("rebuilt %s from the job folders", self.library.index_path)
         for worker in self.workers:

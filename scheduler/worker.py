@@ -11,7 +11,12 @@ import redis
 
 from playground.jobs import Job
 from playground.library import LibraryStore
-from scheduler.backend_client import BackendClient, BackendLost, BackendRejected, BackendUnavailable
+from scheduler.backend_client import (
+    BackendClient,
+    BackendLost,
+    BackendRejected,
+    BackendUnavailable,
+)
 from scheduler.config import Config
 from scheduler.worker_queue import WorkerQueue
 
@@ -61,8 +66,13 @@ class Worker:
         try:
             self._register()
             heartbeat.start()
+            interrupted = False
             while not self.stop.is_set():
                 try:
+                    if interrupted:
+                        # A job cut short by the error below is still in our processing list.
+                        self.queue.recover(self.worker_id, reason="the worker lost Redis during the job")
+                        interrupted = False
                     if not self._wait_for_backend():
                         break
                     job = self.queue.claim(timeout=CLAIM_TIMEOUT_SECS)
@@ -70,6 +80,12 @@ class Worker:
                         self.run_job(job)
                 except redis.RedisError as exc:
                     log.warning("worker %s: Redis error, retrying: %s", self.worker_id, exc)
+                    interrupted = True
+                    self.stop.wait(self.config.backoff_max_secs)
+                except Exception:
+                    # A bug must not silence a worker whose heartbeat would still say alive.
+                    log.exception("worker %s: unexpected error; carrying on", self.worker_id)
+                    interrupted = True
                     self.stop.wait(self.config.backoff_max_secs)
         finally:
             self._unregister()
@@ -112,21 +128,22 @@ class Worker:
 
     def _wait_for_backend(self) -> bool:
         """Block (with back-off) until the backend is ready and idle; False if stopping."""
-        if self.backend_status == "ready" and time.monotonic() - self._ready_checked_at < HEALTH_RECHECK_SECS:
+        if self._ready_checked_at and time.monotonic() - self._ready_checked_at < HEALTH_RECHECK_SECS:
             return True
+        self._ready_checked_at = 0.0
         delay = self.config.backoff_min_secs
         while not self.stop.is_set():
             health = self.backend.health()
+            # Published as the backend says it: ready, loading, error (or unreachable).
             status = health.get("status", "error")
             self.model = health.get("model") or self.model
             self.backend_error = health.get("error")
-            if status == "ready" and health.get("busy"):
-                status = "busy"  # still finishing a job we hung up on, or someone else's
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
             self.backend_status = status
-            if status == "ready":
+            # A busy backend is still finishing a job we hung up on (or someone else's).
+            if status == "ready" and not health.get("busy"):
                 self._ready_checked_at = time.monotonic()
                 return True
             self.stop.wait(delay)
@@ -141,29 +158,23 @@ class Worker:
         log.info("job %s (attempt %d) -> %s", job.id, job.attempts, self.backend_url)
         try:
             with self.backend.generate(job.params()) as stream:
-                self.backend_status = "busy"
                 self._follow(job, stream, started)
         except BackendUnavailable as exc:
             # It never started: not an attempt.
-            self.backend_status = "unavailable"
+            self._ready_checked_at = 0.0
             self.queue.put_back(job.id, str(exc), count_attempt=False)
         except BackendRejected as exc:
             self.queue.finish_failed(job.id, str(exc))
         except BackendLost as exc:
-            self.backend_status = "lost"
+            self._ready_checked_at = 0.0
             status = self.queue.put_back(job.id, f"backend {self.backend_url}: {exc}")
             log.warning("job %s: backend %s lost (%s); job is now %s", job.id, self.backend_url, exc, status)
         except _Stopping:
             self.queue.put_back(job.id, "the scheduler stopped during the job", count_attempt=False)
-        except (OSError, ValueError, KeyError, binascii.Error) as exc:
+        except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             # A broken answer or a library write that failed: count it, retry, fail after the last.
             log.exception("job %s failed in the worker", job.id)
             self.queue.put_back(job.id, f"worker error: {exc!r}")
-        else:
-            return
-        finally:
-            if self.backend_status == "busy":
-                self.backend_status = "ready"
 
     def _follow(self, job: Job, stream, started: float) -> None:
         cancelling = False

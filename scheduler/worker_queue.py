@@ -24,7 +24,8 @@ HEARTBEAT_TTL_SECS = 6
 SPEED_SMOOTHING = 0.3  # weight of the newest measurement in the moving average
 
 # KEYS: processing list, job hash, worker hash. ARGV: job id, now, worker id, backend url.
-# The job may have been cancelled while it sat in the queue; then it is dropped here.
+# Returns the job's hash. The job may have been cancelled while it sat in the queue; then
+# it is dropped here and 0 returned.
 _START = """
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'queued' then
@@ -35,7 +36,7 @@ redis.call('HSET', KEYS[2], 'status', 'running', 'started_at', ARGV[2], 'worker'
            'backend', ARGV[4], 'tokens_done', '0', 'cancel_requested', '0')
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSET', KEYS[3], 'job_id', ARGV[1])
-return 1
+return redis.call('HGETALL', KEYS[2])
 """
 
 # KEYS: processing list, job hash, worker hash. ARGV: job id, now, ttl, field, value, ...
@@ -80,6 +81,15 @@ _TAKE_IDENTITY = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] and holder ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: alive key, workers set, worker hash. ARGV: owner, worker id.
+_UNREGISTER = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -142,6 +152,7 @@ class WorkerQueue:
         self._put_back = redis_client.register_script(_PUT_BACK)
         self._take_identity = redis_client.register_script(_TAKE_IDENTITY)
         self._record_speed = redis_client.register_script(_RECORD_SPEED)
+        self._unregister = redis_client.register_script(_UNREGISTER)
 
     # -- identity and heartbeat ------------------------------------------------------------
 
@@ -173,11 +184,10 @@ class WorkerQueue:
         return True
 
     def unregister(self) -> None:
-        """A clean stop: the worker disappears from health (its job must be put back first)."""
-        pipe = self.redis.pipeline()
-        pipe.srem(self.keys.workers, self.worker_id)
-        pipe.delete(self.worker_key, self.keys.alive(self.worker_id))
-        pipe.execute()
+        """A clean stop: the worker disappears from health (its job must be put back first).
+        Nothing is touched if another process has taken over this identity."""
+        self._unregister(keys=[self.keys.alive(self.worker_id), self.keys.workers, self.worker_key],
+                         args=[self.owner, self.worker_id])
 
     # -- the job's life --------------------------------------------------------------------
 
@@ -190,10 +200,11 @@ class WorkerQueue:
         if job_id is None:
             return None
         job_id = job_id.decode()
-        if not self._start(keys=[self.processing, self.keys.job(job_id), self.worker_key],
-                           args=[job_id, repr(time.time()), self.worker_id, self.backend_url]):
+        flat = self._start(keys=[self.processing, self.keys.job(job_id), self.worker_key],
+                           args=[job_id, repr(time.time()), self.worker_id, self.backend_url])
+        if not flat:
             return None
-        return Job.from_hash(self.redis.hgetall(self.keys.job(job_id)))
+        return Job.from_hash(dict(zip(flat[0::2], flat[1::2])))
 
     def progress(self, job_id: str, tokens_done: int, total_tokens: int,
                  seed: int | None = None) -> bool:

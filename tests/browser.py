@@ -6,7 +6,7 @@ Each test gets a fresh browser context: its own localStorage, cookies and cache,
 "my jobs" never leak from one test into the next. Playwright also gives every launch a
 fresh temporary user-data-dir.
 
-Import the fixtures into a test module: `from browser import browser, page  # noqa: F401`.
+The fixtures are registered for every test module in conftest.py.
 """
 from __future__ import annotations
 
@@ -41,40 +41,27 @@ def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-class _SharedChromium:
-    """One Playwright and one Chromium for the whole run. Every test module that imports
-    the `browser` fixture gets its own session-scoped instance of it, but Playwright's
-    sync API allows only one running at a time: they share this, the last one closes it."""
-
-    users = 0
-    playwright = None
-    browser = None
-
-    @classmethod
-    def acquire(cls):
-        if cls.users == 0:
-            from playwright.sync_api import sync_playwright
-
-            cls.playwright = sync_playwright().start()
-            cls.browser = cls.playwright.chromium.launch(
-                executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        cls.users += 1
-        return cls.browser
-
-    @classmethod
-    def release(cls) -> None:
-        cls.users -= 1
-        if cls.users == 0:
-            cls.browser.close()
-            cls.playwright.stop()
-
-
 @pytest.fixture(scope="session")
 def browser():
     if not chromium_path():
         pytest.skip("no chromium found: apt-get install chromium, or set CHROMIUM_PATH")
-    yield _SharedChromium.acquire()
-    _SharedChromium.release()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def ui_stack(tmp_path_factory, model_cache_dir):
+    """The real playground (Redis, backend with the tiny model, scheduler, frontend), one
+    for all UI test modules: starting it takes most of a minute. Tests share its queue and
+    library, so each looks only at its own jobs and cancels what it leaves unfinished."""
+    from stack import Stack
+
+    with Stack(tmp_path_factory.mktemp("ui-stack"), model_cache_dir) as running:
+        yield running
 
 
 @pytest.fixture
@@ -103,7 +90,12 @@ def save_screenshots(page, name: str) -> list[Path]:
         for device, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
             page.set_viewport_size(viewport)
             path = SCREENSHOT_DIR / f"{name}-{scheme}-{device}.png"
-            page.screenshot(path=str(path))
+            if device == "phone":  # a phone screen shows little: take up to three of them
+                height = min(page.evaluate("document.documentElement.scrollHeight"), 3 * PHONE["height"])
+                page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": 0, **PHONE, "height": height},
+                                animations="disabled")
+            else:
+                page.screenshot(path=str(path), animations="disabled")
             saved.append(path)
     page.emulate_media(color_scheme="light")
     page.set_viewport_size(DESKTOP)

@@ -6,6 +6,9 @@ import redis
 
 from playground.redis_server import RedisServer
 
+# The browser fixtures, registered here so that each session-scoped one starts once.
+from browser import browser, page, ui_stack  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):

@@ -35,7 +35,7 @@ class ServiceProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -67,7 +67,7 @@ class ServiceProcess:
                                      f"{self.log_tail()}")
             time.sleep(interval)
 
-    def wait_healthy(self, timeout: float = 120.0, path: str = "/health") -> "ServiceProcess":
+    def wait_healthy(self, timeout: float = 120.0, path: str = "/health") -> ServiceProcess:
         """Wait until GET url+path answers 200; fail at once if it reports status "error"."""
         def healthy() -> bool:
             try:

@@ -1,15 +1,12 @@
 """The whole playground as real processes — Redis, backend (tiny model), scheduler, frontend —
 on free loopback ports with a temporary library, for browser and end-to-end tests.
 
-    from stack import stack  # the module-scoped fixture
-    def test_x(stack):
+    with Stack(tmp_path, model_cache_dir) as stack:
         requests.post(stack.frontend_url + "/prompt", json={...})
 """
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 from playground.redis_server import RedisServer
 from processes import backend_process, frontend_process, scheduler_process
@@ -58,8 +55,3 @@ class Stack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, model_cache_dir):
-    with Stack(tmp_path_factory.mktemp("stack"), model_cache_dir) as running:
-        yield running

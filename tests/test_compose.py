@@ -311,26 +311,26 @@ def test_the_library_and_the_cache_are_named_volumes_or_any_host_folder():
     assert volume_mount(moved["services"]["backend"], "/cache") == "/mnt/big/dalle/cache"
 
 
-# What each container must pin itself, because .env (handed to the containers as env_file)
-# holds the local launcher's values for them; Compose lets `environment` win over `env_file`.
+# What every container pins itself, because .env (handed to the containers as env_file) may
+# hold the local launcher's values for them; Compose lets `environment` win over `env_file`.
 CONTAINER_SETTINGS = {
-    "backend": {"MODEL_CACHE_DIR", "BACKEND_HOST", "BACKEND_PORT"},
-    "scheduler": {"REDIS_URL", "LIBRARY_DIR", "BACKEND_URLS"},
-    "frontend": {"REDIS_URL", "LIBRARY_DIR", "FRONTEND_HOST", "FRONTEND_PORT"},
+    "REDIS_URL": "redis://redis:6379/0", "LIBRARY_DIR": "/library", "MODEL_CACHE_DIR": "/cache",
+    "BACKEND_HOST": "0.0.0.0", "BACKEND_PORT": "8080", "FRONTEND_HOST": "0.0.0.0",
+    "FRONTEND_PORT": "8000", "BACKEND_URLS": "http://backend:8080",
 }
 
 
 def test_services_read_env_file_if_present_and_pin_their_container_settings():
     local = {"LIBRARY_DIR": "./library", "MODEL_CACHE_DIR": "./cache", "REDIS_URL": "redis://127.0.0.1:6379/0",
-             "BACKEND_HOST": "127.0.0.1", "FRONTEND_HOST": "127.0.0.1", "BACKEND_URLS": "http://127.0.0.1:8080"}
+             "BACKEND_HOST": "127.0.0.1", "FRONTEND_HOST": "127.0.0.1", "BACKEND_URLS": "http://127.0.0.1:8080",
+             "BACKEND_PORT": "8081", "FRONTEND_PORT": "8001"}
     config = compose(**local)
-    for name, pinned in CONTAINER_SETTINGS.items():
+    for name in APP_SERVICES:
         service = config["services"][name]
         assert service["env_file"] == [{"path": ".env", "required": False}], name
         env = environment_of(service)
-        assert pinned <= set(env), f"{name} leaves {sorted(pinned - set(env))} to .env"
-        for key in pinned & set(local):
-            assert env[key] != local[key], f"{name}: {key} follows the local launcher's value"
+        pinned = {key: env.get(key) for key in CONTAINER_SETTINGS}
+        assert pinned == CONTAINER_SETTINGS, f"{name} leaves container settings to .env: {pinned}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +380,15 @@ def test_every_compose_variable_is_in_env_example():
     for name in COMPOSE_FILES:
         used = compose_variables(name)
         assert used <= documented, f"{name} uses undocumented variables: {sorted(used - documented)}"
+
+
+def test_env_example_copied_as_is_changes_nothing():
+    """`cp .env.example .env` must give the defaults: every setting is commented out. (An empty
+    value is not the same as unset everywhere: JAX would read XLA_PYTHON_CLIENT_PREALLOCATE=''.)"""
+    from dotenv import dotenv_values
+
+    active = dotenv_values(ROOT / ".env.example")
+    assert not active, f"settings active in .env.example: {sorted(active)}"
 
 
 # How the services read settings: settings.get_str(env, "NAME", ...) and friends, or a mapping
@@ -444,8 +453,9 @@ def test_the_interpolation_helper_follows_compose_rules():
 # Dockerfile and .dockerignore
 # ---------------------------------------------------------------------------------------------
 class Stage:
-    def __init__(self, base: str, name: str | None):
+    def __init__(self, base: str, name: str | None, global_args: dict[str, str]):
         self.base, self.name, self.instructions = base, name, []
+        self.global_args = global_args
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -469,13 +479,26 @@ def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> list[Stage]:
     for keyword, rest in dockerfile_instructions(path):
         if keyword == "FROM":
             match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.I)
-            stages.append(Stage(interpolate(match.group(1), global_args), match.group(2)))
+            stages.append(Stage(interpolate(match.group(1), global_args), match.group(2), global_args))
         elif not stages and keyword == "ARG":
             name, _, default = rest.partition("=")
             global_args[name] = default.strip('"')
         elif stages:
             stages[-1].instructions.append((keyword, rest))
     return stages
+
+
+def effective_user(instructions: list[tuple[str, str]], global_args: dict[str, str]) -> str | None:
+    """The last USER, its ${ARGS} resolved as Docker does (an ARG without a value takes the
+    global default; one with a value sets it)."""
+    args, user = {}, None
+    for keyword, rest in instructions:
+        if keyword == "ARG":
+            name, has_value, value = rest.partition("=")
+            args[name] = value.strip('"') if has_value else global_args.get(name, "")
+        elif keyword == "USER":
+            user = interpolate(rest, args)
+    return user
 
 
 def stage_chain(stages: list[Stage], target: str) -> tuple[str, list[tuple[str, str]]]:
@@ -495,8 +518,9 @@ def test_each_image_is_pinned_non_root_and_installs_dependencies_before_code(tar
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), \
         f"{target}: base image must be pinned to a patch release, got {base!r}"
 
-    users = [rest for keyword, rest in instructions if keyword == "USER"]
-    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{target} runs as root"
+    user = effective_user(instructions, dockerfile_stages()[0].global_args)
+    assert user and re.fullmatch(r"\d+(:\d+)?", user), f"{target}: USER should be numeric, got {user!r}"
+    assert int(user.split(":")[0]) != 0, f"{target} runs as root"
 
     keywords = [keyword for keyword, _ in instructions]
     installs = [i for i, (keyword, rest) in enumerate(instructions)

@@ -67,11 +67,11 @@ def _cached_logits(params, ids, mask, images):
     batch = images.shape[0]
     cache = dallebart.empty_cache(SMALL, batch, jax.tree_util.tree_leaves(params)[0].dtype)
     previous = np.concatenate([np.full((batch, 1), SMALL.decoder_start_token_id), images[:, :-1]], 1)
-    step = jax.jit(lambda tokens, t, cache: dallebart.decode_step(params, SMALL, tokens, t, cache, cross_kv, mask))
+    step = jax.jit(lambda params, tokens, t, cache: dallebart.decode_step(params, SMALL, tokens, t, cache, cross_kv, mask))
     steps = []
     for t in range(SMALL.image_length):
         tokens = np.repeat(previous[:, t:t + 1], 2, axis=1)
-        logits, cache = step(tokens, t, cache)
+        logits, cache = step(params, tokens, t, cache)
         steps.append(logits)
     return np.stack(steps, axis=2)
 
@@ -84,13 +84,13 @@ def _full_logits(params, ids, mask, images):
         encoder_states = dallebart.encode(params, SMALL, ids[row:row + 1], mask[row:row + 1])
         encoder_states = jnp.repeat(encoder_states, images.shape[0], axis=0)
         row_mask = np.repeat(mask[row:row + 1], images.shape[0], axis=0)
-        rows.append(dallebart.decode_full(params, SMALL, previous, encoder_states, row_mask))
+        rows.append(jax.jit(dallebart.decode_full, static_argnums=1)(params, SMALL, previous, encoder_states, row_mask))
     return np.stack(rows, axis=1)
 
 
 def test_cached_decoder_equals_full_forward():
     rng = np.random.default_rng(1)
-    params = dallebart.random_params(SMALL, seed=1, std=0.2)
+    params = dallebart.unstack_layers(dallebart.random_params(SMALL, seed=1, std=0.2))
     ids, mask, images = _inputs(rng, batch=3)
     fast = _cached_logits(params, ids, mask, images)
     full = _full_logits(params, ids, mask, images)
@@ -102,7 +102,7 @@ def test_cached_decoder_equals_full_forward():
 
 def test_half_precision_weights_stay_half_and_agree():
     rng = np.random.default_rng(2)
-    params = dallebart.random_params(SMALL, seed=2, std=0.2)
+    params = dallebart.unstack_layers(dallebart.random_params(SMALL, seed=2, std=0.2))
     half = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.bfloat16), params)
     ids, mask, images = _inputs(rng, batch=2)
     exact = _cached_logits(params, ids, mask, images)

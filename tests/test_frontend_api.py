@@ -13,6 +13,7 @@ import uuid
 import pytest
 import requests
 import yaml
+from openapi_spec_validator import validate as validate_openapi
 from PIL import Image
 
 from frontend.config import Config
@@ -333,7 +334,7 @@ def test_openapi_document_is_served_and_matches_the_routes(url, server):
     assert as_json.headers["Content-Type"] == "application/json"
     document = yaml.safe_load(as_yaml.text)
     assert document == as_json.json()
-    assert document["openapi"].startswith("3.")
+    validate_openapi(document)  # raises on any departure from the OpenAPI 3 schema
     documented = {(method.upper(), path) for path, item in document["paths"].items()
                   for method in item if method != "parameters"}
     served = {(route.method, route.template) for route in server.api.router.routes}
@@ -347,6 +348,17 @@ def test_no_cors_headers_and_cross_site_writes_are_refused(url, queue):
     assert "Access-Control-Allow-Origin" not in response.headers
     assert queue.unfinished() == []
     assert requests.options(f"{url}/prompt", headers={"Origin": "https://evil.example"}).status_code == 405
+    for site in ("same-site", "cross-site"):
+        response = requests.post(f"{url}/prompt", json={"text": "x", "num_images": 2},
+                                 headers={"Origin": url, "Sec-Fetch-Site": site})
+        assert response.status_code == 403, site
+    assert requests.post(f"{url}/prompt", json={"text": "x", "num_images": 2},
+                         headers={"Origin": "null"}).status_code == 403
+    assert queue.unfinished() == []
+    # Behind a proxy that rewrites Host, the browser's Sec-Fetch-Site still says same-origin.
+    proxied = requests.post(f"{url}/prompt", json={"text": "x", "num_images": 2},
+                            headers={"Origin": "https://playground.example", "Sec-Fetch-Site": "same-origin"})
+    assert proxied.status_code == 200
     same_origin = requests.post(f"{url}/prompt", json={"text": "x", "num_images": 2},
                                 headers={"Origin": url, "Sec-Fetch-Site": "same-origin"})
     assert same_origin.status_code == 200
@@ -401,6 +413,17 @@ def test_wrong_methods_and_unknown_paths(url):
     assert requests.post(f"{url}/nothing-here").status_code == 404
     assert requests.request("BREW", f"{url}/prompt").status_code == 501
     assert requests.get(f"{url}/nothing-here").json() == {"error": "not found"}
+    assert requests.get(f"{url}/prompt").status_code == 405
+    assert requests.head(f"{url}/deleteimage").status_code == 405
+
+
+def test_ipv6_loopback(redis_url, tmp_path):
+    try:
+        with serving(Config(host="::1", port=0, redis_url=redis_url, library_dir=tmp_path / "lib")) as server:
+            port = server.server_address[1]
+            assert requests.get(f"http://[::1]:{port}/queue_status").json() == []
+    except OSError as exc:  # a machine without IPv6
+        pytest.skip(f"no IPv6 loopback: {exc}")
 
 
 def test_config_from_env_reads_every_setting(tmp_path):
@@ -416,3 +439,97 @@ def test_config_from_env_reads_every_setting(tmp_path):
     assert (defaults.static_dir / "index.html").is_file()
     with pytest.raises(ValueError, match="FRONTEND_PORT"):
         Config.from_env({"FRONTEND_PORT": "eighty"})
+
+
+def test_a_big_library_is_sent_gzipped_to_clients_that_accept_it(url, store):
+    for i in range(60):
+        store.add_job(library_entry(f"prompt {i} " + "detail " * 40, created=1000.0 + i), [png_bytes()])
+    plain = requests.get(f"{url}/getlibrary", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and len(plain.content) > 16 * 1024
+    zipped = requests.get(f"{url}/getlibrary", headers={"Accept-Encoding": "gzip, deflate"})
+    assert zipped.headers["Content-Encoding"] == "gzip" and zipped.headers["Vary"] == "Accept-Encoding"
+    assert int(zipped.headers["Content-Length"]) < len(plain.content) / 3
+    assert zipped.json() == plain.json() and len(plain.json()) == 60
+    refused = requests.get(f"{url}/getlibrary", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+    store.add_job(library_entry("one more"), [png_bytes()])
+    assert len(requests.get(f"{url}/getlibrary").json()) == 61
+
+
+def test_a_loopback_server_answers_only_to_loopback_host_names(url, server, queue):
+    port = server.server_address[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST", "localhost."):
+        assert requests.get(f"{url}/queue_status", headers={"Host": host}).status_code == 200, host
+    for host in (f"rebound.evil.example:{port}", "evil.example", "127.0.0.1.evil.example", ""):
+        response = requests.post(f"{url}/prompt", json={"text": "x", "num_images": 2}, headers={"Host": host})
+        assert response.status_code == 400 and "FRONTEND_ALLOWED_HOSTS" in response.json()["error"], host
+        assert requests.get(f"{url}/getlibrary", headers={"Host": host}).status_code == 400
+    assert queue.unfinished() == []
+
+
+def test_allowed_hosts_add_names_or_allow_any(config):
+    with serving(Config(**{**config.__dict__, "allowed_hosts": ("playground.lan",)})) as server:
+        get = lambda host: requests.get(f"{server.url}/queue_status", headers={"Host": host}).status_code
+        assert (get("playground.lan:8000"), get("localhost"), get("other.lan")) == (200, 200, 400)
+    with serving(Config(**{**config.__dict__, "allowed_hosts": ("*",)})) as server:
+        assert requests.get(f"{server.url}/queue_status", headers={"Host": "any.name"}).status_code == 200
+
+
+def test_host_names_answered_by_bind_address():
+    from frontend.auth import LOOPBACK_NAMES, answered_hosts, host_name
+
+    assert answered_hosts("127.0.0.1", ()) == answered_hosts("::1", ()) == LOOPBACK_NAMES
+    assert answered_hosts("localhost", ()) == LOOPBACK_NAMES
+    assert answered_hosts("0.0.0.0", ()) is None  # Docker: the published port decides exposure
+    assert answered_hosts("0.0.0.0", ("a.lan",)) == LOOPBACK_NAMES | {"a.lan"}
+    assert answered_hosts("127.0.0.1", ("*",)) is None
+    assert [host_name(h) for h in ("[::1]:80", "Example.ORG.:8000", "localhost", "10.0.0.1:1")] == [
+        "::1", "example.org", "localhost", "10.0.0.1"]
+
+
+def inline_refs(node, document):
+    """The schema with every local `$ref` replaced by what it points to (the document has no cycles)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = document
+            for key in node["$ref"].removeprefix("#/").split("/"):
+                target = target[key]
+            return inline_refs(target, document)
+        return {key: inline_refs(value, document) for key, value in node.items()}
+    if isinstance(node, list):
+        return [inline_refs(item, document) for item in node]
+    return node
+
+
+def test_responses_match_the_documented_schemas(url, server, worker, store):
+    from openapi_schema_validator import OAS30Validator
+
+    document = server.api.openapi.document
+
+    def check(response, path: str, method: str = "get"):
+        spec = document["paths"][path][method]["responses"][str(response.status_code)]
+        spec = inline_refs(spec, document)
+        schema = spec["content"]["application/json"]["schema"]
+        OAS30Validator(schema).validate(response.json())
+
+    worker.heartbeat("ready", "tiny")
+    check(requests.get(f"{url}/health"), "/health")
+    first = requests.post(f"{url}/prompt", json={"text": "x", "num_images": "2", "seed": 5})
+    check(first, "/prompt", "post")
+    job_id = first.json()["queue_id"]
+    submit(url, text="y", num_images=4, gen_top_k=5, gen_top_p=0.5, temperature=1.0, condition_scale=3)
+    check(requests.get(f"{url}/queue_status"), "/queue_status")
+    check(requests.post(f"{url}/prompt", json={"text": ""}), "/prompt", "post")
+    worker.claim(timeout=1)
+    entry = store.add_job(library_entry(queue_id=job_id), [png_bytes(), png_bytes()])
+    worker.finish_done(job_id, seed=5, model="tiny", images=entry["generated_images"], process_time_secs=1.0)
+    check(requests.get(f"{url}/jobs/{job_id}"), "/jobs/{job_id}")
+    check(requests.get(f"{url}/jobs/{uuid.uuid4()}"), "/jobs/{job_id}")
+    check(requests.get(f"{url}/getlibrary"), "/getlibrary")
+    check(requests.get(f"{url}/getlibrary", params={"limit": 0}), "/getlibrary")
+    check(requests.delete(f"{url}/{entry['generated_images'][0]}"), "/library/{queue_id}/{image_id}.png", "delete")
+    check(requests.post(f"{url}/deleteimage", json={"path": entry["generated_images"][1]}), "/deleteimage", "post")
+    check(requests.delete(f"{url}/jobs/{job_id}"), "/jobs/{job_id}", "delete")
+    gone = requests.get(f"{url}/jobs/{job_id}")
+    check(gone, "/jobs/{job_id}")
+    assert gone.json()["status"] == "done" and "result" not in gone.json()

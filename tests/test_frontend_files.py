@@ -57,13 +57,13 @@ def raw_request(server, request: bytes) -> tuple[int, dict, bytes]:
 
 
 def get(server, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
-    return raw_request(server, f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    return raw_request(server, f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
                        .encode("latin-1"))
 
 
 def post_json(server, path: str, body: dict) -> tuple[int, dict, bytes]:
     data = json.dumps(body).encode()
-    return raw_request(server, f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    return raw_request(server, f"POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                        f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
 
 
@@ -118,7 +118,7 @@ def test_absolute_paths_of_this_machine_are_refused(server, folders):
 
 
 def test_a_nul_byte_in_the_request_line_is_refused(server):
-    status, _, body = raw_request(server, b"GET /index.html\x00.png HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, _, body = raw_request(server, b"GET /index.html\x00.png HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert status in (400, 404) and b"hello" not in body
 
 
@@ -187,7 +187,7 @@ def test_head_matches_get_without_a_body(server, store):
     for path in ("/", "/index.html", f"/{stored['generated_images'][0]}", "/getlibrary", "/missing.txt"):
         get_status, get_headers, get_body = get(server, path)
         with socket.create_connection(server.server_address[:2], timeout=10) as sock:
-            sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
@@ -222,3 +222,27 @@ def test_a_file_changed_on_disk_is_served_fresh(server, folders):
     assert get(server, "/index.html")[2] == b"<!doctype html><p>changed</p>"
     page.unlink()
     assert get(server, "/index.html")[0] == 404
+
+
+def test_the_file_cache_stays_within_its_byte_budget(tmp_path):
+    from frontend.files import FileCache
+
+    cache = FileCache(max_total_bytes=100, max_cached_bytes=60, max_file_bytes=200)
+    files = []
+    for i in range(6):
+        path = tmp_path / f"f{i}.png"
+        path.write_bytes(bytes([i]) * 40)
+        files.append(path)
+    big = tmp_path / "big.js"
+    big.write_bytes(b"x" * 150)
+    huge = tmp_path / "huge.js"
+    huge.write_bytes(b"x" * 201)
+    for _ in range(2):
+        for i, path in enumerate(files):
+            content = cache.read(path)
+            assert content.body == bytes([i]) * 40 and content.content_type == "image/png"
+            assert cache._total <= 100
+        assert cache.read(big).body == b"x" * 150  # served, not kept
+        assert cache._total <= 100
+    assert cache.read(huge) is None
+    assert cache.read(tmp_path / "missing.png") is None

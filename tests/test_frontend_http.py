@@ -72,7 +72,7 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 def test_an_oversized_body_is_413_and_queues_nothing(server, queue):
     sock = connect(server)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n" + b"x" * 1025)
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1025\r\n\r\n" + b"x" * 1025)
     status, headers, body = read_response(sock)
     assert status == 413 and "1024" in json.loads(body)["error"]
     assert headers["connection"] == "close"
@@ -82,7 +82,7 @@ def test_an_oversized_body_is_413_and_queues_nothing(server, queue):
 
 def test_an_oversized_body_is_refused_before_it_is_sent_with_expect_100(server, queue):
     sock = connect(server)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n")
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n")
     status, _, _ = read_response(sock)
     assert status == 413
     assert queue.unfinished() == []
@@ -90,7 +90,7 @@ def test_an_oversized_body_is_refused_before_it_is_sent_with_expect_100(server, 
 
 def test_expect_100_continue_works_for_a_normal_body(server, queue):
     sock = connect(server)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(GOOD))
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(GOOD))
     assert sock.recv(100).startswith(b"HTTP/1.1 100")
     sock.sendall(GOOD)
     status, _, body = read_response(sock)
@@ -101,7 +101,7 @@ def test_expect_100_continue_works_for_a_normal_body(server, queue):
                                     b"Content-Length: 5\r\nContent-Length: 6", b"Content-Length: \xd9\xa3"])
 def test_a_malformed_content_length_is_400(server, queue, header):
     sock = connect(server)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n" + GOOD)
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\n" + header + b"\r\n\r\n" + GOOD)
     status, headers, _ = read_response(sock)
     assert status == 400 and headers["connection"] == "close"
     assert queue.unfinished() == []
@@ -109,7 +109,7 @@ def test_a_malformed_content_length_is_400(server, queue, header):
 
 def test_a_chunked_body_is_411(server, queue):
     sock = connect(server)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                  + b"%x\r\n" % len(GOOD) + GOOD + b"\r\n0\r\n\r\n")
     status, _, _ = read_response(sock)
     assert status == 411
@@ -120,7 +120,7 @@ def test_a_chunked_body_is_411(server, queue):
 def test_a_content_length_longer_than_the_body_times_out_with_408(server, queue):
     sock = connect(server)
     started = time.monotonic()
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + GOOD)
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n\r\n" + GOOD)
     status, headers, body = read_response(sock)
     assert status == 408 and headers["connection"] == "close"
     assert time.monotonic() - started < 3
@@ -129,7 +129,7 @@ def test_a_content_length_longer_than_the_body_times_out_with_408(server, queue)
 
 def test_a_body_that_ends_early_is_400(server, queue):
     sock = connect(server)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + GOOD)
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n\r\n" + GOOD)
     sock.shutdown(socket.SHUT_WR)
     status, _, body = read_response(sock)
     assert status == 400 and "500" in json.loads(body)["error"]
@@ -138,8 +138,8 @@ def test_a_body_that_ends_early_is_400(server, queue):
 
 def test_a_content_length_shorter_than_the_body_never_runs_the_rest(server, queue):
     sock = connect(server)
-    smuggled = b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + GOOD + smuggled)
+    smuggled = b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD)
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n" + GOOD + smuggled)
     status, _, _ = read_response(sock)
     assert status == 400  # the first 10 bytes are not JSON
     # What follows is garbage, not a request: refused, and the connection is closed.
@@ -150,7 +150,7 @@ def test_a_content_length_shorter_than_the_body_never_runs_the_rest(server, queu
 
 def test_a_client_dribbling_its_body_is_cut_off_at_the_deadline(server, queue):
     sock = connect(server)
-    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(GOOD))
+    sock.sendall(b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(GOOD))
     started = time.monotonic()
     try:
         for byte in GOOD:
@@ -183,7 +183,7 @@ def test_a_silent_client_is_disconnected_and_its_thread_freed(server):
 
 def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(server):
     sock = connect(server)
-    sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert read_response(sock)[0] == 200
     started = time.monotonic()
     assert closed_by_server(sock)
@@ -212,22 +212,27 @@ def test_keep_alive_serves_many_requests_on_one_connection(server, queue):
 
 def test_pipelined_requests_are_answered_in_order(server):
     sock = connect(server)
-    sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                 b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n" % (len(GOOD), GOOD))
+    sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                 b"POST /prompt HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
+                 b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n" % (len(GOOD), GOOD))
     assert [read_response(sock)[0] for _ in range(3)] == [200, 200, 404]
 
 
-def test_http_1_0_closes_after_the_response(server):
+def test_http_1_0_closes_after_the_response_unless_asked_to_keep_alive(server):
     sock = connect(server)
     sock.sendall(b"GET /queue_status HTTP/1.0\r\n\r\n")
     assert read_response(sock)[0] == 200
     assert closed_by_server(sock)
+    sock = connect(server)
+    for _ in range(2):
+        sock.sendall(b"GET /queue_status HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers["connection"] == "keep-alive"
 
 
 def test_a_too_long_request_line_is_414(server):
     sock = connect(server)
-    sock.sendall(b"GET /" + b"a" * 600 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /" + b"a" * 600 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
     status, headers, body = read_response(sock)
     assert status == 414 and headers["content-type"] == "application/json" and json.loads(body)["error"]
 
@@ -246,12 +251,12 @@ def test_too_many_or_too_long_headers_are_431(server):
                                           b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n"])
 def test_malformed_request_lines_get_an_error_not_a_crash(server, request_line):
     sock = connect(server)
-    sock.sendall(request_line + b"Host: x\r\n\r\n")
+    sock.sendall(request_line + b"Host: localhost\r\n\r\n")
     status, headers, _ = read_response(sock)
     assert 400 <= status < 500 or status == 505
     assert headers["content-type"] == "application/json"
     with connect(server) as other:
-        other.sendall(b"GET /queue_status HTTP/1.1\r\nHost: x\r\n\r\n")
+        other.sendall(b"GET /queue_status HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert read_response(other)[0] == 200
 
 
@@ -266,7 +271,7 @@ def test_connections_beyond_the_cap_get_503_at_once(server, config):
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         with connect(server) as sock:
-            sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: localhost\r\n\r\n")
             if read_response(sock)[0] == 200:
                 return
         time.sleep(0.05)
@@ -275,10 +280,10 @@ def test_connections_beyond_the_cap_get_503_at_once(server, config):
 
 def test_every_response_has_content_length_and_json_errors(server):
     with connect(server) as sock:
-        for request in (b"GET /queue_status HTTP/1.1\r\nHost: x\r\n\r\n",
-                        b"GET /getlibrary HTTP/1.1\r\nHost: x\r\n\r\n",
-                        b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n",
-                        b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n"):
+        for request in (b"GET /queue_status HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                        b"GET /getlibrary HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                        b"GET /missing HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                        b"GET /openapi.yaml HTTP/1.1\r\nHost: localhost\r\n\r\n"):
             sock.sendall(request)
             status, headers, body = read_response(sock)
             assert "content-length" in headers and headers["x-content-type-options"] == "nosniff"

@@ -53,7 +53,6 @@ def test_greedy_fast_path_equals_full_forward(engine):
         request = GenerationRequest(PROMPT, 3, seed=5, top_k=1, condition_scale=condition_scale)
         codes, _, _ = engine.generate_codes(request)
         expected = reference_greedy(engine, PROMPT, condition_scale)
-        codes = np.asarray(codes)[:3]
         assert len(set(expected.tolist())) > 10  # a real sequence, not one repeated token
         for row in codes:
             np.testing.assert_array_equal(row, expected)

@@ -147,3 +147,69 @@ def test_job_round_trips_through_its_hash():
     job = Job(id="x", text="t", num_images=2, seed=1, top_p=0.5)
     from playground.jobs import encode_job_fields
     assert Job.from_hash(encode_job_fields(job)).to_status() == job.to_status()
+
+
+def test_a_worker_identity_is_held_by_one_live_process(redis_client):
+    first = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1", owner="elsewhere:1:a")
+    assert first.register()
+    rival = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1", owner="elsewhere:2:b")
+    assert not rival.register()  # another host: only its heartbeat expiring frees the identity
+    rival.unregister()
+    assert JobQueue(redis_client).health()["workers"][0]["alive"]  # the rival touched nothing
+    assert not rival.heartbeat(backend_status="ready")
+
+
+def test_a_restarted_worker_takes_back_its_dead_predecessors_job_at_once(queue, redis_client):
+    import subprocess
+    import sys
+
+    from scheduler.worker_queue import process_owner
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    host = process_owner().split(":")[0]
+    predecessor = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1", owner=f"{host}:{dead.stdout.strip()}:old")
+    predecessor.register()
+    first, second = queue.submit(params("first")), queue.submit(params("second"))
+    assert predecessor.claim(timeout=1).id == first.id
+    successor = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
+    assert successor.register()  # the predecessor's pid is gone: no need to wait for its TTL
+    requeued = queue.get(first.id)
+    assert requeued.status == "queued" and requeued.attempts == 1 and requeued.position == 1
+    assert successor.claim(timeout=1).id == first.id
+    assert queue.get(first.id).attempts == 2
+    assert queue.get(second.id).position == 1
+
+
+def test_the_last_attempt_fails_the_job_with_the_reason(queue, redis_client):
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1", max_attempts=3)
+    worker.register()
+    job = queue.submit(params())
+    for attempt in (1, 2, 3):
+        assert worker.claim(timeout=1).attempts == attempt
+        status = worker.put_back(job.id, f"backend died ({attempt})")
+    assert status == "failed"
+    failed = queue.get(job.id)
+    assert failed.status == "failed" and "3 attempts" in failed.error and "backend died (3)" in failed.error
+    assert queue.unfinished() == []
+
+
+def test_putting_back_a_job_that_never_started_does_not_count(queue, redis_client):
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
+    worker.register()
+    job = queue.submit(params())
+    for _ in range(5):
+        worker.claim(timeout=1)
+        assert worker.put_back(job.id, "backend busy", count_attempt=False) == "queued"
+    assert queue.get(job.id).attempts == 0
+
+
+def test_a_job_cancelled_while_its_worker_was_dead_is_not_rerun(queue, redis_client):
+    dead = WorkerQueue(redis_client, "dead", "http://127.0.0.1:1", heartbeat_ttl_secs=1)
+    dead.register()
+    job = queue.submit(params())
+    dead.claim(timeout=1)
+    queue.cancel(job.id)
+    time.sleep(1.1)  # its heartbeat expires
+    other = WorkerQueue(redis_client, "other", "http://127.0.0.1:2")
+    other.register()
+    assert other.sweep_dead_workers() == [(job.id, "cancelled")]
+    assert queue.get(job.id).status == "cancelled" and queue.unfinished() == []

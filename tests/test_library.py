@@ -119,6 +119,19 @@ def test_delete_image_does_not_follow_symlinks(tmp_path):
     assert outside.read_bytes() == PNG
 
 
+def test_delete_image_does_not_follow_a_symlinked_job_folder(tmp_path):
+    library, outside = tmp_path / "library", tmp_path / "outside"
+    outside.mkdir()
+    name = str(uuid.uuid4())
+    (outside / f"{name}.png").write_bytes(PNG)
+    store = LibraryStore(library)
+    qid = str(uuid.uuid4())
+    (library / qid).symlink_to(outside, target_is_directory=True)
+    assert store.delete_image(f"library/{qid}/{name}.png") is False
+    assert store.delete_job(qid) is False
+    assert (outside / f"{name}.png").read_bytes() == PNG
+
+
 def test_delete_job_removes_entry_and_folder(tmp_path):
     store = LibraryStore(tmp_path)
     keep, gone = store.add_job(entry(), [PNG]), store.add_job(entry(), [PNG, PNG])

@@ -81,12 +81,15 @@ def test_reading_something_else_than_a_png_fails_clearly():
         read_png_metadata(jpeg.getvalue())
 
 
-def test_encoding_a_256_pixel_image_is_fast():
+def test_encoding_is_faster_than_pillows_default_level():
     picture = _picture()
-    encode_png(picture, {"prompt": "warm-up"})
-    best = min(_timed(lambda: encode_png(picture, {"prompt": "a red cube"})) for _ in range(5))
-    # About 8 ms on one core; the bound only catches a slow setting (e.g. optimize=True).
-    assert best < 0.05
+    image = Image.fromarray(picture)
+    ours, default = [], []
+    for _ in range(7):  # interleaved, best of 7: robust to a busy machine
+        ours.append(_timed(lambda: encode_png(picture, {"prompt": "a red cube"})))
+        default.append(_timed(lambda: image.save(io.BytesIO(), format="PNG")))
+    # Measured here: about 6 ms against 18 ms for a 256x256 picture.
+    assert min(ours) < 0.7 * min(default)
 
 
 def _timed(action) -> float:

@@ -4,20 +4,22 @@ failures, kill -9 of a worker or a backend, SIGTERM, health."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 
 import pytest
 from PIL import Image
+from processes import ServiceProcess, backend_process, scheduler_process
 
 from playground.jobs import JobQueue
 from playground.library import LibraryStore
-from processes import ServiceProcess, backend_process, scheduler_process
 
 pytestmark = pytest.mark.timeout(600)
 
-# Every test asks for 2 images, so the backends compile only that batch size.
-BACKEND_ENV = {"BACKEND_WARMUP_BATCH_SIZES": "2", "BACKEND_PROGRESS_INTERVAL": "0.2"}
+# Most jobs ask for 2 images; a job to be interrupted mid-way asks for 8, to last longer.
+BACKEND_ENV = {"BACKEND_WARMUP_BATCH_SIZES": "2,8", "BACKEND_PROGRESS_INTERVAL": "0.1"}
+LONG = 8
 
 
 def prompt(text: str = "a red circle", num_images: int = 2, seed: int = 1, **extra) -> dict:
@@ -82,6 +84,12 @@ def ready_workers(queue: JobQueue) -> int:
     return sum(w["alive"] and w["backend_status"] == "ready" for w in queue.health()["workers"])
 
 
+def generating_job(queue: JobQueue, job_id: str):
+    """The job if the backend is generating it (it has reported progress), else None."""
+    job = queue.get(job_id)
+    return job if job.status == "running" and job.tokens_done > 0 else None
+
+
 def finished(queue: JobQueue, job_ids) -> bool:
     return all(queue.get(job_id).finished for job_id in job_ids)
 
@@ -102,7 +110,7 @@ def test_fifo_order_progress_eta_and_library(backends, processes, tmp_path, redi
     assert [j.status for j in jobs] == ["done"] * 4
     starts = [j.started_at for j in jobs]
     assert starts == sorted(starts)  # first in, first out
-    for a, b in zip(jobs, jobs[1:]):
+    for a, b in itertools.pairwise(jobs):
         assert a.finished_at <= b.started_at  # one at a time on one backend
     assert any(0 < done <= 256 for done in progress_seen), progress_seen
     # ETAs come from the measured speed, which exists once the first job is done.
@@ -114,7 +122,7 @@ def test_fifo_order_progress_eta_and_library(backends, processes, tmp_path, redi
         assert entry["text_prompt"] == job.text and entry["seed"] == job.seed
         assert entry["generated_images"] == job.images and len(job.images) == 2
         for url in entry["generated_images"]:
-            png = Image.open(io.BytesIO((tmp_path / url.removeprefix("library/")).read_bytes()))
+            png = Image.open(io.BytesIO((tmp_path / url).read_bytes()))
             assert png.size == (256, 256)
         assert entry["model"] == "tiny" and entry["process_time_secs"] > 0
 
@@ -136,11 +144,11 @@ def test_idle_worker_starts_a_new_job_within_100_ms(backends, processes, tmp_pat
     delays = []
     for i in range(5):
         time.sleep(0.3)  # let the worker go idle in BLMOVE
-        job = queue.submit(prompt(str(i)))
-        wait_for(lambda: queue.get(job.id).finished, 60, "the job", scheduler)
-        done = queue.get(job.id)
+        job_id = queue.submit(prompt(str(i))).id
+        wait_for(lambda job_id=job_id: queue.get(job_id).finished, 60, "the job", scheduler)
+        done = queue.get(job_id)
         assert done.status == "done"
-        delays.append(done.started_at - job.created_at)
+        delays.append(done.started_at - done.created_at)
     delays.sort()
     print(f"submit -> running: median {delays[2] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms")
     assert delays[2] < 0.1, delays
@@ -148,11 +156,11 @@ def test_idle_worker_starts_a_new_job_within_100_ms(backends, processes, tmp_pat
 
 def test_cancel_queued_and_running_jobs(backends, processes, tmp_path, redis_url, queue):
     scheduler = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], queue=queue)
-    running = queue.submit(prompt("to be stopped", num_images=2))
+    running = queue.submit(prompt("to be stopped", num_images=LONG))
     after = queue.submit(prompt("runs next"))
     never = queue.submit(prompt("cancelled while queued"))
     assert queue.cancel(never.id).status == "cancelled"
-    wait_for(lambda: queue.get(running.id).status == "running", 30, "the first job to run", scheduler)
+    wait_for(lambda: generating_job(queue, running.id), 30, "the first job to be generating", scheduler)
     asked = time.monotonic()
     assert queue.cancel(running.id).cancel_requested
     wait_for(lambda: queue.get(running.id).status == "cancelled", 5, "the running job to stop", scheduler)
@@ -165,27 +173,25 @@ def test_cancel_queued_and_running_jobs(backends, processes, tmp_path, redis_url
     print(f"running job cancelled in {stop_secs:.2f} s")
 
 
-def test_backend_failures_fail_the_job_with_the_reason_and_the_queue_moves_on(
+def test_a_job_the_backend_refuses_fails_with_its_reason_and_the_queue_moves_on(
         backends, processes, tmp_path, redis_url, queue):
     scheduler = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], queue=queue)
-    # The frontend would refuse these; here they reach the backend, which refuses or fails them.
+    # The frontend would refuse this one; here it reaches the backend, which does.
     refused = queue.submit(prompt(num_images=9))
-    crashed = queue.submit(prompt(top_k=10**9))
     good = queue.submit(prompt())
-    wait_for(lambda: finished(queue, [refused.id, crashed.id, good.id]), 60, "the three jobs", scheduler)
-    refused, crashed, good = (queue.get(j.id) for j in (refused, crashed, good))
-    assert refused.status == "failed" and "num_images" in refused.error
-    assert crashed.status in ("failed", "done")
-    if crashed.status == "failed":
-        assert crashed.error.startswith("backend error:") and crashed.attempts == 1
+    wait_for(lambda: finished(queue, [refused.id, good.id]), 60, "both jobs", scheduler)
+    refused, good = queue.get(refused.id), queue.get(good.id)
+    assert refused.status == "failed" and "num_images must be between 1 and 8" in refused.error
+    assert refused.attempts == 1  # not retried: it would be refused again
     assert good.status == "done"
+    # A failure inside the backend (a GPU out of memory) is in test_scheduler_protocol.py.
 
 
 def test_kill_9_of_the_scheduler_mid_job_reruns_the_job_first(backends, processes, tmp_path, redis_url, queue):
     first = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], name="first", queue=queue)
-    victim = queue.submit(prompt("interrupted"))
+    victim = queue.submit(prompt("interrupted", num_images=LONG))
     behind = queue.submit(prompt("behind it"))
-    wait_for(lambda: queue.get(victim.id).status == "running", 30, "the job to run", first)
+    wait_for(lambda: generating_job(queue, victim.id), 30, "the job to run", first)
     first.kill()
     assert queue.get(victim.id).status == "running"  # nobody has noticed yet
     second = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], name="second", wait_ready=False)
@@ -200,8 +206,8 @@ def test_kill_9_of_the_scheduler_mid_job_reruns_the_job_first(backends, processe
 
 def test_a_dead_workers_job_is_taken_over_by_another_scheduler(backends, processes, tmp_path, redis_url, queue):
     doomed = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], name="doomed", queue=queue)
-    victim = queue.submit(prompt("orphan"))
-    wait_for(lambda: queue.get(victim.id).status == "running", 30, "the job to run", doomed)
+    victim = queue.submit(prompt("orphan", num_images=LONG))
+    wait_for(lambda: generating_job(queue, victim.id), 30, "the job to run", doomed)
     doomed.kill()
     # A scheduler for a different backend notices the silent worker once its heartbeat expires.
     other = start_scheduler(processes, tmp_path, redis_url, [backends[1].url], name="other", queue=queue)
@@ -212,13 +218,12 @@ def test_a_dead_workers_job_is_taken_over_by_another_scheduler(backends, process
 
 def test_sigterm_puts_the_running_job_back_at_the_front(backends, processes, tmp_path, redis_url, queue):
     first = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], name="first", queue=queue)
-    job = queue.submit(prompt("interrupted politely"))
+    job = queue.submit(prompt("interrupted politely", num_images=LONG))
     behind = queue.submit(prompt("behind"))
-    wait_for(lambda: queue.get(job.id).status == "running", 30, "the job to run", first)
+    wait_for(lambda: generating_job(queue, job.id), 30, "the job to run", first)
     assert first.stop(timeout=20) == 0, first.log_tail()
     requeued = queue.get(job.id)
-    if requeued.status == "queued":  # it had not finished before the signal arrived
-        assert requeued.position == 1 and requeued.attempts == 0
+    assert requeued.status == "queued" and requeued.position == 1 and requeued.attempts == 0
     assert queue.health()["workers"] == []  # a clean stop unregisters
     second = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], name="second", wait_ready=False)
     wait_for(lambda: finished(queue, [job.id, behind.id]), 60, "both jobs", second)
@@ -241,7 +246,7 @@ def test_kill_9_of_the_backend_reruns_the_job_and_fails_it_after_three(
     and the job behind it is run."""
     backend = backend_process(tmp_path, model_cache_dir, extra_env=BACKEND_ENV)
     scheduler = start_scheduler(processes, tmp_path, redis_url, [backend.url], wait_ready=False)
-    victim = queue.submit(prompt("unlucky"))
+    victim = queue.submit(prompt("unlucky", num_images=LONG))
     behind = queue.submit(prompt("lucky"))
     wait_for(lambda: queue.health()["workers"] and queue.health()["workers"][0]["backend_status"] == "unreachable",
              20, "the worker to report its backend unreachable", scheduler)
@@ -249,8 +254,8 @@ def test_kill_9_of_the_backend_reruns_the_job_and_fails_it_after_three(
     for attempt in (1, 2, 3):
         processes(backend)
         backend.wait_healthy(300)
-        wait_for(lambda: queue.get(victim.id).status == "running", 30, f"attempt {attempt}", scheduler, backend)
-        assert queue.get(victim.id).attempts == attempt
+        generating = wait_for(lambda: generating_job(queue, victim.id), 30, f"attempt {attempt}", scheduler, backend)
+        assert generating.attempts == attempt
         backend.kill()
         if attempt < 3:
             wait_for(lambda: queue.get(victim.id).status == "queued", 10, "the job to be put back", scheduler)
@@ -266,8 +271,9 @@ def test_kill_9_of_the_backend_reruns_the_job_and_fails_it_after_three(
 
 
 def test_queued_jobs_survive_a_redis_crash(tmp_path):
-    from playground.redis_server import RedisServer
     import redis
+
+    from playground.redis_server import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()
     try:
@@ -285,3 +291,61 @@ def test_queued_jobs_survive_a_redis_crash(tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_two_hundred_jobs_are_each_done_exactly_once(backends, processes, tmp_path, redis_url, queue):
+    """Two scheduler processes (one per backend) drain 200 queued jobs from one Redis."""
+    ids = [queue.submit(prompt(f"job {i}", seed=i + 1)).id for i in range(200)]
+    schedulers = [start_scheduler(processes, tmp_path, redis_url, [b.url], name=f"scheduler-{i}", wait_ready=False)
+                  for i, b in enumerate(backends)]
+    started = time.monotonic()
+    wait_for(lambda: queue.queued_count() == 0 and not queue.unfinished(), 900, "the queue to drain",
+             *schedulers, interval=0.5)
+    elapsed = time.monotonic() - started
+    jobs = [queue.get(job_id) for job_id in ids]
+    assert [j.status for j in jobs] == ["done"] * 200
+    assert all(j.attempts == 1 for j in jobs)
+    assert {j.backend for j in jobs} == {b.url for b in backends}
+    library = LibraryStore(tmp_path / "library")
+    entries = library.entries()
+    assert sorted(e["queue_id"] for e in entries) == sorted(ids)  # each once, none missing
+    assert sum(len(list((tmp_path / "library" / job_id).glob("*.png"))) for job_id in ids) == 400
+    print(f"200 jobs in {elapsed:.1f} s on 2 backends ({elapsed / 200:.2f} s per job)")
+
+
+def test_deletes_racing_job_completions_keep_the_library_valid(backends, processes, tmp_path, redis_url, queue):
+    """While the scheduler (another process) adds jobs, this process deletes images and jobs;
+    library.json always parses, and ends with exactly the jobs done and not deleted."""
+    library_dir = tmp_path / "library"
+    store = LibraryStore(library_dir)
+    scheduler = start_scheduler(processes, tmp_path, redis_url, [b.url for b in backends], queue=queue)
+    ids = [queue.submit(prompt(f"job {i}")).id for i in range(16)]
+    deleted_jobs: set[str] = set()
+    deleted_images: set[str] = set()
+    reads = 0
+    while not finished(queue, ids):
+        assert scheduler.alive(), scheduler.log_tail()
+        if store.index_path.exists():
+            entries = json.loads(store.index_path.read_bytes())  # never half-written
+            reads += 1
+            for entry in entries:
+                if entry["queue_id"] in deleted_jobs:
+                    continue
+                if len(deleted_jobs) * 3 < len(entries):
+                    assert store.delete_job(entry["queue_id"])
+                    deleted_jobs.add(entry["queue_id"])
+                elif len(entry["generated_images"]) == 2:
+                    assert store.delete_image(entry["generated_images"][0])
+                    deleted_images.add(entry["generated_images"][0])
+        time.sleep(0.01)
+    assert all(queue.get(i).status == "done" for i in ids)
+    assert deleted_jobs and deleted_images and reads > 10
+    final = json.loads(store.index_path.read_bytes())
+    assert sorted(e["queue_id"] for e in final) == sorted(set(ids) - deleted_jobs)
+    for entry in final:
+        assert not deleted_images & set(entry["generated_images"])
+        on_disk = {f"library/{entry['queue_id']}/{p.name}" for p in (library_dir / entry["queue_id"]).glob("*.png")}
+        assert on_disk == set(entry["generated_images"])
+    for job_id in deleted_jobs:
+        assert not (library_dir / job_id).exists()

@@ -95,3 +95,18 @@ def test_bad_input_is_rejected(tokenizer, tmp_path):
         tokenizer.encode(["x"], max_length=1)
     with pytest.raises(FileNotFoundError):
         TextTokenizer.from_folder(tmp_path)
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2}), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no <s>, </s> token"):
+        TextTokenizer.from_folder(tmp_path)
+
+
+def test_padding_saved_in_tokenizer_json_is_not_applied_twice(folder, tokenizer, tmp_path):
+    settings = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    settings["padding"] = {"strategy": {"Fixed": 100}, "direction": "Right", "pad_to_multiple_of": None,
+                           "pad_id": 1, "pad_type_id": 0, "pad_token": "<pad>"}
+    settings["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(settings), encoding="utf-8")
+    texts = [" a red cube on top of a blue sphere"]
+    for a, b in zip(tokenizer.encode(texts, 16), TextTokenizer.from_folder(tmp_path).encode(texts, 16)):
+        np.testing.assert_array_equal(a, b)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from browser import browser, page  # noqa: F401  (fixtures)
-from stack import stack  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -19,8 +17,8 @@ def prompt_requests(page) -> list:
     return sent
 
 
-def test_defaults_are_shown(page, stack):
-    page.goto(f"{stack.frontend_url}/advanced.html")
+def test_defaults_are_shown(page, ui_stack):
+    page.goto(f"{ui_stack.frontend_url}/advanced.html")
     for field, value in DEFAULTS.items():
         expect(page.locator(f"#{field}")).to_have_value(value)
         expect(page.get_by_label({"gen_top_k": "Top-k", "gen_top_p": "Top-p", "temperature": "Temperature",
@@ -41,8 +39,8 @@ INVALID = [
 ]
 
 
-def test_invalid_values_are_refused_before_sending(page, stack):
-    page.goto(f"{stack.frontend_url}/advanced.html")
+def test_invalid_values_are_refused_before_sending(page, ui_stack):
+    page.goto(f"{ui_stack.frontend_url}/advanced.html")
     sent = prompt_requests(page)
     page.fill("#text", "a fox in a field")
     for field, value, message in INVALID:
@@ -57,15 +55,15 @@ def test_invalid_values_are_refused_before_sending(page, stack):
     assert sent == []
 
 
-def test_a_valid_form_sends_numbers_and_clears_old_errors(page, stack):
-    page.goto(f"{stack.frontend_url}/advanced.html")
+def test_a_valid_form_sends_numbers_and_clears_old_errors(page, ui_stack):
+    page.goto(f"{ui_stack.frontend_url}/advanced.html")
     sent = prompt_requests(page)
     page.fill("#text", "  a fox in a field  ")
     page.fill("#gen_top_p", "0")
     page.click("#submit")
     expect(page.locator("#gen_top_p-error")).not_to_be_empty()
 
-    page.click("label[for=num-6]")
+    page.click("label[for=num-2]")
     page.fill("#seed", "4294967296")
     page.fill("#gen_top_k", "64")
     page.fill("#gen_top_p", "0.9")
@@ -74,7 +72,7 @@ def test_a_valid_form_sends_numbers_and_clears_old_errors(page, stack):
     with page.expect_response(lambda response: response.url.endswith("/prompt")) as answer:
         page.click("#submit")
     assert answer.value.status == 200
-    assert sent[-1].post_data_json == {"text": "a fox in a field", "num_images": 6, "seed": 4294967296,
+    assert sent[-1].post_data_json == {"text": "a fox in a field", "num_images": 2, "seed": 4294967296,
                                        "gen_top_k": 64, "gen_top_p": 0.9, "condition_scale": 0}
     expect(page.locator("#gen_top_p-error")).to_be_empty()
     expect(page.locator("#gen_top_p")).not_to_have_attribute("aria-invalid", "")
@@ -86,8 +84,8 @@ def test_a_valid_form_sends_numbers_and_clears_old_errors(page, stack):
     expect(job).to_have_count(0, timeout=20_000)
 
 
-def test_the_url_prefills_the_form(page, stack):
-    page.goto(f"{stack.frontend_url}/advanced.html?text=%3Cb%3Ebold%3C%2Fb%3E+cat&num_images=8&seed=7"
+def test_the_url_prefills_the_form(page, ui_stack):
+    page.goto(f"{ui_stack.frontend_url}/advanced.html?text=%3Cb%3Ebold%3C%2Fb%3E+cat&num_images=8&seed=7"
               "&gen_top_k=12&gen_top_p=0.5&temperature=0.7&condition_scale=3")
     expect(page.locator("#text")).to_have_value("<b>bold</b> cat")
     expect(page.locator("#num-8")).to_be_checked()

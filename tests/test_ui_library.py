@@ -10,11 +10,10 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from browser import add_library_job, browser, page  # noqa: F401  (fixtures)
+from browser import add_library_job
 from frontend.config import Config
 from frontend.threaded import serving
 from playground.library import JOB_FILE_NAME, LibraryStore
-from stack import stack  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
@@ -27,17 +26,17 @@ def tag():
     return f"tag{uuid.uuid4().hex[:8]}"
 
 
-def test_filter_and_paging(page, stack, tag):
+def test_filter_and_paging(page, ui_stack, tag):
     def prompt(number: int) -> str:
         return f"{tag} {'squirrel' if number % 3 == 0 else 'kitten'} {number}"
 
-    base = time.time() + 1000  # newer than anything else in the shared library
+    base = time.time() - 100  # numbered from oldest to newest
     for number in range(45):
-        add_library_job(stack.library_dir, prompt(number), created=base + number)
-    page.goto(f"{stack.frontend_url}/library.html")
+        add_library_job(ui_stack.library_dir, prompt(number), created=base + number)
+    page.goto(f"{ui_stack.frontend_url}/library.html")
     cards = page.locator("article.job")
-    expect(cards.first.locator(".prompt")).to_have_text(prompt(44))  # newest first
-    total = int(page.request.get(f"{stack.frontend_url}/getlibrary?limit=1").headers["x-total-count"])
+    expect(cards).to_have_count(PAGE_SIZE)
+    total = int(page.request.get(f"{ui_stack.frontend_url}/getlibrary?limit=1").headers["x-total-count"])
     expect(page.locator("#library-count")).to_have_text(f"{total:,} jobs")
 
     page.fill("#filter", tag)
@@ -50,7 +49,7 @@ def test_filter_and_paging(page, stack, tag):
     expect(cards).to_have_count(45)
     expect(page.locator("#load-more")).to_be_hidden()
     prompts = cards.locator(".prompt").all_text_contents()
-    assert prompts == [prompt(number) for number in range(44, -1, -1)]
+    assert prompts == [prompt(number) for number in range(44, -1, -1)]  # newest first
 
     page.fill("#filter", f"{tag} squirrel")
     expect(page.locator("#library-count")).to_have_text(f"15 jobs match “{tag} squirrel”")
@@ -66,9 +65,9 @@ def test_filter_and_paging(page, stack, tag):
     expect(cards).to_have_count(0)
 
 
-def test_job_details_view_download_reuse_and_delete(page, stack, tag):
-    entry = add_library_job(stack.library_dir, f"{tag} a lighthouse <b>at</b> dusk", num_images=4, seed=4242)
-    page.goto(f"{stack.frontend_url}/library.html?q={tag}")
+def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
+    entry = add_library_job(ui_stack.library_dir, f"{tag} a lighthouse <b>at</b> dusk", num_images=4, seed=4242)
+    page.goto(f"{ui_stack.frontend_url}/library.html?q={tag}")
     card = page.locator(f'article.job[data-queue-id="{entry["queue_id"]}"]')
     expect(card.locator(".prompt")).to_have_text(entry["text_prompt"])
     expect(card.locator(".meta")).to_contain_text("seed 4242 · 13 s total, 3.2 s per image")
@@ -87,22 +86,26 @@ def test_job_details_view_download_reuse_and_delete(page, stack, tag):
     href = download.get_attribute("href")
     assert href == entry["generated_images"][1]
     assert download.get_attribute("download") == href.rsplit("/", 1)[1]
-    png = page.request.get(f"{stack.frontend_url}/{href}")
+    png = page.request.get(f"{ui_stack.frontend_url}/{href}")
     assert png.status == 200 and png.headers["content-type"] == "image/png"
     page.keyboard.press("Escape")
     expect(viewer).to_have_count(0)
 
-    # The keyboard reaches the same view.
+    # The keyboard reaches the same view, whose delete button is the keyboard's double-click.
     card.locator(".thumb").first.focus()
     page.keyboard.press("Enter")
     expect(viewer).to_be_visible()
-    page.keyboard.press("Escape")
+    page.once("dialog", lambda dialog: dialog.accept())
+    viewer.get_by_role("button", name="Delete image").click()
+    expect(viewer).to_have_count(0)
+    expect(images).to_have_count(3)
+    assert page.request.get(f"{ui_stack.frontend_url}/{entry['generated_images'][0]}").status == 404
 
     # Declining the confirmation keeps the image.
     page.once("dialog", lambda dialog: dialog.dismiss())
     card.locator(".thumb").first.dblclick()
     page.wait_for_timeout(300)
-    expect(images).to_have_count(4)
+    expect(images).to_have_count(3)
     expect(viewer).to_have_count(0)
 
     # Use these settings again: the advanced page, filled in.
@@ -120,8 +123,8 @@ def test_job_details_view_download_reuse_and_delete(page, stack, tag):
     card.get_by_role("button", name="Delete job").click()
     expect(card).to_have_count(0)
     expect(page.locator("#library-count")).to_have_text(f"0 jobs match “{tag}”")
-    assert page.request.get(f"{stack.frontend_url}/getlibrary?q={tag}").json() == []
-    assert page.request.get(f"{stack.frontend_url}/{href}").status == 404
+    assert page.request.get(f"{ui_stack.frontend_url}/getlibrary?q={tag}").json() == []
+    assert page.request.get(f"{ui_stack.frontend_url}/{href}").status == 404
 
 
 def write_large_library(library_dir, jobs: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from browser import browser, page  # noqa: F401  (fixtures)
 from frontend.config import Config
 from frontend.threaded import serving
 

@@ -114,6 +114,16 @@ def test_init_is_reproducible_and_seed_dependent():
     assert not np.array_equal(pick(a), pick(c))
 
 
+def test_upsample_equals_nearest_resize_then_conv():
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    x = jax.random.normal(keys[0], (2, 5, 7, 32))  # non-square, to catch swapped axes
+    conv = {"kernel": jax.random.normal(keys[1], (3, 3, 32, 16)), "bias": jax.random.normal(keys[2], (16,))}
+    doubled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    expected = jax.lax.conv_general_dilated(
+        doubled, conv["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv["bias"]
+    np.testing.assert_allclose(np.asarray(vqgan._upsample(x, {"conv": conv})), np.asarray(expected), atol=1e-4)
+
+
 def test_encode_picks_the_nearest_codebook_entry(params, images):
     indices = np.asarray(encode(params, SMALL, jnp.asarray(images)))
     assert indices.shape == (2, 256) and indices.dtype == np.int32

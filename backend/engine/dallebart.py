@@ -2,12 +2,13 @@
 
 Parameters are the nested dict of the official `flax_model.msgpack` (scanned layout: every
 layer weight is stacked on a leading axis of size L), so a published checkpoint is used as
-is. Two decoder paths exist:
+is once `unstack_layers` has split the stacks into per-layer views. Two decoder paths exist:
 
 * `decode_step`, the fast path: one token for every row, with a key/value cache for
   self-attention and cross-attention keys/values computed once per prompt. Rows are laid
   out [B, 2, ...] (image, conditional/unconditional), so the two encoder rows are never
-  copied per image.
+  copied per image. Layers are unrolled, each with its own cache arrays, which the
+  decoding loop updates in place.
 * `decode_full`, the plain full-sequence forward pass the fast path is tested against.
 
 Activations, layer norms and softmaxes are float32; matrix products take the weights in
@@ -217,7 +218,33 @@ def _mask_bias(mask):
     return jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
 
 
+# ---------------------------------------------------------------- layer layout
+
+
+def unstack_layers(params) -> dict:
+    """The checkpoint tree with each layer stack replaced by a list of per-layer trees.
+
+    The checkpoint stacks layer weights on a leading axis; slicing that axis inside the
+    decoding loop would copy every weight at every step on some backends, so the engine
+    splits the stacks once, on the host (numpy slices are views: no copy there either).
+    """
+    def split(stack):
+        count = len(jax.tree_util.tree_leaves(stack)[0])
+        return [jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], stack) for i in range(count)]
+
+    model = params["model"]
+    return {
+        "lm_head": params["lm_head"],
+        "model": {
+            side: {**{k: v for k, v in model[side].items() if k != "layers"},
+                   "layers": split(model[side]["layers"][stack])}
+            for side, stack in (("encoder", ENCODER_LAYERS), ("decoder", DECODER_LAYERS))
+        },
+    }
+
+
 # ---------------------------------------------------------------- encoder
+# All functions below take the `unstack_layers` layout.
 
 
 def encode(params, config: DalleBartConfig, input_ids, attention_mask):
@@ -227,8 +254,7 @@ def encode(params, config: DalleBartConfig, input_ids, attention_mask):
     scale = (config.d_model // heads) ** -0.5
     x = _embed(p, input_ids, jnp.arange(input_ids.shape[1]))
     bias = _mask_bias(attention_mask[:, None, None, :] > 0)  # [R, 1, 1, S]
-
-    def layer(x, lp):
+    for lp in p["layers"]:
         h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
         a = lp["FlaxBartAttention_0"]
         q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
@@ -237,9 +263,7 @@ def encode(params, config: DalleBartConfig, input_ids, attention_mask):
         scores = jnp.einsum("rqhd,rkhd->rhqk", q, k)
         out = _softmax_attend(scores, bias, v, "rhqk,rkhd->rqhd")
         x = _attention_output(a, out, x, lp["LayerNorm_1"])
-        return x + _glu(lp["GLU_0"], x), None
-
-    x, _ = jax.lax.scan(layer, x, p["layers"][ENCODER_LAYERS])
+        x = x + _glu(lp["GLU_0"], x)
     return _layer_norm(x, p["final_ln"]["bias"])
 
 
@@ -247,23 +271,22 @@ def encode(params, config: DalleBartConfig, input_ids, attention_mask):
 
 
 def cross_attention_kv(params, config: DalleBartConfig, encoder_states):
-    """Per-layer cross-attention keys and values, [L, R, S, H, hd] each, computed once per prompt."""
-    layers = params["model"]["decoder"]["layers"][DECODER_LAYERS]["FlaxBartAttention_1"]
+    """Per layer, the cross-attention keys and values [R, S, H, hd]: computed once per prompt."""
     heads = config.decoder_attention_heads
-
-    def project(kernel):
-        return _heads(jnp.einsum("rsi,lio->lrso", encoder_states.astype(kernel.dtype), kernel,
-                                 preferred_element_type=jnp.float32), heads)
-
-    dtype = layers["k_proj"]["kernel"].dtype
-    return project(layers["k_proj"]["kernel"]).astype(dtype), project(layers["v_proj"]["kernel"]).astype(dtype)
+    result = []
+    for lp in params["model"]["decoder"]["layers"]:
+        a = lp["FlaxBartAttention_1"]
+        k, v = (_heads(_dense(encoder_states, a[name]["kernel"]), heads).astype(a[name]["kernel"].dtype)
+                for name in ("k_proj", "v_proj"))
+        result.append((k, v))
+    return result
 
 
 def empty_cache(config: DalleBartConfig, batch: int, dtype):
-    """Self-attention cache: keys and values, each [L, T, B, 2, H, hd]."""
+    """Per layer, the self-attention keys and values [B, 2, H, T, hd] (positions next to each other)."""
     heads = config.decoder_attention_heads
-    shape = (config.decoder_layers, config.image_length, batch, 2, heads, config.d_model // heads)
-    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    shape = (batch, 2, heads, config.image_length, config.d_model // heads)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.decoder_layers)]
 
 
 def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_kv, encoder_mask):
@@ -277,25 +300,21 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
     heads = config.decoder_attention_heads
     scale = (config.d_model // heads) ** -0.5
     x = _embed(p, tokens, position)  # [B, 2, D]
-    cache_k, cache_v = cache
     causal_bias = _mask_bias(jnp.arange(config.image_length) <= position)  # [T]
     cross_bias = _mask_bias(encoder_mask > 0)[:, None, :]  # [2, 1, S]
-
-    def layer(carry, inputs):
-        x, cache_k, cache_v = carry
-        lp, index, cross_k, cross_v = inputs
+    new_cache = []
+    for lp, (cache_k, cache_v), (cross_k, cross_v) in zip(p["layers"], cache, cross_kv):
         a = lp["FlaxBartAttention_0"]
         h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
         q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
         k = _heads(_dense(h, a["k_proj"]["kernel"]), heads).astype(cache_k.dtype)
         v = _heads(_dense(h, a["v_proj"]["kernel"]), heads).astype(cache_v.dtype)
-        at = (index, position, 0, 0, 0, 0)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k[None, None], at)
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v[None, None], at)
-        keys = jax.lax.dynamic_index_in_dim(cache_k, index, keepdims=False)  # [T, B, 2, H, hd]
-        values = jax.lax.dynamic_index_in_dim(cache_v, index, keepdims=False)
-        scores = jnp.einsum("bchd,tbchd->bcht", q.astype(keys.dtype), keys, preferred_element_type=jnp.float32)
-        out = _softmax_attend(scores, causal_bias, values, "bcht,tbchd->bchd")
+        at = (0, 0, 0, position, 0)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, :, :, None], at)
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, :, None], at)
+        new_cache.append((cache_k, cache_v))
+        scores = jnp.einsum("bchd,bchtd->bcht", q.astype(cache_k.dtype), cache_k, preferred_element_type=jnp.float32)
+        out = _softmax_attend(scores, causal_bias, cache_v, "bcht,bchtd->bchd")
         x = _attention_output(a, out, x, lp["LayerNorm_1"])
 
         c = lp["FlaxBartAttention_1"]
@@ -305,14 +324,8 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
         out = _softmax_attend(scores, cross_bias, cross_v, "bchs,cshd->bchd")
         x = _attention_output(c, out, x, lp["LayerNorm_3"])
         x = x + _glu(lp["GLU_0"], x)
-        return (x, cache_k, cache_v), None
-
-    layer_params = p["layers"][DECODER_LAYERS]
-    indices = jnp.arange(config.decoder_layers)
-    (x, cache_k, cache_v), _ = jax.lax.scan(
-        layer, (x, cache_k, cache_v), (layer_params, indices, cross_kv[0], cross_kv[1]))
     x = _layer_norm(x, p["final_ln"]["bias"])
-    return _dense(x, params["lm_head"]["kernel"]), (cache_k, cache_v)
+    return _dense(x, params["lm_head"]["kernel"]), new_cache
 
 
 # ---------------------------------------------------------------- decoder, plain reference
@@ -335,15 +348,13 @@ def decode_full(params, config: DalleBartConfig, decoder_input_ids, encoder_stat
         scores = jnp.einsum("nqhd,nkhd->nhqk", q, k)
         return _softmax_attend(scores, bias, v, "nhqk,nkhd->nqhd")
 
-    def layer(x, lp):
+    for lp in p["layers"]:
         h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
         out = attend(lp["FlaxBartAttention_0"], h, h, causal_bias)
         x = _attention_output(lp["FlaxBartAttention_0"], out, x, lp["LayerNorm_1"])
         h = _layer_norm(x, lp["LayerNorm_2"]["bias"])
         out = attend(lp["FlaxBartAttention_1"], h, encoder_states, cross_bias)
         x = _attention_output(lp["FlaxBartAttention_1"], out, x, lp["LayerNorm_3"])
-        return x + _glu(lp["GLU_0"], x), None
-
-    x, _ = jax.lax.scan(layer, x, p["layers"][DECODER_LAYERS])
+        x = x + _glu(lp["GLU_0"], x)
     x = _layer_norm(x, p["final_ln"]["bias"])
     return _dense(x, params["lm_head"]["kernel"])

@@ -18,12 +18,13 @@ BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 
 class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer):
+        _require_tokens(tokenizer.token_to_id, (BOS, PAD, EOS))
+        # Padding and truncation happen in `encode`; settings saved in a tokenizer.json must not
+        # apply a second time.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self._tokenizer = tokenizer
-        ids = {name: tokenizer.token_to_id(name) for name in (BOS, PAD, EOS)}
-        missing = [name for name, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer has no {', '.join(missing)} token")
-        self.bos_id, self.pad_id, self.eos_id = ids[BOS], ids[PAD], ids[EOS]
+        self.bos_id, self.pad_id, self.eos_id = (tokenizer.token_to_id(name) for name in (BOS, PAD, EOS))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "TextTokenizer":
@@ -63,6 +64,7 @@ class TextTokenizer:
 
 def _bart_tokenizer(model: models.BPE) -> Tokenizer:
     """Wrap a BPE model the way BART's tokenizer.json does."""
+    _require_tokens(model.token_to_id, (BOS, EOS))
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -71,6 +73,12 @@ def _bart_tokenizer(model: models.BPE) -> Tokenizer:
         trim_offsets=True, add_prefix_space=False)
     tokenizer.add_special_tokens([BOS, PAD, EOS, UNK, AddedToken(MASK, lstrip=True, normalized=False)])
     return tokenizer
+
+
+def _require_tokens(token_to_id, names: tuple[str, ...]) -> None:
+    missing = [name for name in names if token_to_id(name) is None]
+    if missing:
+        raise ValueError(f"the tokenizer's vocabulary has no {', '.join(missing)} token")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,11 +94,13 @@ def _resnet_spec(c_in: int, c_out: int) -> dict:
 
 
 def _attn_spec(channels: int) -> dict:
-    return {"norm": _norm_spec(channels), **{name: _conv_spec(channels, channels, 1) for name in ("q", "k", "v", "proj_out")}}
+    projections = {name: _conv_spec(channels, channels, 1) for name in ("q", "k", "v", "proj_out")}
+    return {"norm": _norm_spec(channels), **projections}
 
 
 def _mid_spec(channels: int) -> dict:
-    return {"block_1": _resnet_spec(channels, channels), "attn_1": _attn_spec(channels), "block_2": _resnet_spec(channels, channels)}
+    return {"block_1": _resnet_spec(channels, channels), "attn_1": _attn_spec(channels),
+            "block_2": _resnet_spec(channels, channels)}
 
 
 def _encoder_spec(cfg: VQGANConfig) -> dict:
@@ -169,13 +171,9 @@ def _is_leaf(node) -> bool:
     return isinstance(node, tuple) and len(node) == 2 and isinstance(node[0], str)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_vqgan_params(config: VQGANConfig, rng: jax.Array) -> Params:
     """Random parameters for the whole model (encoder included), float32, in the published layout."""
-    return _init_params(config, rng)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_params(config: VQGANConfig, rng: jax.Array) -> Params:
     spec = _vqgan_spec(config)
     leaves, treedef = jax.tree_util.tree_flatten(spec, is_leaf=_is_leaf)
     random_sizes = [math.prod(shape) for kind, shape in leaves if kind in ("fan_in", "embedding")]
@@ -243,10 +241,31 @@ def _mid(x: jax.Array, p: Params) -> jax.Array:
 
 
 def _upsample(x: jax.Array, p: Params) -> jax.Array:
-    """Nearest-neighbour x2 followed by a 3x3 conv."""
-    b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-    return _conv(x, p["conv"])
+    """Nearest-neighbour x2 followed by a 3x3 conv, without building the x2 image.
+
+    Along each axis an even output pixel reads input pixels (i-1, i, i) through taps (0, 1, 2)
+    and an odd one reads (i, i, i+1), so each of the four output phases is a 2x2 conv of the
+    input with summed taps: 16 instead of 36 multiply-adds per input pixel and channel pair.
+    """
+    b, h, w, _ = x.shape
+    kernel = p["conv"]["kernel"].astype(x.dtype)
+    row_phases = []
+    for row_kernel, row_pad in _phase_kernels(kernel, axis=0):
+        col_phases = [
+            jax.lax.conv_general_dilated(x, k, (1, 1), (row_pad, col_pad), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            for k, col_pad in _phase_kernels(row_kernel, axis=1)
+        ]
+        row_phases.append(jnp.stack(col_phases, axis=3))  # [B, H, W, column phase, C]
+    y = jnp.stack(row_phases, axis=2)  # [B, H, row phase, W, column phase, C]
+    return y.reshape(b, 2 * h, 2 * w, -1) + p["conv"]["bias"].astype(x.dtype)
+
+
+def _phase_kernels(kernel: jax.Array, axis: int) -> list[tuple[jax.Array, tuple[int, int]]]:
+    """The 2-tap kernels (and paddings) of the even and odd output phases along `axis`."""
+    k0, k1, k2 = (jnp.take(kernel, i, axis=axis) for i in range(3))
+    even = jnp.stack([k0, k1 + k2], axis=axis)  # reads rows i-1, i: pad one before
+    odd = jnp.stack([k0 + k1, k2], axis=axis)  # reads rows i, i+1: pad one after
+    return [(even, (1, 0)), (odd, (0, 1))]
 
 
 def _downsample(x: jax.Array, p: Params) -> jax.Array:
@@ -293,6 +312,7 @@ def decode_codes(params: Params, config: VQGANConfig, codes: jax.Array) -> jax.A
 
     Out-of-range indices are clamped (this runs under jit, where values cannot be checked).
     """
+    codes = jnp.asarray(codes)
     side = config.latent_size
     if codes.ndim != 2 or codes.shape[1] != side * side:
         raise ValueError(f"codes must have shape [batch, {side * side}], got {tuple(codes.shape)}")
@@ -306,6 +326,7 @@ def decode_codes(params: Params, config: VQGANConfig, codes: jax.Array) -> jax.A
 
 def encode_images(params: Params, config: VQGANConfig, images: jax.Array) -> jax.Array:
     """RGB images float [B, H, W, 3] in [0, 1] -> nearest codebook indices int32 [B, h*w]."""
+    images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[-1] != config.in_channels:
         raise ValueError(f"images must have shape [batch, height, width, {config.in_channels}]")
     z = _conv(_encoder(images.astype(jnp.float32), params["encoder"], config), params["quant_conv"])

@@ -69,7 +69,7 @@ function jobCard(entry) {
 
   const thumbs = images.map((src) => {
     const thumb = thumbnail({ src, alt: entry.text_prompt, onDelete: () => removeImage(src, thumb) });
-    return thumb;
+    return thumb; // named first: its own delete handler removes it
   });
 
   card.append(

@@ -47,7 +47,8 @@ function queueRow(queueId, onCancel) {
     if (running && Number.isFinite(done) && total > 0) {
       progress.max = total;
       progress.value = done;
-      tokens.textContent = `${done} / ${total} tokens`;
+      // After the last token the images are still being decoded (VQGAN).
+      tokens.textContent = done < total ? `${done} / ${total} tokens` : "decoding images…";
     } else {
       progress.removeAttribute("value"); // indeterminate until the first tokens
       tokens.textContent = "starting…";

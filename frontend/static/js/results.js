@@ -20,7 +20,7 @@ function details(job) {
     return el("p", { class: "job-error", role: "alert" }, `Failed: ${job.error || "no reason given"}`);
   }
   if (job.status === "cancelled") return el("p", { class: "meta" }, "Cancelled.");
-  return el("p", { class: "meta" }, `Finished, but its images are no longer in the library.`);
+  return el("p", { class: "meta" }, "Finished, but its images are no longer in the library.");
 }
 
 export function resultCard(job) {

@@ -1,0 +1,265 @@
+"""Benchmark the engine at the real model sizes, with random weights (no download).
+
+    python benchmarks/bench_engine.py                      # mini, float32, 1/2/4/8 images
+    python benchmarks/bench_engine.py --model mega --dtype bfloat16   # on a GPU
+
+Writes a random checkpoint of the published shape (official file formats) into
+`<cache-dir>/bench-<model>-<dtype>/` once, then reports:
+  * seconds per image for each image count: tokens, VQGAN and PNG separately, end to end;
+  * the cost of progress/cancel chunks against one single jitted 256-step loop;
+  * time to ready (load + compile) in a fresh process, cold and with the compilation cache,
+    and the peak host memory while loading;
+  * the machine's floor: measured matmul rate at the step's row counts and memory bandwidth,
+    against the decoder's FLOPs and bytes per step.
+Prints a JSON report at the end (also written with --json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {  # the published configurations (config.json of dalle-mini/dalle-mini and dalle-mega)
+    "mini": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                 decoder_attention_heads=16, encoder_ffn_dim=2730, decoder_ffn_dim=2730,
+                 encoder_vocab_size=50264, image_vocab_size=16384),
+    "mega": dict(d_model=2048, encoder_layers=24, decoder_layers=24, encoder_attention_heads=32,
+                 decoder_attention_heads=32, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
+                 encoder_vocab_size=50272, image_vocab_size=16415),
+}
+PROMPT = "a watercolor painting of a lighthouse on a cliff at sunset"
+
+
+def write_random_model(folder: Path, model: str, dtype: str) -> Path:
+    """A random model of the published shape, in the official files (written once)."""
+    from backend.engine import checkpoint, dallebart
+    from backend.engine.tokenizer import write_small_tokenizer
+
+    if (folder / "vqgan" / "flax_model.msgpack").is_file():
+        return folder
+    import jax
+
+    from backend.engine.vqgan import VQGANConfig, init_vqgan_params
+
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dallebart.DalleBartConfig(**SIZES[model])
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    write_small_tokenizer(folder)
+    # One copy, already in the target dtype: a float32 mega would not need to exist.
+    params = dallebart.random_params(config, seed=0, dtype=np.dtype(_numpy_dtype(dtype)))
+    checkpoint.write_checkpoint(folder / "flax_model.msgpack", params)
+    del params
+    (folder / "vqgan").mkdir(exist_ok=True)
+    vqgan_config = VQGANConfig()  # the defaults are the published f16_16384 model
+    (folder / "vqgan" / "config.json").write_text(json.dumps(vqgan_config.to_dict(), indent=2))
+    vqgan = jax.tree_util.tree_map(np.asarray, init_vqgan_params(vqgan_config, jax.random.PRNGKey(0)))
+    checkpoint.write_checkpoint(folder / "vqgan" / "flax_model.msgpack", vqgan)
+    print(f"wrote random {model} ({dtype}) to {folder} in {time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+def _numpy_dtype(name: str):
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+
+
+# ---------------------------------------------------------------- time to ready (child process)
+
+
+def time_to_ready(folder: Path, cache_dir: Path, dtype: str, batch: int) -> dict:
+    """Load + warm up in a fresh process: what a backend restart costs."""
+    run = subprocess.run(
+        [sys.executable, __file__, "--ready-child", str(folder), "--cache-dir", str(cache_dir),
+         "--dtype", dtype, "--images", str(batch)],
+        capture_output=True, text=True, check=False)
+    if run.returncode:
+        raise RuntimeError(run.stderr[-3000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def ready_child(folder: Path, cache_dir: Path, dtype: str, batch: int) -> None:
+    from backend.engine import load_engine
+
+    started = time.perf_counter()
+    engine = load_engine(str(folder), cache_dir, dtype=dtype)
+    loaded = time.perf_counter()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    engine.warm_up((batch,))
+    ready = time.perf_counter()
+    file_bytes = (folder / "flax_model.msgpack").stat().st_size + (folder / "vqgan" / "flax_model.msgpack").stat().st_size
+    print(json.dumps({"load_secs": loaded - started, "compile_secs": ready - loaded, "ready_secs": ready - started,
+                      "peak_host_bytes_after_load": peak_rss, "checkpoint_file_bytes": file_bytes}))
+
+
+# ---------------------------------------------------------------- the machine's floor
+
+
+def machine_floor(config, batch_sizes, dtype: str) -> dict:
+    """Measured matmul rate at the decoder's row counts and memory bandwidth, against the model."""
+    import jax
+    import jax.numpy as jnp
+
+    d, ffn, layers = config.d_model, config.decoder_ffn_dim, config.decoder_layers
+    jdtype = jnp.dtype(_numpy_dtype(dtype))
+    # One layer's matrices per step: q, k, v, out (self), q, out (cross), and the GLU's three.
+    weights_per_layer = 6 * d * d + 3 * d * ffn
+    step_weights = layers * weights_per_layer + d * (config.image_vocab_size + 1)
+    # Separate matrices as in the decoder, more than the caches hold: the rate is for
+    # weights streamed from memory, as at every decoding step.
+    rng = np.random.default_rng(0)
+    kernels = [jnp.asarray(rng.standard_normal((d, ffn), np.float32), jdtype) for _ in range(layers)]
+    per_call = layers * d * ffn
+
+    def rate(rows: int) -> float:
+        x = jnp.ones((rows, d), jdtype)
+        f = jax.jit(lambda x, ws: [jnp.dot(x, w, preferred_element_type=jnp.float32) for w in ws])
+        jax.block_until_ready(f(x, kernels))
+        best = min(_timed(lambda: jax.block_until_ready(f(x, kernels))) for _ in range(5))
+        return 2 * rows * per_call / best
+
+    big = jnp.ones((256, 2**20), jnp.float32)  # 1 GiB
+    total = jax.jit(lambda a: a.sum())
+    total(big).block_until_ready()
+    bandwidth = big.nbytes / min(_timed(lambda: total(big).block_until_ready()) for _ in range(3))
+    del big
+    report = {"bandwidth_gb_s": bandwidth / 1e9, "step_weight_params": step_weights, "per_images": {}}
+    for images in batch_sizes:
+        rows = 2 * images
+        flops_rate = rate(rows)
+        cache_bytes = 2 * layers * config.image_length * rows * d * jdtype.itemsize / 2  # half full on average
+        step_bytes = step_weights * jdtype.itemsize + cache_bytes
+        step_secs = max(2 * rows * step_weights / flops_rate, step_bytes / bandwidth)
+        report["per_images"][images] = {
+            "rows": rows, "matmul_gflop_s": flops_rate / 1e9,
+            "step_gflop": 2 * rows * step_weights / 1e9, "step_gbytes": step_bytes / 1e9,
+            "floor_step_ms": 1e3 * step_secs,
+            "floor_tokens_secs_per_image": step_secs * config.image_length / images,
+        }
+    return report
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- generation
+
+
+def bench_generation(engine, batch_sizes, repeats: int) -> dict:
+    from backend.engine import GenerationRequest
+    from backend.png import encode_png
+
+    report = {}
+    for images in batch_sizes:
+        best = None
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            result = engine.generate(GenerationRequest(PROMPT, images, seed=1000 + repeat))
+            png_started = time.perf_counter()
+            for image in result.images:
+                encode_png(image, {"prompt": PROMPT, "seed": str(result.seed), "model": engine.model_name})
+            finished = time.perf_counter()
+            timing = {"tokens_secs": result.timings["tokens_secs"], "vqgan_secs": result.timings["vqgan_secs"],
+                      "png_secs": finished - png_started, "total_secs": finished - started}
+            if best is None or timing["total_secs"] < best["total_secs"]:
+                best = timing
+        report[images] = {**best, **{f"{k[:-5]}_per_image": v / images for k, v in best.items()}}
+        print(f"{images} images: {best['total_secs'] / images:.2f} s/image "
+              f"(tokens {best['tokens_secs'] / images:.2f}, VQGAN {best['vqgan_secs'] / images:.2f}, "
+              f"PNG {best['png_secs'] / images:.3f})", flush=True)
+    return report
+
+
+def bench_chunking(engine, images: int) -> dict:
+    """Host loop with progress/cancel every chunk against one jitted loop over all 256 steps."""
+    from backend.engine import GenerationRequest
+
+    request = GenerationRequest(PROMPT, images, seed=5)
+    whole = engine.config.image_length
+    engine.programs(images, whole)  # compile the single-loop variant outside the timing
+    times = {"chunked": [], "single": []}
+    for _ in range(2):
+        for name, steps in (("chunked", None), ("single", whole)):
+            started = time.perf_counter()
+            engine.generate_codes(request, steps_per_chunk=steps)  # returns host arrays: finished
+            times[name].append(time.perf_counter() - started)
+    chunked, single = min(times["chunked"]), min(times["single"])
+    return {"images": images, "chunk_steps": engine.chunk_steps, "chunked_secs": chunked, "single_loop_secs": single,
+            "overhead_percent": 100 * (chunked - single) / single}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(SIZES), default="mini")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                        help="weights' dtype (default: float32 for mini, float16 for mega)")
+    parser.add_argument("--images", default="1,2,4,8", help="comma-separated image counts")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    parser.add_argument("--skip-ready", action="store_true", help="skip the time-to-ready runs")
+    parser.add_argument("--skip-chunking", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--ready-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    dtype = args.dtype or ("float16" if args.model == "mega" else "float32")
+    batch_sizes = [int(n) for n in args.images.split(",")]
+    if args.ready_child:
+        return ready_child(args.ready_child, args.cache_dir, dtype, batch_sizes[0])
+
+    import jax
+
+    from backend.engine import load_engine
+
+    folder = write_random_model(args.cache_dir / f"bench-{args.model}-{dtype}", args.model, dtype)
+    report = {"model": args.model, "dtype": dtype, "devices": [str(d) for d in jax.devices()],
+              "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    print(f"devices: {report['devices']}  load average: {report['load_average']}", flush=True)
+    if not args.skip_ready:
+        with tempfile.TemporaryDirectory(dir=args.cache_dir) as fresh:
+            report["ready_cold"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1])
+            report["ready_cached"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1])
+        print("time to ready: cold {ready_secs:.1f} s".format(**report["ready_cold"]),
+              "cached {ready_secs:.1f} s".format(**report["ready_cached"]),
+              "peak host memory after load {:.2f} GB for {:.2f} GB of files".format(
+                  report["ready_cold"]["peak_host_bytes_after_load"] / 1e9,
+                  report["ready_cold"]["checkpoint_file_bytes"] / 1e9), flush=True)
+
+    engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
+    engine.warm_up(batch_sizes)
+    report["generation"] = bench_generation(engine, batch_sizes, args.repeats)
+    if not args.skip_chunking:
+        report["chunking"] = bench_chunking(engine, batch_sizes[-1])
+        print("progress/cancel chunks cost {overhead_percent:+.1f}% against one jitted loop".format(
+            **report["chunking"]), flush=True)
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_in_use" in stats:
+        report["device_memory"] = {k: stats[k] for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats}
+    report["floor"] = machine_floor(engine.config, batch_sizes, dtype)
+    for images, floor in report["floor"]["per_images"].items():
+        measured = report["generation"][images]["tokens_secs"] * 1e3 / engine.config.image_length
+        floor["measured_step_ms"] = measured
+        floor["measured_over_floor"] = measured / floor["floor_step_ms"]
+        print(f"{images} images: step {measured:.0f} ms, floor {floor['floor_step_ms']:.0f} ms "
+              f"({floor['matmul_gflop_s']:.0f} GFLOP/s at {floor['rows']} rows, "
+              f"{report['floor']['bandwidth_gb_s']:.1f} GB/s) -> x{floor['measured_over_floor']:.2f}", flush=True)
+    report["load_average_after"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The model registry: the generated tiny model, local folders, published models through the
+hub (the hub itself is faked: there is no network here), and the errors users see."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import constants as hub_constants
+import numpy as np
+import pytest
+
+from backend.engine import CheckpointError, GenerationRequest, ModelUnavailableError, load_engine
+from backend.engine import models
+from backend.engine.dallebart import DalleBartConfig, expected_param_shapes
+
+serialization = pytest.importorskip("flax.serialization")
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_tiny_model_is_generated_once_and_deterministically(model_cache_dir, tmp_path):
+    folder = models.ensure_tiny_model(model_cache_dir)
+    stamp = (folder / "flax_model.msgpack").stat().st_mtime_ns
+    assert models.ensure_tiny_model(model_cache_dir) == folder
+    assert (folder / "flax_model.msgpack").stat().st_mtime_ns == stamp
+    assert not list(model_cache_dir.glob(".tiny-*"))  # no half-built leftovers
+
+    models.write_tiny_model(tmp_path / "again")
+    first, second = files_of(folder), files_of(tmp_path / "again")
+    assert set(first) >= {"config.json", "flax_model.msgpack", "tokenizer.json", "vocab.json", "merges.txt",
+                          "vqgan/config.json", "vqgan/flax_model.msgpack"}
+    assert first == second
+
+
+def test_tiny_files_are_in_the_official_format(model_cache_dir):
+    folder = models.ensure_tiny_model(model_cache_dir)
+    config = DalleBartConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    assert (config.image_length, config.max_text_length, config.image_vocab_size) == (256, 64, 1024)
+    restored = serialization.msgpack_restore((folder / "flax_model.msgpack").read_bytes())  # flax reads it
+    flat = {"/".join(path): leaf.shape for path, leaf in _flatten(restored)}
+    assert flat == expected_param_shapes(config)
+    vqgan = json.loads((folder / "vqgan" / "config.json").read_text())
+    assert (vqgan["n_embed"], vqgan["resolution"]) == (1024, 256)
+
+
+def _flatten(tree, prefix=()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def test_local_folder_loads_through_the_same_path(model_cache_dir, tmp_path):
+    folder = tmp_path / "my-model"
+    shutil.copytree(models.ensure_tiny_model(model_cache_dir), folder)
+    files = models.resolve_model(str(folder), tmp_path / "cache")
+    assert (files.name, files.dalle_dir, files.vqgan_dir, files.dtype) == ("my-model", folder, folder / "vqgan", None)
+
+    engine = load_engine(str(folder), tmp_path / "cache")
+    tiny = load_engine("tiny", model_cache_dir)
+    assert engine.model_name == "my-model"
+    request = GenerationRequest("a green ring", 2, seed=21)
+    np.testing.assert_array_equal(engine.generate_codes(request)[0], tiny.generate_codes(request)[0])
+
+
+def test_folder_problems_are_named(model_cache_dir, tmp_path, monkeypatch):
+    with pytest.raises(ModelUnavailableError, match="unknown model 'nope'.*tiny, mini, mega, mega_full"):
+        models.resolve_model("nope", tmp_path)
+
+    folder = tmp_path / "broken"
+    shutil.copytree(models.ensure_tiny_model(model_cache_dir), folder)
+    (folder / "flax_model.msgpack").unlink()
+    with pytest.raises(ModelUnavailableError, match="lacks flax_model.msgpack"):
+        models.resolve_model(str(folder), tmp_path)
+
+    shutil.rmtree(folder / "vqgan")
+    shutil.copy(model_cache_dir / "tiny" / "flax_model.msgpack", folder)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelUnavailableError, match=f"{models.VQGAN_REPO}@{models.VQGAN_REVISION}"):
+        models.resolve_model(str(folder), tmp_path)
+
+
+def test_checkpoint_that_does_not_fit_its_config_is_refused(model_cache_dir, tmp_path):
+    folder = tmp_path / "mismatch"
+    shutil.copytree(models.ensure_tiny_model(model_cache_dir), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder_ffn_dim"] = 96
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"GLU_0/Dense_0/kernel' has shape \[2, 64, 128\].*\[2, 64, 96\]"):
+        load_engine(str(folder), tmp_path / "cache")
+
+
+def test_offline_published_model_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelUnavailableError) as raised:
+        models.resolve_model("mini", tmp_path)
+    message = str(raised.value)
+    for needed in ("dalle-mini/dalle-mini", "flax_model.msgpack", "config.json", "DALLE_MODEL", str(tmp_path)):
+        assert needed in message
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.snapshot_download: serves folders, records the calls."""
+
+    def __init__(self, repos: dict[str, Path]):
+        self.repos = repos
+        self.calls = []
+
+    def __call__(self, repo_id, revision, cache_dir, allow_patterns):
+        self.calls.append((repo_id, revision, Path(cache_dir), tuple(allow_patterns)))
+        target = Path(cache_dir) / repo_id.replace("/", "--") / (revision or "main")
+        if not target.exists():
+            target.mkdir(parents=True)
+            for name in allow_patterns:
+                if (self.repos[repo_id] / name).is_file():
+                    shutil.copy(self.repos[repo_id] / name, target / name)
+        return str(target)
+
+
+def test_published_models_come_from_the_hub(model_cache_dir, tmp_path, monkeypatch):
+    tiny = models.ensure_tiny_model(model_cache_dir)
+    hub = FakeHub({"dalle-mini/dalle-mini": tiny, "dalle-mini/dalle-mega": tiny, models.VQGAN_REPO: tiny / "vqgan"})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    cache = tmp_path / "cache"
+
+    mega = models.resolve_model("mega", cache)
+    assert mega.dtype == "float16" and mega.name == "mega"
+    assert hub.calls[0][:3] == ("dalle-mini/dalle-mega", None, cache / "huggingface")
+    assert "enwiki-words-frequency.txt" in hub.calls[0][3]
+    assert hub.calls[1][:3] == (models.VQGAN_REPO, models.VQGAN_REVISION, cache / "huggingface")
+
+    engine = load_engine("mini", cache)  # the tiny files, served as if they were mini's
+    assert engine.model_name == "mini"
+    assert {leaf.dtype for leaf in _leaves(engine.params)} == {np.dtype("float32")}
+    result = engine.generate(GenerationRequest("a blue star", 2, seed=3))
+    assert len(result.images) == 2
+
+
+def _leaves(tree):
+    return [leaf for _, leaf in _flatten(tree)]

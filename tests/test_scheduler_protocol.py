@@ -1,0 +1,252 @@
+"""The worker against backend behaviour the tiny model cannot produce on demand (a GPU out
+of memory, a hung backend, a broken stream), played by a real HTTP server that speaks the
+backend protocol; the scheduler runs in this process, built from its Config."""
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from playground.jobs import JobQueue
+from playground.library import LibraryStore
+from scheduler.config import Config
+from scheduler.service import Scheduler
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def png_base64() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), "red").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+class ScriptedBackend(ThreadingHTTPServer):
+    """Behaves according to the prompt text: "oom", "slow", "hang", "garbage", or a normal job."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.png = png_base64()
+        self.calls: list[str] = []
+        self.release = threading.Event()
+        self.cancelled = threading.Event()
+        self.loading = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, content_type: str, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, event: dict) -> None:
+        line = json.dumps(event).encode() + b"\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        self.wfile.flush()
+
+    def do_GET(self):
+        if self.server.loading.is_set():
+            data = b'{"status": "loading", "model": "scripted", "error": null}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self._send("application/json", json.dumps(
+            {"status": "ready", "model": "scripted", "devices": [], "busy": False, "job_id": None}).encode())
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/cancel":
+            self.server.cancelled.set()
+            return self._send("application/json", b'{"cancelled": true}')
+        self.server.calls.append(body["text"])
+        started = {"event": "started", "seed": 5, "total_tokens": 256}
+        if body["text"] == "oom":
+            lines = [started, {"event": "progress", "tokens_done": 30, "total_tokens": 256},
+                     {"event": "error", "error": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"}]
+        elif body["text"] == "garbage":
+            lines = [started, "this is not json"]
+        elif body["text"] == "slow":
+            # Progress every 0.1 s for 3 s, streamed in chunks as a WSGI server does; it ends
+            # early, with "cancelled", once /cancel is called.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._chunk(started)
+            for step in range(1, 31):
+                time.sleep(0.1)
+                if self.server.cancelled.is_set():
+                    self._chunk({"event": "cancelled"})
+                    break
+                self._chunk({"event": "progress", "tokens_done": step * 8, "total_tokens": 256})
+            else:
+                self._chunk({"event": "error", "error": "the test should have cancelled this job"})
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        elif body["text"] == "hang":
+            # Headers and one line, then silence longer than the scheduler's stall timeout.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.end_headers()
+            self.wfile.write(json.dumps(started).encode() + b"\n")
+            self.wfile.flush()
+            self.server.release.wait(10)
+            self.close_connection = True
+            return
+        else:
+            lines = [started, {"event": "done", "seed": 5, "model": "scripted",
+                               "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
+                               "images": [self.server.png] * body["num_images"], "timings": {}}]
+        data = b"".join((json.dumps(line) if isinstance(line, dict) else line).encode() + b"\n" for line in lines)
+        self._send("application/x-ndjson", data)
+
+
+@pytest.fixture
+def backend():
+    server = ScriptedBackend()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def scheduler(backend, redis_url, tmp_path):
+    config = Config(redis_url=redis_url, backend_urls=(backend.url,), library_dir=tmp_path / "library",
+                    stall_timeout_secs=1.0)
+    service = Scheduler(config).start()
+    yield service
+    service.stop()
+    assert service.join(timeout=15)
+
+
+def wait_finished(queue: JobQueue, job_ids, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not all(queue.get(job_id).finished for job_id in job_ids):
+        assert time.monotonic() < deadline, [queue.get(job_id).to_status() for job_id in job_ids]
+        time.sleep(0.02)
+    return [queue.get(job_id) for job_id in job_ids]
+
+
+def job(text: str) -> dict:
+    return {"text": text, "num_images": 2, "seed": 0}
+
+
+def test_out_of_memory_in_the_backend_fails_the_job_with_its_message(backend, scheduler, redis_client, tmp_path):
+    queue = JobQueue(redis_client)
+    oom, after = queue.submit(job("oom")), queue.submit(job("fine"))
+    oom, after = wait_finished(queue, [oom.id, after.id])
+    assert oom.status == "failed" and "RESOURCE_EXHAUSTED: Out of memory" in oom.error
+    assert oom.attempts == 1 and backend.calls.count("oom") == 1  # not retried: it would fail again
+    assert after.status == "done" and after.seed == 5  # the seed the backend picked for seed 0
+    assert [e["queue_id"] for e in LibraryStore(tmp_path / "library").entries()] == [after.id]
+
+
+def test_a_silent_backend_counts_as_lost_and_the_job_fails_after_three_attempts(backend, scheduler, redis_client):
+    queue = JobQueue(redis_client)
+    hung = queue.submit(job("hang"))
+    [hung] = wait_finished(queue, [hung.id])
+    assert hung.status == "failed" and hung.attempts == 3
+    assert "3 attempts" in hung.error and "connection lost" in hung.error
+    assert backend.calls.count("hang") == 3
+
+
+def test_a_garbled_stream_is_retried_then_failed(backend, scheduler, redis_client):
+    queue = JobQueue(redis_client)
+    garbled, after = queue.submit(job("garbage")), queue.submit(job("fine"))
+    garbled, after = wait_finished(queue, [garbled.id, after.id])
+    assert garbled.status == "failed" and "not JSON" in garbled.error and garbled.attempts == 3
+    assert after.status == "done"
+
+
+def test_config_from_env_reads_the_documented_variables(tmp_path):
+    config = Config.from_env({"REDIS_URL": "redis://example:6380/1", "LIBRARY_DIR": str(tmp_path),
+                              "BACKEND_URLS": "http://a:8080/, http://b:8080"})
+    assert config.redis_url == "redis://example:6380/1" and config.library_dir == tmp_path
+    assert config.backend_urls == ("http://a:8080", "http://b:8080")
+    assert Config.from_env({}).backend_urls == ("http://127.0.0.1:8080",)
+    for bad in ("http://a:1,http://a:1", "a:8080"):
+        with pytest.raises(ValueError):
+            Config.from_env({"BACKEND_URLS": bad})
+
+
+def test_progress_reaches_redis_at_least_every_second_and_cancel_stops_the_job(backend, scheduler, redis_client):
+    queue = JobQueue(redis_client)
+    slow = queue.submit(job("slow"))
+    seen: list[tuple[float, int]] = []
+    while len({tokens for _, tokens in seen}) < 4:
+        current = queue.get(slow.id)
+        assert not current.finished, current.to_status()
+        if current.status == "running" and (not seen or seen[-1][1] != current.tokens_done):
+            seen.append((time.monotonic(), current.tokens_done))
+        time.sleep(0.02)
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(seen)]
+    assert max(gaps) <= 1.0, seen  # written every progress_interval_secs (0.25 s)
+    asked = time.monotonic()
+    assert queue.cancel(slow.id).cancel_requested
+    [slow] = wait_finished(queue, [slow.id], timeout=5)
+    assert slow.status == "cancelled" and time.monotonic() - asked < 5
+    assert backend.cancelled.is_set()  # the backend was told, so it is free for the next job
+
+
+def test_the_scheduler_rides_out_a_redis_crash(backend, tmp_path):
+    """kill -9 of Redis (AOF on) under a running scheduler: it backs off, reconnects, and the
+    job queued before the crash (while the backend was loading) is done after it."""
+    import redis
+
+    from playground.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    config = Config(redis_url=server.url, backend_urls=(backend.url,), library_dir=tmp_path / "library",
+                    backoff_max_secs=0.5)
+    service = Scheduler(config).start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        queue = JobQueue(client)
+        wait_finished(queue, [queue.submit(job("before")).id])
+        backend.loading.set()
+        deadline = time.monotonic() + 10
+        while queue.health()["workers"][0]["backend_status"] != "loading":
+            assert time.monotonic() < deadline, queue.health()
+            time.sleep(0.05)
+        queued = queue.submit(job("queued across the crash"))
+        time.sleep(1.5)  # appendfsync everysec
+        assert queue.get(queued.id).status == "queued"
+        server.kill()
+        time.sleep(1.0)
+        server.start()
+        backend.loading.clear()
+        [queued] = wait_finished(queue, [queued.id], timeout=30)
+        assert queued.status == "done"
+        after = queue.submit(job("after"))
+        [after] = wait_finished(queue, [after.id], timeout=30)
+        assert after.status == "done"
+    finally:
+        service.stop()
+        assert service.join(timeout=15)
+        client.close()
+        server.stop()

@@ -1,0 +1,94 @@
+"""The live queue, step by step: the test moves jobs through the real Redis queue with the
+scheduler's own WorkerQueue (a worker whose backend fails on demand, which the real
+tiny-model backend cannot be made to do), and the page follows without a reload."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from browser import submit_prompt
+from frontend.config import Config
+from frontend.threaded import serving
+from playground.jobs import JobQueue
+from scheduler.worker_queue import WorkerQueue
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def frontend_url(tmp_path, redis_url):
+    with serving(Config(port=0, redis_url=redis_url, library_dir=tmp_path / "library")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def worker(redis_client):
+    queue = WorkerQueue(redis_client, "ui-test-worker", "http://127.0.0.1:9")
+    assert queue.register()
+    queue.heartbeat("ready", model="tiny")
+    yield queue
+    queue.unregister()
+
+
+def test_progress_then_a_failure_with_its_reason(page, frontend_url, redis_client, worker):
+    page.goto(frontend_url)
+    queue_id = submit_prompt(page, "a prompt the backend will choke on", num_images=2)
+    row = page.locator(f'#queue [data-queue-id="{queue_id}"]')
+    expect(row).to_have_attribute("data-status", "queued")
+    expect(row.locator(".badge")).to_have_text("Next")
+
+    # Someone else's job, queued behind mine: listed, not highlighted, no cancel button.
+    other = JobQueue(redis_client).submit({"text": "somebody else's prompt", "num_images": 4, "seed": 0})
+    other_row = page.locator(f'#queue [data-queue-id="{other.id}"]')
+    expect(other_row.locator(".badge")).to_have_text("Position 2")
+    expect(other_row).not_to_have_class(re.compile(r"\bmine\b"))
+    expect(other_row.get_by_role("button", name="Cancel")).to_have_count(0)
+
+    assert worker.claim(timeout=1).id == queue_id
+    expect(row).to_have_attribute("data-status", "running")
+    expect(row.locator(".badge")).to_have_text("Generating")
+    worker.progress(queue_id, 64, 256)
+    expect(row.locator("progress")).to_have_attribute("value", "64")
+    expect(row.locator(".tokens")).to_have_text("64 / 256 tokens")
+    worker.progress(queue_id, 192, 256)
+    expect(row.locator("progress")).to_have_attribute("value", "192")
+    expect(row.locator("progress")).to_have_attribute("max", "256")
+    expect(other_row.locator(".badge")).to_have_text("Next")
+
+    worker.finish_failed(queue_id, "the backend ran out of memory")
+    expect(row).to_have_count(0)
+    failed = page.locator(f'#results .result[data-queue-id="{queue_id}"]')
+    expect(failed).to_have_attribute("data-status", "failed")
+    expect(failed.get_by_role("alert")).to_have_text("Failed: the backend ran out of memory")
+    expect(page.locator("#results-status")).to_contain_text("failed")
+
+    # A reload shows the finished job of mine again, from localStorage and GET /jobs/<id>.
+    page.reload()
+    expect(failed.get_by_role("alert")).to_have_text("Failed: the backend ran out of memory")
+
+
+def test_polling_pauses_while_the_tab_is_hidden(page, frontend_url):
+    polls = []
+    page.on("request", lambda request: polls.append(request.url) if "queue_status" in request.url else None)
+    page.goto(frontend_url)
+    submit_prompt(page, "a job that keeps the page polling every second", num_images=2)
+    page.wait_for_timeout(2500)
+    assert len(polls) >= 3, polls
+
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    page.wait_for_timeout(300)  # a poll already on its way may still land
+    hidden_count = len(polls)
+    page.wait_for_timeout(2500)
+    assert len(polls) == hidden_count
+
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    page.wait_for_timeout(500)
+    assert len(polls) > hidden_count

@@ -1,0 +1,46 @@
+"""Screenshots of every page, light and dark, desktop and phone, taken from the real stack
+while a job is generating: docs/screenshots/<page>-<scheme>-<device>.png."""
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from browser import SCREENSHOT_DIR, save_screenshots, submit_prompt
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+
+def test_screenshots_of_every_page(page, ui_stack):
+    page.goto(ui_stack.frontend_url)
+    submit_prompt(page, "a fox in a snowy forest, digital art", num_images=4, seed=7)
+    finished = submit_prompt(page, "a watercolor painting of a lighthouse at dawn", num_images=4, seed=2024)
+    expect(page.locator(f'#results [data-queue-id="{finished}"]')).to_have_attribute(
+        "data-status", "done", timeout=150_000)
+    # Three more, so that one is generating and others wait while the pictures are taken.
+    unfinished = [submit_prompt(page, text, num_images=4) for text in (
+        "an astronaut riding a horse, oil painting", "a bowl of ramen, studio photograph",
+        "a cat wearing a space helmet, 3d render")]
+    page.wait_for_function("() => document.querySelector('#queue .queue-item.running progress')?.value > 0",
+                           timeout=60_000)
+    page.fill("#text", "")
+    saved = save_screenshots(page, "create")
+
+    page.goto(f"{ui_stack.frontend_url}/advanced.html?text=a+fox+in+a+snowy+forest&num_images=6&seed=7"
+              "&gen_top_k=64&gen_top_p=0.9&temperature=0.8&condition_scale=5")
+    saved += save_screenshots(page, "advanced")
+
+    page.goto(f"{ui_stack.frontend_url}/library.html")
+    entry = page.locator(f'article.job[data-queue-id="{finished}"]')
+    expect(entry).to_be_visible()
+    page.wait_for_function("() => [...document.querySelectorAll('.thumb img')].slice(0, 4)"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    saved += save_screenshots(page, "library")
+
+    entry.locator(".thumb").first.click()
+    expect(page.locator("dialog.viewer[open] img")).to_be_visible()
+    page.screenshot(path=str(SCREENSHOT_DIR / "viewer-light-desktop.png"))
+    page.keyboard.press("Escape")
+
+    for queue_id in unfinished:
+        page.request.post(f"{ui_stack.frontend_url}/jobs/{queue_id}/cancel")
+    assert len(saved) == 12 and all(path.stat().st_size > 10_000 for path in saved)

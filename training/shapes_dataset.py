@@ -1,0 +1,129 @@
+"""A procedural text-to-image data set: flat shapes on plain backgrounds, drawn with Pillow.
+
+Every scene is one or two shapes (circle, square, triangle) in six colours on a white,
+black or gray background, with a caption saying what is where. Shape boxes sit on the
+16-pixel grid of the VQGAN's codes, so a small codebook can hold their edges.
+
+A few (colour, shape) pairs are held out: no training scene contains them, so a model
+that draws them has combined words it only saw apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 256
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 210, 20),
+    "orange": (245, 130, 20),
+    "purple": (140, 50, 180),
+}
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 64, "medium": 96, "large": 128}  # side of the shape's box in pixels
+
+# Grid-aligned box centres (multiples of 16 minus nothing: 64, 128, 192) and their words.
+_ROWS = {"top": 64, "middle": 128, "bottom": 192}
+_COLUMNS = {"left": 64, "center": 128, "right": 192}
+PLACES = {
+    "in the top left": (64, 64), "at the top": (128, 64), "in the top right": (192, 64),
+    "on the left": (64, 128), "in the center": (128, 128), "on the right": (192, 128),
+    "in the bottom left": (64, 192), "at the bottom": (128, 192), "in the bottom right": (192, 192),
+}
+
+HELD_OUT = frozenset({("purple", "triangle"), ("orange", "square"), ("green", "circle")})
+TRAIN_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT)
+
+# How often a caption leaves out each optional part, so that short prompts such as
+# "a red circle" are in the training distribution.
+_DROP = {"size": 0.5, "place": 0.5, "background": 0.4}
+_TWO_SHAPES = 0.3  # share of scenes with two shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    colour: str
+    shape: str
+    size: str
+    centre: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    background: str
+    items: tuple[Item, ...]
+    caption: str
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _noun_phrase(item: Item, with_size: bool) -> str:
+    words = ([item.size] if with_size else []) + [item.colour, item.shape]
+    return f"{_article(words[0])} {' '.join(words)}"
+
+
+def random_scene(rng: random.Random, pairs=TRAIN_PAIRS) -> Scene:
+    """A scene whose (colour, shape) pairs all come from `pairs`, with its caption."""
+    background = rng.choice(list(BACKGROUNDS))
+    if rng.random() < _TWO_SHAPES:
+        return _two_shapes(rng, pairs, background)
+    colour, shape = rng.choice(pairs)
+    size = rng.choice(list(SIZES))
+    place = rng.choice(list(PLACES))
+    item = Item(colour, shape, size, PLACES[place])
+    words = [_noun_phrase(item, rng.random() >= _DROP["size"])]
+    if rng.random() >= _DROP["place"]:
+        words.append(place)
+    if rng.random() >= _DROP["background"]:
+        words.append(f"on a {background} background")
+    return Scene(background, (item,), " ".join(words))
+
+
+def _two_shapes(rng: random.Random, pairs, background: str) -> Scene:
+    """Two small or medium shapes, one above or left of the other, 128 pixels apart."""
+    first, second = rng.choice(pairs), rng.choice(pairs)
+    sizes = [rng.choice(["small", "medium"]) for _ in range(2)]
+    if rng.random() < 0.5:
+        x = rng.choice(list(_COLUMNS.values()))
+        centres, relation = [(x, 64), (x, 192)], "above"
+    else:
+        y = rng.choice(list(_ROWS.values()))
+        centres, relation = [(64, y), (192, y)], "to the left of"
+    items = tuple(Item(c, s, z, at) for (c, s), z, at in zip((first, second), sizes, centres))
+    caption = f"{_noun_phrase(items[0], False)} {relation} {_noun_phrase(items[1], False)}"
+    if rng.random() >= _DROP["background"]:
+        caption += f" on a {background} background"
+    return Scene(background, items, caption)
+
+
+def render(scene: Scene) -> Image.Image:
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene.background])
+    draw = ImageDraw.Draw(image)
+    for item in scene.items:
+        half = SIZES[item.size] // 2
+        x, y = item.centre
+        box = (x - half, y - half, x + half - 1, y + half - 1)
+        fill = COLOURS[item.colour]
+        if item.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif item.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:  # an upright isosceles triangle filling its box's base
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), (x - 0.5, box[1])], fill=fill)
+    return image
+
+
+def make_batch(count: int, seed: int, pairs=TRAIN_PAIRS) -> tuple[list[str], np.ndarray]:
+    """`count` captions and their images as uint8 [count, 256, 256, 3], the same for every seed."""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, pairs) for _ in range(count)]
+    return [s.caption for s in scenes], np.stack([np.asarray(render(s)) for s in scenes])
