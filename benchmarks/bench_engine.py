@@ -148,6 +148,15 @@ def machine_floor(config, batch_sizes, dtype: str) -> dict:
     return report
 
 
+def _best_floor(first: dict, second: dict) -> dict:
+    best = {"bandwidth_gb_s": max(first["bandwidth_gb_s"], second["bandwidth_gb_s"]),
+            "step_weight_params": first["step_weight_params"], "per_images": {}}
+    for images, a in first["per_images"].items():
+        b = second["per_images"][images]
+        best["per_images"][images] = min(a, b, key=lambda floor: floor["floor_step_ms"])
+    return best
+
+
 def _timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -206,7 +215,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                         help="weights' dtype (default: float32 for mini, float16 for mega)")
     parser.add_argument("--images", default="1,2,4,8", help="comma-separated image counts")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per image count; the fastest counts")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--skip-ready", action="store_true", help="skip the time-to-ready runs")
     parser.add_argument("--skip-chunking", action="store_true")
@@ -238,6 +247,9 @@ def main(argv=None) -> None:
 
     engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
     engine.warm_up(batch_sizes)
+    # The floor is measured before and after the runs and the better rate kept: on a shared
+    # machine other work slows the measurement down as much as the generation.
+    floor_before = machine_floor(engine.config, batch_sizes, dtype)
     report["generation"] = bench_generation(engine, batch_sizes, args.repeats)
     if not args.skip_chunking:
         report["chunking"] = bench_chunking(engine, batch_sizes[-1])
@@ -246,7 +258,7 @@ def main(argv=None) -> None:
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_in_use" in stats:
         report["device_memory"] = {k: stats[k] for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats}
-    report["floor"] = machine_floor(engine.config, batch_sizes, dtype)
+    report["floor"] = _best_floor(floor_before, machine_floor(engine.config, batch_sizes, dtype))
     for images, floor in report["floor"]["per_images"].items():
         measured = report["generation"][images]["tokens_secs"] * 1e3 / engine.config.image_length
         floor["measured_step_ms"] = measured

@@ -45,7 +45,7 @@ class Api:
         # Bounded waits: a dead Redis makes requests fail fast with 503 rather than hang.
         client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2, socket_timeout=5,
                                       health_check_interval=30)
-        return cls(config, JobQueue(client, max_queued=config.max_queued_jobs),
+        return cls(config, JobQueue(client, max_queued=config.max_queued_jobs, prefix=config.redis_prefix),
                    LibraryStore(config.library_dir))
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from playground.jobs import DEFAULT_PREFIX
 from playground.settings import get_float, get_int, get_list, get_str
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -15,6 +16,8 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Must equal the scheduler's: several playgrounds may share one Redis server.
+    redis_prefix: str = DEFAULT_PREFIX
     library_dir: Path = Path("library")
     static_dir: Path = field(default=STATIC_DIR)
     # Empty: no token. Set: every request that changes something must carry it.
@@ -44,6 +47,7 @@ class Config:
             host=get_str(env, "FRONTEND_HOST", cls.host),
             port=get_int(env, "FRONTEND_PORT", cls.port),
             redis_url=get_str(env, "REDIS_URL", cls.redis_url),
+            redis_prefix=get_str(env, "REDIS_PREFIX", cls.redis_prefix),
             library_dir=Path(get_str(env, "LIBRARY_DIR", str(cls.library_dir))),
             static_dir=Path(get_str(env, "STATIC_DIR", str(STATIC_DIR))),
             api_token=env.get("API_TOKEN", "").strip(),

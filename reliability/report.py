@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from reliability.cluster import REPO_ROOT
 from reliability.scenario import ScenarioResult
 
 
@@ -19,8 +21,9 @@ class Finding:
     where: str
     reproduce: str
     fix: str
-    scenario: str                 # the scenario whose checks show it
-    checks: tuple[str, ...]       # those checks: all pass = fixed
+    scenarios: tuple[str, ...]    # the scenarios whose checks show it
+    checks: tuple[str, ...]       # those checks (in each of them): all pass = fixed
+    history: str = ""             # when it was seen and fixed, if it was
 
 
 FINDINGS = (
@@ -39,18 +42,23 @@ FINDINGS = (
         "processing list before claiming: e.g. in `Worker.run`'s `except redis.RedisError` set a flag and, "
         "at the top of the next iteration, call `self.queue.recover(self.worker_id, reason=\"Redis was "
         "unreachable during the job\")` (count_attempt=False would be fairer).",
-        "kill-redis", ("every job ends within 30 s (none stuck running or queued)", "all jobs done")),
+        ("kill-redis",), ("every job ends within 30 s (none stuck running or queued)", "all jobs done"),
+        "Seen by this suite on 2026-11-25 at 15:47 UTC (the job stayed `running`, attempts 1, after the "
+        "restart); fixed minutes later in scheduler/worker.py by its owner (the worker now recovers its own "
+        "processing list after a Redis error), and passing in every run since."),
     Finding(
         2, "Deleting from a read-only library answers 500",
         "frontend/api.py `_delete_image` / `delete_job` → `LibraryStore.delete_image` / `delete_job` raise "
         "`OSError` (EROFS; ENOSPC the same way when the disk is full and library.json must be rewritten); "
         "frontend/server.py `_serve` catches only ValidationError and RedisError, so the answer is "
         "`500 internal error`.",
-        "`python -m reliability --only library-readonly`: the library's tmpfs is remounted read-only, "
-        "then `DELETE /library/<queue_id>/<image>.png` of an existing image.",
+        "`python -m reliability --only kill-frontend library-full library-readonly`: the library's tmpfs is "
+        "filled to the last byte (or remounted read-only), then `DELETE /library/<queue_id>/<image>.png` of an "
+        "existing image answers `500 {\"error\": \"internal error; see the frontend's log\"}`.",
         "Catch `OSError` from the store in the delete handlers (or in `_serve`) and answer "
         "`503 {\"error\": \"the library cannot be written: <strerror>\"}` with `Retry-After`, as for Redis.",
-        "library-readonly", ("a delete on the broken library answers an error, not 500", "no 500 answer")),
+        ("library-readonly", "library-full"),
+        ("a delete on the broken library answers an error, not 500", "no 500 answer")),
     Finding(
         3, "No deadline for the request line and headers: a slow client holds a connection slot for ever",
         "frontend/server.py `RequestHandler.handle_one_request` / `parse_request`: only the socket timeout "
@@ -65,7 +73,7 @@ FINDINGS = (
         "`FRONTEND_HEADER_DEADLINE`): record `time.monotonic()` when the request line starts and, before "
         "each header line is read, set `self.connection.settimeout(min(socket_timeout, remaining))`; answer "
         "408 and close when it is exceeded.",
-        "header-deadline", ("a client dribbling its headers is cut off within 12 s",)),
+        ("header-deadline",), ("a client dribbling its headers is cut off within 12 s",)),
     Finding(
         4, "DELETE /jobs/<id> of a folder that is no job answers `deleted: true` while nothing is deleted",
         "playground/library.py `LibraryStore._delete_job_locked` returns True whenever a folder named "
@@ -75,15 +83,16 @@ FINDINGS = (
         "`<uuid>.png` to a file outside; `DELETE /jobs/<uuid>` → `200 {\"deleted\": true}`, folder intact.",
         "Return True only when the index entry or at least one file was removed; the frontend then answers "
         "404 as for an unknown job.",
-        "traversal", ("DELETE /jobs/<a folder that is no job> says nothing was deleted",)),
+        ("traversal",), ("DELETE /jobs/<a folder that is no job> says nothing was deleted",)),
 )
 
 
 def finding_state(finding: Finding, results: dict[str, ScenarioResult]) -> str:
-    result = results.get(finding.scenario)
-    if result is None or result.skipped or result.error:
+    ran = [results[name] for name in finding.scenarios
+           if name in results and not results[name].skipped and not results[name].error]
+    if not ran:
         return "not checked in this run"
-    states = [result.passed(name) for name in finding.checks]
+    states = [result.passed(name) for result in ran for name in finding.checks]
     if all(state is True for state in states):
         return "**fixed** (its checks pass)"
     if any(state is False for state in states):
@@ -191,6 +200,8 @@ def render(run: SuiteRun) -> str:
         add(f"### Finding {finding.number}: {finding.title}")
         add("")
         add(f"- State in this run: {finding_state(finding, results)}")
+        if finding.history:
+            add(f"- History: {finding.history}")
         add(f"- Where: {finding.where}")
         add(f"- Reproduce: {finding.reproduce}")
         add(f"- Suggested fix: {finding.fix}")
@@ -223,4 +234,10 @@ def render(run: SuiteRun) -> str:
             detail = f" — {check.detail}" if check.detail and not check.passed else ""
             add(f"- {mark} {check.name}{detail}")
         add("")
-    return "\n".join(lines) + "\n"
+    return _without_local_paths("\n".join(lines) + "\n")
+
+
+def _without_local_paths(text: str) -> str:
+    """The report goes into the repository: no path of the machine that ran it."""
+    text = text.replace(str(REPO_ROOT), ".")
+    return re.sub(r"(?<![\w.])/(?:tmp|var/tmp|work|root|home)/[^\s`'\")|,]*", "<local path>", text)

@@ -38,6 +38,7 @@ class Config:
                 raise ValueError(f"BACKEND_URLS entries must be http(s) URLs, got {url!r}")
         config = cls(
             redis_url=get_str(env, "REDIS_URL", cls.redis_url),
+            redis_prefix=get_str(env, "REDIS_PREFIX", cls.redis_prefix),
             backend_urls=urls,
             library_dir=Path(get_str(env, "LIBRARY_DIR", str(cls.library_dir))),
             max_attempts=get_int(env, "SCHEDULER_MAX_ATTEMPTS", cls.max_attempts),

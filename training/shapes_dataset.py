@@ -29,9 +29,8 @@ BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 64, "medium": 96, "large": 128}  # side of the shape's box in pixels
 
-# Grid-aligned box centres (multiples of 16 minus nothing: 64, 128, 192) and their words.
-_ROWS = {"top": 64, "middle": 128, "bottom": 192}
-_COLUMNS = {"left": 64, "center": 128, "right": 192}
+# Box centres: with the sizes above, every box edge lies on the 16-pixel grid.
+_LINES = (64, 128, 192)
 PLACES = {
     "in the top left": (64, 64), "at the top": (128, 64), "in the top right": (192, 64),
     "on the left": (64, 128), "in the center": (128, 128), "on the right": (192, 128),
@@ -59,7 +58,6 @@ class Item:
 class Scene:
     background: str
     items: tuple[Item, ...]
-    caption: str
 
 
 def _article(word: str) -> str:
@@ -72,37 +70,46 @@ def _noun_phrase(item: Item, with_size: bool) -> str:
 
 
 def random_scene(rng: random.Random, pairs=TRAIN_PAIRS) -> Scene:
-    """A scene whose (colour, shape) pairs all come from `pairs`, with its caption."""
+    """A scene whose (colour, shape) pairs all come from `pairs`."""
     background = rng.choice(list(BACKGROUNDS))
     if rng.random() < _TWO_SHAPES:
         return _two_shapes(rng, pairs, background)
     colour, shape = rng.choice(pairs)
-    size = rng.choice(list(SIZES))
-    place = rng.choice(list(PLACES))
-    item = Item(colour, shape, size, PLACES[place])
-    words = [_noun_phrase(item, rng.random() >= _DROP["size"])]
-    if rng.random() >= _DROP["place"]:
-        words.append(place)
-    if rng.random() >= _DROP["background"]:
-        words.append(f"on a {background} background")
-    return Scene(background, (item,), " ".join(words))
+    return Scene(background, (Item(colour, shape, rng.choice(list(SIZES)), rng.choice(list(PLACES.values()))),))
+
+
+def single_shape_scenes(pairs=TRAIN_PAIRS) -> list[Scene]:
+    """Every one-shape scene: each background, pair, size and place."""
+    return [Scene(b, (Item(c, s, z, at),)) for b in BACKGROUNDS for c, s in pairs for z in SIZES
+            for at in PLACES.values()]
 
 
 def _two_shapes(rng: random.Random, pairs, background: str) -> Scene:
     """Two small or medium shapes, one above or left of the other, 128 pixels apart."""
-    first, second = rng.choice(pairs), rng.choice(pairs)
-    sizes = [rng.choice(["small", "medium"]) for _ in range(2)]
     if rng.random() < 0.5:
-        x = rng.choice(list(_COLUMNS.values()))
-        centres, relation = [(x, 64), (x, 192)], "above"
+        x = rng.choice(_LINES)
+        centres = [(x, 64), (x, 192)]
     else:
-        y = rng.choice(list(_ROWS.values()))
-        centres, relation = [(64, y), (192, y)], "to the left of"
-    items = tuple(Item(c, s, z, at) for (c, s), z, at in zip((first, second), sizes, centres))
-    caption = f"{_noun_phrase(items[0], False)} {relation} {_noun_phrase(items[1], False)}"
+        y = rng.choice(_LINES)
+        centres = [(64, y), (192, y)]
+    items = tuple(Item(*rng.choice(pairs), rng.choice(["small", "medium"]), at) for at in centres)
+    return Scene(background, items)
+
+
+def caption(scene: Scene, rng: random.Random) -> str:
+    """One of the captions that describe `scene` (parts are left out at random)."""
+    if len(scene.items) == 1:
+        item = scene.items[0]
+        words = [_noun_phrase(item, rng.random() >= _DROP["size"])]
+        if rng.random() >= _DROP["place"]:
+            words.append(next(name for name, at in PLACES.items() if at == item.centre))
+    else:
+        first, second = scene.items
+        relation = "above" if first.centre[0] == second.centre[0] else "to the left of"
+        words = [_noun_phrase(first, False), relation, _noun_phrase(second, False)]
     if rng.random() >= _DROP["background"]:
-        caption += f" on a {background} background"
-    return Scene(background, items, caption)
+        words.append(f"on a {scene.background} background")
+    return " ".join(words)
 
 
 def render(scene: Scene) -> Image.Image:
@@ -122,8 +129,6 @@ def render(scene: Scene) -> Image.Image:
     return image
 
 
-def make_batch(count: int, seed: int, pairs=TRAIN_PAIRS) -> tuple[list[str], np.ndarray]:
-    """`count` captions and their images as uint8 [count, 256, 256, 3], the same for every seed."""
-    rng = random.Random(seed)
-    scenes = [random_scene(rng, pairs) for _ in range(count)]
-    return [s.caption for s in scenes], np.stack([np.asarray(render(s)) for s in scenes])
+def render_all(scenes) -> np.ndarray:
+    """uint8 [len(scenes), 256, 256, 3]."""
+    return np.stack([np.asarray(render(scene)) for scene in scenes])

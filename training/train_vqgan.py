@@ -26,7 +26,7 @@ from . import shapes_dataset
 
 # No attention at the 16×16 level: crops move that level to another depth, and the
 # parameter tree must not depend on the crop size.
-CONFIG = VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(),
+CONFIG = VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=0, attn_resolutions=(),
                      z_channels=32, embed_dim=16, n_embed=512, resolution=256)
 GRID = 16  # pixels per code: crops start on this grid so codes see what they see at 256
 COMMITMENT = 0.25

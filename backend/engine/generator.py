@@ -377,14 +377,13 @@ class Engine:
         with self._lock:
             started = time.perf_counter()
             codes, seed, sampling = self._generate_codes(request, on_progress, cancel, None)
-            codes.block_until_ready()
+            codes = np.asarray(codes)[:request.num_images]  # waits for the last chunk
             tokens_done = time.perf_counter()
-            pixels = self.decode_images(np.asarray(codes)[:request.num_images])
+            pixels = self.decode_images(codes)
             vqgan_done = time.perf_counter()
-        n = request.num_images
-        images = [Image.fromarray(np.round(p * 255).astype(np.uint8), "RGB") for p in pixels[:n]]
+        images = [Image.fromarray(np.round(p * 255).astype(np.uint8), "RGB") for p in pixels]
         return GenerationResult(
-            images=images, seed=seed, params=sampling, codes=np.asarray(codes)[:n],
+            images=images, seed=seed, params=sampling, codes=codes,
             timings={"tokens_secs": tokens_done - started, "vqgan_secs": vqgan_done - tokens_done})
 
 
