@@ -144,7 +144,7 @@ class Api:
 
     def cancel_job(self, request: Request) -> Response:
         job_id = request.params["job_id"]
-        before = self.queue.get(job_id)
+        before = self.queue.record(job_id)
         if before is None:
             if self.library.entry(job_id) is not None:
                 return error_response(409, "the job is already done", status="done")
@@ -159,7 +159,7 @@ class Api:
 
     def delete_job(self, request: Request) -> Response:
         job_id = request.params["job_id"]
-        job = self.queue.get(job_id)
+        job = self.queue.record(job_id)
         if job is not None and not job.finished:
             return error_response(409, f"the job is {job.status}; cancel it first", status=job.status)
         # The store never follows a symlinked job folder: it only drops the index entry then.

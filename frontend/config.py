@@ -30,6 +30,8 @@ class Config:
     max_body_bytes: int = 64 * 1024
     # A client silent this long (idle keep-alive or a stalled request) loses its connection.
     socket_timeout_secs: float = 15.0
+    # The request line and headers must arrive within this (slowloris), idle keep-alive included.
+    head_deadline_secs: float = 10.0
     # The whole body must arrive within this, so a client dribbling bytes cannot hold a thread.
     body_deadline_secs: float = 15.0
     # Connections beyond this are answered 503 at once instead of getting a thread.
@@ -55,6 +57,7 @@ class Config:
             max_request_line=get_int(env, "FRONTEND_MAX_REQUEST_LINE", cls.max_request_line),
             max_body_bytes=get_int(env, "FRONTEND_MAX_BODY_BYTES", cls.max_body_bytes),
             socket_timeout_secs=get_float(env, "FRONTEND_SOCKET_TIMEOUT", cls.socket_timeout_secs),
+            head_deadline_secs=get_float(env, "FRONTEND_HEAD_DEADLINE", cls.head_deadline_secs),
             body_deadline_secs=get_float(env, "FRONTEND_BODY_DEADLINE", cls.body_deadline_secs),
             max_connections=get_int(env, "FRONTEND_MAX_CONNECTIONS", cls.max_connections),
             max_queued_jobs=get_int(env, "FRONTEND_MAX_QUEUED_JOBS", cls.max_queued_jobs),

@@ -1,14 +1,15 @@
 """The HTTP server: a threading `http.server` whose every request is bounded.
 
 Bounds: the request line (414), headers (the standard library's 100 lines of 64 KiB, 431), the
-body (413), the time a client may stay silent (socket timeout) and the time its body may take
-to arrive (408), and the number of connections served at once (503 beyond it). Every response
+body (413), the time a client may stay silent (socket timeout), the time its request head and
+its body may take to arrive (408), and the number of connections served at once (503 beyond it). Every response
 carries Content-Length, so HTTP/1.1 keep-alive works; any error that leaves unread bytes on the
 connection closes it instead.
 """
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ import redis
 from frontend.api import Api
 from frontend.auth import answered_hosts, has_valid_token, host_name, is_cross_site
 from frontend.config import Config
+from frontend.head_deadline import HeadDeadlines
 from frontend.responses import JSON_TYPE, Response, error_response
 from frontend.routing import NoRoute, Request
 from frontend.validation import ValidationError
@@ -40,6 +42,8 @@ SECURITY_HEADERS = (
     ("Cross-Origin-Opener-Policy", "same-origin"),
 )
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# RFC 9110 token: anything else in the method's place is a malformed request, not a method.
+METHOD_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _SECURITY_LINES = "".join(f"{name}: {value}\r\n" for name, value in SECURITY_HEADERS)
 _BUSY_BODY = b'{"error":"too many connections; retry in a moment"}'
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -70,6 +74,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         """The standard loop step, with our request-line limit and socket errors contained."""
         self.command = None
+        head_timer = self.server.head_deadlines.arm(self.connection)
         try:
             limit = self.server.config.max_request_line
             self.raw_requestline = self.rfile.readline(limit + 1)
@@ -80,13 +85,20 @@ class RequestHandler(BaseHTTPRequestHandler):
             if not self.raw_requestline:
                 self.close_connection = True
                 return
-            if not self.parse_request():
+            parsed = self.parse_request()
+            self.server.head_deadlines.disarm(head_timer)
+            if head_timer.expired:
+                self.send_error(HTTPStatus.REQUEST_TIMEOUT, "the request head did not arrive in time")
+                return
+            if not parsed:
                 return
             # Every method goes through the router, which answers 404/405/501 as fits.
             self._serve()
         except (TimeoutError, ConnectionError):
             # A silent or vanished client: drop the connection, free the thread.
             self.close_connection = True
+        finally:
+            self.server.head_deadlines.disarm(head_timer)
 
     def handle_expect_100(self) -> bool:
         """Refuse an oversized body before the client sends it, not after."""
@@ -113,6 +125,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             log.warning("Redis error on %s %s: %s", self.command, self.path, exc)
             response = error_response(503, f"the queue (Redis) is unavailable: {exc.__class__.__name__}",
                                       {"Retry-After": "5"})
+        except OSError as exc:
+            # The library folder is full or read-only: the request may work later, nothing changed.
+            log.warning("library I/O error on %s %s: %s", self.command, self.path, exc)
+            response = error_response(503, f"the library folder cannot be changed: {exc.strerror or exc}",
+                                      {"Retry-After": "30"})
         except Exception:
             log.exception("unexpected error on %s %s", self.command, self.path)
             self.close_connection = True
@@ -133,6 +150,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         if host is not None and names is not None and host_name(host) not in names:
             return error_response(400, f"this server does not answer to the host name {host[:100]!r} "
                                   "(FRONTEND_ALLOWED_HOSTS lists the names it answers to)")
+        if not METHOD_TOKEN.fullmatch(self.command):
+            self.close_connection = True
+            return error_response(400, "the request method is not a valid token")
         if self.command not in KNOWN_METHODS:
             return error_response(501, f"method {self.command[:20]} is not supported")
         api: Api = self.server.api
@@ -254,6 +274,7 @@ class FrontendServer(ThreadingHTTPServer):
         self.config = config
         self.api = api
         self._slots = threading.BoundedSemaphore(config.max_connections)
+        self.head_deadlines = HeadDeadlines(config.head_deadline_secs)
         self.answered_hosts = answered_hosts(config.host, config.allowed_hosts)
         if ":" in config.host:
             self.address_family = socket.AF_INET6
@@ -286,6 +307,7 @@ class FrontendServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        self.head_deadlines.close()
         self.api.close()
 
 

@@ -271,21 +271,23 @@ class JobQueue:
             raise QueueFull(f"the queue is full ({self.max_queued} prompts waiting); try again later")
         return job
 
+    def record(self, job_id: str) -> Job | None:
+        """The job's own record without position and ETA: one read, whatever the queue's length."""
+        raw = self.redis.hgetall(self.keys.job(job_id))
+        return Job.from_hash(raw) if raw else None
+
     def get(self, job_id: str) -> Job | None:
         """The job with its position and ETA, or None when unknown."""
-        raw = self.redis.hgetall(self.keys.job(job_id))
-        if not raw:
+        job = self.record(job_id)
+        if job is None:
             return None
-        job = Job.from_hash(raw)
         if job.finished:
             return job
         # Position and ETA depend on the jobs ahead, so take them from the whole picture.
         for listed in self.unfinished():
             if listed.id == job_id:
                 return listed
-        # It finished between the two reads.
-        raw = self.redis.hgetall(self.keys.job(job_id))
-        return Job.from_hash(raw) if raw else None
+        return self.record(job_id)  # it finished between the two reads
 
     def unfinished(self, now: float | None = None) -> list[Job]:
         """Running jobs first, then queued jobs oldest first, each with position and ETA."""
@@ -317,7 +319,9 @@ class JobQueue:
                                args=[job_id, repr(time.time()), self.finished_ttl_secs])
         if not outcome:
             raise JobNotFound(job_id)
-        job = self.get(job_id)
+        # Its own record only: reading every queued job's position would make clearing a
+        # long queue quadratic.
+        job = self.record(job_id)
         if job is None:  # expired between the two calls
             raise JobNotFound(job_id)
         return job

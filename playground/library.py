@@ -220,26 +220,29 @@ class LibraryStore:
             return self._delete_job_locked(queue_id, self._read_index_locked())
 
     def _delete_job_locked(self, queue_id: str, entries: list[dict]) -> bool:
+        """True only when something of the job was removed: a folder that the library did not
+        write (no job.json, no images of ours) is not a job and stays as it is."""
         job_dir = self.root / queue_id
         kept = [e for e in entries if e.get("queue_id") != queue_id]
-        in_index = len(kept) != len(entries)
+        removed = len(kept) != len(entries)
         on_disk = job_dir.is_dir() and not job_dir.is_symlink()
-        if not in_index and not on_disk:
-            return False
         # job.json first, so a crash part-way can never bring the job back in a rebuild.
-        if on_disk:
-            (job_dir / JOB_FILE_NAME).unlink(missing_ok=True)
-        if in_index:
+        if on_disk and (job_dir / JOB_FILE_NAME).is_file():
+            (job_dir / JOB_FILE_NAME).unlink()
+            removed = True
+        if len(kept) != len(entries):
             self._write_index_locked(kept)
         if on_disk:
             for path in job_dir.iterdir():
-                if _IMAGE_NAME_RE.fullmatch(path.name) and not path.is_symlink():
-                    path.unlink(missing_ok=True)
-            try:
-                job_dir.rmdir()
-            except OSError:
-                log.warning("left %s in place: it holds files the library did not write", job_dir)
-        return True
+                if _IMAGE_NAME_RE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    removed = True
+            if removed:
+                try:
+                    job_dir.rmdir()
+                except OSError:
+                    log.warning("left %s in place: it holds files the library did not write", job_dir)
+        return removed
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reliability.cluster import REPO_ROOT
 from reliability.report import render
-from reliability.suite import NAMES, run_suite
+from reliability.suite import ALL_NAMES, run_suite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                         "20,000 fuzzed requests, 200 slow clients")
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "reliability-report.md",
                         help="where to write the report (default: docs/reliability-report.md); '-' for stdout")
-    parser.add_argument("--only", nargs="+", choices=NAMES, metavar="NAME", help=f"run only these: {', '.join(NAMES)}")
+    parser.add_argument("--only", nargs="+", choices=ALL_NAMES, metavar="NAME",
+                        help=f"run only these: {', '.join(ALL_NAMES)} (connection-cap with --soak)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("MODEL_CACHE_DIR", REPO_ROOT / "cache")),
                         help="model cache (the tiny model is written there once); default MODEL_CACHE_DIR or ./cache")
     parser.add_argument("--workdir", type=Path, help="where the stack keeps its library, Redis data and logs "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
+import math
 import socket
 import subprocess
 import sys
@@ -29,7 +29,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The process helpers live with the tests; the suite reuses them rather than copying them.
 if str(REPO_ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-from processes import ServiceProcess, backend_process, frontend_process, scheduler_process  # noqa: E402
+from processes import (
+    ServiceProcess,
+    backend_process,
+    frontend_process,
+    scheduler_process,
+)
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -49,9 +54,10 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
+    """The nearest-rank percentile: the smallest value with at least q % of the values at or below it."""
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[index]
+    rank = math.ceil(q / 100 * len(ordered))
+    return ordered[min(len(ordered), max(1, rank)) - 1]
 
 
 class Recorder:
@@ -203,10 +209,10 @@ class Cluster:
             self.mount_refused = "not asked to mount the library"
         self.redis = RedisServer(self.workdir / "redis", appendonly=True)
         self.backend = backend_process(self.logs, model_cache_dir,
-                                       extra_env={"BACKEND_WARMUP_BATCH_SIZES": "2", "PYTHONUNBUFFERED": "1"})
+                                       extra_env={"BACKEND_WARMUP_BATCH_SIZES": "2,8", "PYTHONUNBUFFERED": "1"})
         self.frontend_env = {
             # Short so that slow-client scenarios finish in seconds; the defaults are 15 s.
-            "FRONTEND_SOCKET_TIMEOUT": "5", "FRONTEND_BODY_DEADLINE": "5",
+            "FRONTEND_SOCKET_TIMEOUT": "5", "FRONTEND_HEAD_DEADLINE": "5", "FRONTEND_BODY_DEADLINE": "5",
             "FRONTEND_MAX_QUEUED_JOBS": "5000", "PYTHONUNBUFFERED": "1", **(frontend_env or {})}
         self.scheduler: ServiceProcess | None = None
         self.frontend: ServiceProcess | None = None
@@ -216,7 +222,7 @@ class Cluster:
 
     def _mount_library(self, size_mb: int) -> None:
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs",
-                                 str(self.library_dir)], capture_output=True, text=True)
+                                 str(self.library_dir)], capture_output=True, text=True, check=False)
         if result.returncode == 0:
             self.mounted = True
         else:
@@ -229,12 +235,12 @@ class Cluster:
 
     def _unmount_library(self) -> None:
         if self.mounted:
-            subprocess.run(["umount", "-l", str(self.library_dir)], capture_output=True)
+            subprocess.run(["umount", "-l", str(self.library_dir)], capture_output=True, check=False)
             self.mounted = False
 
     # -- the processes ---------------------------------------------------------------------
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self.redis.start()
         self.backend.start()
         self.frontend = frontend_process(self.logs, self.redis.url, self.library_dir, extra_env=self.frontend_env)
@@ -270,7 +276,7 @@ class Cluster:
     def heal(self) -> None:
         """After a scenario that broke: writable library, every service running, stack healthy."""
         if self.mounted:
-            subprocess.run(["mount", "-o", "remount,rw", str(self.library_dir)], capture_output=True)
+            subprocess.run(["mount", "-o", "remount,rw", str(self.library_dir)], capture_output=True, check=False)
         (self.library_dir / ".filler").unlink(missing_ok=True)
         if self.redis.process is None or self.redis.process.poll() is not None:
             self.redis.start()
@@ -288,7 +294,7 @@ class Cluster:
         self.redis.stop()
         self._unmount_library()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         try:
             return self.start()
         except BaseException:

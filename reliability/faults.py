@@ -18,10 +18,13 @@ SETTLE_SECS = 60        # every job of a fault scenario ends within this once th
 JOBS_PER_FAULT = 4
 
 
-def submit_many(client: Client, prefix: str, count: int) -> list[str]:
+def submit_many(client: Client, prefix: str, count: int, first_images: int = 2) -> list[str]:
+    """`count` prompts; the first with `first_images` images (8 makes it the longest job, the
+    one a fault interrupts), the others with 2."""
     ids = []
     for i in range(count):
-        queue_id = client.submit(f"{prefix} {i}: a lighthouse in a storm, oil painting", seed=1000 + i)
+        queue_id = client.submit(f"{prefix} {i}: a lighthouse in a storm, oil painting", seed=1000 + i,
+                                 num_images=first_images if i == 0 else 2)
         if queue_id is None:
             raise AssertionError(f"POST /prompt refused {prefix} {i}")
         ids.append(queue_id)
@@ -45,11 +48,13 @@ def frontend_alive(cluster: Cluster) -> bool:
 
 
 def _kill_during_job(cluster: Cluster, service: str) -> ScenarioResult:
-    result = ScenarioResult(f"kill-{service}", "faults", f"kill -9 of the {service} during a job, then restart it")
+    what = {"frontend": "the frontend", "scheduler": "the scheduler", "backend": "the backend (gunicorn and its worker)",
+            "redis": "redis-server (append-only file on)"}[service]
+    result = ScenarioResult(f"kill-{service}", "faults", f"kill -9 of {what} while a job runs, then restart it")
     recorder = Recorder()
     client = cluster.client(recorder)
     with Timer() as timer:
-        ids = submit_many(client, f"kill {service}", JOBS_PER_FAULT)
+        ids = submit_many(client, f"kill {service}", JOBS_PER_FAULT, first_images=8)
         wait_generating(client, ids[0])
         before = client.job(ids[0])[1]
         if service == "frontend":

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from reliability.cluster import Client, Cluster, Recorder, percentile, raw_exchange, wait_for
+from reliability.cluster import (
+    Client,
+    Cluster,
+    Recorder,
+    percentile,
+    raw_exchange,
+    wait_for,
+)
 from reliability.scenario import ScenarioResult, Timer, finish
 
 # -- canaries: files outside the served folders that must never be read or removed -------
@@ -273,7 +280,7 @@ def fuzz(cluster: Cluster, count: int = 2000, seed: int = 88) -> ScenarioResult:
         accounting = cluster.account(client, accepted)
     result.seconds = round(timer.seconds, 1)
     result.inputs_tried = count
-    result.figures["answers by status"] = dict(sorted(statuses.items()))
+    result.figures["fuzzed requests by status"] = dict(sorted(statuses.items()))
     result.figures["connections closed without an answer"] = no_answer
     result.figures["dropped examples"] = dropped[:5]
     result.figures["prompts the fuzzer got queued"] = len(accepted)
@@ -331,7 +338,7 @@ def traversal(cluster: Cluster) -> ScenarioResult:
                     result.figures.setdefault("answered 2xx", []).append(f"{method} {path}")
         # The original UI's delete, with paths aimed outside.
         bad_paths = [f"library/{job}/{image}.png", f"library/{canaries.symlinked_job}/{canaries.outside_image}.png",
-                     f"library/../outside/secret.txt", f"/{outside}/secret.txt", f"library/{job}/../../outside/secret.txt",
+                     "library/../outside/secret.txt", f"/{outside}/secret.txt", f"library/{job}/../../outside/secret.txt",
                      f"library\\{job}\\{image}.png", f"library/{job}/{image}.png\u0000", "library/%2e%2e/outside/secret.txt",
                      f"{rel_up}{outside}/secret.txt"]
         for path in bad_paths:
@@ -347,7 +354,7 @@ def traversal(cluster: Cluster) -> ScenarioResult:
             job_deletes[job_id] = (response.status_code, response.text[:100])
     result.seconds = round(timer.seconds, 1)
     result.inputs_tried = len(variants) * 3 + len(bad_paths) + 2
-    result.figures["answers by status"] = dict(sorted(answers.items()))
+    result.figures["traversal attempts by status"] = dict(sorted(answers.items()))
     result.check("no file outside the library read, no delete outside it accepted", not leaks, "; ".join(leaks[:5]))
     result.check("the canaries outside the library are intact", not canaries.intact(), "; ".join(canaries.intact()))
     result.check("the symlinks planted in the library are still there (never followed to delete)",
@@ -480,12 +487,77 @@ def slow_requests(cluster: Cluster, slow_clients: int = 60, hold_secs: float = 8
     return finish(result, recorder, None, cluster.library_check())
 
 
+def connection_cap(cluster: Cluster, slow_clients: int = 300, hold_secs: float = 10.0) -> ScenarioResult:
+    """More header-dribbling connections than FRONTEND_MAX_CONNECTIONS (256): what finding 3 costs.
+    A figure more than a check: a normal client is refused (503 busy) while every slot is held."""
+    result = ScenarioResult("connection-cap", "hostile",
+                            f"{slow_clients} connections (more than the 256 allowed at once) sending their "
+                            f"headers a byte a second for {hold_secs:.0f} s, while a normal client polls")
+    recorder = Recorder()
+    client = cluster.client(recorder)
+    port = int(cluster.frontend.url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    socks: list[socket.socket] = []
+    outcomes = {"held": 0, "refused (503 busy or closed)": 0}
+    with Timer() as timer:
+        for _ in range(slow_clients):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(b"GET /queue_status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                socks.append(sock)
+            except OSError:
+                outcomes["refused (503 busy or closed)"] += 1
+
+        def dribble() -> None:
+            for _ in range(int(hold_secs) + 2):
+                if stop.wait(1.0):
+                    return
+                for sock in socks:
+                    try:
+                        sock.sendall(b"a")
+                    except OSError:
+                        pass
+        thread = threading.Thread(target=dribble, daemon=True)
+        thread.start()
+        answered, busy, other = 0, 0, 0
+        deadline = time.monotonic() + hold_secs
+        while time.monotonic() < deadline:
+            response = client.request("GET", "/queue_status", "GET /queue_status (slots held)", expect_5xx=True)
+            if response is not None and response.status_code == 200:
+                answered += 1
+            elif response is not None and response.status_code == 503:
+                busy += 1
+            else:
+                other += 1
+            time.sleep(0.2)
+        stop.set()
+        thread.join(5)
+        for sock in socks:
+            sock.setblocking(False)
+            try:
+                outcomes["refused (503 busy or closed)" if sock.recv(64) is not None else "held"] += 1
+            except BlockingIOError:
+                outcomes["held"] += 1
+            except OSError:
+                outcomes["refused (503 busy or closed)"] += 1
+            sock.close()
+        recovered = wait_for(lambda: (r := client.request("GET", "/queue_status", "GET /queue_status")) is not None
+                             and r.status_code == 200, 30, "the frontend answering again")
+    result.seconds = round(timer.seconds, 1)
+    result.inputs_tried = slow_clients
+    result.figures["slow connections"] = outcomes
+    result.figures["normal requests while they were held"] = (f"{answered} answered 200, {busy} refused 503 busy, "
+                                                              f"{other} without an answer")
+    result.check("the frontend answers again once the slow clients leave", recovered)
+    return finish(result, recorder, None, cluster.library_check())
+
+
 def header_deadline(cluster: Cluster, max_secs: float = 12.0) -> ScenarioResult:
     """One connection sending a header byte every second (never silent for the socket timeout):
     the server must cut it off within a bounded time, or enough of them hold every slot."""
     result = ScenarioResult("header-deadline", "hostile",
                             f"a client sending its headers a byte a second for up to {max_secs:.0f} s "
-                            "(the frontend here: 5 s socket timeout, 5 s body deadline)")
+                            "(the frontend here: 5 s socket timeout, 5 s head and body deadlines)")
     recorder = Recorder()
     port = int(cluster.frontend.url.rsplit(":", 1)[1])
     cut_after = None
@@ -535,6 +607,7 @@ def script_prompt(cluster: Cluster) -> ScenarioResult:
     client = cluster.client(recorder)
     try:
         from browser import CHROMIUM_ARGS, chromium_path  # tests/browser.py
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
         result.skipped = f"no Playwright: {exc}"
@@ -556,14 +629,15 @@ def script_prompt(cluster: Cluster) -> ScenarioResult:
                     context = browser.new_context()
                     page = context.new_page()
                     dialogs, errors = [], []
-                    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-                    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-                    page.on("pageerror", lambda error: errors.append(str(error)))
+                    page.on("dialog", lambda dialog, seen=dialogs: (seen.append(dialog.message), dialog.dismiss()))
+                    page.on("console", lambda message, seen=errors: seen.append(message.text)
+                            if message.type == "error" else None)
+                    page.on("pageerror", lambda error, seen=errors: seen.append(str(error)))
                     page.goto(cluster.frontend.url + page_path, wait_until="load")
                     try:
                         page.wait_for_function("t => document.body.innerText.includes(t)", arg=marker, timeout=15000)
                         rendered[page_path] = True
-                    except Exception:
+                    except PlaywrightTimeout:
                         rendered[page_path] = False
                     page.wait_for_timeout(1500)
                     pwned = page.evaluate("window.__pwned ?? null")

@@ -8,7 +8,7 @@ import platform
 import re
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from reliability.cluster import REPO_ROOT
 from reliability.scenario import ScenarioResult
@@ -29,12 +29,12 @@ class Finding:
 FINDINGS = (
     Finding(
         1, "A kill -9 of Redis during a job leaves that job `running` for ever",
-        "scheduler/worker.py, `Worker.run` / `Worker.run_job`: a `redis.RedisError` raised while the job "
-        "runs (`WorkerQueue.progress`, `finish_*`) leaves `run_job` uncaught; the `with` block hangs up on the "
-        "backend (which cancels the generation) and the job id stays in the worker's own "
-        "`dalle:processing:<worker>` list. The worker is alive, so `sweep_dead_workers` skips it, and "
-        "`register()` recovers the list only when the scheduler starts. The job shows `running`, position 0, "
-        "in /queue_status until the scheduler is restarted; the jobs behind it do run.",
+        "scheduler/worker.py, `Worker.run` / `Worker.run_job` (as they were): a `redis.RedisError` raised "
+        "while the job ran (`WorkerQueue.progress`, `finish_*`) left `run_job` uncaught; the `with` block hung "
+        "up on the backend (which cancels the generation) and the job id stayed in the worker's own "
+        "`dalle:processing:<worker>` list. The worker was alive, so `sweep_dead_workers` skipped it, and "
+        "`register()` recovers the list only when the scheduler starts. The job showed `running`, position 0, "
+        "in /queue_status until the scheduler was restarted; the jobs behind it did run.",
         "`python -m reliability --only kill-redis` (or `pytest tests/test_reliability.py -k finding_1`): "
         "submit 4 jobs, `kill -9` redis-server while the first runs, restart it (AOF on): 3 jobs end done, "
         "the first stays `running` (attempts 1) after 30 s.",
@@ -58,14 +58,18 @@ FINDINGS = (
         "Catch `OSError` from the store in the delete handlers (or in `_serve`) and answer "
         "`503 {\"error\": \"the library cannot be written: <strerror>\"}` with `Retry-After`, as for Redis.",
         ("library-readonly", "library-full"),
-        ("a delete on the broken library answers an error, not 500", "no 500 answer")),
+        ("a delete on the broken library answers an error, not 500", "no 500 answer"),
+        "Seen by this suite on 2026-11-25; fixed the same day: `_serve` answers an `OSError` from the "
+        "library with 503 and `Retry-After: 30`."),
     Finding(
         3, "No deadline for the request line and headers: a slow client holds a connection slot for ever",
         "frontend/server.py `RequestHandler.handle_one_request` / `parse_request`: only the socket timeout "
         "(idle time between two reads) bounds the request line and headers; `FRONTEND_BODY_DEADLINE` bounds "
         "only the body. A client sending a header byte every few seconds is never cut off (up to 100 "
         "headers of 64 KiB), so `FRONTEND_MAX_CONNECTIONS` (256) such clients deny service to everyone "
-        "(503 busy). With 60 of them the server still answers others at once (the slowloris scenario).",
+        "(503 busy). With 60 of them the server still answers others at once (the slowloris scenario); with "
+        "300 (the soak's connection-cap scenario) every slot is held and normal requests get 503 busy until "
+        "the slow clients choose to leave.",
         "`python -m reliability --only header-deadline`: one connection sends `GET /queue_status HTTP/1.1`, "
         "`Host`, then `X-Slow: ` and one byte a second; after 12 s (socket timeout and body deadline 5 s) "
         "it is still connected.",
@@ -73,7 +77,10 @@ FINDINGS = (
         "`FRONTEND_HEADER_DEADLINE`): record `time.monotonic()` when the request line starts and, before "
         "each header line is read, set `self.connection.settimeout(min(socket_timeout, remaining))`; answer "
         "408 and close when it is exceeded.",
-        ("header-deadline",), ("a client dribbling its headers is cut off within 12 s",)),
+        ("header-deadline",), ("a client dribbling its headers is cut off within 12 s",),
+        "Seen by this suite on 2026-11-25; fixed the same day: frontend/head_deadline.py gives every "
+        "request head `FRONTEND_HEAD_DEADLINE` (10 s) to arrive, then shuts the connection's reading side "
+        "and answers 408."),
     Finding(
         4, "DELETE /jobs/<id> of a folder that is no job answers `deleted: true` while nothing is deleted",
         "playground/library.py `LibraryStore._delete_job_locked` returns True whenever a folder named "
@@ -83,7 +90,9 @@ FINDINGS = (
         "`<uuid>.png` to a file outside; `DELETE /jobs/<uuid>` → `200 {\"deleted\": true}`, folder intact.",
         "Return True only when the index entry or at least one file was removed; the frontend then answers "
         "404 as for an unknown job.",
-        ("traversal",), ("DELETE /jobs/<a folder that is no job> says nothing was deleted",)),
+        ("traversal",), ("DELETE /jobs/<a folder that is no job> says nothing was deleted",),
+        "Seen by this suite on 2026-11-25; fixed the same day: `_delete_job_locked` returns True only when "
+        "the index entry, job.json or one of the job's images was removed."),
 )
 
 
@@ -104,7 +113,7 @@ def finding_state(finding: Finding, results: dict[str, ScenarioResult]) -> str:
 class SuiteRun:
     mode: str
     results: list[ScenarioResult]
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
     load_average: tuple[float, float, float] | None = None
     mounted: bool = False
@@ -149,7 +158,7 @@ def render(run: SuiteRun) -> str:
     add("")
     add("```sh")
     add("python -m reliability                      # the short suite (~3 min), rewrites this file")
-    add("python -m reliability --soak               # 1,000 prompts / 50 clients, 20,000 fuzzed requests ...")
+    add("python -m reliability --soak               # 1,000 prompts / 50 clients, 20,000 fuzzed requests, 300 slow clients")
     add("python -m reliability --only kill-redis    # one scenario (names in the table below)")
     add("pytest tests/test_reliability.py           # the short suite in CI, one test per scenario")
     add("```")
@@ -188,6 +197,18 @@ def render(run: SuiteRun) -> str:
         for route, values in sorted(load_result.http["latencies"].items()):
             add(f"| {route} | {len(values)} | {_ms(load_result.latency(route, 50))} | "
                 f"{_ms(load_result.latency(route, 99))} | {_ms(max(values) if values else None)} |")
+        add("")
+    if load_result and load_result.http:
+        cancel = load_result.latency("POST /jobs/{id}/cancel", 99)
+        status = load_result.latency("GET /queue_status", 99)
+        add("Observation (not a failure): with the whole load queued, `POST /jobs/<id>/cancel` had p99 "
+            f"{_ms(cancel)} ms and `GET /queue_status` p99 {_ms(status)} ms. Cancelling one job costs "
+            "the whole queue: frontend/api.py `cancel_job` calls `JobQueue.get`, which for a queued job "
+            "builds every unfinished job's position and ETA (`unfinished()`, one Lua call returning the "
+            "whole queue, decoded in Python) just to learn its state, so clearing a queue of N jobs is "
+            "O(N²). Reading the job's own hash (`HGETALL`) for the checks and leaving position/ETA to "
+            "`GET /jobs/<id>` would make a cancel O(1). /queue_status returns every queued job by "
+            "contract (the original API), so it grows with the queue by design.")
         add("")
     add("## Findings")
     add("")

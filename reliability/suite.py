@@ -22,12 +22,14 @@ log = logging.getLogger("reliability")
 
 PROFILES = {
     "short": {"prompts": 200, "clients": 20, "pollers": 3, "drain_secs": 10, "fuzz": 2000, "slow_clients": 60},
-    "soak": {"prompts": 1000, "clients": 50, "pollers": 5, "drain_secs": 60, "fuzz": 20000, "slow_clients": 200},
+    "soak": {"prompts": 1000, "clients": 50, "pollers": 5, "drain_secs": 60, "fuzz": 20000, "slow_clients": 200,
+             "connection_cap": True},
 }
 
 
 def scenarios(profile: dict) -> list[tuple[str, Callable[[Cluster], ScenarioResult]]]:
     """(name, run) in the order they run: faults first (they fill the library the others use)."""
+    soak_only = [("connection-cap", hostile.connection_cap)] if profile.get("connection_cap") else []
     return [
         ("kill-frontend", faults.kill_frontend),
         ("kill-scheduler", faults.kill_scheduler),
@@ -43,22 +45,24 @@ def scenarios(profile: dict) -> list[tuple[str, Callable[[Cluster], ScenarioResu
         ("oversized", hostile.oversized),
         ("slowloris", partial(hostile.slow_requests, slow_clients=profile["slow_clients"])),
         ("header-deadline", hostile.header_deadline),
+        *soak_only,
         ("script-prompt", hostile.script_prompt),
         ("api-token", hostile.api_token),
         ("canaries", hostile.canaries_survive),
     ]
 
 
-NAMES = [name for name, _ in scenarios(PROFILES["short"])]
+NAMES = [name for name, _ in scenarios(PROFILES["short"])]          # the short suite, in order
+ALL_NAMES = [name for name, _ in scenarios(PROFILES["soak"])]     # with the soak-only ones
 
 
 def run_suite(workdir: Path, cache_dir: Path, mode: str = "short", only: list[str] | None = None,
               say: Callable[[str], None] = print) -> SuiteRun:
     profile = PROFILES[mode]
     chosen = [(name, run) for name, run in scenarios(profile) if not only or name in only]
-    unknown = set(only or []) - set(NAMES)
+    unknown = set(only or []) - set(ALL_NAMES)
     if unknown:
-        raise ValueError(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(NAMES)}")
+        raise ValueError(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(ALL_NAMES)}")
     run = SuiteRun(mode=mode, results=[], load_average=os.getloadavg())
     started = time.monotonic()
     say(f"starting the stack in {workdir} ...")
@@ -69,13 +73,13 @@ def run_suite(workdir: Path, cache_dir: Path, mode: str = "short", only: list[st
             began = time.monotonic()
             try:
                 result = scenario(cluster)
-            except Exception as exc:  # the scenario broke: record it, repair the stack, go on
+            except Exception as exc:  # noqa: BLE001 - the scenario broke: record it, repair the stack, go on
                 result = ScenarioResult(name, "?", name, error=f"{exc.__class__.__name__}: {exc}")
                 result.seconds = round(time.monotonic() - began, 1)
                 log.error("scenario %s broke:\n%s\n%s", name, traceback.format_exc(), cluster.logs_tail())
                 try:
                     cluster.heal()
-                except Exception as heal_error:
+                except Exception as heal_error:  # noqa: BLE001 - reported, and the run ends here
                     say(f"could not repair the stack after {name}: {heal_error}")
                     run.results.append(result)
                     break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 import ml_dtypes
+import msgpack
 import numpy as np
 import pytest
 
@@ -106,6 +107,15 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not a flax msgpack checkpoint"):
         read_checkpoint(path)
     path.write_bytes(serialization.to_bytes({"a": np.ones(100, np.float32)})[:-50])
+    with pytest.raises(CheckpointError, match="not a readable msgpack checkpoint"):
+        read_checkpoint(path)
+    packer = msgpack.Packer(use_bin_type=True)
+    odd_dtype = packer.pack({"a": msgpack.ExtType(1, msgpack.packb(([2], "float99", b"12345678")))})
+    path.write_bytes(odd_dtype)
+    with pytest.raises(CheckpointError, match="not a readable msgpack checkpoint"):
+        read_checkpoint(path)
+    short_data = packer.pack({"a": msgpack.ExtType(1, msgpack.packb(([4], "float32", b"1234"), use_bin_type=True))})
+    path.write_bytes(short_data)
     with pytest.raises(CheckpointError, match="not a readable msgpack checkpoint"):
         read_checkpoint(path)
 

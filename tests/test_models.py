@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import huggingface_hub
+import jax
 from huggingface_hub import constants as hub_constants
 import numpy as np
 import pytest
@@ -136,10 +137,6 @@ def test_published_models_come_from_the_hub(model_cache_dir, tmp_path, monkeypat
 
     engine = load_engine("mini", cache)  # the tiny files, served as if they were mini's
     assert engine.model_name == "mini"
-    assert {leaf.dtype for leaf in _leaves(engine.params)} == {np.dtype("float32")}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(engine.params)} == {np.dtype("float32")}
     result = engine.generate(GenerationRequest("a blue star", 2, seed=3))
     assert len(result.images) == 2
-
-
-def _leaves(tree):
-    return [leaf for _, leaf in _flatten(tree)]

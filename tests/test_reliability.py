@@ -16,7 +16,7 @@ from reliability.suite import NAMES, run_suite
 
 pytestmark = pytest.mark.timeout(480)
 
-OPEN_FINDINGS = {2, 3, 4}   # remove a number once its xfail test below passes
+OPEN_FINDINGS: set[int] = set()   # a finding seen and not yet fixed: its test below is xfail(strict)
 
 
 def _excluded(name: str) -> set[str]:
@@ -135,8 +135,6 @@ def test_finding_1_redis_loss_mid_job_recovers_the_job(suite):
     assert all(result.passed(check) for check in finding.checks), result.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: a delete on a read-only or full library answers 500 "
-                   "(frontend/server.py _serve does not catch OSError from LibraryStore)")
 def test_finding_2_a_delete_on_a_broken_library_is_not_a_500(suite):
     results = [suite.by_name[name] for name in ("library-readonly", "library-full")]
     if all(r.skipped for r in results):
@@ -146,15 +144,11 @@ def test_finding_2_a_delete_on_a_broken_library_is_not_a_500(suite):
         assert result.passed("no 500 answer") is True, result.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: no deadline for the request line and headers "
-                   "(frontend/server.py handle_one_request): a slow client holds a slot for ever")
 def test_finding_3_a_client_dribbling_its_headers_is_cut_off(suite):
     result = ran(suite, "header-deadline")
     assert result.passed("a client dribbling its headers is cut off within 12 s") is True, result.figures
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: DELETE /jobs/<folder that is no job> answers deleted: true "
-                   "(playground/library.py _delete_job_locked)")
 def test_finding_4_deleting_a_folder_that_is_no_job_says_nothing_was_deleted(suite):
     result = ran(suite, "traversal")
     assert result.passed("DELETE /jobs/<a folder that is no job> says nothing was deleted") is True

@@ -25,9 +25,9 @@ from backend.engine.tokenizer import TextTokenizer
 from . import shapes_dataset, text_tokenizer
 
 EMPTY_PROMPT_SHARE = 0.15
-TEXT_VOCAB_SIZE = 320  # byte alphabet + specials + one merge per frequent word piece
+TEXT_VOCAB_SIZE = 400  # the 256 bytes, 5 specials, and merges enough for one token a word
 TEXT_LENGTH = 32  # the longest caption is about 16 tokens
-TWO_SHAPE_SCENES = 900  # random two-shape scenes encoded beside all one-shape scenes
+TWO_SHAPE_SCENES = 300  # random two-shape scenes encoded beside all 1,215 one-shape scenes
 ENCODE_BATCH = 8
 
 
@@ -86,8 +86,8 @@ def write_tokenizer(folder: Path, seed: int) -> TextTokenizer:
     return TextTokenizer.from_folder(folder)
 
 
-def train(out: Path, vqgan_dir: Path, steps: int, batch: int = 16, seed: int = 0, lr: float = 2e-3,
-          log_every: int = 50, save_every: int = 500) -> dict:
+def train(out: Path, vqgan_dir: Path, steps: int, batch: int = 16, seed: int = 0, lr: float = 3e-3,
+          log_every: int = 25, save_every: int = 100) -> dict:
     """Tokenizer, codes, then `steps` Adam steps; writes the model folder `out` (saved as it goes)."""
     started = time.monotonic()
     vqgan_config = vqgan.VQGANConfig.from_dict(json.loads((vqgan_dir / "config.json").read_text()))

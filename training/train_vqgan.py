@@ -30,8 +30,11 @@ CONFIG = VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=0, attn_reso
                      z_channels=32, embed_dim=16, n_embed=512, resolution=256)
 GRID = 16  # pixels per code: crops start on this grid so codes see what they see at 256
 COMMITMENT = 0.25
-EMA_DECAY = 0.95
-DEAD_CODE_USES = 0.03  # average uses per step below which a code is moved
+EMA_DECAY = 0.99
+DEAD_CODE_USES = 0.005  # average uses per step below which a code is moved
+# Shapes cover a small part of a picture: their pixels weigh this much more than the
+# background's, or the codebook spends itself on background and loses rare colours.
+SHAPE_WEIGHT = 10.0
 
 
 @dataclasses.dataclass
@@ -63,20 +66,20 @@ def reconstruct(params, cfg: VQGANConfig, images):
     return jnp.clip(decoded, 0.0, 1.0), flat, codes, chosen
 
 
-def _loss(trainable, codebook, cfg, images):
+def _loss(trainable, codebook, cfg, images, weights):
     params = {**trainable, "quantize": {"embedding": {"embedding": codebook}}}
     recon, flat, codes, chosen = reconstruct(params, cfg, images)
-    mse = jnp.mean(jnp.square(recon - images))
+    mse = jnp.mean(weights[..., None] * jnp.square(recon - images)) / jnp.mean(weights)
     commitment = jnp.mean(jnp.square(flat - jax.lax.stop_gradient(chosen)))
     return mse + COMMITMENT * commitment, (mse, flat, codes)
 
 
 def make_step(cfg: VQGANConfig, optimizer):
     @jax.jit
-    def step(state: State, images, key):
+    def step(state: State, images, weights, key):
         codebook = state.params["quantize"]["embedding"]["embedding"]
         trainable = {k: v for k, v in state.params.items() if k != "quantize"}
-        (_, (mse, flat, codes)), grads = jax.value_and_grad(_loss, has_aux=True)(trainable, codebook, cfg, images)
+        (_, (mse, flat, codes)), grads = jax.value_and_grad(_loss, has_aux=True)(trainable, codebook, cfg, images, weights)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
 
@@ -112,12 +115,15 @@ def _crops(rng: random.Random, images: np.ndarray, scenes_centres, size: int) ->
     return np.stack(out)
 
 
-def _batch(rng: random.Random, count: int, crop: int | None) -> np.ndarray:
+def _batch(rng: random.Random, count: int, crop: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images in [0, 1] and per-pixel loss weights (SHAPE_WEIGHT where a shape is)."""
     scenes = [shapes_dataset.random_scene(rng) for _ in range(count)]
-    images = np.stack([np.asarray(shapes_dataset.render(s)) for s in scenes])
+    images = shapes_dataset.render_all(scenes)
     if crop:
         images = _crops(rng, images, [[item.centre for item in s.items] for s in scenes], crop)
-    return images.astype(np.float32) / 255.0
+    backgrounds = np.array([shapes_dataset.BACKGROUNDS[s.background] for s in scenes], np.uint8)
+    on_shape = np.any(images != backgrounds[:, None, None, :], axis=-1)
+    return images.astype(np.float32) / 255.0, np.where(on_shape, SHAPE_WEIGHT, 1.0).astype(np.float32)
 
 
 def save(folder: Path, params) -> None:
@@ -126,28 +132,35 @@ def save(folder: Path, params) -> None:
     checkpoint.write_checkpoint(folder / "flax_model.msgpack", jax.tree_util.tree_map(np.asarray, params))
 
 
-def train(out: Path, phases: list[tuple[int | None, int, int]], seed: int = 0, lr: float = 1e-3,
-          log_every: int = 50) -> dict:
-    """Train through `phases` of (crop size or None for whole images, batch, steps); save to `out`."""
+def train(out: Path, phases: list[tuple[int | None, int, int, float]], seed: int = 0,
+          start_from: Path | None = None, log_every: int = 50) -> dict:
+    """Train through `phases` of (crop size or None for whole images, batch, steps, peak
+    learning rate), each with its own warm-up and cosine decay; save to `out` after each.
+
+    `start_from` (a saved VQGAN folder) replaces the random initial weights.
+    """
     rng = random.Random(seed)
-    params = vqgan.init_vqgan_params(CONFIG, jax.random.PRNGKey(seed))
-    optimizer = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, 200, sum(p[2] for p in phases), lr / 10))
-    trainable = {k: v for k, v in params.items() if k != "quantize"}
-    state = State(params, optimizer.init(trainable), jnp.ones(CONFIG.n_embed),
-                  params["quantize"]["embedding"]["embedding"])
+    if start_from is None:
+        params = vqgan.init_vqgan_params(CONFIG, jax.random.PRNGKey(seed))
+    else:
+        params = jax.tree_util.tree_map(jnp.asarray, checkpoint.read_checkpoint(start_from / "flax_model.msgpack"))
     key = jax.random.PRNGKey(seed + 1)
     started = time.monotonic()
     history = []
-    for crop, batch, steps in phases:
-        cfg = dataclasses.replace(CONFIG, resolution=crop or CONFIG.resolution)
-        step = make_step(cfg, optimizer)
+    for crop, batch, steps, lr in phases:
+        optimizer = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, min(200, steps // 5), steps, lr / 10))
+        trainable = {k: v for k, v in params.items() if k != "quantize"}
+        codebook = params["quantize"]["embedding"]["embedding"]
+        state = State(params, optimizer.init(trainable), jnp.ones(CONFIG.n_embed), codebook)
+        step = make_step(dataclasses.replace(CONFIG, resolution=crop or CONFIG.resolution), optimizer)
         for i in range(steps):
             key, sub = jax.random.split(key)
-            state, mse, used = step(state, _batch(rng, batch, crop), sub)
+            state, mse, used = step(state, *_batch(rng, batch, crop), sub)
             if i % log_every == 0 or i == steps - 1:
                 record = {"crop": crop or CONFIG.resolution, "step": i, "mse": float(mse), "codes_used": int(used),
                           "minutes": round((time.monotonic() - started) / 60, 2)}
                 history.append(record)
                 print(json.dumps(record), flush=True)
-        save(out, state.params)
+        params = state.params
+        save(out, params)
     return {"minutes": (time.monotonic() - started) / 60, "history": history}

@@ -176,7 +176,9 @@ def read_checkpoint(path: Path, expected_shapes: Mapping[str, tuple[int, ...]] |
         reader = _Reader(stream, expected_shapes, dtype_for, keep)
         try:
             tree = reader.read_tree()
-        except (msgpack.UnpackException, msgpack.OutOfData, msgpack.ExtraData) as error:
+        except CheckpointError:
+            raise
+        except (msgpack.UnpackException, ValueError, TypeError) as error:  # truncated, corrupt, bad dtype
             raise CheckpointError(f"{path} is not a readable msgpack checkpoint: {error}") from error
     if expected_shapes is not None:
         missing = sorted(set(expected_shapes) - reader.seen)

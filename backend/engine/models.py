@@ -49,7 +49,10 @@ PUBLISHED_MODELS = {
     "mega_full": PublishedModel("dalle-mini/dalle-mega", None, "float16"),
 }
 TINY = "tiny"
-MODEL_CHOICES = (TINY, *PUBLISHED_MODELS)
+# A small model trained on flat shapes (`python -m training`), shipped in the package.
+DEMO = "demo"
+DEMO_FOLDER = Path(__file__).resolve().parent / "demo_model"
+MODEL_CHOICES = (DEMO, TINY, *PUBLISHED_MODELS)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -72,6 +75,8 @@ class ModelFiles:
 def resolve_model(model: str, cache_dir: Path) -> ModelFiles:
     """Find (download, or generate) the files of `model`: a name in MODEL_CHOICES or a folder."""
     cache_dir = Path(cache_dir)
+    if model == DEMO:
+        return ModelFiles(DEMO, DEMO_FOLDER / "dalle", DEMO_FOLDER / VQGAN_SUBFOLDER, None)
     if model == TINY:
         folder = ensure_tiny_model(cache_dir)
         return ModelFiles(TINY, folder, folder / VQGAN_SUBFOLDER, None)
