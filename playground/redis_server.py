@@ -42,10 +42,14 @@ class RedisServer:
     """A redis-server child process bound to loopback, with append-only persistence in `data_dir`."""
 
     def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True):
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server changes into it before opening its log
         self.port = port or free_port()
         self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis-server.log"
 
     @property
     def url(self) -> str:
@@ -62,8 +66,10 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--save", "",
             "--protected-mode", "yes",
+            # A file, not a pipe: nobody reads a pipe, and a full one would stall the server.
+            "--logfile", str(self.log_path),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:
@@ -73,8 +79,9 @@ class RedisServer:
                     return self
             except (redis.ConnectionError, redis.BusyLoadingError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
-                    raise RuntimeError(f"redis-server did not start on port {self.port}:\n{output}")
+                    self.kill()
+                    log = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+                    raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}") from None
                 time.sleep(0.02)
             finally:
                 client.close()
@@ -93,8 +100,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process and self.process.stdout:
-            self.process.stdout.close()
 
     def __enter__(self) -> "RedisServer":
         return self.start()

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from backend.engine import checkpoint
-from backend.engine.checkpoint import CheckpointError, read_checkpoint, tree_shapes, write_checkpoint
+from backend.engine.checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    tree_shapes,
+    write_checkpoint,
+)
 
 serialization = pytest.importorskip("flax.serialization")
 

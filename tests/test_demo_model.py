@@ -30,8 +30,8 @@ def engine(tmp_path_factory):
     return load_engine(DEMO, tmp_path_factory.mktemp("cache"))
 
 
-def test_demo_model_ships_the_official_files_and_is_small():
-    files = resolve_model(DEMO, cache_dir=DEMO_FOLDER)  # no cache is used: nothing is fetched
+def test_demo_model_ships_the_official_files_and_is_small(tmp_path):
+    files = resolve_model(DEMO, cache_dir=tmp_path)
     assert sorted(p.name for p in files.dalle_dir.iterdir()) == sorted(DALLE_FILES)
     assert sorted(p.name for p in files.vqgan_dir.iterdir()) == sorted(VQGAN_FILES)
     total = sum(p.stat().st_size for folder in (files.dalle_dir, files.vqgan_dir) for p in folder.iterdir())
@@ -44,9 +44,10 @@ def test_demo_model_ships_the_official_files_and_is_small():
     checkpoint.read_checkpoint(files.dalle_dir / "flax_model.msgpack", dallebart.expected_param_shapes(config))
 
 
-def test_classifier_reads_every_one_shape_scene():
+def test_classifier_reads_one_shape_scenes():
     every_pair = [(c, s) for c in shapes_dataset.COLOURS for s in shapes_dataset.SHAPES]
-    for scene in shapes_dataset.single_shape_scenes(every_pair):
+    # Every 7th of the 1,458 scenes: 7 is prime to the 9 places and 3 sizes, so all occur.
+    for scene in shapes_dataset.single_shape_scenes(every_pair)[::7]:
         item = scene.items[0]
         assert evaluate.classify(shapes_dataset.render(scene)) == (item.colour, item.shape), scene
 

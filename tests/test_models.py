@@ -8,12 +8,17 @@ from pathlib import Path
 
 import huggingface_hub
 import jax
-from huggingface_hub import constants as hub_constants
 import numpy as np
 import pytest
+from huggingface_hub import constants as hub_constants
 
-from backend.engine import CheckpointError, GenerationRequest, ModelUnavailableError, load_engine
-from backend.engine import models
+from backend.engine import (
+    CheckpointError,
+    GenerationRequest,
+    ModelUnavailableError,
+    load_engine,
+    models,
+)
 from backend.engine.dallebart import DalleBartConfig, expected_param_shapes
 
 serialization = pytest.importorskip("flax.serialization")

@@ -27,7 +27,10 @@ from . import shapes_dataset, text_tokenizer
 EMPTY_PROMPT_SHARE = 0.15
 TEXT_VOCAB_SIZE = 400  # the 256 bytes, 5 specials, and merges enough for one token a word
 TEXT_LENGTH = 32  # the longest caption is about 16 tokens
-TWO_SHAPE_SCENES = 300  # random two-shape scenes encoded beside all 1,215 one-shape scenes
+# Scenes encoded once for the whole run (the VQGAN encoder is the slow part of preparing):
+# a random share of the 1,215 one-shape scenes and random two-shape ones.
+ONE_SHAPE_SCENES = 800
+TWO_SHAPE_SCENES = 250
 ENCODE_BATCH = 8
 
 
@@ -73,7 +76,7 @@ def training_scenes(seed: int) -> list[shapes_dataset.Scene]:
         scene = shapes_dataset.random_scene(rng)
         if len(scene.items) == 2:
             two.append(scene)
-    return shapes_dataset.single_shape_scenes() + two
+    return rng.sample(shapes_dataset.single_shape_scenes(), ONE_SHAPE_SCENES) + two
 
 
 def write_tokenizer(folder: Path, seed: int) -> TextTokenizer:
@@ -103,7 +106,7 @@ def train(out: Path, vqgan_dir: Path, steps: int, batch: int = 16, seed: int = 0
 
     params = jax.tree_util.tree_map(jnp.asarray, dallebart.random_params(config, seed))
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, lr, 200, steps, lr / 20), weight_decay=0.01))
+        optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 5), steps, lr / 20), weight_decay=0.01))
     opt_state = optimizer.init(params)
 
     @jax.jit

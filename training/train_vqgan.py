@@ -25,8 +25,10 @@ from backend.engine.vqgan import VQGANConfig
 from . import shapes_dataset
 
 # No attention at the 16×16 level: crops move that level to another depth, and the
-# parameter tree must not depend on the crop size.
-CONFIG = VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=0, attn_resolutions=(),
+# parameter tree must not depend on the crop size. 64 channels, not 32: with GroupNorm's 32
+# groups, one channel a group normalises each channel on its own, which erases the flat
+# colours these pictures are made of; two a group keep them as differences.
+CONFIG = VQGANConfig(ch=64, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=0, attn_resolutions=(),
                      z_channels=32, embed_dim=16, n_embed=512, resolution=256)
 GRID = 16  # pixels per code: crops start on this grid so codes see what they see at 256
 COMMITMENT = 0.25

@@ -17,12 +17,12 @@ from .generator import (
 from .models import MODEL_CHOICES, ModelUnavailableError
 
 __all__ = [
+    "MODEL_CHOICES",
     "CheckpointError",
     "Engine",
     "GenerationCancelled",
     "GenerationRequest",
     "GenerationResult",
-    "MODEL_CHOICES",
     "ModelUnavailableError",
     "load_engine",
 ]

@@ -10,8 +10,8 @@ arrives, so host memory peaks near the size of the result, not twice the file.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import ml_dtypes
 import msgpack

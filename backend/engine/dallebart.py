@@ -68,7 +68,7 @@ class DalleBartConfig:
     pad_token_id: int = 16385
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DalleBartConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DalleBartConfig:
         """Read an official `config.json`; refuse options this implementation lacks."""
         for key, required in _REQUIRED_OPTIONS.items():
             if key in data and data[key] != required:

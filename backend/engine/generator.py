@@ -3,7 +3,7 @@
 One request is one batched pass: B images give rows [B, 2] (conditional, unconditional).
 The encoder runs once on the two distinct rows (the prompt and the empty prompt), and the
 cross-attention keys/values of those two rows are computed once and shared by all images.
-The 256 decoding steps run as jitted chunks of `CHUNK_STEPS` steps (a `fori_loop` each)
+The 256 decoding steps run as jitted chunks of `CHUNK_STEPS` steps (a loop with run-time bounds)
 from a host loop that reports progress and checks for cancellation between chunks, with
 one chunk always queued ahead so the device never waits for the host.
 
@@ -21,8 +21,8 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ class GenerationRequest:
     def validate(self, max_images: int = MAX_IMAGES) -> None:
         """Raise ValueError naming the first bad field."""
         if not isinstance(self.text, str):
-            raise ValueError("text must be a string")
+            raise ValueError("text must be a string")  # noqa: TRY004 - every bad field is a ValueError
         if not _is_int(self.num_images) or not 1 <= self.num_images <= max_images:
             raise ValueError(f"num_images must be an integer from 1 to {max_images}")
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
@@ -179,7 +179,7 @@ class Engine:
         self.params = jax.device_put(dallebart.unstack_layers(params), self._replicated)
         self.vqgan_params = jax.device_put(vqgan_params, self._replicated)
         self.cache_dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        self._programs: dict[tuple[int, int], _Programs] = {}
+        self._programs: dict[int, _Programs] = {}
         # On a CPU the VQGAN runs fastest two images at a time (larger batches leave the
         # caches); an accelerator takes four per device.
         on_cpu = self.devices[0].platform == "cpu"
@@ -225,12 +225,11 @@ class Engine:
         }
         return cross_kv, state
 
-    def _chunk_fn(self, params, cross_kv, encoder_mask, state, start, sampling, steps):
+    def _chunk_fn(self, params, cross_kv, encoder_mask, state, start, stop, sampling):
         config = self.config
         shardings = self._state_shardings()
 
-        def step(i, state):
-            position = start + i
+        def step(position, state):
             tokens = jnp.broadcast_to(state["tokens"][:, None], (state["tokens"].shape[0], 2))
             logits, cache = dallebart.decode_step(params, config, tokens, position, state["cache"],
                                                   cross_kv, encoder_mask)
@@ -240,7 +239,8 @@ class Engine:
             new = {"cache": cache, "tokens": next_tokens, "codes": codes, "keys": state["keys"]}
             return jax.lax.with_sharding_constraint(new, shardings)
 
-        state = jax.lax.fori_loop(0, steps, step, state)
+        # Run-time bounds: one program serves any chunk length, and XLA cannot unroll it.
+        state = jax.lax.fori_loop(start, stop, step, state)
         # A small separate output the host can wait on while the state is donated onward.
         return state, state["tokens"] + 0
 
@@ -249,7 +249,7 @@ class Engine:
 
         return decode_codes(vqgan_params, self.vqgan_config, codes)
 
-    def _compile(self, num_images: int, steps: int) -> _Programs:
+    def _compile(self, num_images: int) -> _Programs:
         batch = self.padded_batch(num_images)
         config = self.config
         text = jax.ShapeDtypeStruct((2, config.max_text_length), jnp.int32, sharding=self._replicated)
@@ -261,10 +261,10 @@ class Engine:
         scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=self._replicated)
         sampling = {"top_k": scalar(jnp.int32), "top_p": scalar(jnp.float32),
                     "temperature": scalar(jnp.float32), "condition_scale": scalar(jnp.float32)}
-        chunk = jax.jit(self._chunk_fn, static_argnames="steps", donate_argnames="state",
+        chunk = jax.jit(self._chunk_fn, donate_argnames="state",
                         out_shardings=(self._state_shardings(), self._batch_sharding(1)))
-        chunk = chunk.lower(self.params, cross_kv, text, state, scalar(jnp.int32), sampling,
-                            steps=steps).compile()
+        chunk = chunk.lower(self.params, cross_kv, text, state, scalar(jnp.int32), scalar(jnp.int32),
+                            sampling).compile()
         return _Programs(prepare, chunk)
 
     def _vqgan_pieces(self, num_images: int) -> list[int]:
@@ -291,18 +291,17 @@ class Engine:
             pieces.append(np.asarray(pixels)[:len(piece)])
         return np.concatenate(pieces)
 
-    def programs(self, num_images: int, steps: int | None = None) -> _Programs:
+    def programs(self, num_images: int) -> _Programs:
         """The compiled programs for this batch size (compiled now if warm_up did not)."""
-        steps = steps or self.chunk_steps
-        slot = (self.padded_batch(num_images), steps)
-        if slot not in self._programs:
+        batch = self.padded_batch(num_images)
+        if batch not in self._programs:
             started = time.monotonic()
-            self._programs[slot] = self._compile(num_images, steps)
-            log.info("compiled batch %d (%d steps a chunk) in %.1f s", slot[0], steps, time.monotonic() - started)
-        return self._programs[slot]
+            self._programs[batch] = self._compile(num_images)
+            log.info("compiled batch %d in %.1f s", batch, time.monotonic() - started)
+        return self._programs[batch]
 
     @property
-    def compiled_batches(self) -> list[tuple[int, int]]:
+    def compiled_batches(self) -> list[int]:
         return sorted(self._programs)
 
     def warm_up(self, batch_sizes=(2, 4, 6, 8)) -> None:
@@ -326,7 +325,7 @@ class Engine:
                        steps_per_chunk: int | None = None) -> tuple[np.ndarray, int, dict]:
         """Image tokens only: codes int32 [num_images, 256], the seed used, the sampling values.
 
-        `steps_per_chunk` overrides the chunk length (the benchmark compares one 256-step loop).
+        `steps_per_chunk` overrides the chunk length (the benchmark compares one 256-step call).
         """
         request.validate()
         with self._lock:
@@ -336,7 +335,7 @@ class Engine:
     def _generate_codes(self, request, on_progress, cancel, steps_per_chunk):
         seed = request.seed or random_seed()
         sampling = request.sampling()
-        programs = self.programs(request.num_images, steps_per_chunk)
+        programs = self.programs(request.num_images)
         steps = steps_per_chunk or self.chunk_steps
         batch = self.padded_batch(request.num_images)
         input_ids, attention_mask = self.encode_text(request.text)
@@ -353,9 +352,10 @@ class Engine:
         for start in range(0, total, steps):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled()
+            stop = min(start + steps, total)
             state, marker = programs.chunk(self.params, cross_kv, encoder_mask, state, put(np.int32(start)),
-                                           device_sampling)
-            in_flight.append((start + steps, marker))
+                                           put(np.int32(stop)), device_sampling)
+            in_flight.append((stop, marker))
             if len(in_flight) > 1:
                 self._report(in_flight.pop(0), on_progress, total)
         while in_flight:
