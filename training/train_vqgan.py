@@ -3,8 +3,10 @@
 Loss: mean squared reconstruction error plus a commitment term; the codebook follows the
 encoder by exponential moving averages (no gradient), and codes nobody used for a while are
 moved onto random encoder outputs, so the whole codebook stays in use. The network is fully
-convolutional with attention only in its middle block, so it trains mostly on 64×64 crops
-(one sixteenth of the work) and finishes with a short phase on whole 256×256 images.
+convolutional with attention only in its middle block, so it trains first on 64×64 crops
+(one sixteenth of the work), then on whole 256×256 pictures, whose statistics the group
+norms and the middle attention must see. `finetune_decoder` later sharpens the decoder
+alone, once codes made with the encoder are in use.
 """
 from __future__ import annotations
 
@@ -165,4 +167,40 @@ def train(out: Path, phases: list[tuple[int | None, int, int, float]], seed: int
                 print(json.dumps(record), flush=True)
         params = state.params
         save(out, params)
+    return {"minutes": (time.monotonic() - started) / 60, "history": history}
+
+
+def finetune_decoder(folder: Path, steps: int, lr: float = 5e-4, seed: int = 3, log_every: int = 50) -> dict:
+    """Train only the decoder side (post_quant_conv, decoder) of the VQGAN saved in `folder`.
+
+    The encoder and codebook stay fixed, so codes computed before (the DalleBart's training
+    data) keep their meaning while the pictures drawn from them get sharper.
+    """
+    params = jax.tree_util.tree_map(jnp.asarray, checkpoint.read_checkpoint(folder / "flax_model.msgpack"))
+    decoder_side = ("post_quant_conv", "decoder")
+    fixed = {k: v for k, v in params.items() if k not in decoder_side}
+    trained = {k: params[k] for k in decoder_side}
+    optimizer = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 5), steps, lr / 10))
+    opt_state = optimizer.init(trained)
+
+    def loss(trained, images, weights):
+        recon = reconstruct({**fixed, **trained}, CONFIG, images)[0]
+        return jnp.mean(weights[..., None] * jnp.square(recon - images)) / jnp.mean(weights)
+
+    @jax.jit
+    def step(trained, opt_state, images, weights):
+        value, grads = jax.value_and_grad(loss)(trained, images, weights)
+        updates, opt_state = optimizer.update(grads, opt_state, trained)
+        return optax.apply_updates(trained, updates), opt_state, value
+
+    rng = random.Random(seed)
+    started = time.monotonic()
+    history = []
+    for i in range(steps):
+        trained, opt_state, value = step(trained, opt_state, *_batch(rng, 1, None))
+        if i % log_every == 0 or i == steps - 1:
+            record = {"decoder_step": i, "mse": float(value), "minutes": round((time.monotonic() - started) / 60, 2)}
+            history.append(record)
+            print(json.dumps(record), flush=True)
+    save(folder, {**fixed, **trained})
     return {"minutes": (time.monotonic() - started) / 60, "history": history}
