@@ -227,11 +227,15 @@ def _library_storage_fault(cluster: Cluster, kind: str) -> ScenarioResult:
             result.check("it fails with the reason", body.get("status") == "failed"
                          and expected in (body.get("error") or ""), f"{body.get('status')} {body.get('error')}")
             if image:
-                response = client.request("DELETE", "/" + image, "DELETE /library/{id}/{image}.png (broken disk)")
+                # 503 with Retry-After is the documented answer while the library cannot be written.
+                response = client.request("DELETE", "/" + image, "DELETE /library/{id}/{image}.png (broken disk)",
+                                          expect_5xx=True)
                 status = getattr(response, "status_code", None)
                 result.figures["delete while broken"] = f"{status} {response.text[:120] if response is not None else ''}"
                 result.check("a delete on the broken library answers an error, not 500",
                              status is not None and status != 500 and status >= 400, f"answered {status}")
+                result.check("that error is 503 with Retry-After", status == 503
+                             and response.headers.get("Retry-After") is not None, f"answered {status}")
             listed = client.request("GET", "/getlibrary", "GET /getlibrary (broken disk)")
             result.check("the library is still listed", listed is not None and listed.status_code == 200,
                          f"{getattr(listed, 'status_code', None)}")

@@ -152,7 +152,7 @@ def render(run: SuiteRun) -> str:
         f"{sys.version.split()[0]}, JAX on CPU.")
     add(f"- Library on its own tmpfs: {'yes' if run.mounted else 'no (' + str(run.mount_refused) + ')'}.")
     add(f"- Outcome: {ok} of {len(run.results)} scenarios passed every check"
-        f"{f', {skipped} skipped' if skipped else ''}; the failed checks are the open findings below.")
+        f"{f', {skipped} skipped' if skipped else ''}; a failed check is an open finding (below).")
     add("")
     add("## How to rerun")
     add("")
@@ -171,7 +171,7 @@ def render(run: SuiteRun) -> str:
     add("")
     add("A job is *lost* when it is neither done (with its images in the library), failed with a reason, "
         "cancelled, queued nor running. *5xx* counts every answer ≥ 500 the frontend gave during the "
-        "scenario, except 503 while Redis is down (documented) and 501 to methods HTTP does not define "
+        "scenario, except 503 while Redis is down or the library cannot be written (documented) and 501 to methods HTTP does not define "
         "for this server.")
     add("")
     add("| scenario | what | result | submitted | done | failed | cancelled | queued | running | lost "
@@ -201,20 +201,18 @@ def render(run: SuiteRun) -> str:
     if load_result and load_result.http:
         cancel = load_result.latency("POST /jobs/{id}/cancel", 99)
         status = load_result.latency("GET /queue_status", 99)
-        add("Observation (not a failure): with the whole load queued, `POST /jobs/<id>/cancel` had p99 "
-            f"{_ms(cancel)} ms and `GET /queue_status` p99 {_ms(status)} ms. Cancelling one job costs "
-            "the whole queue: frontend/api.py `cancel_job` calls `JobQueue.get`, which for a queued job "
-            "builds every unfinished job's position and ETA (`unfinished()`, one Lua call returning the "
-            "whole queue, decoded in Python) just to learn its state, so clearing a queue of N jobs is "
-            "O(N²). Reading the job's own hash (`HGETALL`) for the checks and leaving position/ETA to "
-            "`GET /jobs/<id>` would make a cancel O(1). /queue_status returns every queued job by "
-            "contract (the original API), so it grows with the queue by design.")
+        add("Observation: with the whole load queued, `POST /jobs/<id>/cancel` had p99 "
+            f"{_ms(cancel)} ms and `GET /queue_status` p99 {_ms(status)} ms. A cancel reads only the "
+            "job's own hash (`JobQueue.record`); before 2026-11-25 it built every queued job's position "
+            "and ETA, so clearing a queue of N jobs was O(N²) (p99 1,161 ms at 1,000 jobs). "
+            "/queue_status returns every queued job by contract (the original API), so it grows with "
+            "the queue by design.")
         add("")
     add("## Findings")
     add("")
-    add("Bugs this suite found in the services. They are not fixed by the suite (other people own those "
-        "files); each has a test in `tests/test_reliability.py` marked `xfail(strict=True)` that starts "
-        "passing — and so fails as XPASS until the marker is removed — once it is fixed.")
+    add("Bugs this suite found in the services, each with its test in `tests/test_reliability.py`. "
+        "While a finding is open its test is marked `xfail(strict=True)`, so fixing it fails the run "
+        "(XPASS) until the marker is removed; the state in this run is given for each.")
     add("")
     results = run.by_name
     for finding in FINDINGS:
