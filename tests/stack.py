@@ -42,9 +42,6 @@ class Stack:
             service.stop()
         self.redis.stop()
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {s.module} ---\n{s.log_tail(2000)}" for s in (self.backend, self.scheduler, self.frontend))
-
     def __enter__(self) -> "Stack":
         try:
             return self.start()
