@@ -488,8 +488,9 @@ def slow_requests(cluster: Cluster, slow_clients: int = 60, hold_secs: float = 8
 
 
 def connection_cap(cluster: Cluster, slow_clients: int = 300, hold_secs: float = 10.0) -> ScenarioResult:
-    """More header-dribbling connections than FRONTEND_MAX_CONNECTIONS (256): what finding 3 costs.
-    A figure more than a check: a normal client is refused (503 busy) while every slot is held."""
+    """More header-dribbling connections than FRONTEND_MAX_CONNECTIONS (256), the cost finding 3
+    had: a normal client is refused (503 busy) while every slot is held, until the head deadline
+    frees them. A figure more than a check."""
     result = ScenarioResult("connection-cap", "hostile",
                             f"{slow_clients} connections (more than the 256 allowed at once) sending their "
                             f"headers a byte a second for {hold_secs:.0f} s, while a normal client polls")
