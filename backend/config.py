@@ -10,7 +10,7 @@ from playground.settings import get_float, get_int, get_list, get_str
 
 @dataclass(frozen=True)
 class Config:
-    model: str = "tiny"
+    model: str = "demo"
     cache_dir: Path = Path("cache")
     host: str = "127.0.0.1"
     port: int = 8080

@@ -52,9 +52,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
 
 
 def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank percentile: the smallest value with at least q % of the values at or below it."""
     if not values:
         return None
-    """The nearest-rank percentile: the smallest value with at least q % of the values at or below it."""
     ordered = sorted(values)
     rank = math.ceil(q / 100 * len(ordered))
     return ordered[min(len(ordered), max(1, rank)) - 1]

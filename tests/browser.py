@@ -21,7 +21,7 @@ import pytest
 
 from playground.library import LibraryStore
 
-SCREENSHOT_DIR = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
@@ -80,16 +80,16 @@ def page(browser):
     assert not problems, problems
 
 
-def save_screenshots(page, name: str) -> list[Path]:
+def save_screenshots(page, name: str, folder: Path) -> list[Path]:
     """The current page in light and dark, at desktop and phone width:
-    docs/screenshots/<name>-<light|dark>-<desktop|phone>.png."""
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    <folder>/<name>-<light|dark>-<desktop|phone>.png."""
+    folder.mkdir(parents=True, exist_ok=True)
     saved = []
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
         for device, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
             page.set_viewport_size(viewport)
-            path = SCREENSHOT_DIR / f"{name}-{scheme}-{device}.png"
+            path = folder / f"{name}-{scheme}-{device}.png"
             if device == "phone":  # a phone screen shows little: take up to three of them
                 height = min(page.evaluate("document.documentElement.scrollHeight"), 3 * PHONE["height"])
                 page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": 0, **PHONE, "height": height},

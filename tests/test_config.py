@@ -25,6 +25,11 @@ def test_backend_config_from_env():
     assert (config.model, config.cache_dir, config.port, config.warm_up_batch_sizes) == ("mini", Path("c"), 9090, (2, 8))
 
 
+def test_the_demo_model_is_the_default():
+    # It ships in the repository: with nothing configured, the playground draws without a download.
+    assert BackendConfig.from_env({}).model == "demo"
+
+
 @pytest.mark.parametrize("env", [{"BACKEND_PORT": "eighty"}, {"BACKEND_WARMUP_BATCH_SIZES": "2,x"}])
 def test_bad_backend_settings_are_named(env):
     name = next(iter(env))

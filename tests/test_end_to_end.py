@@ -1,6 +1,7 @@
-"""The walking skeleton: the launcher starts the four real processes; the original API's
-example request goes through frontend → Redis → scheduler → backend (tiny model) → library;
-Ctrl-C stops everything and leaves no process behind."""
+"""The walking skeleton: the launcher starts the four real processes with its default model
+(the demo model); the original API's example request goes through frontend → Redis →
+scheduler → backend → library, and a prompt in the demo model's words comes back as the
+pictures it names; Ctrl-C stops everything and leaves no process behind."""
 from __future__ import annotations
 
 import io
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from playground.redis_server import free_port
+from training import evaluate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,13 +59,13 @@ def launcher(tmp_path, model_cache_dir):
         "LOCAL_DATA_DIR": str(tmp_path / "data"),
         "LIBRARY_DIR": str(tmp_path / "library"),
         "MODEL_CACHE_DIR": str(model_cache_dir),
-        "DALLE_MODEL": "tiny",
-        "BACKEND_WARMUP_BATCH_SIZES": "6",
+        "BACKEND_WARMUP_BATCH_SIZES": "4,6",
         "FRONTEND_PORT": str(frontend_port),
         "BACKEND_PORT": str(backend_port),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("REDIS_URL", None)
+    env.pop("DALLE_MODEL", None)
     log_path = tmp_path / "launcher.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "playground"], env=env, cwd=tmp_path,
@@ -95,12 +97,12 @@ def test_prompt_goes_end_to_end_and_ctrl_c_cleans_up(launcher):
     queued = json.loads(body)
     assert any(item["queue_id"] == queue_id and item["num_images"] == 6 for item in queued) or not queued
 
-    def finished_entry():
+    def finished_entry(queue_id):
         status, body = http("GET", base + "/getlibrary")
         entries = [e for e in json.loads(body) if e["queue_id"] == queue_id] if status == 200 else []
         return entries[0] if entries else None
 
-    entry = wait_for(finished_entry, 240, "the job in /getlibrary", log_path)
+    entry = wait_for(lambda: finished_entry(queue_id), 240, "the job in /getlibrary", log_path)
     assert entry["text_prompt"].startswith("the red squirrel")
     assert entry["seed"] == 12345 and entry["num_images"] == 6
     assert isinstance(entry["creation_unixtime"], float) and entry["process_time_secs"] > 0
@@ -110,9 +112,17 @@ def test_prompt_goes_end_to_end_and_ctrl_c_cleans_up(launcher):
         status, data = http("GET", f"{base}/{url}")
         assert status == 200
         image = Image.open(io.BytesIO(data))
-        assert image.format == "PNG" and image.size == (256, 256)
+        assert image.format == "PNG" and image.size == (128, 128)  # the demo model's pictures
     library_json = json.loads((workdir / "library" / "library.json").read_text())
     assert any(e["queue_id"] == queue_id for e in library_json)
+
+    status, body = http("POST", base + "/prompt", {"text": "a blue square on a white background",
+                                                     "num_images": 4, "seed": 7})
+    assert status == 200, body
+    entry = wait_for(lambda: finished_entry(json.loads(body)["queue_id"]), 120, "the demo prompt", log_path)
+    drawn = [evaluate.classify(Image.open(io.BytesIO(http("GET", f"{base}/{url}")[1])).convert("RGB"))
+             for url in entry["generated_images"]]
+    assert sum(found == ("blue", "square") for found in drawn) >= 3, drawn
     assert json.loads(http("GET", base + "/queue_status")[1]) == []
 
     process.send_signal(signal.SIGINT)

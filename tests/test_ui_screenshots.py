@@ -1,16 +1,24 @@
 """Screenshots of every page, light and dark, desktop and phone, taken from the real stack
-while a job is generating: docs/screenshots/<page>-<scheme>-<device>.png."""
+while a job is generating: <page>-<scheme>-<device>.png in a temporary folder, or in
+docs/screenshots with UPDATE_SCREENSHOTS=1 (so that a test run leaves the tree alone)."""
 from __future__ import annotations
+
+import os
 
 import pytest
 from playwright.sync_api import expect
 
-from browser import SCREENSHOT_DIR, save_screenshots, submit_prompt
+from browser import DOCS_SCREENSHOTS, save_screenshots, submit_prompt
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 
-def test_screenshots_of_every_page(page, ui_stack):
+@pytest.fixture
+def screenshot_dir(tmp_path):
+    return DOCS_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+
+
+def test_screenshots_of_every_page(page, ui_stack, screenshot_dir):
     page.goto(ui_stack.frontend_url)
     submit_prompt(page, "a fox in a snowy forest, digital art", num_images=4, seed=7)
     finished = submit_prompt(page, "a watercolor painting of a lighthouse at dawn", num_images=4, seed=2024)
@@ -23,22 +31,22 @@ def test_screenshots_of_every_page(page, ui_stack):
     page.wait_for_function("() => document.querySelector('#queue .queue-item.running progress')?.value > 0",
                            timeout=60_000)
     page.fill("#text", "")
-    saved = save_screenshots(page, "create")
+    saved = save_screenshots(page, "create", screenshot_dir)
 
     page.goto(f"{ui_stack.frontend_url}/advanced.html?text=a+fox+in+a+snowy+forest&num_images=6&seed=7"
               "&gen_top_k=64&gen_top_p=0.9&temperature=0.8&condition_scale=5")
-    saved += save_screenshots(page, "advanced")
+    saved += save_screenshots(page, "advanced", screenshot_dir)
 
     page.goto(f"{ui_stack.frontend_url}/library.html")
     entry = page.locator(f'article.job[data-queue-id="{finished}"]')
     expect(entry).to_be_visible()
     page.wait_for_function("() => [...document.querySelectorAll('.thumb img')].slice(0, 4)"
                            ".every(img => img.complete && img.naturalWidth > 0)")
-    saved += save_screenshots(page, "library")
+    saved += save_screenshots(page, "library", screenshot_dir)
 
     entry.locator(".thumb").first.click()
     expect(page.locator("dialog.viewer[open] img")).to_be_visible()
-    page.screenshot(path=str(SCREENSHOT_DIR / "viewer-light-desktop.png"))
+    page.screenshot(path=str(screenshot_dir / "viewer-light-desktop.png"))
     page.keyboard.press("Escape")
 
     for queue_id in unfinished:

@@ -1,9 +1,10 @@
 """Read a generated picture back: its main shape's colour and kind, and scores over prompts.
 
 The background is the median colour of the image border; the main shape is the largest
-connected region of pixels far from it, named after the nearest palette colour. Its kind
-comes from how much of its bounding box it fills: a square about all of it, a circle
-π/4 ≈ 0.79, an upright triangle one half.
+connected region of pixels far from it, named after the nearest palette colour. Its outline
+is where a pixel is nearer that colour than the background (half way, so a soft edge counts
+as much as it shows). Its kind comes from how much of its bounding box it fills: a square
+about all of it, a circle π/4 ≈ 0.79, an upright triangle one half.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .shapes_dataset import COLOURS
 
 _BORDER = 8
 _FOREGROUND_DISTANCE = 70  # RGB distance from the background (purple on gray is 94 away)
-_MIN_PIXELS = 300  # a smaller region is no shape (the smallest one drawn has 2,800 pixels)
+_MIN_PIXELS = 300  # a smaller region is no shape (the smallest one drawn has about 500 pixels)
 _SQUARE_FILL, _CIRCLE_FILL = 0.89, 0.64  # fill ratios above which a region is a square / circle
 
 
@@ -34,11 +35,16 @@ def classify(image) -> tuple[str | None, str | None]:
     largest = regions == 1 + int(np.argmax(sizes))
     if largest.sum() < _MIN_PIXELS:
         return None, None
-    colour = list(COLOURS)[int(np.bincount(nearest[largest], minlength=len(palette)).argmax())]
-    rows, cols = np.nonzero(largest)
-    fill = largest.sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))
-    shape = "square" if fill > _SQUARE_FILL else "circle" if fill > _CIRCLE_FILL else "triangle"
-    return colour, shape
+    index = int(np.bincount(nearest[largest], minlength=len(palette)).argmax())
+    nearer = ((pixels - palette[index]) ** 2).sum(-1) < ((pixels - background) ** 2).sum(-1)
+    outlines, _ = ndimage.label(nearer)
+    overlap = np.bincount(outlines[largest], minlength=2)
+    overlap[0] = 0
+    shape = outlines == int(overlap.argmax())
+    rows, cols = np.nonzero(shape)
+    fill = shape.sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))
+    kind = "square" if fill > _SQUARE_FILL else "circle" if fill > _CIRCLE_FILL else "triangle"
+    return list(COLOURS)[index], kind
 
 
 def match_rate(engine, colour: str, shape: str, seeds, batch: int = 8, **sampling) -> dict:

@@ -2,7 +2,7 @@
 
 Every scene is one or two shapes (circle, square, triangle) in six colours on a white,
 black or gray background, with a caption saying what is where. Shape boxes sit on the
-16-pixel grid of the VQGAN's codes, so a small codebook can hold their edges.
+grid of the VQGAN's codes (16×16 of them), so a small codebook can hold their edges.
 
 A few (colour, shape) pairs are held out: no training scene contains them, so a model
 that draws them has combined words it only saw apart.
@@ -15,7 +15,8 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-IMAGE_SIZE = 256
+IMAGE_SIZE = 128
+GRID = IMAGE_SIZE // 16  # pixels per VQGAN code: 16×16 codes a picture
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -27,14 +28,16 @@ COLOURS = {
 }
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 64, "medium": 96, "large": 128}  # side of the shape's box in pixels
+SIZES = {"small": 4 * GRID, "medium": 6 * GRID, "large": 8 * GRID}  # side of the shape's box
 
-# Box centres: with the sizes above, every box edge lies on the 16-pixel grid.
-_LINES = (64, 128, 192)
+# Box centres a quarter, half and three quarters across: every box edge lies on the grid.
+_LINES = (IMAGE_SIZE // 4, IMAGE_SIZE // 2, 3 * IMAGE_SIZE // 4)
 PLACES = {
-    "in the top left": (64, 64), "at the top": (128, 64), "in the top right": (192, 64),
-    "on the left": (64, 128), "in the center": (128, 128), "on the right": (192, 128),
-    "in the bottom left": (64, 192), "at the bottom": (128, 192), "in the bottom right": (192, 192),
+    "in the top left": (_LINES[0], _LINES[0]), "at the top": (_LINES[1], _LINES[0]),
+    "in the top right": (_LINES[2], _LINES[0]), "on the left": (_LINES[0], _LINES[1]),
+    "in the center": (_LINES[1], _LINES[1]), "on the right": (_LINES[2], _LINES[1]),
+    "in the bottom left": (_LINES[0], _LINES[2]), "at the bottom": (_LINES[1], _LINES[2]),
+    "in the bottom right": (_LINES[2], _LINES[2]),
 }
 
 HELD_OUT = frozenset({("purple", "triangle"), ("orange", "square"), ("green", "circle")})
@@ -78,6 +81,27 @@ def random_scene(rng: random.Random, pairs=TRAIN_PAIRS) -> Scene:
     return Scene(background, (Item(colour, shape, rng.choice(list(SIZES)), rng.choice(list(PLACES.values()))),))
 
 
+def busy_scene(rng: random.Random, pairs=TRAIN_PAIRS, tries: int = 12) -> Scene:
+    """Up to six shapes of any size anywhere on the grid, their boxes apart.
+
+    Not a captioned scene: the VQGAN also trains on these, as a picture full of edges and
+    colours teaches it more a step than the one or two shapes of a captioned scene.
+    """
+    boxes, items = [], []
+    for _ in range(tries):
+        size = rng.choice(list(SIZES))
+        side = SIZES[size]
+        left, top = (GRID * rng.randint(0, (IMAGE_SIZE - side) // GRID) for _ in range(2))
+        box = (left, top, left + side, top + side)
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+            continue
+        boxes.append(box)
+        items.append(Item(*rng.choice(pairs), size, (left + side // 2, top + side // 2)))
+        if len(items) == 6:
+            break
+    return Scene(rng.choice(list(BACKGROUNDS)), tuple(items))
+
+
 def single_shape_scenes(pairs=TRAIN_PAIRS) -> list[Scene]:
     """Every one-shape scene: each background, pair, size and place."""
     return [Scene(b, (Item(c, s, z, at),)) for b in BACKGROUNDS for c, s in pairs for z in SIZES
@@ -85,13 +109,13 @@ def single_shape_scenes(pairs=TRAIN_PAIRS) -> list[Scene]:
 
 
 def _two_shapes(rng: random.Random, pairs, background: str) -> Scene:
-    """Two small or medium shapes, one above or left of the other, 128 pixels apart."""
+    """Two small or medium shapes, one above or left of the other, half the picture apart."""
     if rng.random() < 0.5:
         x = rng.choice(_LINES)
-        centres = [(x, 64), (x, 192)]
+        centres = [(x, _LINES[0]), (x, _LINES[2])]
     else:
         y = rng.choice(_LINES)
-        centres = [(64, y), (192, y)]
+        centres = [(_LINES[0], y), (_LINES[2], y)]
     items = tuple(Item(*rng.choice(pairs), rng.choice(["small", "medium"]), at) for at in centres)
     return Scene(background, items)
 
@@ -130,5 +154,5 @@ def render(scene: Scene) -> Image.Image:
 
 
 def render_all(scenes) -> np.ndarray:
-    """uint8 [len(scenes), 256, 256, 3]."""
+    """uint8 [len(scenes), IMAGE_SIZE, IMAGE_SIZE, 3]."""
     return np.stack([np.asarray(render(scene)) for scene in scenes])

@@ -281,7 +281,7 @@ class Engine:
         return self._vqgan[rows]
 
     def decode_images(self, codes: np.ndarray) -> np.ndarray:
-        """VQGAN codes [N, 256] → float pixels [N, 256, 256, 3] in [0, 1]."""
+        """VQGAN codes [N, 256] → float pixels [N, H, W, 3] in [0, 1] (256×256 for the published VQGAN)."""
         pieces, start = [], 0
         for rows in self._vqgan_pieces(len(codes)):
             piece = codes[start:start + rows]

@@ -1,0 +1,27 @@
+"""The demo model's training pipeline runs end to end (a few steps of each stage) and writes
+a model the engine loads like any folder of official checkpoint files."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backend.engine import GenerationRequest, load_engine
+from training import shapes_dataset, train_dallebart, train_vqgan
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_every_stage_runs_and_the_engine_loads_the_result(tmp_path):
+    model = tmp_path / "model"
+    vqgan_report = train_vqgan.train(model / "vqgan", decoder_steps=2, encoder_steps=2)
+    sharpen_report = train_vqgan.sharpen_decoder(model / "vqgan", steps=2)
+    dalle_report = train_dallebart.train(model, steps=2, guided_steps=2, batch=2)
+    losses = [r["loss"] for report in (vqgan_report, sharpen_report, dalle_report) for r in report["history"]]
+    assert len(losses) == 10 and all(math.isfinite(loss) for loss in losses)
+
+    engine = load_engine(str(model), tmp_path / "cache")
+    result = engine.generate(GenerationRequest("a red circle", 2, seed=1))
+    size = shapes_dataset.IMAGE_SIZE
+    assert [np.asarray(image).shape for image in result.images] == [(size, size, 3)] * 2
