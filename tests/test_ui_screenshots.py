@@ -24,8 +24,9 @@ def test_screenshots_of_every_page(page, ui_stack, screenshot_dir):
     finished = submit_prompt(page, "a watercolor painting of a lighthouse at dawn", num_images=4, seed=2024)
     expect(page.locator(f'#results [data-queue-id="{finished}"]')).to_have_attribute(
         "data-status", "done", timeout=150_000)
-    # Three more, so that one is generating and others wait while the pictures are taken.
-    unfinished = [submit_prompt(page, text, num_images=4) for text in (
+    # Three more, so that one is generating and others wait while the pictures are taken: 8
+    # images each, as the tiny model can finish 4 before the page has shown any progress.
+    unfinished = [submit_prompt(page, text, num_images=8) for text in (
         "an astronaut riding a horse, oil painting", "a bowl of ramen, studio photograph",
         "a cat wearing a space helmet, 3d render")]
     page.wait_for_function("() => document.querySelector('#queue .queue-item.running progress')?.value > 0",
