@@ -1,4 +1,4 @@
-"""The whole playground as real processes — Redis, backend (tiny model), scheduler, frontend —
+"""The whole playground as real processes — Redis, backend (tiny model unless told), scheduler, frontend —
 on free loopback ports with a temporary library, for browser and end-to-end tests.
 
     with Stack(tmp_path, model_cache_dir) as stack:
@@ -14,12 +14,12 @@ from processes import backend_process, frontend_process, scheduler_process
 
 class Stack:
     def __init__(self, workdir: Path, model_cache_dir: Path, warm_up_batch_sizes: str = "2,4",
-                 frontend_env: dict[str, str] | None = None):
+                 frontend_env: dict[str, str] | None = None, model: str = "tiny"):
         self.workdir = Path(workdir)
         self.library_dir = self.workdir / "library"
         self.redis = RedisServer(self.workdir / "redis")
         logs = self.workdir / "logs"
-        self.backend = backend_process(logs, model_cache_dir,
+        self.backend = backend_process(logs, model_cache_dir, model=model,
                                        extra_env={"BACKEND_WARMUP_BATCH_SIZES": warm_up_batch_sizes})
         self.scheduler = scheduler_process(logs, self.redis.url, [self.backend.url], self.library_dir)
         self.frontend = frontend_process(logs, self.redis.url, self.library_dir, extra_env=frontend_env)

@@ -1,6 +1,7 @@
 """Screenshots of every page, light and dark, desktop and phone, taken from the real stack
-while a job is generating: <page>-<scheme>-<device>.png in a temporary folder, or in
-docs/screenshots with UPDATE_SCREENSHOTS=1 (so that a test run leaves the tree alone)."""
+with the default (demo) model while a job is generating: <page>-<scheme>-<device>.png in a
+temporary folder, or in docs/screenshots with UPDATE_SCREENSHOTS=1 (so that a test run
+leaves the tree alone)."""
 from __future__ import annotations
 
 import os
@@ -13,32 +14,40 @@ from browser import DOCS_SCREENSHOTS, save_screenshots, submit_prompt
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 
+@pytest.fixture(scope="module")
+def demo_stack(tmp_path_factory, model_cache_dir):
+    from stack import Stack
+
+    with Stack(tmp_path_factory.mktemp("demo-stack"), model_cache_dir, "4,8", model="demo") as running:
+        yield running
+
+
 @pytest.fixture
 def screenshot_dir(tmp_path):
     return DOCS_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
 
 
-def test_screenshots_of_every_page(page, ui_stack, screenshot_dir):
-    page.goto(ui_stack.frontend_url)
-    submit_prompt(page, "a fox in a snowy forest, digital art", num_images=4, seed=7)
-    finished = submit_prompt(page, "a watercolor painting of a lighthouse at dawn", num_images=4, seed=2024)
+def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
+    page.goto(demo_stack.frontend_url)
+    submit_prompt(page, "a yellow triangle above a purple circle on a gray background", num_images=4, seed=7)
+    finished = submit_prompt(page, "a red circle on a black background", num_images=4, seed=2024)
     expect(page.locator(f'#results [data-queue-id="{finished}"]')).to_have_attribute(
         "data-status", "done", timeout=150_000)
-    # Three more, so that one is generating and others wait while the pictures are taken: 8
-    # images each, as the tiny model can finish 4 before the page has shown any progress.
+    # Four more, so that one is generating and others wait while the pictures are taken: 8
+    # images each, as a small model can finish 4 before the page has shown any progress.
     unfinished = [submit_prompt(page, text, num_images=8) for text in (
-        "an astronaut riding a horse, oil painting", "a bowl of ramen, studio photograph",
-        "a cat wearing a space helmet, 3d render")]
+        "a small blue square in the top left", "a large green triangle on a white background",
+        "an orange circle to the left of a blue square", "a yellow square at the bottom")]
     page.wait_for_function("() => document.querySelector('#queue .queue-item.running progress')?.value > 0",
                            timeout=60_000)
     page.fill("#text", "")
     saved = save_screenshots(page, "create", screenshot_dir)
 
-    page.goto(f"{ui_stack.frontend_url}/advanced.html?text=a+fox+in+a+snowy+forest&num_images=6&seed=7"
+    page.goto(f"{demo_stack.frontend_url}/advanced.html?text=a+red+circle+on+a+black+background&num_images=6&seed=7"
               "&gen_top_k=64&gen_top_p=0.9&temperature=0.8&condition_scale=5")
     saved += save_screenshots(page, "advanced", screenshot_dir)
 
-    page.goto(f"{ui_stack.frontend_url}/library.html")
+    page.goto(f"{demo_stack.frontend_url}/library.html")
     entry = page.locator(f'article.job[data-queue-id="{finished}"]')
     expect(entry).to_be_visible()
     page.wait_for_function("() => [...document.querySelectorAll('.thumb img')].slice(0, 4)"
@@ -51,5 +60,5 @@ def test_screenshots_of_every_page(page, ui_stack, screenshot_dir):
     page.keyboard.press("Escape")
 
     for queue_id in unfinished:
-        page.request.post(f"{ui_stack.frontend_url}/jobs/{queue_id}/cancel")
+        page.request.post(f"{demo_stack.frontend_url}/jobs/{queue_id}/cancel")
     assert len(saved) == 12 and all(path.stat().st_size > 10_000 for path in saved)
