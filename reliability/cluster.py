@@ -309,6 +309,11 @@ class Cluster:
                  for p in (self.backend, self.scheduler, self.frontend) if p is not None]
         return "\n".join(parts)
 
+    @property
+    def frontend_port(self) -> int:
+        """The frontend's loopback port, for scenarios that speak raw sockets to it."""
+        return int(self.frontend.url.rsplit(":", 1)[1])
+
     def client(self, recorder: Recorder, token: str | None = None, base_url: str | None = None) -> Client:
         return Client(base_url or self.frontend.url, recorder, token=token)
 

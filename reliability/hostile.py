@@ -244,7 +244,7 @@ def fuzz(cluster: Cluster, count: int = 2000, seed: int = 88) -> ScenarioResult:
     recorder = Recorder()
     client = cluster.client(recorder)
     canaries = plant_canaries(cluster)
-    port = int(cluster.frontend.url.rsplit(":", 1)[1])
+    port = cluster.frontend_port
     spec = json.loads(client.request("GET", "/openapi.json", "GET /openapi.json").content)
     routes = [(method.upper(), path) for path, item in spec["paths"].items() for method in item
               if method in ("get", "post", "delete", "put", "patch", "head")]
@@ -300,7 +300,7 @@ def traversal(cluster: Cluster) -> ScenarioResult:
     recorder = Recorder()
     client = cluster.client(recorder)
     canaries = plant_canaries(cluster)
-    port = int(cluster.frontend.url.rsplit(":", 1)[1])
+    port = cluster.frontend_port
     outside = str(canaries.outside).lstrip("/")
     rel_up = "../" * 12
     targets = [f"{rel_up}etc/passwd", f"{rel_up}{outside}/secret.txt", "../library.json", "../outside/secret.txt",
@@ -375,7 +375,7 @@ def oversized(cluster: Cluster) -> ScenarioResult:
     result = ScenarioResult("oversized", "hostile", "oversized bodies, request lines and headers; deep JSON")
     recorder = Recorder()
     client = cluster.client(recorder)
-    port = int(cluster.frontend.url.rsplit(":", 1)[1])
+    port = cluster.frontend_port
     head = "POST /prompt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     cases = {
         "1 MB body": ((head + "Content-Length: 1048576\r\n\r\n").encode() + b"x" * 1048576, {413}),
@@ -424,7 +424,7 @@ def slow_requests(cluster: Cluster, slow_clients: int = 60, hold_secs: float = 8
                             f"{hold_secs:.0f} s, while a normal client polls /queue_status")
     recorder = Recorder()
     client = cluster.client(recorder)
-    port = int(cluster.frontend.url.rsplit(":", 1)[1])
+    port = cluster.frontend_port
     stop = threading.Event()
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -496,7 +496,7 @@ def connection_cap(cluster: Cluster, slow_clients: int = 300, hold_secs: float =
                             f"headers a byte a second for {hold_secs:.0f} s, while a normal client polls")
     recorder = Recorder()
     client = cluster.client(recorder)
-    port = int(cluster.frontend.url.rsplit(":", 1)[1])
+    port = cluster.frontend_port
     stop = threading.Event()
     socks: list[socket.socket] = []
     outcomes = {"held": 0, "refused (503 busy or closed)": 0}
@@ -560,7 +560,7 @@ def header_deadline(cluster: Cluster, max_secs: float = 12.0) -> ScenarioResult:
                             f"a client sending its headers a byte a second for up to {max_secs:.0f} s "
                             "(the frontend here: 5 s socket timeout, 5 s head and body deadlines)")
     recorder = Recorder()
-    port = int(cluster.frontend.url.rsplit(":", 1)[1])
+    port = cluster.frontend_port
     cut_after = None
     with Timer() as timer:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:

@@ -12,6 +12,7 @@ so a colour learnt on circles is the same vector on the triangles it was never s
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -59,6 +60,23 @@ class PatchCodebook:
     def size(self) -> int:
         return len(self.codes)
 
+    def factor_rows(self) -> dict[str, int]:
+        """Rows of each factor's table: every value, plus "none" for background and colour."""
+        return {"background": len(shapes_dataset.BACKGROUNDS) + 1, "colour": len(shapes_dataset.COLOURS) + 1,
+                "mask": len(self.masks)}
+
+    def edges(self) -> np.ndarray:
+        """bool [size]: which codes are edge patches (neither plain background nor plain colour)."""
+        return np.array([self.masks[mask] not in (_EMPTY, _FULL) for _, _, mask in self.codes])
+
+    @functools.cached_property
+    def _code_index(self) -> dict:
+        return {code: i for i, code in enumerate(self.codes)}
+
+    @functools.cached_property
+    def _mask_index(self) -> dict:
+        return {mask: i for i, mask in enumerate(self.masks)}
+
     def factors(self) -> np.ndarray:
         """int32 [size, 3]: each code's background, colour and mask index (the last row of a
         factor's table stands for "none")."""
@@ -67,12 +85,12 @@ class PatchCodebook:
                           len(colours) if c is None else colours.index(c), m)
                          for b, c, m in self.codes], np.int32)
 
-    def encode(self, scene: shapes_dataset.Scene) -> np.ndarray:
-        """int32 [256]: the code of each patch of the rendered scene, row by row."""
-        lookup = {code: i for i, code in enumerate(self.codes)}
-        mask_index = {mask: i for i, mask in enumerate(self.masks)}
+    def encode(self, scene: shapes_dataset.Scene, image: np.ndarray | None = None) -> np.ndarray:
+        """int32 [256]: the code of each patch of the rendered scene, row by row (`image`: the
+        scene already rendered, when the caller has it)."""
+        lookup, mask_index = self._code_index, self._mask_index
         background = shapes_dataset.BACKGROUNDS[scene.background]
-        patches = _patches(np.asarray(shapes_dataset.render(scene)))
+        patches = _patches(np.asarray(shapes_dataset.render(scene)) if image is None else image)
         out = np.empty(len(patches), np.int32)
         for i, patch in enumerate(patches):
             shape_pixels = np.any(patch != background, axis=-1)

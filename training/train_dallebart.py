@@ -26,6 +26,7 @@ import optax
 
 from backend.engine import checkpoint, dallebart
 from backend.engine.dallebart import DalleBartConfig
+from backend.engine.generator import DEFAULT_SAMPLING
 from backend.engine.text_normalizer import TextNormalizer
 from backend.engine.tokenizer import TextTokenizer
 
@@ -43,7 +44,7 @@ LABEL_SMOOTHING = 0.1
 # condition_scale 10 still turns into the likeliest choice now and then. The last steps of
 # training therefore also score the guided logits (empty prompt's + GUIDED_SCALE × the
 # difference), the very scores the engine samples from, so that they favour the right code.
-GUIDED_SCALE = 10.0  # the engine's default condition_scale
+GUIDED_SCALE = DEFAULT_SAMPLING["condition_scale"]  # the engine's default: 10
 TEXT_VOCAB_SIZE = 400  # the 256 bytes, 5 specials, and merges enough for one token a word
 TEXT_LENGTH = 32  # the longest caption is about 16 tokens
 # Scenes encoded once for the whole run: every one of the 1,215 one-shape scenes and random
@@ -64,8 +65,7 @@ def init_trainable(config: DalleBartConfig, codebook: PatchCodebook, seed: int) 
     params = dallebart.random_params(config, seed)
     del params["lm_head"], params["model"]["decoder"]["embed_tokens"]
     rng = np.random.default_rng(seed + 1)
-    rows = {"background": len(shapes_dataset.BACKGROUNDS) + 1, "colour": len(shapes_dataset.COLOURS) + 1,
-            "mask": len(codebook.masks), "start": 1}
+    rows = {**codebook.factor_rows(), "start": 1}
     factors = {side: {name: 0.02 * rng.standard_normal((count, config.d_model), dtype=np.float32)
                       for name, count in rows.items()} for side in ("in", "out")}
     return jax.tree_util.tree_map(jnp.asarray, {"rest": params, "image_tokens": factors})

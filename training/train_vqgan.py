@@ -55,8 +55,7 @@ def code_vectors(parts: dict, factors: jax.Array) -> jax.Array:
 
 
 def init_parts(codebook: PatchCodebook, key: jax.Array) -> dict:
-    rows = {"background": len(shapes_dataset.BACKGROUNDS) + 1, "colour": len(shapes_dataset.COLOURS) + 1,
-            "mask": len(codebook.masks)}
+    rows = codebook.factor_rows()
     keys = jax.random.split(key, len(rows))
     return {name: jax.random.normal(k, (count, size)) for (name, count), size, k in zip(rows.items(), EMBED_PARTS, keys)}
 
@@ -86,7 +85,8 @@ def _batch(rng: random.Random, codebook: PatchCodebook, count: int):
     backgrounds = np.array([shapes_dataset.BACKGROUNDS[s.background] for s in scenes], np.uint8)
     on_shape = np.any(images != backgrounds[:, None, None, :], axis=-1)
     weights = np.where(on_shape, SHAPE_WEIGHT, 1.0).astype(np.float32)
-    return images.astype(np.float32) / 255.0, weights, np.stack([codebook.encode(s) for s in scenes])
+    codes = np.stack([codebook.encode(scene, image) for scene, image in zip(scenes, images)])
+    return images.astype(np.float32) / 255.0, weights, codes
 
 
 def _schedule(lr: float, steps: int):
@@ -168,7 +168,7 @@ def sharpen_decoder(folder: Path, steps: int, lr: float = 2e-4, seed: int = 2) -
     cfg = config(codebook)
     params = jax.tree_util.tree_map(jnp.asarray, checkpoint.read_checkpoint(folder / "flax_model.msgpack"))
     vectors = params["quantize"]["embedding"]["embedding"]
-    edge_codes = jnp.asarray([mask < len(codebook.masks) - 2 for _, _, mask in codebook.codes], jnp.float32)
+    edge_codes = jnp.asarray(codebook.edges(), jnp.float32)
 
     def loss(trained, images, weights, codes):
         side, patch = cfg.latent_size, cfg.resolution // cfg.latent_size
