@@ -10,7 +10,7 @@ from typing import Any
 
 from backend.engine import GenerationCancelled, GenerationRequest
 from backend.generate_request import GenerateBody
-from backend.png import encode_png
+from backend.png import encode_pngs
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,9 @@ class GenerationRun:
             )
             result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel)
             png_started = time.monotonic()
-            images = [
-                base64.b64encode(encode_png(image, png_metadata(
-                    self.body, result.seed, result.params, self.engine.model_name, index))).decode("ascii")
-                for index, image in enumerate(result.images)
-            ]
+            metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index)
+                        for index in range(len(result.images))]
+            images = [base64.b64encode(png).decode("ascii") for png in encode_pngs(result.images, metadata)]
             timings = dict(result.timings)
             timings["png_secs"] = time.monotonic() - png_started
             timings["total_secs"] = time.monotonic() - started

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -38,8 +39,13 @@ SIZES = {  # the published configurations (config.json of dalle-mini/dalle-mini 
 PROMPT = "a watercolor painting of a lighthouse on a cliff at sunset"
 
 
-def write_random_model(folder: Path, model: str, dtype: str) -> Path:
-    """A random model of the published shape, in the official files (written once)."""
+def write_random_model(folder: Path, model: str, dtype: str, sizes: dict | None = None,
+                       vqgan_config=None) -> Path:
+    """A random model of the published shape, in the official files (written once).
+
+    The weights are drawn with JAX on the default device, leaf by leaf: on a GPU machine
+    Mega's 2.6 billion values take seconds, where numpy on one core takes minutes.
+    """
     from backend.engine import checkpoint, dallebart
     from backend.engine.tokenizer import write_small_tokenizer
 
@@ -51,20 +57,51 @@ def write_random_model(folder: Path, model: str, dtype: str) -> Path:
 
     started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    config = dallebart.DalleBartConfig(**SIZES[model])
+    config = dallebart.DalleBartConfig(**(sizes or SIZES)[model])
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     write_small_tokenizer(folder)
-    # One copy, already in the target dtype: a float32 mega would not need to exist.
-    params = dallebart.random_params(config, seed=0, dtype=np.dtype(_numpy_dtype(dtype)))
-    checkpoint.write_checkpoint(folder / "flax_model.msgpack", params)
-    del params
+    checkpoint.write_checkpoint(folder / "flax_model.msgpack", random_weights(config, dtype))
     (folder / "vqgan").mkdir(exist_ok=True)
-    vqgan_config = VQGANConfig()  # the defaults are the published f16_16384 model
+    vqgan_config = vqgan_config or VQGANConfig()  # the defaults are the published f16_16384 model
     (folder / "vqgan" / "config.json").write_text(json.dumps(vqgan_config.to_dict(), indent=2))
     vqgan = jax.tree_util.tree_map(np.asarray, init_vqgan_params(vqgan_config, jax.random.PRNGKey(0)))
     checkpoint.write_checkpoint(folder / "vqgan" / "flax_model.msgpack", vqgan)
     print(f"wrote random {model} ({dtype}) to {folder} in {time.perf_counter() - started:.0f} s", flush=True)
     return folder
+
+
+def random_weights(config, dtype: str) -> dict:
+    """Weights distributed like `dallebart.random_params` (scales near 1, small biases and
+    kernels), stored in `dtype`. Every value comes from one normal draw on the default
+    device, made in pieces of a fixed size (one compiled program), then cut into leaves."""
+    import jax
+    import jax.numpy as jnp
+
+    from backend.engine import dallebart
+
+    target = np.dtype(_numpy_dtype(dtype))
+    shapes = sorted(dallebart.expected_param_shapes(config).items())
+    total = sum(math.prod(shape) for _, shape in shapes)
+    piece = 2**26
+    draw = jax.jit(lambda key: (0.02 * jax.random.normal(key, (piece,), jnp.float32)).astype(target))
+    flat = np.empty(-(-total // piece) * piece, target)
+    for index in range(len(flat) // piece):
+        flat[index * piece:(index + 1) * piece] = np.asarray(draw(jax.random.PRNGKey(index)))
+    tree: dict = {}
+    offset = 0
+    for path, shape in shapes:
+        leaf = flat[offset:offset + math.prod(shape)].reshape(shape)
+        offset += leaf.size
+        if path.endswith("/scale"):  # N(1, 0.1)
+            leaf = (1.0 + 5.0 * leaf.astype(np.float32)).astype(target)
+        elif path.endswith("/bias"):  # N(0, 0.1)
+            leaf = (5.0 * leaf.astype(np.float32)).astype(target)
+        node = tree
+        *parents, name = path.split("/")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = leaf
+    return tree
 
 
 def _numpy_dtype(name: str):
@@ -76,29 +113,39 @@ def _numpy_dtype(name: str):
 # ---------------------------------------------------------------- time to ready (child process)
 
 
-def time_to_ready(folder: Path, cache_dir: Path, dtype: str, batch: int) -> dict:
+def time_to_ready(folder: Path, cache_dir: Path, dtype: str, batch_sizes) -> dict:
     """Load + warm up in a fresh process: what a backend restart costs."""
     run = subprocess.run(
         [sys.executable, __file__, "--ready-child", str(folder), "--cache-dir", str(cache_dir),
-         "--dtype", dtype, "--images", str(batch)],
+         "--dtype", dtype, "--images", ",".join(map(str, batch_sizes))],
         capture_output=True, text=True, check=False)
     if run.returncode:
         raise RuntimeError(run.stderr[-3000:])
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def ready_child(folder: Path, cache_dir: Path, dtype: str, batch: int) -> None:
-    from backend.engine import load_engine
+def ready_child(folder: Path, cache_dir: Path, dtype: str, batch_sizes) -> None:
+    """Load, warm up, then one generation at the largest batch: device memory as a restarted
+    backend holds it (no autotuning buffers: the programs come from the cache when it is warm)."""
+    import jax
+
+    from backend.engine import GenerationRequest, load_engine
 
     started = time.perf_counter()
     engine = load_engine(str(folder), cache_dir, dtype=dtype)
     loaded = time.perf_counter()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    engine.warm_up((batch,))
+    engine.warm_up(batch_sizes)
     ready = time.perf_counter()
+    batch = max(batch_sizes)
+    weights = (jax.devices()[0].memory_stats() or {}).get("bytes_in_use")
+    engine.generate(GenerationRequest(PROMPT, batch, seed=1))
+    stats = jax.devices()[0].memory_stats() or {}
     file_bytes = (folder / "flax_model.msgpack").stat().st_size + (folder / "vqgan" / "flax_model.msgpack").stat().st_size
     print(json.dumps({"load_secs": loaded - started, "compile_secs": ready - loaded, "ready_secs": ready - started,
-                      "peak_host_bytes_after_load": peak_rss, "checkpoint_file_bytes": file_bytes}))
+                      "peak_host_bytes_after_load": peak_rss, "checkpoint_file_bytes": file_bytes,
+                      "device_bytes_after_load": weights, "device_peak_bytes": stats.get("peak_bytes_in_use"),
+                      "images": batch}))
 
 
 # ---------------------------------------------------------------- the machine's floor
@@ -167,7 +214,7 @@ def _timed(fn) -> float:
 
 def bench_generation(engine, batch_sizes, repeats: int) -> dict:
     from backend.engine import GenerationRequest
-    from backend.png import encode_png
+    from backend.png import encode_pngs
 
     report = {}
     for images in batch_sizes:
@@ -176,8 +223,8 @@ def bench_generation(engine, batch_sizes, repeats: int) -> dict:
             started = time.perf_counter()
             result = engine.generate(GenerationRequest(PROMPT, images, seed=1000 + repeat))
             png_started = time.perf_counter()
-            for image in result.images:
-                encode_png(image, {"prompt": PROMPT, "seed": str(result.seed), "model": engine.model_name})
+            metadata = {"prompt": PROMPT, "seed": str(result.seed), "model": engine.model_name}
+            encode_pngs(result.images, [metadata] * len(result.images))
             finished = time.perf_counter()
             timing = {"tokens_secs": result.timings["tokens_secs"], "vqgan_secs": result.timings["vqgan_secs"],
                       "png_secs": finished - png_started, "total_secs": finished - started}
@@ -231,7 +278,7 @@ def main(argv=None) -> None:
     dtype = args.dtype or ("float16" if args.model == "mega" else "float32")
     batch_sizes = [int(n) for n in args.images.split(",")]
     if args.ready_child:
-        return ready_child(args.ready_child, args.cache_dir, dtype, batch_sizes[0])
+        return ready_child(args.ready_child, args.cache_dir, dtype, batch_sizes)
 
     import jax
 
@@ -243,8 +290,8 @@ def main(argv=None) -> None:
     print(f"devices: {report['devices']}  load average: {report['load_average']}", flush=True)
     if not args.skip_ready:
         with tempfile.TemporaryDirectory(dir=args.cache_dir) as fresh:
-            report["ready_cold"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1])
-            report["ready_cached"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1])
+            report["ready_cold"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1:])
+            report["ready_cached"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1:])
         print("time to ready: cold {ready_secs:.1f} s".format(**report["ready_cold"]),
               "cached {ready_secs:.1f} s".format(**report["ready_cached"]),
               "peak host memory after load {:.2f} GB for {:.2f} GB of files".format(

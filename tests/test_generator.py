@@ -98,6 +98,18 @@ def test_image_depends_only_on_its_index(engine):
     assert len({row.tobytes() for row in eight}) == 8
 
 
+def test_requests_share_a_padded_program_without_changing_images(engine, model_cache_dir):
+    # As on a GPU, where every request up to ACCELERATOR_BATCH images runs in one program.
+    shared = load_engine("tiny", model_cache_dir, batch_per_device=4)
+    exact = np.asarray(engine.generate_codes(GenerationRequest(PROMPT, 3, seed=21, top_p=0.9))[0])
+    three = shared.generate(GenerationRequest(PROMPT, 3, seed=21, top_p=0.9))
+    one = np.asarray(shared.generate_codes(GenerationRequest(PROMPT, 1, seed=21, top_p=0.9))[0])
+    assert shared.compiled_batches == [4]
+    np.testing.assert_array_equal(three.codes, exact)
+    np.testing.assert_array_equal(one, exact[:1])
+    assert len(three.images) == 3
+
+
 def test_sampling_values_never_recompile(engine):
     compiles = []
     recording = threading.Event()

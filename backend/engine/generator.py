@@ -1,10 +1,13 @@
 """The engine: prompt → image tokens → images, batched, reproducible, cancellable.
 
 One request is one batched pass: B images give rows [B, 2] (conditional, unconditional).
+On a CPU each batch size has its own programs; on an accelerator, where a decoding step costs
+the same for one image as for eight (it is bound by reading the weights), every request up to
+8 images per device runs in the 8-image program, so one program is compiled instead of four.
 The encoder runs once on the two distinct rows (the prompt and the empty prompt), and the
 cross-attention keys/values of those two rows are computed once and shared by all images.
-The 256 decoding steps run as jitted chunks of `CHUNK_STEPS` steps (a loop with run-time bounds)
-from a host loop that reports progress and checks for cancellation between chunks, with
+The 256 decoding steps run as jitted chunks of `CHUNK_STEPS` steps (a loop whose trip count
+XLA knows: one with run-time bounds waits for the host at every step on a GPU) from a host loop that reports progress and checks for cancellation between chunks, with
 one chunk always queued ahead so the device never waits for the host.
 
 Sampling values (top_k, top_p, temperature, condition_scale) are run-time arrays, so
@@ -16,6 +19,7 @@ With several local devices the batch axis is sharded over all of them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -37,6 +41,7 @@ from .models import resolve_model
 log = logging.getLogger(__name__)
 
 CHUNK_STEPS = 8
+ACCELERATOR_BATCH = 8  # images per device that share one program on a GPU or TPU
 TOP_K_CANDIDATES = 1024
 MAX_SEED = 2**32
 MAX_IMAGES = 16
@@ -79,6 +84,10 @@ class GenerationRequest:
         """The four sampling values, defaults filled in."""
         given = {name: getattr(self, name) for name in DEFAULT_SAMPLING}
         return {name: DEFAULT_SAMPLING[name] if value is None else value for name, value in given.items()}
+
+
+def _round_up(count: int, multiple: int) -> int:
+    return -(-count // multiple) * multiple
 
 
 def _is_int(value) -> bool:
@@ -152,9 +161,10 @@ def _nucleus(ranked, k, top_p):
 
 @dataclasses.dataclass
 class _Programs:
-    """The compiled executables for one batch size."""
+    """The compiled executables for one padded batch size."""
     prepare: Callable
-    chunk: Callable
+    chunks: dict[int, Callable]  # by steps per call: CHUNK_STEPS, or all steps for the benchmark
+    prepared: tuple  # the shapes and shardings of prepare's output, to compile more chunks
 
 
 class Engine:
@@ -162,7 +172,7 @@ class Engine:
 
     def __init__(self, model_name: str, config: DalleBartConfig, params, vqgan_config, vqgan_params,
                  tokenizer, normalizer=None, devices=None, chunk_steps: int = CHUNK_STEPS,
-                 vqgan_batch: int | None = None):
+                 vqgan_batch: int | None = None, batch_per_device: int | None = None):
         if config.image_length % chunk_steps:
             raise ValueError("chunk_steps must divide image_length")
         self.model_name = model_name
@@ -180,10 +190,13 @@ class Engine:
         self.vqgan_params = jax.device_put(vqgan_params, self._replicated)
         self.cache_dtype = jax.tree_util.tree_leaves(params)[0].dtype
         self._programs: dict[int, _Programs] = {}
+        self.on_accelerator = self.devices[0].platform != "cpu"
+        # Rows are padded to a multiple of this: one program per size on a CPU, where time
+        # grows with the rows; ACCELERATOR_BATCH per device elsewhere (see the module's doc).
+        self.batch_multiple = len(self.devices) * (batch_per_device or (ACCELERATOR_BATCH if self.on_accelerator else 1))
         # On a CPU the VQGAN runs fastest two images at a time (larger batches leave the
-        # caches); an accelerator takes four per device.
-        on_cpu = self.devices[0].platform == "cpu"
-        self.vqgan_batch = vqgan_batch or len(self.devices) * (2 if on_cpu else 4)
+        # caches); an accelerator takes four per device, always four (one program).
+        self.vqgan_batch = vqgan_batch or len(self.devices) * (4 if self.on_accelerator else 2)
         self._vqgan: dict[int, Callable] = {}
         self._lock = threading.Lock()
         self.uncond_tokens = tokenizer.encode([""], max_length=config.max_text_length)
@@ -195,9 +208,9 @@ class Engine:
         return self.config.image_length
 
     def padded_batch(self, num_images: int) -> int:
-        """Rows actually computed: a multiple of the device count (extra rows are discarded)."""
-        count = len(self.devices)
-        return -(-num_images // count) * count
+        """Images actually computed (extra ones are discarded): a multiple of `batch_multiple`.
+        Image i never depends on the padding (its random keys depend only on i)."""
+        return _round_up(num_images, self.batch_multiple)
 
     def _batch_sharding(self, ndim: int, axis: int = 0) -> NamedSharding:
         spec = [None] * ndim
@@ -225,7 +238,7 @@ class Engine:
         }
         return cross_kv, state
 
-    def _chunk_fn(self, params, cross_kv, encoder_mask, state, start, stop, sampling):
+    def _chunk_fn(self, params, cross_kv, encoder_mask, state, start, sampling, *, steps: int):
         config = self.config
         shardings = self._state_shardings()
 
@@ -239,8 +252,9 @@ class Engine:
             new = {"cache": cache, "tokens": next_tokens, "codes": codes, "keys": state["keys"]}
             return jax.lax.with_sharding_constraint(new, shardings)
 
-        # Run-time bounds: one program serves any chunk length, and XLA cannot unroll it.
-        state = jax.lax.fori_loop(start, stop, step, state)
+        # A trip count known when compiling: with run-time bounds a GPU waits for the host at
+        # every step (Mega on an H100: 0.67 s against 0.59 s for 256 steps at 8 images).
+        state = jax.lax.fori_loop(0, steps, lambda i, state: step(start + i, state), state)
         # A small separate output the host can wait on while the state is donated onward.
         return state, state["tokens"] + 0
 
@@ -257,20 +271,28 @@ class Engine:
         rows = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=self._batch_sharding(1))
         prepare = jax.jit(self._prepare_fn, out_shardings=(self._replicated, self._state_shardings()))
         prepare = prepare.lower(self.params, text, text, key, rows).compile()
-        cross_kv, state = prepare.out_info
-        scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=self._replicated)
-        sampling = {"top_k": scalar(jnp.int32), "top_p": scalar(jnp.float32),
-                    "temperature": scalar(jnp.float32), "condition_scale": scalar(jnp.float32)}
-        chunk = jax.jit(self._chunk_fn, donate_argnames="state",
-                        out_shardings=(self._state_shardings(), self._batch_sharding(1)))
-        chunk = chunk.lower(self.params, cross_kv, text, state, scalar(jnp.int32), scalar(jnp.int32),
-                            sampling).compile()
-        return _Programs(prepare, chunk)
+        programs = _Programs(prepare, {}, (prepare.out_info, text))
+        self._compile_chunk(programs, self.chunk_steps)
+        return programs
+
+    def _compile_chunk(self, programs: _Programs, steps: int) -> Callable:
+        if steps not in programs.chunks:
+            (cross_kv, state), text = programs.prepared
+            scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=self._replicated)
+            sampling = {"top_k": scalar(jnp.int32), "top_p": scalar(jnp.float32),
+                        "temperature": scalar(jnp.float32), "condition_scale": scalar(jnp.float32)}
+            chunk = jax.jit(functools.partial(self._chunk_fn, steps=steps), donate_argnames="state",
+                            out_shardings=(self._state_shardings(), self._batch_sharding(1)))
+            programs.chunks[steps] = chunk.lower(self.params, cross_kv, text, state, scalar(jnp.int32),
+                                                 sampling).compile()
+        return programs.chunks[steps]
 
     def _vqgan_pieces(self, num_images: int) -> list[int]:
-        """Images per VQGAN call: `vqgan_batch` at a time, the rest in one smaller call."""
+        """Images per VQGAN call: `vqgan_batch` at a time, the rest in one smaller call on a CPU
+        (padded to `vqgan_batch` on an accelerator, which then needs one program)."""
         full, rest = divmod(num_images, self.vqgan_batch)
-        return [self.vqgan_batch] * full + ([self.padded_batch(rest)] if rest else [])
+        last = self.vqgan_batch if self.on_accelerator else _round_up(rest, len(self.devices))
+        return [self.vqgan_batch] * full + ([last] if rest else [])
 
     def _vqgan_program(self, rows: int) -> Callable:
         """The VQGAN decoder for `rows` images, compiled once for all requests."""
@@ -325,7 +347,8 @@ class Engine:
                        steps_per_chunk: int | None = None) -> tuple[np.ndarray, int, dict]:
         """Image tokens only: codes int32 [num_images, 256], the seed used, the sampling values.
 
-        `steps_per_chunk` overrides the chunk length (the benchmark compares one 256-step call).
+        `steps_per_chunk` overrides the chunk length (the benchmark compares one 256-step call;
+        the first call with a new length compiles it).
         """
         request.validate()
         with self._lock:
@@ -337,6 +360,9 @@ class Engine:
         sampling = request.sampling()
         programs = self.programs(request.num_images)
         steps = steps_per_chunk or self.chunk_steps
+        if self.total_tokens % steps:
+            raise ValueError(f"steps_per_chunk must divide {self.total_tokens}")
+        chunk = self._compile_chunk(programs, steps)
         batch = self.padded_batch(request.num_images)
         input_ids, attention_mask = self.encode_text(request.text)
         put = lambda value: jax.device_put(value, self._replicated)
@@ -352,10 +378,8 @@ class Engine:
         for start in range(0, total, steps):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled()
-            stop = min(start + steps, total)
-            state, marker = programs.chunk(self.params, cross_kv, encoder_mask, state, put(np.int32(start)),
-                                           put(np.int32(stop)), device_sampling)
-            in_flight.append((stop, marker))
+            state, marker = chunk(self.params, cross_kv, encoder_mask, state, put(np.int32(start)), device_sampling)
+            in_flight.append((start + steps, marker))
             if len(in_flight) > 1:
                 self._report(in_flight.pop(0), on_progress, total)
         while in_flight:
@@ -405,11 +429,12 @@ def _vqgan_decoder_only(path: str) -> bool:
 
 
 def load_engine(model: str = "tiny", cache_dir: Path = Path("cache"), *, dtype: str | None = None,
-                devices=None) -> Engine:
+                devices=None, batch_per_device: int | None = None) -> Engine:
     """Resolve, read and place a model: `tiny`, `mini`, `mega`, `mega_full` or a folder.
 
     `dtype` overrides the weights' dtype (e.g. "bfloat16"); by default published models use
-    their registry dtype and folders keep what the file stores.
+    their registry dtype and folders keep what the file stores. `batch_per_device` sets how
+    many images share one program (default: 1 on a CPU, ACCELERATOR_BATCH elsewhere).
     """
     from .text_normalizer import TextNormalizer
     from .tokenizer import TextTokenizer
@@ -429,7 +454,8 @@ def load_engine(model: str = "tiny", cache_dir: Path = Path("cache"), *, dtype: 
         checkpoint.cast_floats_to(np.float32), keep=_vqgan_decoder_only)
     tokenizer = TextTokenizer.from_folder(files.dalle_dir)
     normalizer = TextNormalizer(files.word_frequencies) if config.normalize_text else None
-    return Engine(files.name, config, params, vqgan_config, vqgan_params, tokenizer, normalizer, devices)
+    return Engine(files.name, config, params, vqgan_config, vqgan_params, tokenizer, normalizer, devices,
+                  batch_per_device=batch_per_device)
 
 
 def _read_json(path: Path) -> dict:

@@ -1,0 +1,49 @@
+"""benchmarks/gpu_check.py: its dry run on the CPU (what is checked before GPU time is spent),
+and the profile summary it reports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def test_dry_run_benchmarks_and_serves_over_http(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out),
+         "--work", str(tmp_path / "work"), "--only", "device,bench-mini-float32,http"],
+        capture_output=True, text=True, timeout=500, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert [name for name, stage in stages.items() if stage] == ["device", "bench-mini-float32", "http"]
+    assert not [name for name, stage in stages.items() if "error" in stage]
+    bench = stages["bench-mini-float32"]
+    assert sorted(bench["generation"], key=int) == ["1", "2", "4", "8"]
+    assert all(g["total_secs"] >= g["tokens_secs"] > 0 for g in bench["generation"].values())
+    assert bench["floor"]["per_images"]["8"]["floor_weights_ms"] > 0
+    assert bench["ready_cached"]["ready_secs"] > 0
+    for backend in stages["http"]["backends"].values():
+        assert backend["health"]["status"] == "ready" and backend["alone"]["best_secs"] > 0
+    assert "mini   float32     8" in (out / "report.txt").read_text()
+
+
+def test_trace_summary_counts_busy_time_once_where_kernels_overlap():
+    trace = {"traceEvents": [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "X", "pid": 1, "ts": 0, "dur": 10, "name": "gemm"},
+        {"ph": "X", "pid": 1, "ts": 5, "dur": 10, "name": "gemm"},  # overlaps the first: 0-15 busy
+        {"ph": "X", "pid": 1, "ts": 30, "dur": 10, "name": "norm"},  # idle 15-30
+        {"ph": "X", "pid": 2, "ts": 0, "dur": 100, "name": "python"},
+    ]}
+    summary = gpu_check.summarize_trace(trace)["/device:GPU:0"]
+    assert summary["events"] == 3 and summary["busy_us"] == 25 and summary["span_us"] == 40
+    assert summary["busy_share"] == 25 / 40
+    assert [(t["name"], t["count"], t["total_us"]) for t in summary["top"]] == [("gemm", 2, 20), ("norm", 1, 10)]
+    assert "/host:CPU" not in gpu_check.summarize_trace(trace)
