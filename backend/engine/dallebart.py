@@ -165,17 +165,72 @@ def random_params(config: DalleBartConfig, seed: int, dtype=np.float32, std: flo
     return tree
 
 
+# ---------------------------------------------------------------- the layout the code uses
+
+
+def unstack_layers(params) -> dict:
+    """The checkpoint tree in the layout every function below takes.
+
+    Each layer stack is split into a list of layers: slicing a stack inside the decoding loop
+    would copy every weight at every step on some backends, while numpy slices on the host are
+    views (no copy). And the checkpoint's generic names (`LayerNorm_2`, `FlaxBartAttention_1`,
+    `GLU_0/Dense_0`) become what each piece is; they appear only here and in
+    `expected_param_shapes`. Traceable, so training can differentiate through it.
+    """
+    model = params["model"]
+    return {
+        "encoder": _side(model["encoder"], ENCODER_LAYERS, _encoder_layer),
+        "decoder": _side(model["decoder"], DECODER_LAYERS, _decoder_layer),
+        "lm_head": params["lm_head"]["kernel"],
+    }
+
+
+def _side(tree, stack_name: str, name_layer) -> dict:
+    stack = tree["layers"][stack_name]
+    count = len(jax.tree_util.tree_leaves(stack)[0])
+    return {
+        "embed_tokens": tree["embed_tokens"]["embedding"],
+        "embed_positions": tree["embed_positions"]["embedding"],
+        "embedding_norm": tree["layernorm_embedding"],
+        "final_norm": tree["final_ln"],
+        "layers": [name_layer(jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], stack)) for i in range(count)],
+    }
+
+
+def _attention_weights(tree) -> dict:
+    return {name: tree[f"{name}_proj"]["kernel"] for name in ("q", "k", "v", "out")}
+
+
+def _glu_weights(tree) -> dict:
+    return {"norm": tree["LayerNorm_0"], "gate": tree["Dense_0"]["kernel"], "up": tree["Dense_1"]["kernel"],
+            "mid_norm": tree["LayerNorm_1"], "down": tree["Dense_2"]["kernel"]}
+
+
+def _encoder_layer(tree) -> dict:
+    # Normformer: a bias-only norm before attention, a scaled norm after it.
+    return {"pre_attn_norm": tree["LayerNorm_0"], "self_attn": _attention_weights(tree["FlaxBartAttention_0"]),
+            "post_attn_norm": tree["LayerNorm_1"], "glu": _glu_weights(tree["GLU_0"])}
+
+
+def _decoder_layer(tree) -> dict:
+    return {"pre_self_attn_norm": tree["LayerNorm_0"], "self_attn": _attention_weights(tree["FlaxBartAttention_0"]),
+            "post_self_attn_norm": tree["LayerNorm_1"],
+            "pre_cross_attn_norm": tree["LayerNorm_2"], "cross_attn": _attention_weights(tree["FlaxBartAttention_1"]),
+            "post_cross_attn_norm": tree["LayerNorm_3"], "glu": _glu_weights(tree["GLU_0"])}
+
+
 # ---------------------------------------------------------------- building blocks
 
 
-def _layer_norm(x, bias, scale=None):
+def _layer_norm(x, norm):
+    """LayerNorm in float32 with the norm's bias and, where it has one, its scale."""
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS)
-    if scale is not None:
-        y = y * scale.astype(jnp.float32)
-    return y + bias.astype(jnp.float32)
+    if "scale" in norm:
+        y = y * norm["scale"].astype(jnp.float32)
+    return y + norm["bias"].astype(jnp.float32)
 
 
 def _dense(x, kernel):
@@ -183,30 +238,37 @@ def _dense(x, kernel):
     return jnp.einsum("...i,io->...o", x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32)
 
 
-def _heads(x, num_heads):
-    return x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
+def _project_heads(x, kernel, heads: int):
+    """x @ kernel split into heads: [..., D] → [..., heads, D / heads]."""
+    projected = _dense(x, kernel)
+    return projected.reshape(projected.shape[:-1] + (heads, projected.shape[-1] // heads))
 
 
-def _merge_heads(x):
-    return x.reshape(x.shape[:-2] + (-1,))
+def _queries(attn, x, heads: int):
+    """The attention's queries, scaled by 1/sqrt(head size) as in BART."""
+    queries = _project_heads(x, attn["q"], heads)
+    return queries * queries.shape[-1] ** -0.5
 
 
-def _glu(p, x):
-    h = _layer_norm(x, p["LayerNorm_0"]["bias"])
-    h = jax.nn.gelu(_dense(h, p["Dense_0"]["kernel"]), approximate=False) * _dense(h, p["Dense_1"]["kernel"])
-    h = _layer_norm(h, p["LayerNorm_1"]["bias"])
-    return _dense(h, p["Dense_2"]["kernel"])
+def _keys_values(attn, x, heads: int):
+    return _project_heads(x, attn["k"], heads), _project_heads(x, attn["v"], heads)
 
 
-def _attention_output(p, attended, residual, post_norm):
-    out = _dense(_merge_heads(attended), p["out_proj"]["kernel"])
-    return residual + _layer_norm(out, post_norm["bias"], post_norm["scale"])
+def _attention_output(attn, attended, residual, post_norm):
+    merged = attended.reshape(attended.shape[:-2] + (-1,))
+    return residual + _layer_norm(_dense(merged, attn["out"]), post_norm)
 
 
-def _embed(p, token_ids, positions):
-    x = jnp.take(p["embed_tokens"]["embedding"], token_ids, axis=0).astype(jnp.float32)
-    x = x + jnp.take(p["embed_positions"]["embedding"], positions, axis=0).astype(jnp.float32)
-    return _layer_norm(x, p["layernorm_embedding"]["bias"], p["layernorm_embedding"]["scale"])
+def _glu(glu, x):
+    hidden = _layer_norm(x, glu["norm"])
+    hidden = jax.nn.gelu(_dense(hidden, glu["gate"]), approximate=False) * _dense(hidden, glu["up"])
+    return _dense(_layer_norm(hidden, glu["mid_norm"]), glu["down"])
+
+
+def _embed(side, token_ids, positions):
+    x = jnp.take(side["embed_tokens"], token_ids, axis=0).astype(jnp.float32)
+    x = x + jnp.take(side["embed_positions"], positions, axis=0).astype(jnp.float32)
+    return _layer_norm(x, side["embedding_norm"])
 
 
 def _softmax_attend(scores, bias, values, einsum_spec):
@@ -218,53 +280,27 @@ def _mask_bias(mask):
     return jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
 
 
-# ---------------------------------------------------------------- layer layout
-
-
-def unstack_layers(params) -> dict:
-    """The checkpoint tree with each layer stack replaced by a list of per-layer trees.
-
-    The checkpoint stacks layer weights on a leading axis; slicing that axis inside the
-    decoding loop would copy every weight at every step on some backends, so the engine
-    splits the stacks once, on the host (numpy slices are views: no copy there either).
-    """
-    def split(stack):
-        count = len(jax.tree_util.tree_leaves(stack)[0])
-        return [jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], stack) for i in range(count)]
-
-    model = params["model"]
-    return {
-        "lm_head": params["lm_head"],
-        "model": {
-            side: {**{k: v for k, v in model[side].items() if k != "layers"},
-                   "layers": split(model[side]["layers"][stack])}
-            for side, stack in (("encoder", ENCODER_LAYERS), ("decoder", DECODER_LAYERS))
-        },
-    }
-
-
 # ---------------------------------------------------------------- encoder
-# All functions below take the `unstack_layers` layout.
+# All functions below take the `unstack_layers` layout. Einsum letters: r rows, b images,
+# c conditional/unconditional, q and k query and key positions, t cached positions, s text
+# positions, h heads, d head size.
 
 
 def encode(params, config: DalleBartConfig, input_ids, attention_mask):
     """Text tokens [R, S] → encoder states [R, S, D] (float32)."""
-    p = params["model"]["encoder"]
+    encoder = params["encoder"]
     heads = config.encoder_attention_heads
-    scale = (config.d_model // heads) ** -0.5
-    x = _embed(p, input_ids, jnp.arange(input_ids.shape[1]))
+    x = _embed(encoder, input_ids, jnp.arange(input_ids.shape[1]))
     bias = _mask_bias(attention_mask[:, None, None, :] > 0)  # [R, 1, 1, S]
-    for lp in p["layers"]:
-        h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
-        a = lp["FlaxBartAttention_0"]
-        q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
-        k = _heads(_dense(h, a["k_proj"]["kernel"]), heads)
-        v = _heads(_dense(h, a["v_proj"]["kernel"]), heads)
-        scores = jnp.einsum("rqhd,rkhd->rhqk", q, k)
-        out = _softmax_attend(scores, bias, v, "rhqk,rkhd->rqhd")
-        x = _attention_output(a, out, x, lp["LayerNorm_1"])
-        x = x + _glu(lp["GLU_0"], x)
-    return _layer_norm(x, p["final_ln"]["bias"])
+    for layer in encoder["layers"]:
+        hidden = _layer_norm(x, layer["pre_attn_norm"])
+        queries = _queries(layer["self_attn"], hidden, heads)
+        keys, values = _keys_values(layer["self_attn"], hidden, heads)
+        scores = jnp.einsum("rqhd,rkhd->rhqk", queries, keys)
+        attended = _softmax_attend(scores, bias, values, "rhqk,rkhd->rqhd")
+        x = _attention_output(layer["self_attn"], attended, x, layer["post_attn_norm"])
+        x = x + _glu(layer["glu"], x)
+    return _layer_norm(x, encoder["final_norm"])
 
 
 # ---------------------------------------------------------------- decoder, fast path
@@ -274,11 +310,10 @@ def cross_attention_kv(params, config: DalleBartConfig, encoder_states):
     """Per layer, the cross-attention keys and values [R, S, H, hd]: computed once per prompt."""
     heads = config.decoder_attention_heads
     result = []
-    for lp in params["model"]["decoder"]["layers"]:
-        a = lp["FlaxBartAttention_1"]
-        k, v = (_heads(_dense(encoder_states, a[name]["kernel"]), heads).astype(a[name]["kernel"].dtype)
-                for name in ("k_proj", "v_proj"))
-        result.append((k, v))
+    for layer in params["decoder"]["layers"]:
+        attn = layer["cross_attn"]
+        keys, values = _keys_values(attn, encoder_states, heads)
+        result.append((keys.astype(attn["k"].dtype), values.astype(attn["v"].dtype)))
     return result
 
 
@@ -296,36 +331,35 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
     scalar, cache from `empty_cache`, cross_kv from `cross_attention_kv` on the two encoder rows
     (conditional, unconditional), encoder_mask [2, S]. Returns logits [B, 2, V] and the cache.
     """
-    p = params["model"]["decoder"]
+    decoder = params["decoder"]
     heads = config.decoder_attention_heads
-    scale = (config.d_model // heads) ** -0.5
-    x = _embed(p, tokens, position)  # [B, 2, D]
+    x = _embed(decoder, tokens, position)  # [B, 2, D]
     causal_bias = _mask_bias(jnp.arange(config.image_length) <= position)  # [T]
     cross_bias = _mask_bias(encoder_mask > 0)[:, None, :]  # [2, 1, S]
     new_cache = []
-    for lp, (cache_k, cache_v), (cross_k, cross_v) in zip(p["layers"], cache, cross_kv):
-        a = lp["FlaxBartAttention_0"]
-        h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
-        q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
-        k = _heads(_dense(h, a["k_proj"]["kernel"]), heads).astype(cache_k.dtype)
-        v = _heads(_dense(h, a["v_proj"]["kernel"]), heads).astype(cache_v.dtype)
+    for layer, (cached_keys, cached_values), (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
+        attn = layer["self_attn"]
+        hidden = _layer_norm(x, layer["pre_self_attn_norm"])
+        queries = _queries(attn, hidden, heads)
+        keys, values = _keys_values(attn, hidden, heads)
         at = (0, 0, 0, position, 0)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, :, :, None], at)
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, :, None], at)
-        new_cache.append((cache_k, cache_v))
-        scores = jnp.einsum("bchd,bchtd->bcht", q.astype(cache_k.dtype), cache_k, preferred_element_type=jnp.float32)
-        out = _softmax_attend(scores, causal_bias, cache_v, "bcht,bchtd->bchd")
-        x = _attention_output(a, out, x, lp["LayerNorm_1"])
+        cached_keys = jax.lax.dynamic_update_slice(cached_keys, keys.astype(cached_keys.dtype)[:, :, :, None], at)
+        cached_values = jax.lax.dynamic_update_slice(cached_values, values.astype(cached_values.dtype)[:, :, :, None], at)
+        new_cache.append((cached_keys, cached_values))
+        scores = jnp.einsum("bchd,bchtd->bcht", queries.astype(cached_keys.dtype), cached_keys,
+                            preferred_element_type=jnp.float32)
+        attended = _softmax_attend(scores, causal_bias, cached_values, "bcht,bchtd->bchd")
+        x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])
 
-        c = lp["FlaxBartAttention_1"]
-        h = _layer_norm(x, lp["LayerNorm_2"]["bias"])
-        q = _heads(_dense(h, c["q_proj"]["kernel"]), heads) * scale
-        scores = jnp.einsum("bchd,cshd->bchs", q.astype(cross_k.dtype), cross_k, preferred_element_type=jnp.float32)
-        out = _softmax_attend(scores, cross_bias, cross_v, "bchs,cshd->bchd")
-        x = _attention_output(c, out, x, lp["LayerNorm_3"])
-        x = x + _glu(lp["GLU_0"], x)
-    x = _layer_norm(x, p["final_ln"]["bias"])
-    return _dense(x, params["lm_head"]["kernel"]), new_cache
+        attn = layer["cross_attn"]
+        queries = _queries(attn, _layer_norm(x, layer["pre_cross_attn_norm"]), heads)
+        scores = jnp.einsum("bchd,cshd->bchs", queries.astype(cross_keys.dtype), cross_keys,
+                            preferred_element_type=jnp.float32)
+        attended = _softmax_attend(scores, cross_bias, cross_values, "bchs,cshd->bchd")
+        x = _attention_output(attn, attended, x, layer["post_cross_attn_norm"])
+        x = x + _glu(layer["glu"], x)
+    x = _layer_norm(x, decoder["final_norm"])
+    return _dense(x, params["lm_head"]), new_cache
 
 
 # ---------------------------------------------------------------- decoder, plain reference
@@ -333,28 +367,26 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
 
 def decode_full(params, config: DalleBartConfig, decoder_input_ids, encoder_states, encoder_mask):
     """Plain causal forward over whole sequences: ids [N, T] → logits [N, T, V]. No cache."""
-    p = params["model"]["decoder"]
+    decoder = params["decoder"]
     heads = config.decoder_attention_heads
-    scale = (config.d_model // heads) ** -0.5
     length = decoder_input_ids.shape[1]
-    x = _embed(p, decoder_input_ids, jnp.arange(length))
+    x = _embed(decoder, decoder_input_ids, jnp.arange(length))
     causal_bias = _mask_bias(jnp.tril(jnp.ones((length, length), bool)))  # [Tq, Tk]
     cross_bias = _mask_bias(encoder_mask[:, None, None, :] > 0)  # [N, 1, 1, S]
 
-    def attend(a, h, kv_source, bias):
-        q = _heads(_dense(h, a["q_proj"]["kernel"]), heads) * scale
-        k = _heads(_dense(kv_source, a["k_proj"]["kernel"]), heads)
-        v = _heads(_dense(kv_source, a["v_proj"]["kernel"]), heads)
-        scores = jnp.einsum("nqhd,nkhd->nhqk", q, k)
-        return _softmax_attend(scores, bias, v, "nhqk,nkhd->nqhd")
+    def attend(attn, hidden, kv_source, bias):
+        queries = _queries(attn, hidden, heads)
+        keys, values = _keys_values(attn, kv_source, heads)
+        scores = jnp.einsum("nqhd,nkhd->nhqk", queries, keys)
+        return _softmax_attend(scores, bias, values, "nhqk,nkhd->nqhd")
 
-    for lp in p["layers"]:
-        h = _layer_norm(x, lp["LayerNorm_0"]["bias"])
-        out = attend(lp["FlaxBartAttention_0"], h, h, causal_bias)
-        x = _attention_output(lp["FlaxBartAttention_0"], out, x, lp["LayerNorm_1"])
-        h = _layer_norm(x, lp["LayerNorm_2"]["bias"])
-        out = attend(lp["FlaxBartAttention_1"], h, encoder_states, cross_bias)
-        x = _attention_output(lp["FlaxBartAttention_1"], out, x, lp["LayerNorm_3"])
-        x = x + _glu(lp["GLU_0"], x)
-    x = _layer_norm(x, p["final_ln"]["bias"])
-    return _dense(x, params["lm_head"]["kernel"])
+    for layer in decoder["layers"]:
+        hidden = _layer_norm(x, layer["pre_self_attn_norm"])
+        attended = attend(layer["self_attn"], hidden, hidden, causal_bias)
+        x = _attention_output(layer["self_attn"], attended, x, layer["post_self_attn_norm"])
+        hidden = _layer_norm(x, layer["pre_cross_attn_norm"])
+        attended = attend(layer["cross_attn"], hidden, encoder_states, cross_bias)
+        x = _attention_output(layer["cross_attn"], attended, x, layer["post_cross_attn_norm"])
+        x = x + _glu(layer["glu"], x)
+    x = _layer_norm(x, decoder["final_norm"])
+    return _dense(x, params["lm_head"])
