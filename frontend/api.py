@@ -18,8 +18,8 @@ from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
 from frontend.routing import UUID_PATTERN, Request, Router
 from frontend.validation import ValidationError, parse_json_object, validate_prompt
-from playground.jobs import JobNotFound, JobQueue, QueueFull
 from playground.library import LibraryStore
+from playground.queue import JobNotFound, JobQueue, QueueFull
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
