@@ -16,10 +16,10 @@ from frontend.files import FileCache, resolve_inside, safe_relative_parts
 from frontend.library_view import LibraryView
 from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
-from frontend.routing import UUID_PATTERN, Request, Router
+from frontend.routing import Request, Router
 from frontend.validation import ValidationError, parse_json_object, validate_prompt
 from playground.library import LibraryStore
-from playground.queue import JobNotFound, JobQueue, QueueFull
+from playground.queue import UUID_PATTERN, JobNotFound, JobQueue, QueueFull
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}

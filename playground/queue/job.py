@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from playground.queue.states import FINISHED, QUEUED
 
 SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "condition_scale")
+# Job ids are lowercase uuids (they name the library's folders), and so are the library's image names.
+UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def _float_or_none(raw: str | None) -> float | None:
