@@ -29,7 +29,7 @@ from pathlib import Path
 import redis
 from PIL import Image
 
-from playground.jobs import JobQueue
+from playground.queue import JobQueue
 from playground.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -16,10 +16,10 @@ from frontend.files import FileCache, resolve_inside, safe_relative_parts
 from frontend.library_view import LibraryView
 from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
-from frontend.routing import UUID_PATTERN, Request, Router
+from frontend.routing import Request, Router
 from frontend.validation import ValidationError, parse_json_object, validate_prompt
-from playground.jobs import JobNotFound, JobQueue, QueueFull
 from playground.library import LibraryStore
+from playground.queue import DONE, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
@@ -131,7 +131,7 @@ class Api:
     def job_status(self, request: Request) -> Response:
         job_id = request.params["job_id"]
         job = self.queue.get(job_id)
-        entry = self.library.entry(job_id) if job is None or job.status == "done" else None
+        entry = self.library.entry(job_id) if job is None or job.status == DONE else None
         if job is None:
             if entry is None:
                 return error_response(404, f"no job {job_id}")
@@ -147,7 +147,7 @@ class Api:
         before = self.queue.record(job_id)
         if before is None:
             if self.library.entry(job_id) is not None:
-                return error_response(409, "the job is already done", status="done")
+                return error_response(409, f"the job is already {DONE}", status=DONE)
             return error_response(404, f"no job {job_id}")
         if before.finished:
             return error_response(409, f"the job is already {before.status}", status=before.status)
@@ -247,7 +247,7 @@ def _status_from_entry(entry: dict) -> dict:
         "text": entry.get("text_prompt"),
         "num_images": entry.get("num_images", len(images)),
         "seed": entry.get("seed"),
-        "status": "done",
+        "status": DONE,
         "position": None,
         "progress": {"tokens_done": 256, "total_tokens": 256},
         "eta_secs": None,

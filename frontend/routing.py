@@ -11,8 +11,6 @@ from typing import Any
 
 from frontend.responses import Response
 
-UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-
 
 @dataclass(frozen=True)
 class Request:

@@ -23,14 +23,15 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from playground.queue import UUID_PATTERN
+
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "library.json"
 JOB_FILE_NAME = "job.json"
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_UUID_RE = re.compile(_UUID)
-_IMAGE_URL_RE = re.compile(rf"library/({_UUID})/({_UUID})\.png")
-_IMAGE_NAME_RE = re.compile(rf"{_UUID}\.png")
+_UUID_RE = re.compile(UUID_PATTERN)
+_IMAGE_URL_RE = re.compile(rf"library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
+_IMAGE_NAME_RE = re.compile(rf"{UUID_PATTERN}\.png")
 REQUIRED_FIELDS = ("queue_id", "text_prompt", "creation_unixtime")
 
 

@@ -36,8 +36,6 @@ from processes import (
     scheduler_process,
 )
 
-FINISHED = ("done", "failed", "cancelled")
-
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll until `predicate()` is truthy (returns it), or raise TimeoutError after `timeout` s."""

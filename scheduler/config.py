@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from playground.jobs import DEFAULT_PREFIX
+from playground.queue import DEFAULT_PREFIX
 from playground.settings import get_float, get_int, get_list, get_str
 
 

@@ -9,8 +9,8 @@ import time
 
 import redis
 
-from playground.jobs import Job
 from playground.library import LibraryStore
+from playground.queue import Job
 from scheduler.backend_client import (
     BackendClient,
     BackendLost,

@@ -5,7 +5,8 @@ A claimed job moves atomically (BLMOVE) from the queue into the worker's own pro
 list, so it is always in exactly one list until it finishes. A worker proves it is alive
 with a key that expires unless its heartbeat renews it; a worker whose key has expired
 gets its job put back at the front of the queue by whoever notices first (its own
-successor at start, or any other worker's periodic sweep). Key layout: `playground.jobs`.
+successor at start, or any other worker's periodic sweep). Key layout, statuses and the
+Lua scripts: `playground.queue`.
 """
 from __future__ import annotations
 
@@ -17,90 +18,20 @@ import uuid
 
 import redis
 
-from playground.jobs import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, Job, Keys
+from playground.queue import (
+    CANCELLED,
+    DEFAULT_FINISHED_TTL_SECS,
+    DEFAULT_PREFIX,
+    DONE,
+    FAILED,
+    Job,
+    Keys,
+    scripts,
+)
 
 MAX_ATTEMPTS = 3
 HEARTBEAT_TTL_SECS = 6
 SPEED_SMOOTHING = 0.3  # weight of the newest measurement in the moving average
-
-# KEYS: processing list, job hash, worker hash. ARGV: job id, now, worker id, backend url.
-# Returns the job's hash. The job may have been cancelled while it sat in the queue; then
-# it is dropped here and 0 returned.
-_START = """
-local status = redis.call('HGET', KEYS[2], 'status')
-if status ~= 'queued' then
-  redis.call('LREM', KEYS[1], 0, ARGV[1])
-  return 0
-end
-redis.call('HSET', KEYS[2], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3],
-           'backend', ARGV[4], 'tokens_done', '0', 'cancel_requested', '0')
-redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-redis.call('HSET', KEYS[3], 'job_id', ARGV[1])
-return redis.call('HGETALL', KEYS[2])
-"""
-
-# KEYS: processing list, job hash, worker hash. ARGV: job id, now, ttl, field, value, ...
-_FINISH = """
-redis.call('LREM', KEYS[1], 0, ARGV[1])
-redis.call('HSET', KEYS[3], 'job_id', '')
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'finished_at', ARGV[2], unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-return 1
-"""
-
-# Put a job back at the front of the queue, or fail it when it has had its attempts, or
-# cancel it when that was asked. KEYS: processing list, job hash, queue, worker hash, the
-# worker's alive key. ARGV: job id, reason, count_attempt (1/0), max attempts, now, ttl,
-# only_if_dead (1/0: leave it alone if that worker has come back). Returns the new status.
-_PUT_BACK = """
-if ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return '' end
-if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return '' end
-redis.call('HSET', KEYS[4], 'job_id', '')
-if redis.call('EXISTS', KEYS[2]) == 0 then return '' end
-local finish = function(status, err)
-  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', ARGV[5], 'error', err)
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
-  return status
-end
-if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return finish('cancelled', '') end
-local attempts = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')
-if ARGV[3] == '1' and attempts >= tonumber(ARGV[4]) then
-  return finish('failed', 'gave up after ' .. attempts .. ' attempts; last: ' .. ARGV[2])
-end
-if ARGV[3] ~= '1' and attempts > 0 then attempts = attempts - 1 end
-redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', attempts, 'last_error', ARGV[2],
-           'tokens_done', '0', 'started_at', '', 'worker', '', 'backend', '')
-redis.call('LPUSH', KEYS[3], ARGV[1])
-return 'queued'
-"""
-
-# Take a worker's identity if it is free, ours, or its holder is known to be dead.
-# KEYS: alive key. ARGV: owner, ttl, predecessor to replace ('' = none).
-_TAKE_IDENTITY = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] and holder ~= ARGV[3] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
-return 1
-"""
-
-# KEYS: alive key, workers set, worker hash. ARGV: owner, worker id.
-_UNREGISTER = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('SREM', KEYS[2], ARGV[2])
-return 1
-"""
-
-# KEYS: speed hash. ARGV: worker id, seconds per image, smoothing.
-_RECORD_SPEED = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-local new = tonumber(ARGV[2])
-if old then new = tonumber(ARGV[3]) * new + (1 - tonumber(ARGV[3])) * tonumber(old) end
-redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
-return tostring(new)
-"""
 
 
 def process_owner() -> str:
@@ -147,12 +78,12 @@ class WorkerQueue:
         self.owner = owner or process_owner()
         self.processing = self.keys.processing(worker_id)
         self.worker_key = self.keys.worker(worker_id)
-        self._start = redis_client.register_script(_START)
-        self._finish = redis_client.register_script(_FINISH)
-        self._put_back = redis_client.register_script(_PUT_BACK)
-        self._take_identity = redis_client.register_script(_TAKE_IDENTITY)
-        self._record_speed = redis_client.register_script(_RECORD_SPEED)
-        self._unregister = redis_client.register_script(_UNREGISTER)
+        self._start = redis_client.register_script(scripts.START)
+        self._finish = redis_client.register_script(scripts.FINISH)
+        self._put_back = redis_client.register_script(scripts.PUT_BACK)
+        self._take_identity = redis_client.register_script(scripts.TAKE_IDENTITY)
+        self._record_speed = redis_client.register_script(scripts.RECORD_SPEED)
+        self._unregister = redis_client.register_script(scripts.UNREGISTER)
 
     # -- identity and heartbeat ------------------------------------------------------------
 
@@ -222,14 +153,14 @@ class WorkerQueue:
 
     def finish_done(self, job_id: str, seed: int, model: str, images: list[str],
                     process_time_secs: float) -> None:
-        self._finish_as(job_id, status="done", seed=seed, model=model, images=json.dumps(images),
+        self._finish_as(job_id, status=DONE, seed=seed, model=model, images=json.dumps(images),
                         process_time_secs=repr(process_time_secs), error="")
 
     def finish_failed(self, job_id: str, error: str) -> None:
-        self._finish_as(job_id, status="failed", error=error)
+        self._finish_as(job_id, status=FAILED, error=error)
 
     def finish_cancelled(self, job_id: str) -> None:
-        self._finish_as(job_id, status="cancelled", error="")
+        self._finish_as(job_id, status=CANCELLED, error="")
 
     def _finish_as(self, job_id: str, **fields) -> None:
         flat = [str(item) for pair in fields.items() for item in pair]

@@ -18,8 +18,8 @@ from PIL import Image
 
 from frontend.config import Config
 from frontend.threaded import serving
-from playground.jobs import JobQueue
 from playground.library import LibraryStore
+from playground.queue import JobQueue
 from playground.redis_server import free_port
 from scheduler.worker_queue import WorkerQueue
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from frontend.config import Config
 from frontend.server import KNOWN_METHODS, METHOD_TOKEN
 from frontend.threaded import serving
-from playground.jobs import JobQueue
 from playground.library import LibraryStore
+from playground.queue import JobQueue
 
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None, database=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -13,7 +13,7 @@ import pytest
 
 from frontend.config import Config
 from frontend.threaded import serving
-from playground.jobs import JobQueue
+from playground.queue import JobQueue
 
 GOOD = json.dumps({"text": "a squirrel", "num_images": "6", "seed": 12345}).encode()
 

@@ -10,7 +10,7 @@ import pytest
 from frontend.config import Config
 from frontend.threaded import serving
 from frontend.validation import ValidationError, validate_prompt
-from playground.jobs import JobQueue
+from playground.queue import JobQueue
 
 GOOD = {"text": "a squirrel", "num_images": "6", "seed": 12345}
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from playground.jobs import Job, JobNotFound, JobQueue, Keys, QueueFull
+from playground.queue import Job, JobNotFound, JobQueue, Keys, QueueFull
 from scheduler.worker_queue import WorkerQueue
 
 
@@ -145,7 +145,7 @@ def test_health_reports_workers_and_heartbeat_age(queue, redis_client):
 
 def test_job_round_trips_through_its_hash():
     job = Job(id="x", text="t", num_images=2, seed=1, top_p=0.5)
-    from playground.jobs import encode_job_fields
+    from playground.queue import encode_job_fields
     assert Job.from_hash(encode_job_fields(job)).to_status() == job.to_status()
 
 

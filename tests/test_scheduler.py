@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from processes import ServiceProcess, backend_process, scheduler_process
 
-from playground.jobs import JobQueue
 from playground.library import LibraryStore
+from playground.queue import JobQueue
 
 pytestmark = pytest.mark.timeout(600)
 

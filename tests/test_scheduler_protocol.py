@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from playground.jobs import JobQueue
 from playground.library import LibraryStore
+from playground.queue import JobQueue
 from scheduler.config import Config
 from scheduler.service import Scheduler
 

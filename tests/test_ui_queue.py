@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from browser import submit_prompt
 from frontend.config import Config
 from frontend.threaded import serving
-from playground.jobs import JobQueue
+from playground.queue import JobQueue
 from scheduler.worker_queue import WorkerQueue
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]

@@ -1,0 +1,133 @@
+"""One job: the request's fields, everything known about its run, and its Redis hash."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from playground.queue.states import FINISHED, QUEUED
+
+SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "condition_scale")
+# Job ids are lowercase uuids (they name the library's folders), and so are the library's image names.
+UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def _float_or_none(raw: str | None) -> float | None:
+    return float(raw) if raw not in (None, "") else None
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    return int(raw) if raw not in (None, "") else None
+
+
+@dataclass
+class Job:
+    """One prompt and everything known about its run, decoded from its Redis hash."""
+
+    id: str
+    text: str
+    num_images: int
+    seed: int
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    condition_scale: float | None = None
+    status: str = QUEUED
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    last_error: str | None = None
+    worker: str | None = None
+    backend: str | None = None
+    model: str | None = None
+    tokens_done: int = 0
+    total_tokens: int = 256
+    cancel_requested: bool = False
+    images: list[str] = field(default_factory=list)
+    process_time_secs: float | None = None
+    # Filled in by JobQueue from the queue as a whole, not stored in the hash.
+    position: int | None = None
+    eta_secs: float | None = None
+
+    @classmethod
+    def from_hash(cls, raw: dict) -> Job:
+        h = raw if isinstance(next(iter(raw), ""), str) else {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            id=h["id"],
+            text=h["text"],
+            num_images=int(h["num_images"]),
+            seed=int(h["seed"]),
+            top_k=_int_or_none(h.get("top_k")),
+            top_p=_float_or_none(h.get("top_p")),
+            temperature=_float_or_none(h.get("temperature")),
+            condition_scale=_float_or_none(h.get("condition_scale")),
+            status=h.get("status", QUEUED),
+            created_at=float(h.get("created_at") or 0),
+            started_at=_float_or_none(h.get("started_at")),
+            finished_at=_float_or_none(h.get("finished_at")),
+            attempts=int(h.get("attempts") or 0),
+            error=h.get("error") or None,
+            last_error=h.get("last_error") or None,
+            worker=h.get("worker") or None,
+            backend=h.get("backend") or None,
+            model=h.get("model") or None,
+            tokens_done=int(h.get("tokens_done") or 0),
+            total_tokens=int(h.get("total_tokens") or 256),
+            cancel_requested=h.get("cancel_requested") == "1",
+            images=json.loads(h.get("images") or "[]"),
+            process_time_secs=_float_or_none(h.get("process_time_secs")),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def params(self) -> dict:
+        """The generation request as the backend protocol names it."""
+        return {"job_id": self.id, "text": self.text, "num_images": self.num_images, "seed": self.seed,
+                **{name: getattr(self, name) for name in SAMPLING_PARAMS}}
+
+    def to_status(self) -> dict:
+        """The public view: /queue_status elements and the per-job status of the API.
+
+        `position` is 0 for a running job, 1 for the next queued one, and so on; None once
+        finished. `eta_secs` is the estimated seconds until the job is done (None when no
+        speed has been measured yet or no worker is alive).
+        """
+        return {
+            "queue_id": self.id,
+            "text": self.text,
+            "num_images": self.num_images,
+            "seed": self.seed,
+            **{name: getattr(self, name) for name in SAMPLING_PARAMS},
+            "status": self.status,
+            "position": self.position,
+            "progress": {"tokens_done": self.tokens_done, "total_tokens": self.total_tokens},
+            "eta_secs": None if self.eta_secs is None else round(self.eta_secs, 1),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "attempts": self.attempts,
+            "error": self.error,
+            "cancel_requested": self.cancel_requested,
+            "backend": self.backend,
+            "model": self.model,
+            "images": self.images,
+        }
+
+
+def encode_job_fields(job: Job) -> dict[str, str]:
+    """The Redis hash of a new job (only the fields set at submission)."""
+    return {
+        "id": job.id,
+        "text": job.text,
+        "num_images": str(job.num_images),
+        "seed": str(job.seed),
+        **{name: "" if getattr(job, name) is None else repr(getattr(job, name)) for name in SAMPLING_PARAMS},
+        "status": job.status,
+        "created_at": repr(job.created_at),
+        "attempts": "0",
+        "tokens_done": "0",
+        "total_tokens": "256",
+    }

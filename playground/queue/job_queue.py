@@ -1,0 +1,148 @@
+"""The job queue as the frontend sees it: submit, look up, list, cancel, health.
+
+The scheduler's side of the same keys (claiming a job, progress, finishing, recovery) is
+`scheduler.worker_queue`. Submitting, listing and cancelling are each one round trip (a Lua
+script), so POST /prompt and the once-a-second status polls stay cheap.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import redis
+
+from playground.queue import scripts
+from playground.queue.eta import estimate
+from playground.queue.job import Job, encode_job_fields
+from playground.queue.keys import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, Keys
+
+DEFAULT_MAX_QUEUED = 1000
+
+
+class QueueFull(Exception):
+    """The queue already holds `max_queued` jobs."""
+
+
+class JobNotFound(KeyError):
+    """No job with this id (never submitted, or finished long enough ago to be forgotten)."""
+
+
+class JobQueue:
+    """Submit, find, list and cancel jobs; read the scheduler's health. Thread-safe."""
+
+    def __init__(self, redis_client: redis.Redis, max_queued: int = DEFAULT_MAX_QUEUED,
+                 prefix: str = DEFAULT_PREFIX, finished_ttl_secs: int = DEFAULT_FINISHED_TTL_SECS):
+        self.redis = redis_client
+        self.max_queued = max_queued
+        self.keys = Keys(prefix)
+        self.finished_ttl_secs = finished_ttl_secs
+        self._submit = redis_client.register_script(scripts.SUBMIT)
+        self._unfinished = redis_client.register_script(scripts.UNFINISHED)
+        self._cancel = redis_client.register_script(scripts.CANCEL)
+
+    def submit(self, params: dict) -> Job:
+        """Queue a validated request (text, num_images, seed, optional sampling values)."""
+        job = Job(
+            id=str(uuid.uuid4()),
+            text=params["text"],
+            num_images=int(params["num_images"]),
+            seed=int(params["seed"]),
+            top_k=None if params.get("top_k") is None else int(params["top_k"]),
+            **{name: None if params.get(name) is None else float(params[name])
+               for name in ("top_p", "temperature", "condition_scale")},
+            created_at=time.time(),
+        )
+        flat = [item for pair in encode_job_fields(job).items() for item in pair]
+        if not self._submit(keys=[self.keys.queue, self.keys.job(job.id)],
+                            args=[self.max_queued, job.id, *flat]):
+            raise QueueFull(f"the queue is full ({self.max_queued} prompts waiting); try again later")
+        return job
+
+    def record(self, job_id: str) -> Job | None:
+        """The job's own record without position and ETA: one read, whatever the queue's length."""
+        raw = self.redis.hgetall(self.keys.job(job_id))
+        return Job.from_hash(raw) if raw else None
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with its position and ETA, or None when unknown."""
+        job = self.record(job_id)
+        if job is None:
+            return None
+        if job.finished:
+            return job
+        # Position and ETA depend on the jobs ahead, so take them from the whole picture.
+        for listed in self.unfinished():
+            if listed.id == job_id:
+                return listed
+        return self.record(job_id)  # it finished between the two reads
+
+    def unfinished(self, now: float | None = None) -> list[Job]:
+        """Running jobs first, then queued jobs oldest first, each with position and ETA."""
+        picture = json.loads(self._unfinished(
+            keys=[self.keys.queue, self.keys.workers, self.keys.speed], args=[self.keys.prefix]))
+        now = time.time() if now is None else now
+        running: list[tuple[Job, str]] = []
+        speeds: dict[str, float] = {}
+        alive_workers: list[str] = []
+        # cjson writes an empty Lua table as {}, hence the `or []`.
+        for worker in picture["workers"] or []:
+            if worker["speed"]:
+                speeds[worker["id"]] = float(worker["speed"])
+            if worker["alive"]:
+                alive_workers.append(worker["id"])
+            running.extend((Job.from_hash(h), worker["id"]) for h in worker["running"] or [])
+        queued = [Job.from_hash(h) for h in picture["queued"] or []]
+        running.sort(key=lambda item: item[0].started_at or item[0].created_at)
+        estimate(running, queued, alive_workers, speeds, now)
+        return [job for job, _ in running] + queued
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once, or ask the worker to stop a running one (within 5 s).
+
+        A finished job is returned unchanged; the caller sees from its status that it was
+        too late. Raises JobNotFound for an unknown id.
+        """
+        outcome = self._cancel(keys=[self.keys.queue, self.keys.job(job_id)],
+                               args=[job_id, repr(time.time()), self.finished_ttl_secs])
+        if not outcome:
+            raise JobNotFound(job_id)
+        # Its own record only: reading every queued job's position would make clearing a
+        # long queue quadratic.
+        job = self.record(job_id)
+        if job is None:  # expired between the two calls
+            raise JobNotFound(job_id)
+        return job
+
+    def queued_count(self) -> int:
+        return self.redis.llen(self.keys.queue)
+
+    def health(self, now: float | None = None) -> dict:
+        """The scheduler's workers as their heartbeats describe them, and the queue's length."""
+        worker_ids = sorted(w.decode() for w in self.redis.smembers(self.keys.workers))
+        pipe = self.redis.pipeline(transaction=False)
+        for wid in worker_ids:
+            pipe.hgetall(self.keys.worker(wid))
+            pipe.exists(self.keys.alive(wid))
+            pipe.hget(self.keys.speed, wid)
+        pipe.llen(self.keys.queue)
+        replies = pipe.execute()
+        now = time.time() if now is None else now
+        workers = []
+        for i, wid in enumerate(worker_ids):
+            info = {k.decode(): v.decode() for k, v in replies[3 * i].items()}
+            heartbeat = info.get("heartbeat")
+            speed = replies[3 * i + 2]
+            workers.append({
+                "id": wid,
+                "alive": bool(replies[3 * i + 1]),
+                "backend_url": info.get("backend_url"),
+                "backend_status": info.get("backend_status"),
+                "backend_error": info.get("backend_error") or None,
+                "model": info.get("model") or None,
+                "job_id": info.get("job_id") or None,
+                "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
+                "secs_per_image": None if speed is None else round(float(speed), 3),
+            })
+        return {"workers": workers, "alive_workers": sum(w["alive"] for w in workers),
+                "queued": replies[-1]}

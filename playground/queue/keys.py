@@ -1,0 +1,39 @@
+"""Where the job queue lives in Redis: the key names shared by the frontend and the scheduler.
+
+    <prefix>:queue                 list of queued job ids, head = next (FIFO, RPUSH to submit)
+    <prefix>:job:<id>              hash: parameters, status, timestamps, attempts, progress
+    <prefix>:workers               set of worker ids (one per backend URL)
+    <prefix>:worker:<wid>          hash: backend_url, backend_status, model, job_id, heartbeat
+    <prefix>:worker:<wid>:alive    string with a TTL, renewed by the worker's heartbeat
+    <prefix>:processing:<wid>      list holding the job the worker is running (0 or 1 id)
+    <prefix>:speed                 hash: worker id -> measured seconds per image (moving average)
+
+A prefix lets several playgrounds share one Redis server.
+"""
+from __future__ import annotations
+
+DEFAULT_PREFIX = "dalle"
+# How long a finished job's hash is kept (the library keeps its result for good).
+DEFAULT_FINISHED_TTL_SECS = 7 * 24 * 3600
+
+
+class Keys:
+    """Names of the Redis keys shared by the frontend and the scheduler."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX):
+        self.prefix = prefix
+        self.queue = f"{prefix}:queue"
+        self.workers = f"{prefix}:workers"
+        self.speed = f"{prefix}:speed"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def alive(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}:alive"
+
+    def processing(self, worker_id: str) -> str:
+        return f"{self.prefix}:processing:{worker_id}"
