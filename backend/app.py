@@ -5,7 +5,6 @@ It holds one model and renders one prompt at a time; the scheduler decides what 
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,9 +12,10 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from backend.config import Config
-from backend.generate_request import MAX_SEED, BadRequest, parse_generate_body
+from backend.generate_request import BadRequest, parse_generate_body
 from backend.generation_run import GenerationRun
 from backend.model_holder import ModelHolder
+from playground.limits import random_seed
 
 
 def default_loader(config: Config) -> Callable[[], Any]:
@@ -58,6 +58,10 @@ def create_app(config: Config, loader: Callable[[], Any] | None = None) -> Flask
         if status == "ready":
             body.update(
                 devices=[str(device) for device in getattr(holder.engine, "devices", [])],
+                # What the scheduler and the frontend need of the model: its image's
+                # tokens and the codebook that limits top-k.
+                image_tokens=holder.engine.total_tokens,
+                image_codes=holder.engine.num_codes,
                 busy=busy.locked(),
                 job_id=run.job_id if run else None,
                 load_secs=holder.load_secs,
@@ -82,7 +86,7 @@ def create_app(config: Config, loader: Callable[[], Any] | None = None) -> Flask
             current["run"] = None
             busy.release()
 
-        seed = body.seed or secrets.randbelow(MAX_SEED) + 1
+        seed = body.seed or random_seed()
         run = GenerationRun(holder.engine, body, seed, config.progress_interval_secs, finished)
         current["run"] = run
         run.start()

@@ -5,9 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-MAX_SEED = 2**32  # the original accepted 0 … 2^32 inclusive
-MAX_TEXT_LENGTH = 1000
-MAX_IMAGES = 8
+from playground.limits import MAX_IMAGES, MAX_SEED, MAX_TEXT_LENGTH
 
 
 class BadRequest(ValueError):

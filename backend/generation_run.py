@@ -41,7 +41,7 @@ class GenerationRun:
         self._on_finish = on_finish
         self._finished = threading.Event()
         self._tokens_done = 0
-        self._total_tokens = 256
+        self._total_tokens = engine.total_tokens
         self._outcome: dict | None = None
 
     @property

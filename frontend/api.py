@@ -6,6 +6,7 @@ Handlers take a `Request` and return a `Response`; they raise `ValidationError` 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -19,6 +20,7 @@ from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
 from frontend.validation import ValidationError, parse_json_object, validate_prompt
 from playground.library import LibraryStore
+from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH
 from playground.queue import DONE, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
@@ -27,6 +29,7 @@ IMAGE_URL = re.compile(rf"/?library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
 # Library PNGs are written once under a fresh uuid and never change.
 IMMUTABLE = "public, max-age=31536000, immutable"
 MAX_QUERY_FIELDS = 20
+SERVED_MODELS_RECHECK_SECS = 5.0
 
 
 class Api:
@@ -39,6 +42,7 @@ class Api:
         self.openapi = openapi or OpenApiDocument.load()
         self.files = FileCache()
         self.router = self._routes()
+        self._image_codes, self._image_codes_checked = IMAGE_CODES, float("-inf")
 
     @classmethod
     def from_config(cls, config: Config) -> "Api":
@@ -78,12 +82,21 @@ class Api:
     def submit_prompt(self, request: Request) -> Response:
         if request.body is None:
             return error_response(411, "POST /prompt needs a JSON body and its Content-Length")
-        params = validate_prompt(parse_json_object(request.body), self.config.max_text_chars)
+        params = validate_prompt(parse_json_object(request.body), self._served_image_codes())
         try:
             job = self.queue.submit(params)
         except QueueFull as full:
             return error_response(429, str(full), {"Retry-After": "30"})
         return json_response({"queue_id": job.id}, headers={"Location": f"/jobs/{job.id}"})
+
+    def _served_image_codes(self) -> int:
+        """The top-k limit: the largest codebook of the models the live backends serve (the
+        published models' until one reports), looked up at most every few seconds."""
+        now = time.monotonic()
+        if now - self._image_codes_checked > SERVED_MODELS_RECHECK_SECS:
+            served = [w["image_codes"] for w in self.queue.health()["workers"] if w["alive"] and w["image_codes"]]
+            self._image_codes, self._image_codes_checked = max(served, default=IMAGE_CODES), now
+        return self._image_codes
 
     def queue_status(self, request: Request) -> Response:
         return json_response([job.to_status() for job in self.queue.unfinished()])
@@ -96,8 +109,8 @@ class Api:
             offset = _int_field(fields, "offset", 0, 10**9) or 0
             limit = _int_field(fields, "limit", 1, self.config.max_page_size)
             query = fields.get("q", "")
-            if len(query) > self.config.max_text_chars:
-                raise ValidationError("q", f"is longer than {self.config.max_text_chars} characters")
+            if len(query) > MAX_TEXT_LENGTH:
+                raise ValidationError("q", f"is longer than {MAX_TEXT_LENGTH} characters")
             page = self.library.page(offset, limit, query)
         headers = {"X-Total-Count": str(page.total), "Vary": "Accept-Encoding"}
         if page.gzipped:
@@ -249,7 +262,7 @@ def _status_from_entry(entry: dict) -> dict:
         "seed": entry.get("seed"),
         "status": DONE,
         "position": None,
-        "progress": {"tokens_done": 256, "total_tokens": 256},
+        "progress": {"tokens_done": IMAGE_TOKENS, "total_tokens": IMAGE_TOKENS},
         "eta_secs": None,
         "error": None,
         "images": images,

@@ -38,8 +38,6 @@ class Config:
     max_connections: int = 256
     # Unfinished jobs beyond this make POST /prompt answer 429.
     max_queued_jobs: int = 1000
-    # The prompt text limit of API.md.
-    max_text_chars: int = 1000
     # GET /getlibrary?limit= is capped here.
     max_page_size: int = 1000
 

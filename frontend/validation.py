@@ -11,9 +11,7 @@ import math
 import re
 from typing import Any
 
-NUM_IMAGES_CHOICES = (2, 4, 6, 8)
-MAX_SEED = 2**32  # inclusive, as the original README says
-IMAGE_VOCAB_SIZE = 16384  # VQGAN codebook: gen_top_k beyond it means nothing
+from playground.limits import IMAGE_CODES, IMAGE_COUNTS, MAX_SEED, MAX_TEXT_LENGTH
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 
 
@@ -42,14 +40,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def validate_prompt(body: dict[str, Any], max_text_chars: int = 1000) -> dict[str, Any]:
+def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dict[str, Any]:
     """Job parameters from a /prompt body: text, num_images, seed, top_k, top_p, temperature,
-    condition_scale. Unknown keys are ignored, as the original server did."""
+    condition_scale. Unknown keys are ignored, as the original server did. `image_codes` is
+    the served model's codebook: a top-k beyond it means nothing."""
     return {
-        "text": _text(body.get("text"), max_text_chars),
+        "text": _text(body.get("text"), MAX_TEXT_LENGTH),
         "num_images": _num_images(body.get("num_images")),
         "seed": _seed(body.get("seed", 0)),
-        "top_k": _optional_int(body, "gen_top_k", minimum=1, maximum=IMAGE_VOCAB_SIZE),
+        "top_k": _optional_int(body, "gen_top_k", minimum=1, maximum=image_codes),
         "top_p": _optional_float(body, "gen_top_p", above=0.0, at_most=1.0),
         "temperature": _optional_float(body, "temperature", above=0.0),
         "condition_scale": _optional_float(body, "condition_scale", at_least=0.0),
@@ -76,11 +75,12 @@ def _text(value: Any, max_chars: int) -> str:
 
 
 def _num_images(value: Any) -> int:
+    choices = ", ".join(map(str, IMAGE_COUNTS[:-1])) + f" or {IMAGE_COUNTS[-1]}"
     if value is None:
-        raise ValidationError("num_images", "is required (2, 4, 6 or 8)")
+        raise ValidationError("num_images", f"is required ({choices})")
     number = _as_int(value, "num_images")
-    if number not in NUM_IMAGES_CHOICES:
-        raise ValidationError("num_images", f"must be 2, 4, 6 or 8, not {_describe(value)}")
+    if number not in IMAGE_COUNTS:
+        raise ValidationError("num_images", f"must be {choices}, not {_describe(value)}")
     return number
 
 

@@ -10,6 +10,7 @@ import time
 import redis
 
 from playground.library import LibraryStore
+from playground.limits import IMAGE_TOKENS
 from playground.queue import Job
 from scheduler.backend_client import (
     BackendClient,
@@ -50,6 +51,7 @@ class Worker:
         self.stop = stop
         # What the heartbeat publishes; written by the worker thread only.
         self.backend_status = "unknown"
+        self.image_codes: int | None = None  # the served model's codebook: the top-k limit
         self.backend_error: str | None = None
         self.model: str | None = None
         self._ready_checked_at = 0.0
@@ -115,7 +117,7 @@ class Worker:
         beats = 0
         while not self.stop.wait(self.config.heartbeat_interval_secs if beats else 0):
             try:
-                if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error):
+                if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes):
                     log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
                     self.stop.set()
                     return
@@ -137,6 +139,7 @@ class Worker:
             # Published as the backend says it: ready, loading, error (or unreachable).
             status = health.get("status", "error")
             self.model = health.get("model") or self.model
+            self.image_codes = health.get("image_codes") or self.image_codes
             self.backend_error = health.get("error")
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
@@ -189,7 +192,7 @@ class Worker:
                 if kind == "started" or now - last_write >= self.config.progress_interval_secs:
                     last_write = now
                     wants_cancel = self.queue.progress(
-                        job.id, int(event.get("tokens_done", 0)), int(event.get("total_tokens", 256)),
+                        job.id, int(event.get("tokens_done", 0)), int(event.get("total_tokens", IMAGE_TOKENS)),
                         seed=event.get("seed") if kind == "started" else None)
                     if wants_cancel and not cancelling:
                         # Keep reading until the backend confirms, so it is free for the next job.

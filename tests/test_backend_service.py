@@ -57,6 +57,8 @@ def test_health_reports_loading_then_ready(engine):
     ready = client.get("/health")
     assert ready.status_code == 200
     assert ready.json["status"] == "ready" and ready.json["busy"] is False
+    # What the scheduler passes on: the tiny model's 256 tokens from a codebook of 1024.
+    assert (ready.json["image_tokens"], ready.json["image_codes"]) == (256, 1024)
 
 
 def test_loading_failure_is_reported_not_crashed():

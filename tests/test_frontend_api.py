@@ -287,6 +287,20 @@ def test_health_reports_each_part(url, worker, redis_client):
     assert response.status_code == 503 and response.json()["backends"][0]["status"] == "loading"
 
 
+def test_top_k_is_limited_by_the_codebook_of_the_served_model(config, redis_client):
+    with serving(config) as server:  # before any backend: the published models' 16384 codes
+        assert requests.post(f"{server.url}/prompt", json={"text": "a", "num_images": 2,
+                                                          "gen_top_k": 16384}).status_code == 200
+    worker = WorkerQueue(redis_client, "worker-1", "http://127.0.0.1:8080")
+    assert worker.register()
+    worker.heartbeat("ready", "demo", image_codes=1161)
+    with serving(config) as server:
+        too_many = requests.post(f"{server.url}/prompt", json={"text": "a", "num_images": 2, "gen_top_k": 1162})
+        assert too_many.status_code == 400 and too_many.json()["field"] == "gen_top_k"
+        assert requests.post(f"{server.url}/prompt", json={"text": "a", "num_images": 2,
+                                                          "gen_top_k": 1161}).status_code == 200
+
+
 def test_health_without_workers_or_redis(tmp_path):
     config = Config(port=0, redis_url=f"redis://127.0.0.1:{free_port()}/0", library_dir=tmp_path / "lib")
     with serving(config) as server:

@@ -20,7 +20,8 @@ from backend.engine import (
     dallebart,
     load_engine,
 )
-from backend.engine.generator import MAX_SEED, seed_key
+from backend.engine.generator import seed_key
+from playground.limits import MAX_SEED
 
 PROMPT = "a red cube on a blue sphere"
 

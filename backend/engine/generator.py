@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
+from playground.limits import MAX_IMAGES, MAX_SEED, random_seed
+
 from . import checkpoint, dallebart
 from .dallebart import DalleBartConfig
 from .models import resolve_model
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 CHUNK_STEPS = 8
 ACCELERATOR_BATCH = 8  # images per device that share one program on a GPU or TPU
 TOP_K_CANDIDATES = 1024
-MAX_SEED = 2**32
-MAX_IMAGES = 16
 DEFAULT_SAMPLING = {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0}
 COMPILATION_CACHE_SUBFOLDER = "jax-compilation-cache"
 
@@ -111,10 +110,6 @@ class GenerationResult:
 def seed_key(seed: int) -> np.ndarray:
     """Raw PRNG key from the seed's two 32-bit words: equals jax.random.PRNGKey(seed) below 2**32."""
     return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
-
-
-def random_seed() -> int:
-    return secrets.randbelow(MAX_SEED) + 1
 
 
 # ---------------------------------------------------------------- the jitted pieces

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from playground.limits import IMAGE_TOKENS
 from playground.queue.states import FINISHED, QUEUED
 
 SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "condition_scale")
@@ -42,7 +43,7 @@ class Job:
     backend: str | None = None
     model: str | None = None
     tokens_done: int = 0
-    total_tokens: int = 256
+    total_tokens: int = IMAGE_TOKENS  # until the backend's `started` event gives its model's count
     cancel_requested: bool = False
     images: list[str] = field(default_factory=list)
     process_time_secs: float | None = None
@@ -73,7 +74,7 @@ class Job:
             backend=h.get("backend") or None,
             model=h.get("model") or None,
             tokens_done=int(h.get("tokens_done") or 0),
-            total_tokens=int(h.get("total_tokens") or 256),
+            total_tokens=int(h.get("total_tokens") or IMAGE_TOKENS),
             cancel_requested=h.get("cancel_requested") == "1",
             images=json.loads(h.get("images") or "[]"),
             process_time_secs=_float_or_none(h.get("process_time_secs")),
@@ -129,5 +130,5 @@ def encode_job_fields(job: Job) -> dict[str, str]:
         "created_at": repr(job.created_at),
         "attempts": "0",
         "tokens_done": "0",
-        "total_tokens": "256",
+        "total_tokens": str(IMAGE_TOKENS),
     }

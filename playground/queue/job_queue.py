@@ -140,6 +140,7 @@ class JobQueue:
                 "backend_status": info.get("backend_status"),
                 "backend_error": info.get("backend_error") or None,
                 "model": info.get("model") or None,
+                "image_codes": int(info["image_codes"]) if info.get("image_codes") else None,
                 "job_id": info.get("job_id") or None,
                 "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
                 "secs_per_image": None if speed is None else round(float(speed), 3),

@@ -1,0 +1,20 @@
+"""The limits of a generation request, in one place: the frontend's validation, the job
+record, the backend's request parsing and the engine all read them from here."""
+from __future__ import annotations
+
+import secrets
+
+IMAGE_COUNTS = (2, 4, 6, 8)  # what POST /prompt accepts for num_images, as the original UI offered
+MAX_IMAGES = max(IMAGE_COUNTS)  # the most one generation makes (the backend and the engine)
+MAX_SEED = 2**32  # inclusive, as the original README says; 0 asks for a random seed
+MAX_TEXT_LENGTH = 1000  # characters in a prompt (and in a library search)
+# The published models' image: 16×16 VQGAN codes from a codebook of 16384. The model a backend
+# serves reports its own (`image_tokens` and `image_codes` on its /health); these stand in
+# until one has.
+IMAGE_TOKENS = 256
+IMAGE_CODES = 16384
+
+
+def random_seed() -> int:
+    """The seed used when a request gives 0: 1 … MAX_SEED."""
+    return secrets.randbelow(MAX_SEED) + 1
