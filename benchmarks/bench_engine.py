@@ -47,7 +47,7 @@ def write_random_model(folder: Path, model: str, dtype: str, sizes: dict | None 
     Mega's 2.6 billion values take seconds, where numpy on one core takes minutes.
     """
     from backend.engine import checkpoint, dallebart
-    from backend.engine.tokenizer import write_small_tokenizer
+    from backend.engine.tiny_captions import write_small_tokenizer
 
     if (folder / "vqgan" / "flax_model.msgpack").is_file():
         return folder

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -174,3 +176,10 @@ def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, 
                            20, "the backend to be free again")
     finally:
         backend.stop()
+
+
+def test_the_web_service_imports_no_jax():
+    # /health must answer while JAX and the model load in the background.
+    run = subprocess.run([sys.executable, "-c", "import sys, backend.app, backend.__main__; print('jax' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == "False"

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from backend.engine.tokenizer import TextTokenizer, write_small_tokenizer
+from backend.engine.tiny_captions import write_small_tokenizer
+from backend.engine.tokenizer import TextTokenizer
 
 OFFICIAL_FILES = {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"}
 

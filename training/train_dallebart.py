@@ -26,11 +26,11 @@ import optax
 
 from backend.engine import checkpoint, dallebart
 from backend.engine.dallebart import DalleBartConfig
-from backend.engine.generator import DEFAULT_SAMPLING
+from backend.engine.request import DEFAULT_SAMPLING
 from backend.engine.text_normalizer import TextNormalizer
-from backend.engine.tokenizer import TextTokenizer
+from backend.engine.tokenizer import TextTokenizer, write_tokenizer
 
-from . import shapes_dataset, text_tokenizer
+from . import shapes_dataset
 from .patch_codes import PatchCodebook
 
 EMPTY_PROMPT_SHARE = 0.15
@@ -116,13 +116,13 @@ def training_scenes(seed: int) -> list[shapes_dataset.Scene]:
     return shapes_dataset.single_shape_scenes() + two
 
 
-def write_tokenizer(folder: Path, seed: int) -> TextTokenizer:
+def train_tokenizer(folder: Path, seed: int) -> TextTokenizer:
     """Train the BPE on normalised captions (what the engine feeds it) and load it back."""
     rng = random.Random(seed)
     normalizer = TextNormalizer()
     corpus = [normalizer.normalize(shapes_dataset.caption(shapes_dataset.random_scene(rng), rng))
               for _ in range(5000)]
-    text_tokenizer.write_tokenizer(folder, corpus, TEXT_VOCAB_SIZE)
+    write_tokenizer(folder, corpus, TEXT_VOCAB_SIZE)
     return TextTokenizer.from_folder(folder)
 
 
@@ -134,7 +134,7 @@ def train(out: Path, steps: int, guided_steps: int = 0, batch: int = 16, seed: i
     started = time.monotonic()
     codebook = PatchCodebook.enumerate()
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_tokenizer(out, seed)
+    tokenizer = train_tokenizer(out, seed)
     config = model_config(tokenizer.vocab_size, codebook.size)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 

@@ -34,68 +34,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
-from playground.limits import MAX_IMAGES, MAX_SEED, random_seed
+from playground.limits import random_seed
 
 from . import checkpoint, dallebart
 from .dallebart import DalleBartConfig
 from .models import resolve_model
+from .request import DEFAULT_SAMPLING, GenerationCancelled, GenerationRequest
 
 log = logging.getLogger(__name__)
 
 CHUNK_STEPS = 8
 ACCELERATOR_BATCH = 8  # images per device that share one program on a GPU or TPU
 TOP_K_CANDIDATES = 1024
-DEFAULT_SAMPLING = {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0}
 COMPILATION_CACHE_SUBFOLDER = "jax-compilation-cache"
-
-
-class GenerationCancelled(Exception):
-    """The caller's cancel event was set; no images were produced."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationRequest:
-    text: str
-    num_images: int
-    seed: int = 0
-    top_k: int | None = None
-    top_p: float | None = None
-    temperature: float | None = None
-    condition_scale: float | None = None
-
-    def validate(self, max_images: int = MAX_IMAGES) -> None:
-        """Raise ValueError naming the first bad field."""
-        if not isinstance(self.text, str):
-            raise ValueError("text must be a string")  # noqa: TRY004 - every bad field is a ValueError
-        if not _is_int(self.num_images) or not 1 <= self.num_images <= max_images:
-            raise ValueError(f"num_images must be an integer from 1 to {max_images}")
-        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}")
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise ValueError("top_k must be an integer >= 1")
-        checks = (("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("temperature", lambda v: v > 0, "> 0"),
-                  ("condition_scale", lambda v: v >= 0, ">= 0"))
-        for name, ok, rule in checks:
-            value = getattr(self, name)
-            if value is not None and (not _is_number(value) or not np.isfinite(value) or not ok(value)):
-                raise ValueError(f"{name} must be a number {rule}")
-
-    def sampling(self) -> dict[str, float | int]:
-        """The four sampling values, defaults filled in."""
-        given = {name: getattr(self, name) for name in DEFAULT_SAMPLING}
-        return {name: DEFAULT_SAMPLING[name] if value is None else value for name, value in given.items()}
 
 
 def _round_up(count: int, multiple: int) -> int:
     return -(-count // multiple) * multiple
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass
@@ -436,7 +391,7 @@ def _vqgan_decoder_only(path: str) -> bool:
     return not path.startswith(("encoder/", "quant_conv/"))
 
 
-def load_engine(model: str = "tiny", cache_dir: Path = Path("cache"), *, dtype: str | None = None,
+def load_engine(model: str, cache_dir: Path = Path("cache"), *, dtype: str | None = None,
                 devices=None, batch_per_device: int | None = None) -> Engine:
     """Resolve, read and place a model: `tiny`, `mini`, `mega`, `mega_full` or a folder.
 

@@ -171,7 +171,8 @@ def write_tiny_model(folder: Path) -> None:
     """Write the tiny model's files, byte for byte the same on every run."""
     import jax
 
-    from .tokenizer import TextTokenizer, write_small_tokenizer
+    from .tiny_captions import write_small_tokenizer
+    from .tokenizer import TextTokenizer
     from .vqgan import init_vqgan_params
 
     folder.mkdir(parents=True)
