@@ -5,7 +5,9 @@ environment of its own), loaded and run here by the playground's engine.
 Differences in the inputs, on purpose: the model's config has normalize_text false (the
 original's normaliser downloads a word list), so prompts go to the tokenizer as they are; and
 the original's VQGAN output is clipped to [0, 1], as dalle-mini's inference pipeline does,
-which is what `decode_codes` returns.
+which is what `decode_codes` returns. One difference in behaviour is kept out of the data: the
+original may pick the start token as an image code, the playground never does, so the model's
+lm_head scores the start token 0, below every greedy choice.
 """
 from __future__ import annotations
 
