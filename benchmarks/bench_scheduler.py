@@ -1,8 +1,8 @@
 """Scheduler benchmark: dispatch latency (enqueue -> backend call) and overhead per job.
 
 Runs a real redis-server, the real scheduler (`python -m scheduler`, one worker) and, as its
-backend, a minimal HTTP stand-in that speaks the backend protocol and answers at once (two
-real 256x256 PNGs per job), so every second measured is the scheduler's own: claiming,
+backend, the stand-in backend (playground/testing), which answers at once (two 256x256 PNGs
+of noise per job), so every second measured is the scheduler's own: claiming,
 HTTP, decoding, writing the library (with fsync) and recording the result in Redis.
 Also times the JobQueue calls the frontend makes (submit, unfinished).
 
@@ -11,19 +11,15 @@ Also times the JobQueue calls the frontend makes (submit, unfinished).
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import itertools
-import json
 import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import redis
@@ -31,68 +27,18 @@ from PIL import Image
 
 from playground.queue import JobQueue
 from playground.redis_server import RedisServer
+from playground.testing.standin_backend import StandInBackend
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def noise_png() -> str:
+def noise_png() -> bytes:
+    """A 256x256 PNG of noise: as large as a generated picture, so decoding and writing it cost as much."""
     rng = random.Random(0)
     image = Image.frombytes("RGB", (256, 256), bytes(rng.randrange(256) for _ in range(256 * 256 * 3)))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-class InstantBackend(ThreadingHTTPServer):
-    """The backend protocol with no model: records when each /generate arrives."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.png = noise_png()
-        self.arrivals: dict[str, float] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _json(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._json({"status": "ready", "model": "instant", "devices": [], "busy": False, "job_id": None})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/cancel":
-            return self._json({"cancelled": False})
-        self.server.arrivals[body["job_id"]] = time.time()
-        lines = [
-            {"event": "started", "seed": body["seed"] or 1, "total_tokens": 256},
-            {"event": "progress", "tokens_done": 256, "total_tokens": 256},
-            {"event": "done", "seed": body["seed"] or 1, "model": "instant",
-             "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
-             "images": [self.server.png] * body["num_images"], "timings": {"total_secs": 0.0}},
-        ]
-        data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    return buffer.getvalue()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -137,8 +83,7 @@ def main() -> None:
             unfinished_times.append(time.perf_counter() - start)
         client.flushall()
 
-        backend = InstantBackend()
-        threading.Thread(target=backend.serve_forever, daemon=True).start()
+        backend = StandInBackend(png=noise_png()).start()
         env = {**os.environ, "REDIS_URL": server.url, "BACKEND_URLS": backend.url,
                "LIBRARY_DIR": str(Path(tmp) / "library")}
         with open(Path(tmp) / "scheduler.log", "wb") as log:  # the child keeps its own copy
@@ -171,7 +116,7 @@ def main() -> None:
         finally:
             scheduler.terminate()
             scheduler.wait(20)
-            backend.shutdown()
+            backend.stop()
 
         print(f"JobQueue.submit (one client, one round trip): {ms(submit_times)}")
         print(f"JobQueue.unfinished with 100 queued jobs: {ms(unfinished_times)}")

@@ -1,9 +1,8 @@
 """The real local stack under test, with the means to break it and to count what it did.
 
-`Cluster` runs Redis (append-only persistence), the backend (tiny model), the scheduler and the
-frontend as real processes on free loopback ports (the helpers of tests/processes.py), with the
-library on a small tmpfs of its own when mounting is permitted (so that "disk full" and
-"read-only" can be real). `Client` is the HTTP client every scenario uses: it records each
+`Cluster` is the whole stack (playground.testing's `Stack`) as the suite runs it: Redis with
+append-only persistence, the library on a small tmpfs of its own when mounting is permitted,
+short frontend deadlines. `Client` is the HTTP client every scenario uses: it records each
 answer's status and latency so that 5xx answers and latencies are counted, never guessed.
 `account()` says what became of every job a scenario submitted.
 """
@@ -14,7 +13,6 @@ import json
 import math
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -23,18 +21,9 @@ from pathlib import Path
 
 import requests
 
-from playground.redis_server import RedisServer
+from playground.testing.stack import Stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The process helpers live with the tests; the suite reuses them rather than copying them.
-if str(REPO_ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-from processes import (
-    ServiceProcess,
-    backend_process,
-    frontend_process,
-    scheduler_process,
-)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
@@ -189,87 +178,15 @@ class Accounting:
                 "lost": self.lost}
 
 
-class Cluster:
-    """Redis + backend + scheduler + frontend as real processes, restartable one by one."""
+class Cluster(Stack):
+    """The stack as the suite runs it, and what the scenarios ask of it."""
 
-    def __init__(self, workdir: Path, model_cache_dir: Path, library_mb: int = 256,
-                 frontend_env: dict[str, str] | None = None, mount_library: bool = True):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.logs = self.workdir / "logs"
-        self.library_dir = self.workdir / "library"
-        self.library_dir.mkdir(exist_ok=True)
-        self.mounted = False
-        self.mount_refused: str | None = None
-        if mount_library:
-            self._mount_library(library_mb)
-        else:
-            self.mount_refused = "not asked to mount the library"
-        self.redis = RedisServer(self.workdir / "redis", appendonly=True)
-        self.backend = backend_process(self.logs, model_cache_dir,
-                                       extra_env={"BACKEND_WARMUP_BATCH_SIZES": "2,8", "PYTHONUNBUFFERED": "1"})
-        self.frontend_env = {
-            # Short so that slow-client scenarios finish in seconds; the defaults are 15 s.
-            "FRONTEND_SOCKET_TIMEOUT": "5", "FRONTEND_HEAD_DEADLINE": "5", "FRONTEND_BODY_DEADLINE": "5",
-            "FRONTEND_MAX_QUEUED_JOBS": "5000", "PYTHONUNBUFFERED": "1", **(frontend_env or {})}
-        self.scheduler: ServiceProcess | None = None
-        self.frontend: ServiceProcess | None = None
-        self.extra: list[ServiceProcess] = []
-
-    # -- the library's own file system -----------------------------------------------------
-
-    def _mount_library(self, size_mb: int) -> None:
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs",
-                                 str(self.library_dir)], capture_output=True, text=True, check=False)
-        if result.returncode == 0:
-            self.mounted = True
-        else:
-            self.mount_refused = (result.stderr or result.stdout).strip() or f"mount exited {result.returncode}"
-
-    def remount(self, options: str) -> None:
-        """`ro` or `rw` on the library's tmpfs."""
-        subprocess.run(["mount", "-o", f"remount,{options}", str(self.library_dir)], check=True,
-                       capture_output=True)
-
-    def _unmount_library(self) -> None:
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.library_dir)], capture_output=True, check=False)
-            self.mounted = False
-
-    # -- the processes ---------------------------------------------------------------------
-
-    def start(self) -> Cluster:
-        self.redis.start()
-        self.backend.start()
-        self.frontend = frontend_process(self.logs, self.redis.url, self.library_dir, extra_env=self.frontend_env)
-        self.frontend.start()
-        self.scheduler = scheduler_process(self.logs, self.redis.url, [self.backend.url], self.library_dir,
-                                           extra_env={"PYTHONUNBUFFERED": "1"})
-        self.scheduler.start()
-        self.frontend.wait_healthy(timeout=60, path="/openapi.json")
-        self.backend.wait_healthy(timeout=300)
-        self.wait_healthy(timeout=60)
-        return self
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        """Until the frontend's /health says every part is ready."""
-        def healthy():
-            try:
-                return requests.get(self.frontend.url + "/health", timeout=5).status_code == 200
-            except requests.RequestException:
-                return False
-        wait_for(healthy, timeout, "healthy stack (frontend /health 200)", interval=0.3)
-
-    def restart_redis(self) -> None:
-        self.redis.start()
-
-    def start_extra_frontend(self, env: dict[str, str]) -> ServiceProcess:
-        """Another frontend on the same Redis and library (e.g. with an API token)."""
-        process = frontend_process(self.logs, self.redis.url, self.library_dir,
-                                   extra_env={**self.frontend_env, **env}).start()
-        process.wait_healthy(timeout=60, path="/openapi.json")
-        self.extra.append(process)
-        return process
+    def __init__(self, workdir: Path, model_cache_dir: Path, library_mb: int = 256):
+        super().__init__(workdir, model_cache_dir, warm_up_batch_sizes="2,8", redis_appendonly=True,
+                         library_tmpfs_mb=library_mb, frontend_env={
+                             # Short so that slow-client scenarios finish in seconds; the defaults are 15 s.
+                             "FRONTEND_SOCKET_TIMEOUT": "5", "FRONTEND_HEAD_DEADLINE": "5",
+                             "FRONTEND_BODY_DEADLINE": "5", "FRONTEND_MAX_QUEUED_JOBS": "5000"})
 
     def heal(self) -> None:
         """After a scenario that broke: writable library, every service running, stack healthy."""
@@ -284,33 +201,6 @@ class Cluster:
         self.backend.wait_healthy(timeout=300)
         self.frontend.wait_healthy(timeout=60, path="/openapi.json")
         self.wait_healthy(timeout=60)
-
-    def stop(self) -> None:
-        for process in [*self.extra, self.frontend, self.scheduler, self.backend]:
-            if process is not None:
-                process.stop()
-        self.redis.stop()
-        self._unmount_library()
-
-    def __enter__(self) -> Cluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def logs_tail(self, chars: int = 3000) -> str:
-        parts = [f"--- {p.module} ({p.log_path.name}) ---\n{p.log_tail(chars)}"
-                 for p in (self.backend, self.scheduler, self.frontend) if p is not None]
-        return "\n".join(parts)
-
-    @property
-    def frontend_port(self) -> int:
-        """The frontend's loopback port, for scenarios that speak raw sockets to it."""
-        return int(self.frontend.url.rsplit(":", 1)[1])
 
     def client(self, recorder: Recorder, token: str | None = None, base_url: str | None = None) -> Client:
         return Client(base_url or self.frontend.url, recorder, token=token)

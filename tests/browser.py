@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from playground.library import LibraryStore
+from playground.testing.stack import Stack
 
 DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
@@ -58,8 +59,6 @@ def ui_stack(tmp_path_factory, model_cache_dir):
     """The real playground (Redis, backend with the tiny model, scheduler, frontend), one
     for all UI test modules: starting it takes most of a minute. Tests share its queue and
     library, so each looks only at its own jobs and cancels what it leaves unfinished."""
-    from stack import Stack
-
     with Stack(tmp_path_factory.mktemp("ui-stack"), model_cache_dir) as running:
         yield running
 

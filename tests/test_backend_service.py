@@ -155,7 +155,7 @@ def test_one_job_at_a_time_and_cancel(client):
 def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, model_cache_dir):
     import requests
 
-    from processes import backend_process
+    from playground.testing.processes import backend_process
 
     backend = backend_process(tmp_path, model_cache_dir, extra_env={
         "BACKEND_WARMUP_BATCH_SIZES": "2", "BACKEND_PROGRESS_INTERVAL": "0.05"}).start()

@@ -590,7 +590,7 @@ def test_dockerignore_keeps_secrets_data_and_tooling_out_of_the_build_context():
              if line.strip() and not line.lstrip().startswith("#")]
     for path in (".venv/bin/python", ".git/HEAD", "library/library.json", "cache/models/x.msgpack",
                  ".env", "tests/test_compose.py", "backend/__pycache__/app.cpython-311.pyc",
-                 "data/redis/appendonly.aof"):
+                 "data/redis/appendonly.aof", "playground/testing/stack.py"):
         assert dockerignore_excludes(path, rules), f"{path} would be sent to the Docker build"
     for path in ("pyproject.toml", "backend/__main__.py", "backend/engine/__init__.py",
                  "scheduler/__init__.py", "frontend/static/index.html", "playground/settings.py"):

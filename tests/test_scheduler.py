@@ -10,10 +10,10 @@ import time
 
 import pytest
 from PIL import Image
-from processes import ServiceProcess, backend_process, scheduler_process
 
 from playground.library import LibraryStore
 from playground.queue import JobQueue
+from playground.testing.processes import ServiceProcess, backend_process, scheduler_process
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -1,137 +1,27 @@
 """The worker against backend behaviour the tiny model cannot produce on demand (a GPU out
-of memory, a hung backend, a broken stream), played by a real HTTP server that speaks the
-backend protocol; the scheduler runs in this process, built from its Config."""
+of memory, a hung backend, a broken stream), played by the stand-in backend, a real HTTP
+server that speaks the backend protocol; the scheduler runs in this process, built from its
+Config."""
 from __future__ import annotations
 
-import base64
-import io
 import itertools
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from PIL import Image
 
 from playground.library import LibraryStore
 from playground.queue import JobQueue
+from playground.testing.standin_backend import PICKED_SEED, StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def png_base64() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (256, 256), "red").save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-class ScriptedBackend(ThreadingHTTPServer):
-    """Behaves according to the prompt text: "oom", "slow", "hang", "garbage", or a normal job."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.png = png_base64()
-        self.calls: list[str] = []
-        self.release = threading.Event()
-        self.cancelled = threading.Event()
-        self.loading = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, content_type: str, data: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _chunk(self, event: dict) -> None:
-        line = json.dumps(event).encode() + b"\n"
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-        self.wfile.flush()
-
-    def do_GET(self):
-        if self.server.loading.is_set():
-            data = b'{"status": "loading", "model": "scripted", "error": null}'
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        self._send("application/json", json.dumps(
-            {"status": "ready", "model": "scripted", "devices": [], "busy": False, "job_id": None}).encode())
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/cancel":
-            self.server.cancelled.set()
-            return self._send("application/json", b'{"cancelled": true}')
-        self.server.calls.append(body["text"])
-        started = {"event": "started", "seed": 5, "total_tokens": 256}
-        if body["text"] == "oom":
-            lines = [started, {"event": "progress", "tokens_done": 30, "total_tokens": 256},
-                     {"event": "error", "error": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"}]
-        elif body["text"] == "garbage":
-            lines = [started, "this is not json"]
-        elif body["text"] == "slow":
-            # Progress every 0.1 s for 3 s, streamed in chunks as a WSGI server does; it ends
-            # early, with "cancelled", once /cancel is called.
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self._chunk(started)
-            for step in range(1, 31):
-                time.sleep(0.1)
-                if self.server.cancelled.is_set():
-                    self._chunk({"event": "cancelled"})
-                    break
-                self._chunk({"event": "progress", "tokens_done": step * 8, "total_tokens": 256})
-            else:
-                self._chunk({"event": "error", "error": "the test should have cancelled this job"})
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        elif body["text"] == "hang":
-            # Headers and one line, then silence longer than the scheduler's stall timeout.
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.end_headers()
-            self.wfile.write(json.dumps(started).encode() + b"\n")
-            self.wfile.flush()
-            self.server.release.wait(10)
-            self.close_connection = True
-            return
-        else:
-            lines = [started, {"event": "done", "seed": 5, "model": "scripted",
-                               "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
-                               "images": [self.server.png] * body["num_images"], "timings": {}}]
-        data = b"".join((json.dumps(line) if isinstance(line, dict) else line).encode() + b"\n" for line in lines)
-        self._send("application/x-ndjson", data)
-
-
 @pytest.fixture
 def backend():
-    server = ScriptedBackend()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
+    with StandInBackend() as server:
+        yield server
 
 
 @pytest.fixture
@@ -162,7 +52,7 @@ def test_out_of_memory_in_the_backend_fails_the_job_with_its_message(backend, sc
     oom, after = wait_finished(queue, [oom.id, after.id])
     assert oom.status == "failed" and "RESOURCE_EXHAUSTED: Out of memory" in oom.error
     assert oom.attempts == 1 and backend.calls.count("oom") == 1  # not retried: it would fail again
-    assert after.status == "done" and after.seed == 5  # the seed the backend picked for seed 0
+    assert after.status == "done" and after.seed == PICKED_SEED  # the backend picked it for seed 0
     assert [e["queue_id"] for e in LibraryStore(tmp_path / "library").entries()] == [after.id]
 
 

@@ -18,7 +18,7 @@ def prompt_requests(page) -> list:
 
 
 def test_defaults_are_shown(page, ui_stack):
-    page.goto(f"{ui_stack.frontend_url}/advanced.html")
+    page.goto(f"{ui_stack.frontend.url}/advanced.html")
     for field, value in DEFAULTS.items():
         expect(page.locator(f"#{field}")).to_have_value(value)
         expect(page.get_by_label({"gen_top_k": "Top-k", "gen_top_p": "Top-p", "temperature": "Temperature",
@@ -40,7 +40,7 @@ INVALID = [
 
 
 def test_invalid_values_are_refused_before_sending(page, ui_stack):
-    page.goto(f"{ui_stack.frontend_url}/advanced.html")
+    page.goto(f"{ui_stack.frontend.url}/advanced.html")
     sent = prompt_requests(page)
     page.fill("#text", "a fox in a field")
     for field, value, message in INVALID:
@@ -56,7 +56,7 @@ def test_invalid_values_are_refused_before_sending(page, ui_stack):
 
 
 def test_a_valid_form_sends_numbers_and_clears_old_errors(page, ui_stack):
-    page.goto(f"{ui_stack.frontend_url}/advanced.html")
+    page.goto(f"{ui_stack.frontend.url}/advanced.html")
     sent = prompt_requests(page)
     page.fill("#text", "  a fox in a field  ")
     page.fill("#gen_top_p", "0")
@@ -85,7 +85,7 @@ def test_a_valid_form_sends_numbers_and_clears_old_errors(page, ui_stack):
 
 
 def test_the_url_prefills_the_form(page, ui_stack):
-    page.goto(f"{ui_stack.frontend_url}/advanced.html?text=%3Cb%3Ebold%3C%2Fb%3E+cat&num_images=8&seed=7"
+    page.goto(f"{ui_stack.frontend.url}/advanced.html?text=%3Cb%3Ebold%3C%2Fb%3E+cat&num_images=8&seed=7"
               "&gen_top_k=12&gen_top_p=0.5&temperature=0.7&condition_scale=3")
     expect(page.locator("#text")).to_have_value("<b>bold</b> cat")
     expect(page.locator("#num-8")).to_be_checked()

@@ -38,7 +38,7 @@ def progress_values_until_done(page, queue_id: str, timeout: float = 150.0) -> l
 
 def test_prompt_shows_progress_then_images_then_reaches_the_library(page, ui_stack):
     prompt = unique("a red squirrel in the snow")
-    page.goto(ui_stack.frontend_url)
+    page.goto(ui_stack.frontend.url)
     queue_id = submit_prompt(page, prompt, num_images=4, seed=42)
 
     mine = page.locator(f'#queue .queue-item.mine[data-queue-id="{queue_id}"]')
@@ -63,7 +63,7 @@ def test_prompt_shows_progress_then_images_then_reaches_the_library(page, ui_sta
     assert images.first.get_attribute("alt") == prompt
     expect(page.locator(f'#queue [data-queue-id="{queue_id}"]')).to_have_count(0)
 
-    page.goto(f"{ui_stack.frontend_url}/library.html")
+    page.goto(f"{ui_stack.frontend.url}/library.html")
     entry = page.locator(f'article.job[data-queue-id="{queue_id}"]')
     expect(entry.locator(".prompt")).to_have_text(prompt)
     expect(entry.locator(".meta")).to_contain_text("seed 42")
@@ -73,14 +73,14 @@ def test_prompt_shows_progress_then_images_then_reaches_the_library(page, ui_sta
     page.once("dialog", lambda dialog: dialog.accept())
     entry.locator(".thumb").first.dblclick()
     expect(entry.locator(".thumb")).to_have_count(3)
-    assert page.request.get(f"{ui_stack.frontend_url}/{first_image}").status == 404
-    library = page.request.get(f"{ui_stack.frontend_url}/getlibrary?q={prompt.split()[-1]}").json()
+    assert page.request.get(f"{ui_stack.frontend.url}/{first_image}").status == 404
+    library = page.request.get(f"{ui_stack.frontend.url}/getlibrary?q={prompt.split()[-1]}").json()
     assert len(library) == 1 and len(library[0]["generated_images"]) == 3
     assert first_image not in library[0]["generated_images"]
 
 
 def test_a_queued_job_can_be_cancelled(page, ui_stack):
-    page.goto(ui_stack.frontend_url)
+    page.goto(ui_stack.frontend.url)
     running_id = submit_prompt(page, unique("a lighthouse at dawn"), num_images=4)
     queued_prompt = unique("a castle made of glass")
     queued_id = submit_prompt(page, queued_prompt, num_images=4)
@@ -94,7 +94,7 @@ def test_a_queued_job_can_be_cancelled(page, ui_stack):
     cancelled = page.locator(f'#results .result[data-queue-id="{queued_id}"]')
     expect(cancelled).to_have_attribute("data-status", "cancelled")
     expect(cancelled.locator(".prompt")).to_have_text(queued_prompt)
-    assert page.request.get(f"{ui_stack.frontend_url}/jobs/{queued_id}").json()["status"] == "cancelled"
+    assert page.request.get(f"{ui_stack.frontend.url}/jobs/{queued_id}").json()["status"] == "cancelled"
 
     # The running one stops too, so the next test does not wait for it.
     page.locator(f'#queue [data-queue-id="{running_id}"]').get_by_role("button", name="Cancel").click()
@@ -103,7 +103,7 @@ def test_a_queued_job_can_be_cancelled(page, ui_stack):
 
 
 def test_a_hostile_prompt_is_shown_as_text_and_runs_nothing(page, ui_stack):
-    page.goto(ui_stack.frontend_url)
+    page.goto(ui_stack.frontend.url)
     queue_id = submit_prompt(page, HOSTILE, num_images=2)
 
     expect(page.locator(f'#queue [data-queue-id="{queue_id}"] .prompt')).to_have_text(HOSTILE)
@@ -112,7 +112,7 @@ def test_a_hostile_prompt_is_shown_as_text_and_runs_nothing(page, ui_stack):
     expect(result.locator(".prompt")).to_have_text(HOSTILE)
     assert result.locator("img").first.get_attribute("alt") == HOSTILE
 
-    page.goto(f"{ui_stack.frontend_url}/library.html")
+    page.goto(f"{ui_stack.frontend.url}/library.html")
     expect(page.locator(f'article.job[data-queue-id="{queue_id}"] .prompt')).to_have_text(HOSTILE)
     page.wait_for_timeout(300)  # time for an injected onerror to fire, were there one
     assert page.evaluate("window.__xss") is None
@@ -120,7 +120,7 @@ def test_a_hostile_prompt_is_shown_as_text_and_runs_nothing(page, ui_stack):
 
 
 def test_enter_submits_and_the_button_waits_for_the_answer(page, ui_stack):
-    page.goto(ui_stack.frontend_url)
+    page.goto(ui_stack.frontend.url)
     expect(page.locator("#submit")).to_be_enabled()
     # The click runs the submit handler synchronously up to its request: the button
     # must already be disabled when the click returns.

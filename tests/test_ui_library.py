@@ -33,10 +33,10 @@ def test_filter_and_paging(page, ui_stack, tag):
     base = time.time() - 100  # numbered from oldest to newest
     for number in range(45):
         add_library_job(ui_stack.library_dir, prompt(number), created=base + number)
-    page.goto(f"{ui_stack.frontend_url}/library.html")
+    page.goto(f"{ui_stack.frontend.url}/library.html")
     cards = page.locator("article.job")
     expect(cards).to_have_count(PAGE_SIZE)
-    total = int(page.request.get(f"{ui_stack.frontend_url}/getlibrary?limit=1").headers["x-total-count"])
+    total = int(page.request.get(f"{ui_stack.frontend.url}/getlibrary?limit=1").headers["x-total-count"])
     expect(page.locator("#library-count")).to_have_text(f"{total:,} jobs")
 
     page.fill("#filter", tag)
@@ -67,7 +67,7 @@ def test_filter_and_paging(page, ui_stack, tag):
 
 def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
     entry = add_library_job(ui_stack.library_dir, f"{tag} a lighthouse <b>at</b> dusk", num_images=4, seed=4242)
-    page.goto(f"{ui_stack.frontend_url}/library.html?q={tag}")
+    page.goto(f"{ui_stack.frontend.url}/library.html?q={tag}")
     card = page.locator(f'article.job[data-queue-id="{entry["queue_id"]}"]')
     expect(card.locator(".prompt")).to_have_text(entry["text_prompt"])
     expect(card.locator(".meta")).to_contain_text("seed 4242 · 13 s total, 3.2 s per image")
@@ -86,7 +86,7 @@ def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
     href = download.get_attribute("href")
     assert href == entry["generated_images"][1]
     assert download.get_attribute("download") == href.rsplit("/", 1)[1]
-    png = page.request.get(f"{ui_stack.frontend_url}/{href}")
+    png = page.request.get(f"{ui_stack.frontend.url}/{href}")
     assert png.status == 200 and png.headers["content-type"] == "image/png"
     page.keyboard.press("Escape")
     expect(viewer).to_have_count(0)
@@ -99,7 +99,7 @@ def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
     viewer.get_by_role("button", name="Delete image").click()
     expect(viewer).to_have_count(0)
     expect(images).to_have_count(3)
-    assert page.request.get(f"{ui_stack.frontend_url}/{entry['generated_images'][0]}").status == 404
+    assert page.request.get(f"{ui_stack.frontend.url}/{entry['generated_images'][0]}").status == 404
 
     # Declining the confirmation keeps the image.
     page.once("dialog", lambda dialog: dialog.dismiss())
@@ -123,8 +123,8 @@ def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
     card.get_by_role("button", name="Delete job").click()
     expect(card).to_have_count(0)
     expect(page.locator("#library-count")).to_have_text(f"0 jobs match “{tag}”")
-    assert page.request.get(f"{ui_stack.frontend_url}/getlibrary?q={tag}").json() == []
-    assert page.request.get(f"{ui_stack.frontend_url}/{href}").status == 404
+    assert page.request.get(f"{ui_stack.frontend.url}/getlibrary?q={tag}").json() == []
+    assert page.request.get(f"{ui_stack.frontend.url}/{href}").status == 404
 
 
 def write_large_library(library_dir, jobs: int) -> None:

@@ -10,15 +10,15 @@ import pytest
 from playwright.sync_api import expect
 
 from browser import DOCS_SCREENSHOTS, save_screenshots, submit_prompt
+from playground.testing.stack import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")
 def demo_stack(tmp_path_factory, model_cache_dir):
-    from stack import Stack
-
-    with Stack(tmp_path_factory.mktemp("demo-stack"), model_cache_dir, "4,8", model="demo") as running:
+    with Stack(tmp_path_factory.mktemp("demo-stack"), model_cache_dir, model="demo",
+               warm_up_batch_sizes="4,8") as running:
         yield running
 
 
@@ -28,7 +28,7 @@ def screenshot_dir(tmp_path):
 
 
 def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
-    page.goto(demo_stack.frontend_url)
+    page.goto(demo_stack.frontend.url)
     submit_prompt(page, "a yellow triangle above a purple circle on a gray background", num_images=4, seed=7)
     finished = submit_prompt(page, "a red circle on a black background", num_images=4, seed=2024)
     expect(page.locator(f'#results [data-queue-id="{finished}"]')).to_have_attribute(
@@ -43,11 +43,11 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
     page.fill("#text", "")
     saved = save_screenshots(page, "create", screenshot_dir)
 
-    page.goto(f"{demo_stack.frontend_url}/advanced.html?text=a+red+circle+on+a+black+background&num_images=6&seed=7"
+    page.goto(f"{demo_stack.frontend.url}/advanced.html?text=a+red+circle+on+a+black+background&num_images=6&seed=7"
               "&gen_top_k=64&gen_top_p=0.9&temperature=0.8&condition_scale=5")
     saved += save_screenshots(page, "advanced", screenshot_dir)
 
-    page.goto(f"{demo_stack.frontend_url}/library.html")
+    page.goto(f"{demo_stack.frontend.url}/library.html")
     entry = page.locator(f'article.job[data-queue-id="{finished}"]')
     expect(entry).to_be_visible()
     page.wait_for_function("() => [...document.querySelectorAll('.thumb img')].slice(0, 4)"
@@ -60,5 +60,5 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
     page.keyboard.press("Escape")
 
     for queue_id in unfinished:
-        page.request.post(f"{demo_stack.frontend_url}/jobs/{queue_id}/cancel")
+        page.request.post(f"{demo_stack.frontend.url}/jobs/{queue_id}/cancel")
     assert len(saved) == 12 and all(path.stat().st_size > 10_000 for path in saved)

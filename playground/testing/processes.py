@@ -1,4 +1,4 @@
-"""Start, stop and kill the services as real processes, for tests that need them to die.
+"""Start, stop and kill the services as real processes, for checks that need them to die.
 
 Each process runs `python -m <module>` with the environment given (on top of this one),
 in its own session so that kill -9 takes its children with it, and writes its output to a
@@ -18,7 +18,7 @@ import requests
 
 from playground.redis_server import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m backend` finds the package
 
 
 class ServiceProcess:

@@ -1,0 +1,148 @@
+"""A stand-in for the backend: a real HTTP server that speaks the backend's protocol with no
+model, for the scheduler's protocol tests and its benchmark.
+
+It answers at once, and behaves by the prompt text, so a test can ask for what the tiny model
+cannot produce on demand:
+
+- "oom": fails with the message of a GPU out of memory, after some progress;
+- "garbage": a line that is not JSON;
+- "slow": progress every 0.1 s for 3 s, streamed in chunks as a WSGI server does; it ends
+  early, with "cancelled", once /cancel is called;
+- "hang": headers and one line, then silence until `release` is set (or 10 s);
+- anything else: done, with `num_images` copies of `png`.
+
+    with StandInBackend() as backend:
+        Config(backend_urls=(backend.url,), ...)
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+# The seed the stand-in picks when a job asks for seed 0 ("any").
+PICKED_SEED = 5
+
+
+def solid_png(colour: str = "red") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class StandInBackend(ThreadingHTTPServer):
+    """The backend protocol on a free loopback port; records each /generate it is sent."""
+
+    daemon_threads = True
+
+    def __init__(self, png: bytes | None = None):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.png_base64 = base64.b64encode(png or solid_png()).decode()
+        self.calls: list[str] = []  # the prompt text of each /generate, in order
+        self.arrivals: dict[str, float] = {}  # job_id -> time.time() its /generate arrived
+        self.release = threading.Event()  # ends a "hang"
+        self.cancelled = threading.Event()  # set by /cancel
+        self.loading = threading.Event()  # while set, /health says 503 "loading"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start(self) -> StandInBackend:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.release.set()  # a handler still in "hang" would hold shutdown() up
+        self.shutdown()
+        self.server_close()
+
+    def __enter__(self) -> StandInBackend:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: StandInBackend
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, content_type: str, data: bytes, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, event: dict) -> None:
+        line = json.dumps(event).encode() + b"\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        self.wfile.flush()
+
+    def do_GET(self):
+        if self.server.loading.is_set():
+            return self._send("application/json", json.dumps(
+                {"status": "loading", "model": "stand-in", "error": None}).encode(), status=503)
+        self._send("application/json", json.dumps(
+            {"status": "ready", "model": "stand-in", "devices": [], "busy": False, "job_id": None}).encode())
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/cancel":
+            self.server.cancelled.set()
+            return self._send("application/json", b'{"cancelled": true}')
+        self.server.arrivals[body["job_id"]] = time.time()
+        self.server.calls.append(body["text"])
+        seed = body["seed"] or PICKED_SEED
+        started = {"event": "started", "seed": seed, "total_tokens": 256}
+        if body["text"] == "oom":
+            lines = [started, {"event": "progress", "tokens_done": 30, "total_tokens": 256},
+                     {"event": "error", "error": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"}]
+        elif body["text"] == "garbage":
+            lines = [started, "this is not json"]
+        elif body["text"] == "slow":
+            return self._stream_slowly(started)
+        elif body["text"] == "hang":
+            return self._hang(started)
+        else:
+            lines = [started, {"event": "progress", "tokens_done": 256, "total_tokens": 256},
+                     {"event": "done", "seed": seed, "model": "stand-in",
+                      "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
+                      "images": [self.server.png_base64] * body["num_images"], "timings": {"total_secs": 0.0}}]
+        data = b"".join((json.dumps(line) if isinstance(line, dict) else line).encode() + b"\n" for line in lines)
+        self._send("application/x-ndjson", data)
+
+    def _stream_slowly(self, started: dict) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._chunk(started)
+        for step in range(1, 31):
+            time.sleep(0.1)
+            if self.server.cancelled.is_set():
+                self._chunk({"event": "cancelled"})
+                break
+            self._chunk({"event": "progress", "tokens_done": step * 8, "total_tokens": 256})
+        else:
+            self._chunk({"event": "error", "error": "the test should have cancelled this job"})
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _hang(self, started: dict) -> None:
+        """Longer than a scheduler's stall timeout, unless the test releases it sooner."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        self.wfile.write(json.dumps(started).encode() + b"\n")
+        self.wfile.flush()
+        self.server.release.wait(10)
+        self.close_connection = True
