@@ -39,15 +39,16 @@ def progress_values_until_done(page, queue_id: str, timeout: float = 150.0) -> l
 def test_prompt_shows_progress_then_images_then_reaches_the_library(page, ui_stack):
     prompt = unique("a red squirrel in the snow")
     page.goto(ui_stack.frontend.url)
-    queue_id = submit_prompt(page, prompt, num_images=4, seed=42)
+    queue_id = submit_prompt(page, prompt, num_images=8, seed=42)
 
     mine = page.locator(f'#queue .queue-item.mine[data-queue-id="{queue_id}"]')
     expect(mine).to_be_visible()
     expect(mine.locator(".prompt")).to_have_text(prompt)
     expect(mine.locator(".mine-tag")).to_have_text("yours")
 
-    # The tiny model needs about one poll interval for the whole job, so here the bar is
-    # seen at least once with the backend's real progress; test_ui_queue moves it step by step.
+    # The tiny model needs about one poll interval for 4 images, so 8 are asked for: the bar
+    # is then seen at least once with the backend's real progress (test_ui_queue moves it
+    # step by step).
     values = progress_values_until_done(page, queue_id)
     assert values and values == sorted(values) and all(0 <= value <= 256 for value in values), values
 
@@ -56,7 +57,7 @@ def test_prompt_shows_progress_then_images_then_reaches_the_library(page, ui_sta
     expect(card.locator(".prompt")).to_have_text(prompt)
     expect(card.locator(".meta")).to_contain_text("Seed 42")
     images = card.locator("img")
-    expect(images).to_have_count(4)
+    expect(images).to_have_count(8)
     page.wait_for_function(
         "id => [...document.querySelectorAll(`#results [data-queue-id='${id}'] img`)]"
         ".every(img => img.complete && img.naturalWidth === 256)", arg=queue_id)
@@ -67,15 +68,15 @@ def test_prompt_shows_progress_then_images_then_reaches_the_library(page, ui_sta
     entry = page.locator(f'article.job[data-queue-id="{queue_id}"]')
     expect(entry.locator(".prompt")).to_have_text(prompt)
     expect(entry.locator(".meta")).to_contain_text("seed 42")
-    expect(entry.locator(".thumb")).to_have_count(4)
+    expect(entry.locator(".thumb")).to_have_count(8)
     first_image = entry.locator(".thumb img").first.get_attribute("src")
 
     page.once("dialog", lambda dialog: dialog.accept())
     entry.locator(".thumb").first.dblclick()
-    expect(entry.locator(".thumb")).to_have_count(3)
+    expect(entry.locator(".thumb")).to_have_count(7)
     assert page.request.get(f"{ui_stack.frontend.url}/{first_image}").status == 404
     library = page.request.get(f"{ui_stack.frontend.url}/getlibrary?q={prompt.split()[-1]}").json()
-    assert len(library) == 1 and len(library[0]["generated_images"]) == 3
+    assert len(library) == 1 and len(library[0]["generated_images"]) == 7
     assert first_image not in library[0]["generated_images"]
 
 
