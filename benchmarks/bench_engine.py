@@ -43,8 +43,7 @@ def write_random_model(folder: Path, model: str, dtype: str, sizes: dict | None 
                        vqgan_config=None) -> Path:
     """A random model of the published shape, in the official files (written once).
 
-    The weights are drawn with JAX on the default device, leaf by leaf: on a GPU machine
-    Mega's 2.6 billion values take seconds, where numpy on one core takes minutes.
+    The weights are drawn with JAX on the default device (`random_weights`).
     """
     from backend.engine import checkpoint, dallebart
     from backend.engine.tiny_captions import write_small_tokenizer
@@ -71,37 +70,31 @@ def write_random_model(folder: Path, model: str, dtype: str, sizes: dict | None 
 
 
 def random_weights(config, dtype: str) -> dict:
-    """Weights distributed like `dallebart.random_params` (scales near 1, small biases and
-    kernels), stored in `dtype`. Every value comes from one normal draw on the default
-    device, made in pieces of a fixed size (one compiled program), then cut into leaves."""
+    """`dallebart.random_params` in `dtype`, its normal values drawn on the default device in
+    pieces of a fixed size (one compiled program): Mega's 2.6 billion take seconds on a GPU,
+    where numpy on one core takes minutes. The draws are kept in `dtype` until each leaf needs
+    them, so host memory holds about two copies of the model, not a float32 one."""
     import jax
     import jax.numpy as jnp
 
     from backend.engine import dallebart
 
     target = np.dtype(_numpy_dtype(dtype))
-    shapes = sorted(dallebart.expected_param_shapes(config).items())
-    total = sum(math.prod(shape) for _, shape in shapes)
+    total = sum(math.prod(shape) for shape in dallebart.expected_param_shapes(config).values())
     piece = 2**26
-    draw = jax.jit(lambda key: (0.02 * jax.random.normal(key, (piece,), jnp.float32)).astype(target))
+    draw = jax.jit(lambda key: jax.random.normal(key, (piece,), jnp.float32).astype(target))
     flat = np.empty(-(-total // piece) * piece, target)
     for index in range(len(flat) // piece):
         flat[index * piece:(index + 1) * piece] = np.asarray(draw(jax.random.PRNGKey(index)))
-    tree: dict = {}
-    offset = 0
-    for path, shape in shapes:
-        leaf = flat[offset:offset + math.prod(shape)].reshape(shape)
-        offset += leaf.size
-        if path.endswith("/scale"):  # N(1, 0.1)
-            leaf = (1.0 + 5.0 * leaf.astype(np.float32)).astype(target)
-        elif path.endswith("/bias"):  # N(0, 0.1)
-            leaf = (5.0 * leaf.astype(np.float32)).astype(target)
-        node = tree
-        *parents, name = path.split("/")
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[name] = leaf
-    return tree
+    taken = 0
+
+    def normal(shape):
+        nonlocal taken
+        values = flat[taken:taken + math.prod(shape)].reshape(shape).astype(np.float32)
+        taken += values.size
+        return values
+
+    return dallebart.random_params(config, seed=0, dtype=target, normal=normal)
 
 
 def _numpy_dtype(name: str):
@@ -171,13 +164,13 @@ def machine_floor(config, batch_sizes, dtype: str) -> dict:
         x = jnp.ones((rows, d), jdtype)
         f = jax.jit(lambda x, ws: [jnp.dot(x, w, preferred_element_type=jnp.float32) for w in ws])
         jax.block_until_ready(f(x, kernels))
-        best = min(_timed(lambda: jax.block_until_ready(f(x, kernels))) for _ in range(5))
+        best = min(timed(lambda: jax.block_until_ready(f(x, kernels))) for _ in range(5))
         return 2 * rows * per_call / best
 
     big = jnp.ones((256, 2**20), jnp.float32)  # 1 GiB
     total = jax.jit(lambda a: a.sum())
     total(big).block_until_ready()
-    bandwidth = big.nbytes / min(_timed(lambda: total(big).block_until_ready()) for _ in range(3))
+    bandwidth = big.nbytes / min(timed(lambda: total(big).block_until_ready()) for _ in range(3))
     report = {"bandwidth_gb_s": bandwidth / 1e9, "step_weight_params": step_weights, "per_images": {}}
     for images in batch_sizes:
         rows = 2 * images
@@ -203,7 +196,7 @@ def _best_floor(first: dict, second: dict) -> dict:
     return best
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
@@ -245,6 +238,7 @@ def bench_chunking(engine, images: int, rounds: int) -> dict:
 
     request = GenerationRequest(PROMPT, images, seed=5)
     whole = engine.config.image_length
+    engine.generate_codes(request, steps_per_chunk=whole)  # compiles the one-call program, untimed
     times = {"chunked": [], "single": []}
     for _ in range(rounds):
         for name, steps in (("chunked", None), ("single", whole)):

@@ -162,7 +162,7 @@ def stage_device(work: Path, dry_run: bool) -> dict:
     x = jnp.arange(size, dtype=jnp.bfloat16)
     copy = jax.jit(lambda a: a + jnp.bfloat16(1))
     copy(x).block_until_ready()
-    secs = min(_timed(lambda: copy(x).block_until_ready()) for _ in range(5))
+    secs = min(bench_engine.timed(lambda: copy(x).block_until_ready()) for _ in range(5))
     info["copy_bandwidth_gb_s"] = 2 * x.nbytes / secs / 1e9
     # Matrix-product rate on a large bfloat16 product (random data, not zeros).
     n = 1024 if dry_run else 8192
@@ -170,7 +170,7 @@ def stage_device(work: Path, dry_run: bool) -> dict:
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
     product = jax.jit(lambda a, b: a @ b)
     product(a, b).block_until_ready()
-    secs = min(_timed(lambda: product(a, b).block_until_ready()) for _ in range(5))
+    secs = min(bench_engine.timed(lambda: product(a, b).block_until_ready()) for _ in range(5))
     info["bf16_matmul_tflop_s"] = 2 * n**3 / secs / 1e12
     return info
 
@@ -564,12 +564,6 @@ def _greedy_margin(engine, prefix, position: int, dallebart) -> dict:
     scores[engine.num_codes:] = -np.inf
     best = np.argsort(-scores)[:2]
     return {"codes": best.tolist(), "scores": scores[best].tolist(), "gap": float(scores[best[0]] - scores[best[1]])}
-
-
-def _timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 # ---------------------------------------------------------------- the summary table

@@ -91,10 +91,16 @@ class Api:
 
     def _served_image_codes(self) -> int:
         """The top-k limit: the largest codebook of the models the live backends serve (the
-        published models' until one reports), looked up at most every few seconds."""
+        published models' until one reports), looked up at most every few seconds. Without
+        Redis the last one known stands, so a bad body still gets its 400 (and a good one the
+        submit's 503)."""
         now = time.monotonic()
         if now - self._image_codes_checked > SERVED_MODELS_RECHECK_SECS:
-            served = [w["image_codes"] for w in self.queue.health()["workers"] if w["alive"] and w["image_codes"]]
+            try:
+                workers = self.queue.health()["workers"]
+            except redis.RedisError:
+                return self._image_codes
+            served = [w["image_codes"] for w in workers if w["alive"] and w["image_codes"]]
             self._image_codes, self._image_codes_checked = max(served, default=IMAGE_CODES), now
         return self._image_codes
 

@@ -12,6 +12,8 @@ import re
 from typing import Any
 
 from playground.limits import IMAGE_CODES, IMAGE_COUNTS, MAX_SEED, MAX_TEXT_LENGTH
+
+_IMAGE_COUNT_CHOICES = ", ".join(map(str, IMAGE_COUNTS[:-1])) + f" or {IMAGE_COUNTS[-1]}"  # "2, 4, 6 or 8"
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 
 
@@ -75,12 +77,11 @@ def _text(value: Any, max_chars: int) -> str:
 
 
 def _num_images(value: Any) -> int:
-    choices = ", ".join(map(str, IMAGE_COUNTS[:-1])) + f" or {IMAGE_COUNTS[-1]}"
     if value is None:
-        raise ValidationError("num_images", f"is required ({choices})")
+        raise ValidationError("num_images", f"is required ({_IMAGE_COUNT_CHOICES})")
     number = _as_int(value, "num_images")
     if number not in IMAGE_COUNTS:
-        raise ValidationError("num_images", f"must be {choices}, not {_describe(value)}")
+        raise ValidationError("num_images", f"must be {_IMAGE_COUNT_CHOICES}, not {_describe(value)}")
     return number
 
 

@@ -311,6 +311,8 @@ def test_health_without_workers_or_redis(tmp_path):
         # Routes that need Redis answer 503, not 500, and the server stays up.
         assert requests.get(f"{server.url}/queue_status").status_code == 503
         assert requests.post(f"{server.url}/prompt", json={"text": "x", "num_images": 2}).status_code == 503
+        bad = requests.post(f"{server.url}/prompt", json={"text": "x", "num_images": 3})
+        assert bad.status_code == 400 and bad.json()["field"] == "num_images"  # bad input: 400 all the same
         assert requests.get(f"{server.url}/getlibrary").status_code == 200
 
 

@@ -146,17 +146,24 @@ def expected_param_shapes(config: DalleBartConfig) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-def random_params(config: DalleBartConfig, seed: int, dtype=np.float32, std: float = 0.02) -> dict:
-    """Deterministic random weights in the checkpoint layout (for tests, the tiny model, benchmarks)."""
-    rng = np.random.default_rng(seed)
+def random_params(config: DalleBartConfig, seed: int, dtype=np.float32, std: float = 0.02,
+                  normal=None) -> dict:
+    """Deterministic random weights in the checkpoint layout (for tests, the tiny model, benchmarks).
+
+    `normal(shape)` gives standard normal float32 values, leaf after leaf in sorted path order;
+    by default numpy draws them from `seed`.
+    """
+    if normal is None:
+        rng = np.random.default_rng(seed)
+        normal = lambda shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
     tree: dict = {}
     for path, shape in sorted(expected_param_shapes(config).items()):
         if path.endswith("/scale"):
-            leaf = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+            leaf = 1.0 + 0.1 * normal(shape)
         elif path.endswith("/bias"):
-            leaf = 0.1 * rng.standard_normal(shape, dtype=np.float32)
+            leaf = 0.1 * normal(shape)
         else:
-            leaf = std * rng.standard_normal(shape, dtype=np.float32)
+            leaf = std * normal(shape)
         node = tree
         *parents, name = path.split("/")
         for parent in parents:

@@ -7,8 +7,9 @@ the same for one image as for eight (it is bound by reading the weights), every 
 The encoder runs once on the two distinct rows (the prompt and the empty prompt), and the
 cross-attention keys/values of those two rows are computed once and shared by all images.
 The 256 decoding steps run as jitted chunks of `CHUNK_STEPS` steps (a loop whose trip count
-XLA knows: one with run-time bounds waits for the host at every step on a GPU) from a host loop that reports progress and checks for cancellation between chunks, with
-one chunk always queued ahead so the device never waits for the host.
+XLA knows: one with run-time bounds waits for the host at every step on a GPU) from a host
+loop that reports progress and checks for cancellation between chunks, with one chunk always
+queued ahead so the device never waits for the host.
 
 Sampling values (top_k, top_p, temperature, condition_scale) are run-time arrays, so
 changing them never recompiles; each batch size is compiled once (`warm_up`, ahead of
@@ -39,7 +40,7 @@ from playground.limits import random_seed
 from . import checkpoint, dallebart
 from .dallebart import DalleBartConfig
 from .models import resolve_model
-from .request import DEFAULT_SAMPLING, GenerationCancelled, GenerationRequest
+from .request import GenerationCancelled, GenerationRequest
 
 log = logging.getLogger(__name__)
 
