@@ -32,6 +32,16 @@ MAX_QUERY_FIELDS = 20
 SERVED_MODELS_RECHECK_SECS = 5.0
 
 
+def backend_report(worker: dict) -> dict:
+    """One backend as its worker last saw it; while it loads, also what it is doing."""
+    alive = worker["alive"]
+    status = worker["backend_status"] if alive else "unknown"
+    loading = (worker.get("loading") or {}) if status == "loading" else {}
+    return {"url": worker["backend_url"], "status": status, "model": worker["model"],
+            "error": worker["backend_error"], "worker": worker["id"],
+            "stage": loading.get("stage"), "files": loading.get("files") or []}
+
+
 class Api:
     def __init__(self, config: Config, queue: JobQueue, store: LibraryStore,
                  openapi: OpenApiDocument | None = None):
@@ -202,9 +212,7 @@ class Api:
         report["scheduler"] = {"status": "ok" if scheduler["alive_workers"] else "error",
                                "alive_workers": scheduler["alive_workers"],
                                "queued": scheduler["queued"], "workers": workers}
-        report["backends"] = [{"url": w["backend_url"], "status": w["backend_status"] if w["alive"] else "unknown",
-                               "model": w["model"], "error": w["backend_error"], "worker": w["id"]}
-                              for w in workers]
+        report["backends"] = [backend_report(w) for w in workers]
         healthy = bool(workers) and all(w["alive"] and w["backend_status"] == "ready" for w in workers)
         return json_response({"status": "ok" if healthy else "degraded", **report}, 200 if healthy else 503)
 

@@ -11,6 +11,26 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 TERMINAL_EVENTS = ("done", "cancelled", "error")
 
 
+# Bounds on what a loading backend's /health may put into Redis and the UI.
+MAX_LOADING_FILES = 16
+MAX_NAME_CHARS = 200
+
+
+def loading_state(health: dict) -> dict:
+    """What a loading backend is doing, from its /health body: the stage ("downloading",
+    "reading", "compiling", ...) and each download's bytes; unknown or malformed parts dropped."""
+    stage, entries = health.get("stage"), health.get("files")
+    files = []
+    for entry in entries[:MAX_LOADING_FILES] if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        done, total = entry.get("bytes_done"), entry.get("bytes_total")
+        files.append({"name": entry["name"][:MAX_NAME_CHARS],
+                      "bytes_done": done if isinstance(done, int) and done >= 0 else 0,
+                      "bytes_total": total if isinstance(total, int) and total > 0 else None})
+    return {"stage": stage[:40] if isinstance(stage, str) else None, "files": files}
+
+
 class BackendUnavailable(Exception):
     """The backend did not take the job (unreachable, loading, busy): try again later."""
 

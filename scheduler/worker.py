@@ -17,6 +17,7 @@ from scheduler.backend_client import (
     BackendLost,
     BackendRejected,
     BackendUnavailable,
+    loading_state,
 )
 from scheduler.config import Config
 from scheduler.worker_queue import WorkerQueue
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # again; a pushed job wakes it at once, so this bounds only shutdown and health checks.
 CLAIM_TIMEOUT_SECS = 1.0
 HEALTH_RECHECK_SECS = 2.0
+LOADING_POLL_SECS = 1.0
 SWEEP_EVERY_HEARTBEATS = 2
 
 
@@ -53,6 +55,7 @@ class Worker:
         self.backend_status = "unknown"
         self.image_codes: int | None = None  # the served model's codebook: the top-k limit
         self.backend_error: str | None = None
+        self.backend_loading: dict | None = None  # stage and downloads while the model loads
         self.model: str | None = None
         self._ready_checked_at = 0.0
 
@@ -117,7 +120,8 @@ class Worker:
         beats = 0
         while not self.stop.wait(self.config.heartbeat_interval_secs if beats else 0):
             try:
-                if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes):
+                if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes,
+                                            loading=self.backend_loading):
                     log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
                     self.stop.set()
                     return
@@ -141,6 +145,7 @@ class Worker:
             self.model = health.get("model") or self.model
             self.image_codes = health.get("image_codes") or self.image_codes
             self.backend_error = health.get("error")
+            self.backend_loading = loading_state(health) if status == "loading" else None
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
@@ -150,7 +155,8 @@ class Worker:
                 self._ready_checked_at = time.monotonic()
                 return True
             self.stop.wait(delay)
-            delay = min(delay * 2, self.config.backoff_max_secs)
+            # A loading backend is asked often, so the UI's download progress stays fresh.
+            delay = min(delay * 2, LOADING_POLL_SECS if status == "loading" else self.config.backoff_max_secs)
         return False
 
     # -- one job ---------------------------------------------------------------------------

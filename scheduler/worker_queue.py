@@ -104,14 +104,19 @@ class WorkerQueue:
         return True
 
     def heartbeat(self, backend_status: str, model: str | None = None,
-                  backend_error: str | None = None, image_codes: int | None = None) -> bool:
-        """Renew the alive key and publish the backend's state; False if the identity was lost."""
+                  backend_error: str | None = None, image_codes: int | None = None,
+                  loading: dict | None = None) -> bool:
+        """Renew the alive key and publish the backend's state; False if the identity was lost.
+
+        `loading`: while the backend loads, what it is doing ({"stage", "files"}), for the UI.
+        """
         if not self._take_identity(keys=[self.keys.alive(self.worker_id)],
                                    args=[self.owner, self.heartbeat_ttl_secs, ""]):
             return False
         self.redis.hset(self.worker_key, mapping={
             "backend_url": self.backend_url, "backend_status": backend_status, "model": model or "",
             "backend_error": backend_error or "", "image_codes": image_codes or "",
+            "backend_loading": json.dumps(loading, separators=(",", ":")) if loading else "",
             "heartbeat": repr(time.time())})
         return True
 

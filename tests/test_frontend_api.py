@@ -281,10 +281,17 @@ def test_health_reports_each_part(url, worker, redis_client):
     assert health["frontend"] == {"status": "ok"} and health["redis"] == {"status": "ok"}
     assert health["scheduler"]["alive_workers"] == 1
     assert health["backends"] == [{"url": "http://127.0.0.1:8080", "status": "ready", "model": "tiny",
-                                   "error": None, "worker": "worker-1"}]
-    worker.heartbeat("loading", "mega")
+                                   "error": None, "worker": "worker-1", "stage": None, "files": []}]
+    download = {"name": "dalle-mini/dalle-mega/flax_model.msgpack", "bytes_done": 5, "bytes_total": 10}
+    worker.heartbeat("loading", "mega", loading={"stage": "downloading", "files": [download]})
     response = requests.get(f"{url}/health")
-    assert response.status_code == 503 and response.json()["backends"][0]["status"] == "loading"
+    assert response.status_code == 503
+    assert response.json()["backends"][0] | {"worker": None} == {
+        "url": "http://127.0.0.1:8080", "status": "loading", "model": "mega", "error": None, "worker": None,
+        "stage": "downloading", "files": [download]}
+    # Ready again: the loading details are gone.
+    worker.heartbeat("ready", "mega", loading={"stage": "compiling", "files": [download]})
+    assert requests.get(f"{url}/health").json()["backends"][0]["files"] == []
 
 
 def test_top_k_is_limited_by_the_codebook_of_the_served_model(config, redis_client):

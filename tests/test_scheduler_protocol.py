@@ -42,6 +42,13 @@ def wait_finished(queue: JobQueue, job_ids, timeout: float = 30):
     return [queue.get(job_id) for job_id in job_ids]
 
 
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def job(text: str) -> dict:
     return {"text": text, "num_images": 2, "seed": 0}
 
@@ -101,6 +108,39 @@ def test_progress_reaches_redis_at_least_every_second_and_cancel_stops_the_job(b
     [slow] = wait_finished(queue, [slow.id], timeout=5)
     assert slow.status == "cancelled" and time.monotonic() - asked < 5
     assert backend.cancelled.is_set()  # the backend was told, so it is free for the next job
+
+
+def test_a_loading_backend_s_downloads_reach_the_health_report(backend, tmp_path, redis_url, redis_client):
+    """What a loading backend says it is doing (stage, bytes of each file) is published with
+    the worker's heartbeat, kept fresh, bounded, and dropped once the backend is ready."""
+    def download(done):
+        return {"name": "dalle-mini/dalle-mini/flax_model.msgpack", "bytes_done": done, "bytes_total": 1000}
+
+    def loading():
+        workers = JobQueue(redis_client).health()["workers"]
+        return workers[0]["loading"] if workers else "no worker yet"
+
+    backend.loading_details = {"stage": "downloading", "files": [download(10)]}
+    backend.loading.set()
+    service = Scheduler(Config(redis_url=redis_url, backend_urls=(backend.url,),
+                               library_dir=tmp_path / "library", backoff_max_secs=30)).start()
+    try:
+        wait_until(lambda: loading() == {"stage": "downloading", "files": [download(10)]}, 10)
+        # The worker keeps asking while it loads: no back-off (by now 6.4 s between questions).
+        time.sleep(7)
+        backend.loading_details = {"stage": "downloading", "files": [download(600)]}
+        wait_until(lambda: loading()["files"] == [download(600)], 3)
+        # Whatever a backend sends, the report stays small and well-formed.
+        backend.loading_details = {"stage": "x" * 1000, "files": [download(5)] * 100 + ["junk", {"name": 3}]}
+        wait_until(lambda: loading()["stage"] == "x" * 40, 3)
+        assert loading()["files"] == [download(5)] * 16
+        backend.loading.clear()
+        wait_until(lambda: loading() is None, 10)
+    finally:
+        backend.loading.clear()
+        backend.loading_details = {}
+        service.stop()
+        assert service.join(timeout=15)
 
 
 def test_the_scheduler_rides_out_a_redis_crash(backend, tmp_path):

@@ -141,9 +141,18 @@ class JobQueue:
                 "backend_error": info.get("backend_error") or None,
                 "model": info.get("model") or None,
                 "image_codes": int(info["image_codes"]) if info.get("image_codes") else None,
+                "loading": _json_or_none(info.get("backend_loading")),
                 "job_id": info.get("job_id") or None,
                 "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
                 "secs_per_image": None if speed is None else round(float(speed), 3),
             })
         return {"workers": workers, "alive_workers": sum(w["alive"] for w in workers),
                 "queued": replies[-1]}
+
+
+def _json_or_none(text: str | None):
+    """A JSON field a worker wrote, or None when absent (or unreadable: written by another version)."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None

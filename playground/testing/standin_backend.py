@@ -48,6 +48,7 @@ class StandInBackend(ThreadingHTTPServer):
         self.release = threading.Event()  # ends a "hang"
         self.cancelled = threading.Event()  # set by /cancel
         self.loading = threading.Event()  # while set, /health says 503 "loading"
+        self.loading_details: dict = {}  # what that "loading" answer adds: stage, files
 
     @property
     def url(self) -> str:
@@ -91,7 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.server.loading.is_set():
             return self._send("application/json", json.dumps(
-                {"status": "loading", "model": "stand-in", "error": None}).encode(), status=503)
+                {"status": "loading", "model": "stand-in", "error": None,
+                 **self.server.loading_details}).encode(), status=503)
         self._send("application/json", json.dumps(
             {"status": "ready", "model": "stand-in", "devices": [], "busy": False, "job_id": None}).encode())
 

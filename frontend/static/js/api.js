@@ -42,6 +42,21 @@ export async function submitPrompt(params) {
   return (await request("POST", "prompt", params)).json();
 }
 
+// The state of Redis, the scheduler and every backend. 503 ("not everything is ready")
+// carries the same report, so both are answers here.
+export async function systemHealth() {
+  let response;
+  try {
+    response = await fetch("health", { headers: { Accept: "application/json" } });
+  } catch {
+    throw new ApiError(0, "The playground server cannot be reached.");
+  }
+  if (response.status !== 200 && response.status !== 503) {
+    throw new ApiError(response.status, await errorMessage(response));
+  }
+  return response.json();
+}
+
 export async function queueStatus() {
   return (await request("GET", "queue_status")).json();
 }

@@ -24,3 +24,16 @@ export function formatDate(unixSeconds) {
 export function formatNumber(value) {
   return value === null || value === undefined ? "default" : String(value);
 }
+
+// Sizes as the downloads are published: decimal units (1 GB = 10⁹ bytes).
+export function formatBytes(bytes) {
+  if (!Number.isFinite(bytes)) return "?";
+  const units = ["bytes", "kB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} bytes` : `${value.toFixed(value < 10 ? 2 : value < 100 ? 1 : 0)} ${units[unit]}`;
+}

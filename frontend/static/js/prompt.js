@@ -1,5 +1,6 @@
 // The prompt form of index.html and advanced.html (the latter adds the sampling fields).
 import { submitPrompt } from "./api.js";
+import { startBackendStatus } from "./backends.js";
 import { rememberJob } from "./myjobs.js";
 import { startQueue } from "./queue.js";
 import { SAMPLING_FIELDS, validatePrompt } from "./validation.js";
@@ -10,6 +11,8 @@ const form = document.getElementById("prompt-form");
 const textInput = document.getElementById("text");
 const submitButton = document.getElementById("submit");
 const formStatus = document.getElementById("form-status");
+
+startBackendStatus(document.getElementById("backends"));
 
 const queue = startQueue({
   list: document.getElementById("queue"),
