@@ -4,6 +4,7 @@
     library.json.lock              the lock every writer (scheduler, frontend) takes
     <queue_id>/job.json            the job's own entry, from which library.json can be rebuilt
     <queue_id>/<image-uuid>.png    the images
+    .staging/<queue_id>.<claim>/   an attempt's result until its commit is known (add_job)
 
 Every write of a JSON file goes to a temporary file that then replaces the old one, so a
 reader or a crash never sees half a file; every change of library.json happens under the
@@ -16,10 +17,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from filelock import FileLock
 
@@ -28,10 +31,14 @@ from playground.queue import UUID_PATTERN
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "library.json"
+STAGING_DIR = ".staging"  # results written but not yet committed (add_job)
+# What became of a staged attempt (recover_staged).
+COMMITTED, LOST, PENDING = "committed", "lost", "pending"
 JOB_FILE_NAME = "job.json"
 _UUID_RE = re.compile(UUID_PATTERN)
 _IMAGE_URL_RE = re.compile(rf"library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
 _IMAGE_NAME_RE = re.compile(rf"{UUID_PATTERN}\.png")
+_TOKEN_RE = re.compile(r"[0-9]{1,12}")
 REQUIRED_FIELDS = ("queue_id", "text_prompt", "creation_unixtime")
 
 
@@ -53,6 +60,22 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class Attempt(Protocol):
+    """The attempt (a queue claim) whose result is added: the library's writes are fenced by it."""
+
+    token: str  # digits: names its staging folder
+
+    def still_current(self) -> float | None:
+        """The queue's time if the job is still this attempt's, else None."""
+
+    def commit(self, urls: list[str]) -> bool:
+        """Record the job as done with these images; False if it is no longer this attempt's."""
+
+
+def _image_names(entry: dict) -> list[str]:
+    return [url.rsplit("/", 1)[1] for url in entry.get("generated_images", [])]
 
 
 def _created(entry: dict) -> float:
@@ -157,34 +180,113 @@ class LibraryStore:
 
     # -- writing -------------------------------------------------------------------------
 
-    def add_job(self, entry: dict, images: list[bytes]) -> dict:
+    def add_job(self, entry: dict, images: list[bytes], attempt: Attempt | None = None) -> dict | None:
         """Store a finished job's PNGs and entry; returns the entry with `generated_images`.
 
-        Adding a queue_id that is already there replaces it (a job re-run after a crash
-        between writing its files and being marked done is stored once).
+        With `attempt`, only the attempt that really finishes the job reaches the library: the
+        PNGs are first written to `.staging/<queue_id>.<attempt.token>/`, out of sight; then,
+        under the library's lock, the attempt is asked whether the job is still its own (None
+        is returned if not, and nothing touched), the job is published, and the attempt
+        commits. A refused commit (the job was taken over meanwhile) takes the job out again.
+        The staging folder stays until the outcome is known, so `recover_staged` can finish
+        or undo what a crash interrupted. Adding a queue_id that is already there replaces it.
         """
         missing = [name for name in REQUIRED_FIELDS if name not in entry]
         if missing:
             raise ValueError(f"library entry lacks {', '.join(missing)}")
         queue_id = _check_uuid(entry["queue_id"], "queue_id")
+        token = attempt.token if attempt else "0"
+        if not _TOKEN_RE.fullmatch(token):
+            raise ValueError(f"an attempt's token must be digits, got {token!r}")
+        staging = self.root / STAGING_DIR / f"{queue_id}.{token}"
+        names = [f"{uuid.uuid4()}.png" for _ in images]
+        entry = {**entry, "generated_images": [f"library/{queue_id}/{name}" for name in names]}
+        staging.mkdir(parents=True, exist_ok=True)
+        in_doubt = False  # whether the staged folder may describe a published or committed job
+        try:
+            for name, png in zip(names, images):
+                _write_atomically(staging / name, png)
+            _write_atomically(staging / JOB_FILE_NAME, _dump(entry))
+            with self._locked():
+                if attempt is not None:
+                    now = attempt.still_current()
+                    if now is None:
+                        return None
+                    entry["creation_unixtime"] = now
+                # From here on an error (Redis gone mid-commit, a full disk) leaves the folder
+                # staged: recover_staged asks the queue what became of the attempt.
+                in_doubt = True
+                self._publish_locked(staging, entry)
+                if attempt is not None and not attempt.commit(entry["generated_images"]):
+                    self._unpublish_locked(staging, entry)
+                    in_doubt = False
+                    return None
+                in_doubt = False
+                return entry
+        finally:
+            if not in_doubt:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _publish_locked(self, staging: Path, entry: dict) -> None:
+        """Move a staged job into its folder and the index (replacing an earlier attempt's)."""
+        queue_id = entry["queue_id"]
         job_dir = self.root / queue_id
         job_dir.mkdir(exist_ok=True)
-        # PNGs left by an earlier, interrupted attempt at the same job.
-        stale = [p for p in job_dir.iterdir() if _IMAGE_NAME_RE.fullmatch(p.name)]
-        urls = []
-        for png in images:
-            name = f"{uuid.uuid4()}.png"
-            _write_atomically(job_dir / name, png)
-            urls.append(f"library/{queue_id}/{name}")
-        entry = {**entry, "generated_images": urls}
+        names = _image_names(entry)
+        stale = [p for p in job_dir.iterdir() if _IMAGE_NAME_RE.fullmatch(p.name) and p.name not in names]
+        for name in names:
+            os.replace(staging / name, job_dir / name)
         _write_atomically(job_dir / JOB_FILE_NAME, _dump(entry))
-        with self._locked():
-            entries = [e for e in self._read_index_locked() if e.get("queue_id") != queue_id]
-            entries.append(entry)
-            self._write_index_locked(entries)
+        entries = [e for e in self._read_index_locked() if e.get("queue_id") != queue_id]
+        entries.append(entry)
+        self._write_index_locked(entries)
         for path in stale:
             path.unlink(missing_ok=True)
-        return entry
+
+    def _unpublish_locked(self, staging: Path, entry: dict) -> None:
+        """Take out whatever of `entry` a publish put in place (all of it, or part of it)."""
+        queue_id = entry["queue_id"]
+        job_dir = self.root / queue_id
+        entries = self._read_index_locked()
+        listed = next((e for e in entries if e.get("queue_id") == queue_id), None)
+        if listed is not None and listed.get("generated_images") == entry["generated_images"]:
+            self._delete_job_locked(queue_id, entries)
+        for name in _image_names(entry):
+            (job_dir / name).unlink(missing_ok=True)
+        if job_dir.is_dir() and not job_dir.is_symlink() and not any(job_dir.iterdir()):
+            job_dir.rmdir()
+
+    def recover_staged(self, resolve) -> dict[str, int]:
+        """Finish or undo what a crash left in `.staging`. `resolve(queue_id, token)` says
+        what became of that attempt: COMMITTED (its job is in the library: the staging
+        folder goes), LOST (it never will commit: whatever it published is taken out) or
+        PENDING (it may still commit: left alone). Returns how many were kept and undone."""
+        counts = {"kept": 0, "undone": 0}
+        folder = self.root / STAGING_DIR
+        if not folder.is_dir():
+            return counts
+        for staging in sorted(folder.iterdir()):
+            queue_id, _, token = staging.name.partition(".")
+            if not (_UUID_RE.fullmatch(queue_id) and _TOKEN_RE.fullmatch(token)) or staging.is_symlink():
+                continue
+            with self._locked():
+                if not staging.is_dir():
+                    continue
+                outcome = resolve(queue_id, token)
+                if outcome == PENDING:
+                    continue
+                if outcome == LOST:
+                    try:
+                        entry = json.loads((staging / JOB_FILE_NAME).read_bytes())
+                    except (OSError, ValueError):
+                        entry = None  # cut short while staging: nothing was published
+                    if isinstance(entry, dict) and entry.get("queue_id") == queue_id:
+                        self._unpublish_locked(staging, entry)
+                    counts["undone"] += 1
+                else:
+                    counts["kept"] += 1
+                shutil.rmtree(staging, ignore_errors=True)
+        return counts
 
     def delete_image(self, relative_url: str) -> bool:
         """Delete one image given as `library/<queue_id>/<image-uuid>.png`.

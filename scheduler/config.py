@@ -43,7 +43,10 @@ class Config:
             library_dir=Path(get_str(env, "LIBRARY_DIR", str(cls.library_dir))),
             max_attempts=get_int(env, "SCHEDULER_MAX_ATTEMPTS", cls.max_attempts),
             stall_timeout_secs=get_float(env, "SCHEDULER_STALL_TIMEOUT", cls.stall_timeout_secs),
+            heartbeat_ttl_secs=get_int(env, "SCHEDULER_HEARTBEAT_TTL", cls.heartbeat_ttl_secs),
         )
+        if config.heartbeat_ttl_secs < 2:
+            raise ValueError("SCHEDULER_HEARTBEAT_TTL must be at least 2 (seconds; heartbeats come every second)")
         if config.max_attempts < 1:
             raise ValueError("SCHEDULER_MAX_ATTEMPTS must be at least 1")
         return config

@@ -11,7 +11,7 @@ import redis
 
 from playground.library import LibraryStore
 from playground.limits import IMAGE_TOKENS
-from playground.queue import Job
+from playground.queue import DONE, Job
 from scheduler.backend_client import (
     BackendClient,
     BackendLost,
@@ -128,7 +128,11 @@ class Worker:
                 if beats % SWEEP_EVERY_HEARTBEATS == 0:
                     for job_id, status in self.queue.sweep_dead_workers():
                         log.warning("recovered job %s from a dead worker: now %s", job_id, status)
-            except redis.RedisError as exc:
+                    staged = self.library.recover_staged(self.queue.staged_outcome)
+                    if any(staged.values()):
+                        log.warning("library results a crash left half-written: %(kept)d kept, "
+                                    "%(undone)d undone", staged)
+            except (redis.RedisError, OSError) as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
             beats += 1
 
@@ -164,26 +168,31 @@ class Worker:
     def run_job(self, job: Job) -> None:
         """Run a claimed job on the backend and record how it ended."""
         started = time.monotonic()
-        log.info("job %s (attempt %d) -> %s", job.id, job.attempts, self.backend_url)
+        log.info("job %s (attempt %d, claim %d) -> %s", job.id, job.attempts, job.claim, self.backend_url)
         try:
             with self.backend.generate(job.params()) as stream:
                 self._follow(job, stream, started)
         except BackendUnavailable as exc:
             # It never started: not an attempt.
             self._ready_checked_at = 0.0
-            self.queue.put_back(job.id, str(exc), count_attempt=False)
+            self.queue.put_back(job, str(exc), count_attempt=False)
         except BackendRejected as exc:
-            self.queue.finish_failed(job.id, str(exc))
+            self._ended(job, self.queue.finish_failed(job, str(exc)))
         except BackendLost as exc:
             self._ready_checked_at = 0.0
-            status = self.queue.put_back(job.id, f"backend {self.backend_url}: {exc}")
-            log.warning("job %s: backend %s lost (%s); job is now %s", job.id, self.backend_url, exc, status)
+            status = self.queue.put_back(job, f"backend {self.backend_url}: {exc}")
+            log.warning("job %s: backend %s lost (%s); job is now %s", job.id, self.backend_url, exc,
+                        status or "someone else's")
+        except _ClaimLost:
+            # Hanging up (leaving the `with`) has stopped the backend; the job is in other hands.
+            log.warning("job %s: claim %d was taken over while this worker was away; dropped its run",
+                        job.id, job.claim)
         except _Stopping:
-            self.queue.put_back(job.id, "the scheduler stopped during the job", count_attempt=False)
+            self.queue.put_back(job, "the scheduler stopped during the job", count_attempt=False)
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             # A broken answer or a library write that failed: count it, retry, fail after the last.
             log.exception("job %s failed in the worker", job.id)
-            self.queue.put_back(job.id, f"worker error: {exc!r}")
+            self.queue.put_back(job, f"worker error: {exc!r}")
 
     def _follow(self, job: Job, stream, started: float) -> None:
         cancelling = False
@@ -197,31 +206,39 @@ class Worker:
                 now = time.monotonic()
                 if kind == "started" or now - last_write >= self.config.progress_interval_secs:
                     last_write = now
-                    wants_cancel = self.queue.progress(
-                        job.id, int(event.get("tokens_done", 0)), int(event.get("total_tokens", IMAGE_TOKENS)),
+                    outcome = self.queue.progress(
+                        job, int(event.get("tokens_done", 0)), int(event.get("total_tokens", IMAGE_TOKENS)),
                         seed=event.get("seed") if kind == "started" else None)
-                    if wants_cancel and not cancelling:
+                    if outcome == "lost":
+                        raise _ClaimLost()
+                    if outcome == "cancel" and not cancelling:
                         # Keep reading until the backend confirms, so it is free for the next job.
                         cancelling = True
                         if not self.backend.cancel(job.id):
                             stream.close()
-                            self.queue.finish_cancelled(job.id)
+                            self._ended(job, self.queue.finish_cancelled(job))
                             return
             elif kind == "done":
-                if cancelling or self.queue.cancel_requested(job.id):
-                    self.queue.finish_cancelled(job.id)  # too late to stop: discard the images
+                if cancelling:
+                    self._ended(job, self.queue.finish_cancelled(job))  # too late to stop: discard the images
                 else:
                     self._store(job, event, time.monotonic() - started)
                 return
             elif kind == "cancelled":
                 if cancelling or self.queue.cancel_requested(job.id):
-                    self.queue.finish_cancelled(job.id)
+                    self._ended(job, self.queue.finish_cancelled(job))
                 else:
                     raise BackendLost("the backend cancelled the job on its own")
                 return
             elif kind == "error":
-                self.queue.finish_failed(job.id, f"backend error: {event.get('error') or 'unknown'}")
+                self._ended(job, self.queue.finish_failed(job, f"backend error: {event.get('error') or 'unknown'}"))
                 return
+
+    @staticmethod
+    def _ended(job: Job, outcome: tuple[str, float] | None) -> None:
+        if outcome is None:
+            log.warning("job %s: claim %d was taken over meanwhile; dropped this worker's late outcome",
+                        job.id, job.claim)
 
     def _store(self, job: Job, event: dict, process_time_secs: float) -> None:
         images = [base64.b64decode(data, validate=True) for data in event["images"]]
@@ -229,7 +246,7 @@ class Worker:
         entry = {
             "queue_id": job.id,
             "text_prompt": job.text,
-            "creation_unixtime": time.time(),
+            "creation_unixtime": 0.0,  # set to Redis's time when stored
             "process_time_secs": round(process_time_secs, 3),
             "seed": int(event.get("seed", job.seed)),
             "num_images": len(images),
@@ -241,12 +258,34 @@ class Worker:
             "backend": self.backend_url,
             "secs_per_image": round(process_time_secs / max(1, len(images)), 3),
         }
-        stored = self.library.add_job(entry, images)
-        self.queue.finish_done(job.id, seed=entry["seed"], model=entry["model"] or "",
-                               images=stored["generated_images"], process_time_secs=entry["process_time_secs"])
+
+        fields = {"seed": entry["seed"], "model": entry["model"] or "", "process_time_secs": entry["process_time_secs"]}
+        if self.library.add_job(entry, images, attempt=_LibraryAttempt(self.queue, job, fields)) is None:
+            log.warning("job %s: claim %d was taken over or cancelled meanwhile; its images were not kept",
+                        job.id, job.claim)
+            return
         self.queue.record_speed(entry["secs_per_image"])
         log.info("job %s done in %.2f s", job.id, process_time_secs)
 
 
+class _LibraryAttempt:
+    """This worker's claim of a job, which fences the library's write of its result."""
+
+    def __init__(self, queue: WorkerQueue, job: Job, fields: dict):
+        self.queue, self.job, self.fields = queue, job, fields
+        self.token = str(job.claim)
+
+    def still_current(self) -> float | None:
+        return self.queue.claim_time(self.job)
+
+    def commit(self, urls: list[str]) -> bool:
+        outcome = self.queue.finish_done(self.job, images=urls, **self.fields)
+        return outcome is not None and outcome[0] == DONE  # else lost, or cancelled at the last moment
+
+
 class _Stopping(Exception):
-    """The scheduler is shutting down in the middle of a job."""
+    """The scheduler is stopping: the running job goes back to the queue."""
+
+
+class _ClaimLost(Exception):
+    """Redis refused a change: another worker has taken the job over."""

@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import uuid
 
 import redis
 
+from playground.library import COMMITTED, LOST, PENDING
 from playground.queue import (
     CANCELLED,
     DEFAULT_FINISHED_TTL_SECS,
     DEFAULT_PREFIX,
     DONE,
     FAILED,
+    RUNNING,
     Job,
     Keys,
     scripts,
@@ -79,6 +80,7 @@ class WorkerQueue:
         self.processing = self.keys.processing(worker_id)
         self.worker_key = self.keys.worker(worker_id)
         self._start = redis_client.register_script(scripts.START)
+        self._progress = redis_client.register_script(scripts.PROGRESS)
         self._finish = redis_client.register_script(scripts.FINISH)
         self._put_back = redis_client.register_script(scripts.PUT_BACK)
         self._take_identity = redis_client.register_script(scripts.TAKE_IDENTITY)
@@ -94,12 +96,13 @@ class WorkerQueue:
         """
         holder = self.redis.get(self.keys.alive(self.worker_id))
         predecessor = holder.decode() if holder and owner_is_dead(holder.decode(), self.owner) else ""
-        if not self._take_identity(keys=[self.keys.alive(self.worker_id)],
-                                   args=[self.owner, self.heartbeat_ttl_secs, predecessor]):
+        taken_at = self._take_identity(keys=[self.keys.alive(self.worker_id)],
+                                       args=[self.owner, self.heartbeat_ttl_secs, predecessor])
+        if not taken_at:
             return False
         self.redis.sadd(self.keys.workers, self.worker_id)
         self.redis.hset(self.worker_key, mapping={"backend_url": self.backend_url, "job_id": "",
-                                                  "heartbeat": repr(time.time())})
+                                                  "heartbeat": taken_at})
         self.recover(self.worker_id, reason="the scheduler worker was restarted during the job")
         return True
 
@@ -110,14 +113,15 @@ class WorkerQueue:
 
         `loading`: while the backend loads, what it is doing ({"stage", "files"}), for the UI.
         """
-        if not self._take_identity(keys=[self.keys.alive(self.worker_id)],
-                                   args=[self.owner, self.heartbeat_ttl_secs, ""]):
+        beat_at = self._take_identity(keys=[self.keys.alive(self.worker_id)],
+                                      args=[self.owner, self.heartbeat_ttl_secs, ""])
+        if not beat_at:
             return False
         self.redis.hset(self.worker_key, mapping={
             "backend_url": self.backend_url, "backend_status": backend_status, "model": model or "",
             "backend_error": backend_error or "", "image_codes": image_codes or "",
             "backend_loading": json.dumps(loading, separators=(",", ":")) if loading else "",
-            "heartbeat": repr(time.time())})
+            "heartbeat": beat_at})
         return True
 
     def unregister(self) -> None:
@@ -138,56 +142,67 @@ class WorkerQueue:
             return None
         job_id = job_id.decode()
         flat = self._start(keys=[self.processing, self.keys.job(job_id), self.worker_key],
-                           args=[job_id, repr(time.time()), self.worker_id, self.backend_url])
+                           args=[job_id, self.worker_id, self.backend_url])
         if not flat:
             return None
         return Job.from_hash(dict(zip(flat[0::2], flat[1::2])))
 
-    def progress(self, job_id: str, tokens_done: int, total_tokens: int,
-                 seed: int | None = None) -> bool:
-        """Store progress; returns whether a cancel was asked for (one round trip)."""
+    # Every change below names the claim the job was taken under (`job.claim`); Redis refuses
+    # it once the job has been taken over (put back by a sweep, claimed again), so a worker
+    # that was paused or cut off can never change, finish or duplicate it.
+
+    def progress(self, job: Job, tokens_done: int, total_tokens: int, seed: int | None = None) -> str:
+        """Store progress: "ok", "cancel" when a cancel was asked for, "lost" when the claim
+        is no longer the job's (one round trip)."""
         fields = {"tokens_done": tokens_done, "total_tokens": total_tokens}
         if seed is not None:
             fields["seed"] = seed
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.job(job_id), mapping=fields)
-        pipe.hget(self.keys.job(job_id), "cancel_requested")
-        return pipe.execute()[1] == b"1"
+        flat = [str(item) for pair in fields.items() for item in pair]
+        outcome = self._progress(keys=[self.processing, self.keys.job(job.id)], args=[job.claim, *flat])
+        return {1: "cancel", 0: "ok"}.get(outcome, "lost")
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == b"1"
 
-    def finish_done(self, job_id: str, seed: int, model: str, images: list[str],
-                    process_time_secs: float) -> None:
-        self._finish_as(job_id, status=DONE, seed=seed, model=model, images=json.dumps(images),
-                        process_time_secs=repr(process_time_secs), error="")
+    def finish_done(self, job: Job, seed: int, model: str, images: list[str],
+                    process_time_secs: float) -> tuple[str, float] | None:
+        """Mark the job done (or cancelled, if that was asked meanwhile); returns the status
+        recorded and Redis's time of it, or None when the claim was lost."""
+        return self._finish_as(job, DONE, seed=seed, model=model, images=json.dumps(images),
+                               process_time_secs=repr(process_time_secs), error="")
 
-    def finish_failed(self, job_id: str, error: str) -> None:
-        self._finish_as(job_id, status=FAILED, error=error)
+    def finish_failed(self, job: Job, error: str) -> tuple[str, float] | None:
+        return self._finish_as(job, FAILED, error=error)
 
-    def finish_cancelled(self, job_id: str) -> None:
-        self._finish_as(job_id, status=CANCELLED, error="")
+    def finish_cancelled(self, job: Job) -> tuple[str, float] | None:
+        return self._finish_as(job, CANCELLED, error="")
 
-    def _finish_as(self, job_id: str, **fields) -> None:
+    def _finish_as(self, job: Job, status: str, **fields) -> tuple[str, float] | None:
         flat = [str(item) for pair in fields.items() for item in pair]
-        self._finish(keys=[self.processing, self.keys.job(job_id), self.worker_key],
-                     args=[job_id, repr(time.time()), self.finished_ttl_secs, *flat])
+        outcome = self._finish(keys=[self.processing, self.keys.job(job.id), self.worker_key],
+                               args=[job.id, job.claim, self.finished_ttl_secs, status, *flat])
+        if not outcome:
+            return None
+        recorded, at = outcome.decode().split()
+        return recorded, float(at)
 
-    def put_back(self, job_id: str, reason: str, count_attempt: bool = True) -> str:
+    def put_back(self, job: Job, reason: str, count_attempt: bool = True) -> str:
         """Return the job to the front of the queue (or fail it after its last attempt).
 
         `count_attempt=False` when the job never really ran or we stopped it ourselves
-        (backend busy, scheduler shutting down). Returns the job's new status.
+        (backend busy, scheduler shutting down). Returns the job's new status ('' when the
+        claim was lost: the job is someone else's now).
         """
-        return self._put_back_from(self.worker_id, job_id, reason, count_attempt, only_if_dead=False)
+        return self._put_back_from(self.worker_id, job.id, reason, count_attempt, only_if_dead=False,
+                                   claim=str(job.claim))
 
     def _put_back_from(self, worker_id: str, job_id: str, reason: str, count_attempt: bool,
-                       only_if_dead: bool) -> str:
+                       only_if_dead: bool, claim: str = "") -> str:
         status = self._put_back(
             keys=[self.keys.processing(worker_id), self.keys.job(job_id), self.keys.queue,
                   self.keys.worker(worker_id), self.keys.alive(worker_id)],
             args=[job_id, reason, "1" if count_attempt else "0", self.max_attempts,
-                  repr(time.time()), self.finished_ttl_secs, "1" if only_if_dead else "0"])
+                  claim, self.finished_ttl_secs, "1" if only_if_dead else "0"])
         return status.decode() if isinstance(status, bytes) else status
 
     # -- recovery --------------------------------------------------------------------------
@@ -216,6 +231,24 @@ class WorkerQueue:
             if self.redis.llen(self.keys.processing(other)):
                 recovered += self.recover(other, reason=f"worker {other} stopped responding during the job")
         return recovered
+
+    def claim_time(self, job: Job) -> float | None:
+        """Redis's time if `job` still runs under this claim, else None."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.job(job.id), "status", "claim")
+        pipe.time()
+        (status, claim), (seconds, micros) = pipe.execute()
+        current = status == RUNNING.encode() and claim == str(job.claim).encode()
+        return seconds + micros / 1e6 if current else None
+
+    def staged_outcome(self, job_id: str, token: str) -> str:
+        """What became of the library result staged under claim `token` of a job (see
+        LibraryStore.recover_staged): committed when that claim finished it as done, pending
+        while the claim still runs, lost otherwise."""
+        status, claim = (v.decode() if v else None for v in self.redis.hmget(self.keys.job(job_id), "status", "claim"))
+        if claim != token:
+            return LOST
+        return COMMITTED if status == DONE else PENDING if status == RUNNING else LOST
 
     # -- speed -----------------------------------------------------------------------------
 

@@ -198,14 +198,14 @@ def test_job_status_follows_the_job_from_queued_to_done(url, worker, store):
         "queued", 1, {"tokens_done": 0, "total_tokens": 256})
     assert status["error"] is None and "result" not in status
 
-    worker.claim(timeout=1)
-    worker.progress(job_id, 128, 256, seed=987)
+    claimed = worker.claim(timeout=1)
+    worker.progress(claimed, 128, 256, seed=987)
     status = requests.get(f"{url}/jobs/{job_id}").json()
     assert (status["status"], status["position"], status["seed"]) == ("running", 0, 987)
     assert status["progress"] == {"tokens_done": 128, "total_tokens": 256}
 
     entry = store.add_job(library_entry(queue_id=job_id, seed=987), [png_bytes(), png_bytes()])
-    worker.finish_done(job_id, seed=987, model="tiny", images=entry["generated_images"], process_time_secs=3.0)
+    worker.finish_done(claimed, seed=987, model="tiny", images=entry["generated_images"], process_time_secs=3.0)
     status = requests.get(f"{url}/jobs/{job_id}").json()
     assert status["status"] == "done" and status["position"] is None
     assert status["result"] == entry
@@ -213,8 +213,7 @@ def test_job_status_follows_the_job_from_queued_to_done(url, worker, store):
 
 def test_job_status_reports_a_failure_and_unknown_jobs(url, worker):
     job_id = submit(url, text="x", num_images=2, seed=1)
-    worker.claim(timeout=1)
-    worker.finish_failed(job_id, "the backend ran out of memory")
+    worker.finish_failed(worker.claim(timeout=1), "the backend ran out of memory")
     status = requests.get(f"{url}/jobs/{job_id}").json()
     assert (status["status"], status["error"]) == ("failed", "the backend ran out of memory")
     assert requests.get(f"{url}/jobs/{uuid.uuid4()}").status_code == 404
@@ -543,9 +542,9 @@ def test_responses_match_the_documented_schemas(url, server, worker, store):
     submit(url, text="y", num_images=4, gen_top_k=5, gen_top_p=0.5, temperature=1.0, condition_scale=3)
     check(requests.get(f"{url}/queue_status"), "/queue_status")
     check(requests.post(f"{url}/prompt", json={"text": ""}), "/prompt", "post")
-    worker.claim(timeout=1)
+    claimed = worker.claim(timeout=1)
     entry = store.add_job(library_entry(queue_id=job_id), [png_bytes(), png_bytes()])
-    worker.finish_done(job_id, seed=5, model="tiny", images=entry["generated_images"], process_time_secs=1.0)
+    worker.finish_done(claimed, seed=5, model="tiny", images=entry["generated_images"], process_time_secs=1.0)
     check(requests.get(f"{url}/jobs/{job_id}"), "/jobs/{job_id}")
     check(requests.get(f"{url}/jobs/{uuid.uuid4()}"), "/jobs/{job_id}")
     check(requests.get(f"{url}/getlibrary"), "/getlibrary")

@@ -80,7 +80,7 @@ def test_cancel_running_job_flags_it_and_finished_job_is_unchanged(queue, redis_
     flagged = queue.cancel(job.id)
     assert flagged.status == "running" and flagged.cancel_requested
     assert worker.cancel_requested(job.id)
-    worker.finish_cancelled(job.id)
+    worker.finish_cancelled(claimed)
     assert queue.get(job.id).status == "cancelled"
     again = queue.cancel(job.id)
     assert again.status == "cancelled"
@@ -95,8 +95,7 @@ def test_running_first_then_queued_with_eta_from_measured_speed(queue, redis_cli
     assert all(j.eta_secs is None for j in queue.unfinished())
     worker.record_speed(secs_per_image=1.0)
     running = worker.claim(timeout=1)
-    now = time.time()
-    listed = queue.unfinished(now=now)
+    listed = queue.unfinished()
     assert [j.id for j in listed] == ids
     assert [j.status for j in listed] == ["running", "queued", "queued"]
     assert [j.position for j in listed] == [0, 1, 2]
@@ -184,8 +183,9 @@ def test_the_last_attempt_fails_the_job_with_the_reason(queue, redis_client):
     worker.register()
     job = queue.submit(params())
     for attempt in (1, 2, 3):
-        assert worker.claim(timeout=1).attempts == attempt
-        status = worker.put_back(job.id, f"backend died ({attempt})")
+        claimed = worker.claim(timeout=1)
+        assert claimed.attempts == attempt
+        status = worker.put_back(claimed, f"backend died ({attempt})")
     assert status == "failed"
     failed = queue.get(job.id)
     assert failed.status == "failed" and "3 attempts" in failed.error and "backend died (3)" in failed.error
@@ -197,8 +197,7 @@ def test_putting_back_a_job_that_never_started_does_not_count(queue, redis_clien
     worker.register()
     job = queue.submit(params())
     for _ in range(5):
-        worker.claim(timeout=1)
-        assert worker.put_back(job.id, "backend busy", count_attempt=False) == "queued"
+        assert worker.put_back(worker.claim(timeout=1), "backend busy", count_attempt=False) == "queued"
     assert queue.get(job.id).attempts == 0
 
 

@@ -46,18 +46,19 @@ def test_progress_then_a_failure_with_its_reason(page, frontend_url, redis_clien
     expect(other_row).not_to_have_class(re.compile(r"\bmine\b"))
     expect(other_row.get_by_role("button", name="Cancel")).to_have_count(0)
 
-    assert worker.claim(timeout=1).id == queue_id
+    claimed = worker.claim(timeout=1)
+    assert claimed.id == queue_id
     expect(row).to_have_attribute("data-status", "running")
     expect(row.locator(".badge")).to_have_text("Generating")
-    worker.progress(queue_id, 64, 256)
+    worker.progress(claimed, 64, 256)
     expect(row.locator("progress")).to_have_attribute("value", "64")
     expect(row.locator(".tokens")).to_have_text("64 / 256 tokens")
-    worker.progress(queue_id, 192, 256)
+    worker.progress(claimed, 192, 256)
     expect(row.locator("progress")).to_have_attribute("value", "192")
     expect(row.locator("progress")).to_have_attribute("max", "256")
     expect(other_row.locator(".badge")).to_have_text("Next")
 
-    worker.finish_failed(queue_id, "the backend ran out of memory")
+    worker.finish_failed(claimed, "the backend ran out of memory")
     expect(row).to_have_count(0)
     failed = page.locator(f'#results .result[data-queue-id="{queue_id}"]')
     expect(failed).to_have_attribute("data-status", "failed")

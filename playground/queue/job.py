@@ -37,6 +37,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
+    claim: int = 0  # the fencing token of the latest claim (scripts.START)
     error: str | None = None
     last_error: str | None = None
     worker: str | None = None
@@ -68,6 +69,7 @@ class Job:
             started_at=_float_or_none(h.get("started_at")),
             finished_at=_float_or_none(h.get("finished_at")),
             attempts=int(h.get("attempts") or 0),
+            claim=int(h.get("claim") or 0),
             error=h.get("error") or None,
             last_error=h.get("last_error") or None,
             worker=h.get("worker") or None,
@@ -127,7 +129,6 @@ def encode_job_fields(job: Job) -> dict[str, str]:
         "seed": str(job.seed),
         **{name: "" if getattr(job, name) is None else repr(getattr(job, name)) for name in SAMPLING_PARAMS},
         "status": job.status,
-        "created_at": repr(job.created_at),
         "attempts": "0",
         "tokens_done": "0",
         "total_tokens": str(IMAGE_TOKENS),

@@ -7,7 +7,6 @@ script), so POST /prompt and the once-a-second status polls stay cheap.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import redis
@@ -51,12 +50,12 @@ class JobQueue:
             top_k=None if params.get("top_k") is None else int(params["top_k"]),
             **{name: None if params.get(name) is None else float(params[name])
                for name in ("top_p", "temperature", "condition_scale")},
-            created_at=time.time(),
         )
         flat = [item for pair in encode_job_fields(job).items() for item in pair]
-        if not self._submit(keys=[self.keys.queue, self.keys.job(job.id)],
-                            args=[self.max_queued, job.id, *flat]):
+        created = self._submit(keys=[self.keys.queue, self.keys.job(job.id)], args=[self.max_queued, job.id, *flat])
+        if not created:
             raise QueueFull(f"the queue is full ({self.max_queued} prompts waiting); try again later")
+        job.created_at = float(created)  # Redis's clock, as every time of the queue
         return job
 
     def record(self, job_id: str) -> Job | None:
@@ -77,11 +76,11 @@ class JobQueue:
                 return listed
         return self.record(job_id)  # it finished between the two reads
 
-    def unfinished(self, now: float | None = None) -> list[Job]:
+    def unfinished(self) -> list[Job]:
         """Running jobs first, then queued jobs oldest first, each with position and ETA."""
         picture = json.loads(self._unfinished(
             keys=[self.keys.queue, self.keys.workers, self.keys.speed], args=[self.keys.prefix]))
-        now = time.time() if now is None else now
+        now = picture["now"]
         running: list[tuple[Job, str]] = []
         speeds: dict[str, float] = {}
         alive_workers: list[str] = []
@@ -104,7 +103,7 @@ class JobQueue:
         too late. Raises JobNotFound for an unknown id.
         """
         outcome = self._cancel(keys=[self.keys.queue, self.keys.job(job_id)],
-                               args=[job_id, repr(time.time()), self.finished_ttl_secs])
+                               args=[job_id, self.finished_ttl_secs])
         if not outcome:
             raise JobNotFound(job_id)
         # Its own record only: reading every queued job's position would make clearing a
@@ -117,7 +116,7 @@ class JobQueue:
     def queued_count(self) -> int:
         return self.redis.llen(self.keys.queue)
 
-    def health(self, now: float | None = None) -> dict:
+    def health(self) -> dict:
         """The scheduler's workers as their heartbeats describe them, and the queue's length."""
         worker_ids = sorted(w.decode() for w in self.redis.smembers(self.keys.workers))
         pipe = self.redis.pipeline(transaction=False)
@@ -126,8 +125,10 @@ class JobQueue:
             pipe.exists(self.keys.alive(wid))
             pipe.hget(self.keys.speed, wid)
         pipe.llen(self.keys.queue)
+        pipe.time()
         replies = pipe.execute()
-        now = time.time() if now is None else now
+        seconds, micros = replies.pop()
+        now = seconds + micros / 1e6  # heartbeats carry Redis's time too
         workers = []
         for i, wid in enumerate(worker_ids):
             info = {k.decode(): v.decode() for k, v in replies[3 * i].items()}

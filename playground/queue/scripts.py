@@ -11,15 +11,35 @@ from playground.queue.states import CANCELLED, FAILED, QUEUED, RUNNING
 # The statuses as Lua locals at the head of each script, so their strings live only in states.py.
 _STATUSES = f"local QUEUED, RUNNING, FAILED, CANCELLED = '{QUEUED}', '{RUNNING}', '{FAILED}', '{CANCELLED}'\n"
 
+# Every time that orders events is Redis's own clock, never a worker's or a frontend's:
+# machines' clocks differ, Redis's is the one they share. (Scripts replicate their effects,
+# so reading TIME before writing is allowed.)
+_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+"""
+
+# A worker's change to a job it claimed counts only while the job is still running under
+# that claim: a worker paused or cut off longer than its heartbeat may have lost the job to
+# another, and its late changes must be refused (fencing). KEYS[2] is the job hash.
+_STILL_MINE = """
+local function still_mine(claim)
+  return redis.call('HGET', KEYS[2], 'status') == RUNNING and redis.call('HGET', KEYS[2], 'claim') == claim
+end
+"""
+
 # -- the frontend's side -------------------------------------------------------------------
 
-# Queue a new job unless the queue is full. Returns 1, or 0 when full.
+# Queue a new job unless the queue is full. Returns its creation time, or 0 when full.
 # KEYS: queue, job hash. ARGV: max_queued, job id, then field, value, ...
-SUBMIT = """
+SUBMIT = _NOW + """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+local created = now()
+redis.call('HSET', KEYS[2], 'created_at', created, unpack(ARGV, 3))
 redis.call('RPUSH', KEYS[1], ARGV[2])
-return 1
+return created
 """
 
 # Everything /queue_status needs in one round trip: the workers (alive or not, their
@@ -50,19 +70,20 @@ for _, jid in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local h = job(jid)
   if h then table.insert(queued, h) end
 end
-return cjson.encode({workers = workers, queued = queued})
+local t = redis.call('TIME')
+return cjson.encode({workers = workers, queued = queued, now = tonumber(t[1]) + tonumber(t[2]) / 1e6})
 """
 
 # Queued jobs are cancelled at once; running ones are flagged for their worker; finished
 # ones are left alone. Returns the new status, '' when the job does not exist.
-# KEYS: queue, job hash. ARGV: job id, now, finished ttl.
-CANCEL = _STATUSES + """
+# KEYS: queue, job hash. ARGV: job id, finished ttl.
+CANCEL = _STATUSES + _NOW + """
 local status = redis.call('HGET', KEYS[2], 'status')
 if not status then return '' end
 if status == QUEUED then
   redis.call('LREM', KEYS[1], 0, ARGV[1])
-  redis.call('HSET', KEYS[2], 'status', CANCELLED, 'finished_at', ARGV[2])
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+  redis.call('HSET', KEYS[2], 'status', CANCELLED, 'finished_at', now())
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
   return CANCELLED
 end
 if status == RUNNING then
@@ -73,47 +94,72 @@ return status
 
 # -- the scheduler's side ------------------------------------------------------------------
 
-# Mark a job the worker has just moved into its processing list as running. Returns the
-# job's hash. The job may have been cancelled while it sat in the queue; then it is dropped
-# here and 0 returned.
-# KEYS: processing list, job hash, worker hash. ARGV: job id, now, worker id, backend url.
-START = _STATUSES + """
+# Mark a job the worker has just moved into its processing list as running, under a new
+# claim number (the fencing token of this attempt: it only ever grows). Returns the job's
+# hash. The job may have been cancelled while it sat in the queue; then it is dropped here
+# and 0 returned.
+# KEYS: processing list, job hash, worker hash. ARGV: job id, worker id, backend url.
+START = _STATUSES + _NOW + """
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= QUEUED then
   redis.call('LREM', KEYS[1], 0, ARGV[1])
   return 0
 end
-redis.call('HSET', KEYS[2], 'status', RUNNING, 'started_at', ARGV[2], 'worker', ARGV[3],
-           'backend', ARGV[4], 'tokens_done', '0', 'cancel_requested', '0')
+redis.call('HSET', KEYS[2], 'status', RUNNING, 'started_at', now(), 'worker', ARGV[2],
+           'backend', ARGV[3], 'tokens_done', '0', 'cancel_requested', '0')
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('HINCRBY', KEYS[2], 'claim', 1)
 redis.call('HSET', KEYS[3], 'job_id', ARGV[1])
 return redis.call('HGETALL', KEYS[2])
 """
 
-# Record how a running job ended (the fields include its finished status). Returns 1, or 0
-# when the job's hash is gone.
-# KEYS: processing list, job hash, worker hash. ARGV: job id, now, ttl, field, value, ...
-FINISH = """
+# Store a running job's progress. Returns 1 when a cancel was asked for, 0 when not, and -1
+# when the claim is no longer the job's (nothing is written).
+# KEYS: processing list (unused), job hash. ARGV: claim, then field, value, ...
+PROGRESS = _STATUSES + _STILL_MINE + """
+if not still_mine(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return 1 end
+return 0
+"""
+
+# Record how a running job ended (the fields include its finished status). A job finishing
+# as done whose cancel was asked for meanwhile ends cancelled instead. Returns the status
+# recorded with the finish time ("done 1732612345.123456"), or '' when the claim is no
+# longer the job's: nothing is changed then (the caller's result is late and is dropped).
+# KEYS: processing list, job hash, worker hash. ARGV: job id, claim, ttl, status, field, value, ...
+FINISH = _STATUSES + _NOW + _STILL_MINE + """
+if not still_mine(ARGV[2]) then return '' end
 redis.call('LREM', KEYS[1], 0, ARGV[1])
 redis.call('HSET', KEYS[3], 'job_id', '')
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'finished_at', ARGV[2], unpack(ARGV, 4))
+local status = ARGV[4]
+local finished = now()
+if status ~= CANCELLED and redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then
+  status = CANCELLED
+  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', finished, 'error', '')
+else
+  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', finished, unpack(ARGV, 5))
+end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-return 1
+return status .. ' ' .. finished
 """
 
 # Put a job back at the front of the queue, or fail it when it has had its attempts, or
 # cancel it when that was asked. Returns the new status, '' when nothing was done.
+# The worker putting back its own job names its claim (refused, '', when no longer the
+# job's); recovery of a dead worker's job names none: the job is in that worker's
+# processing list, which nobody else can have claimed it into.
 # KEYS: processing list, job hash, queue, worker hash, the worker's alive key.
-# ARGV: job id, reason, count_attempt (1/0), max attempts, now, ttl,
+# ARGV: job id, reason, count_attempt (1/0), max attempts, claim ('' = recovery), ttl,
 #       only_if_dead (1/0: leave it alone if that worker has come back).
-PUT_BACK = _STATUSES + """
+PUT_BACK = _STATUSES + _NOW + _STILL_MINE + """
 if ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return '' end
+if ARGV[5] ~= '' and not still_mine(ARGV[5]) then return '' end
 if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return '' end
 redis.call('HSET', KEYS[4], 'job_id', '')
 if redis.call('EXISTS', KEYS[2]) == 0 then return '' end
 local finish = function(status, err)
-  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', ARGV[5], 'error', err)
+  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', now(), 'error', err)
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
   return status
 end
@@ -130,13 +176,13 @@ return QUEUED
 """
 
 # Take a worker's identity if it is free, ours, or its holder is known to be dead.
-# Returns 1, or 0 when another live process holds it.
+# Returns Redis's time (the heartbeat's), or 0 when another live process holds it.
 # KEYS: alive key. ARGV: owner, ttl, predecessor to replace ('' = none).
-TAKE_IDENTITY = """
+TAKE_IDENTITY = _NOW + """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] and holder ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
-return 1
+return now()
 """
 
 # Remove a worker that stops cleanly, unless another process has taken over its identity.

@@ -96,9 +96,17 @@ class ServiceProcess:
                 pass
             self.process.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP of the process and its children: a suspended VM, a stalled machine."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then kill -9 after `timeout`; returns the exit status."""
         if self.alive():
+            self.resume()  # a paused process cannot act on SIGTERM
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)

@@ -8,6 +8,7 @@ cannot produce on demand:
 - "garbage": a line that is not JSON;
 - "slow": progress every 0.1 s for 3 s, streamed in chunks as a WSGI server does; it ends
   early, with "cancelled", once /cancel is called;
+- "steady": the same, ending done (a job long enough to be interrupted);
 - "hang": headers and one line, then silence until `release` is set (or 10 s);
 - anything else: done, with `num_images` copies of `png`.
 
@@ -111,19 +112,21 @@ class _Handler(BaseHTTPRequestHandler):
                      {"event": "error", "error": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"}]
         elif body["text"] == "garbage":
             lines = [started, "this is not json"]
-        elif body["text"] == "slow":
-            return self._stream_slowly(started)
+        elif body["text"] in ("slow", "steady"):
+            return self._stream_slowly(started, ending=self._done(body, seed) if body["text"] == "steady" else None)
         elif body["text"] == "hang":
             return self._hang(started)
         else:
-            lines = [started, {"event": "progress", "tokens_done": 256, "total_tokens": 256},
-                     {"event": "done", "seed": seed, "model": "stand-in",
-                      "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
-                      "images": [self.server.png_base64] * body["num_images"], "timings": {"total_secs": 0.0}}]
+            lines = [started, {"event": "progress", "tokens_done": 256, "total_tokens": 256}, self._done(body, seed)]
         data = b"".join((json.dumps(line) if isinstance(line, dict) else line).encode() + b"\n" for line in lines)
         self._send("application/x-ndjson", data)
 
-    def _stream_slowly(self, started: dict) -> None:
+    def _done(self, body: dict, seed: int) -> dict:
+        return {"event": "done", "seed": seed, "model": "stand-in",
+                "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
+                "images": [self.server.png_base64] * body["num_images"], "timings": {"total_secs": 0.0}}
+
+    def _stream_slowly(self, started: dict, ending: dict | None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
@@ -136,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             self._chunk({"event": "progress", "tokens_done": step * 8, "total_tokens": 256})
         else:
-            self._chunk({"event": "error", "error": "the test should have cancelled this job"})
+            self._chunk(ending or {"event": "error", "error": "the test should have cancelled this job"})
         self.wfile.write(b"0\r\n\r\n")
 
     def _hang(self, started: dict) -> None:

@@ -1,0 +1,188 @@
+"""Fencing: every change a worker makes to a job it claimed names that claim, and Redis
+refuses it once the job has been taken over, so a worker that was paused or cut off longer
+than its heartbeat can never change, finish or duplicate the job, nor reach the library."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from playground.library import LibraryStore
+from playground.queue import JobQueue
+from playground.testing.processes import scheduler_process
+from playground.testing.standin_backend import StandInBackend, solid_png
+from scheduler.worker_queue import WorkerQueue
+
+PNG = solid_png()
+
+
+def params(text: str = "a red circle") -> dict:
+    return {"text": text, "num_images": 2, "seed": 1}
+
+
+def entry(job_id: str) -> dict:
+    return {"queue_id": job_id, "text_prompt": "a red circle", "creation_unixtime": 0.0}
+
+
+def take_over(queue: JobQueue, redis_client, stale: WorkerQueue) -> tuple[WorkerQueue, object]:
+    """`stale` misses its heartbeats; another worker sweeps its job back and claims it."""
+    redis_client.delete(stale.keys.alive(stale.worker_id))
+    other = WorkerQueue(redis_client, "other", "http://127.0.0.1:2")
+    assert other.register()
+    assert [status for _, status in other.sweep_dead_workers()] == ["queued"]
+    return other, other.claim(timeout=1)
+
+
+def test_a_worker_that_lost_its_job_can_change_nothing(redis_client):
+    queue = JobQueue(redis_client)
+    stale = WorkerQueue(redis_client, "stale", "http://127.0.0.1:1")
+    assert stale.register()
+    job = queue.submit(params())
+    mine = stale.claim(timeout=1)
+    assert stale.progress(mine, 10, 256) == "ok"
+    other, theirs = take_over(queue, redis_client, stale)
+    assert theirs.id == job.id and theirs.claim == mine.claim + 1 and theirs.attempts == 2
+
+    assert stale.progress(mine, 200, 256) == "lost"
+    assert stale.finish_done(mine, seed=1, model="tiny", images=[], process_time_secs=1.0) is None
+    assert stale.finish_failed(mine, "too late") is None
+    assert stale.finish_cancelled(mine) is None
+    assert stale.put_back(mine, "too late") == ""
+    current = queue.get(job.id)
+    assert (current.status, current.worker, current.tokens_done, current.claim) == ("running", "other", 0, 2)
+
+    assert other.progress(theirs, 64, 256) == "ok"
+    status, finished_at = other.finish_done(theirs, seed=1, model="tiny", images=[], process_time_secs=1.0)
+    assert status == "done" and abs(finished_at - time.time()) < 5  # Redis's clock
+
+
+class Claimed:
+    """A worker's claim as the library's Attempt, as the scheduler's worker builds it."""
+
+    def __init__(self, worker: WorkerQueue, job, crash_after_commit: bool = False):
+        self.worker, self.job, self.token = worker, job, str(job.claim)
+        self.crash_after_commit = crash_after_commit
+
+    def still_current(self):
+        return self.worker.claim_time(self.job)
+
+    def commit(self, urls):
+        outcome = self.worker.finish_done(self.job, seed=1, model="tiny", images=urls, process_time_secs=1.0)
+        if self.crash_after_commit:
+            raise KeyboardInterrupt  # the process dies before the staging folder is removed
+        return outcome is not None and outcome[0] == "done"
+
+
+def staged(library_dir):
+    return sorted(p.name for p in (library_dir / ".staging").iterdir())
+
+
+def test_the_late_result_never_reaches_the_library(redis_client, tmp_path):
+    queue = JobQueue(redis_client)
+    library = LibraryStore(tmp_path / "library")
+    stale = WorkerQueue(redis_client, "stale", "http://127.0.0.1:1")
+    assert stale.register()
+    job = queue.submit(params())
+    mine = stale.claim(timeout=1)
+    other, theirs = take_over(queue, redis_client, stale)
+
+    stored = library.add_job(entry(job.id), [PNG], attempt=Claimed(other, theirs))
+    assert stored is not None and stored["creation_unixtime"] == pytest.approx(time.time(), abs=5)
+    assert library.add_job(entry(job.id), [PNG, PNG], attempt=Claimed(stale, mine)) is None
+    [listed] = library.entries()
+    assert listed["generated_images"] == stored["generated_images"] == queue.get(job.id).images
+    assert sorted(p.name for p in (tmp_path / "library" / job.id).glob("*.png")) == \
+        sorted(url.rsplit("/", 1)[1] for url in stored["generated_images"])
+    assert staged(tmp_path / "library") == []
+
+
+def test_a_commit_refused_after_publishing_takes_the_job_out_again(redis_client, tmp_path):
+    """The attempt was still current when it published, then lost the job before its
+    commit (paused in between): the library ends as if it had never written."""
+    queue = JobQueue(redis_client)
+    library = LibraryStore(tmp_path / "library")
+    stale = WorkerQueue(redis_client, "stale", "http://127.0.0.1:1")
+    assert stale.register()
+    job = queue.submit(params())
+    mine = stale.claim(timeout=1)
+
+    class LosesBeforeCommit(Claimed):
+        def commit(self, urls):
+            assert library.entries()[0]["generated_images"] == urls  # published by now
+            take_over(queue, redis_client, stale)
+            return super().commit(urls)
+
+    assert library.add_job(entry(job.id), [PNG, PNG], attempt=LosesBeforeCommit(stale, mine)) is None
+    assert library.entries() == [] and not (tmp_path / "library" / job.id).exists()
+    assert staged(tmp_path / "library") == []
+
+
+def test_recovery_keeps_a_committed_result_and_undoes_a_lost_one(redis_client, tmp_path):
+    """What crashes leave in .staging: a committed attempt stays published; one that lost
+    its job is taken out of the library; a running one is left alone."""
+    queue = JobQueue(redis_client)
+    library = LibraryStore(tmp_path / "library")
+    worker = WorkerQueue(redis_client, "w", "http://127.0.0.1:1")
+    assert worker.register()
+    committed, lost, running = (queue.submit(params(text)) for text in ("committed", "lost", "running"))
+
+    first = worker.claim(timeout=1)
+    with pytest.raises(KeyboardInterrupt):
+        library.add_job(entry(committed.id), [PNG, PNG], attempt=Claimed(worker, first, crash_after_commit=True))
+    second = worker.claim(timeout=1)
+
+    class CrashBeforeCommit(Claimed):
+        def commit(self, urls):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        library.add_job(entry(lost.id), [PNG], attempt=CrashBeforeCommit(worker, second))
+    worker.put_back(second, "the worker died")  # its job goes back to the queue
+    third = worker.claim(timeout=1)
+    assert third.id == lost.id and third.claim == second.claim + 1
+    fourth = worker.claim(timeout=1)
+    with pytest.raises(KeyboardInterrupt):
+        library.add_job(entry(running.id), [PNG], attempt=CrashBeforeCommit(worker, fourth))
+    assert {e["queue_id"] for e in library.entries()} == {committed.id, lost.id, running.id}
+    assert len(staged(tmp_path / "library")) == 3
+
+    assert library.recover_staged(worker.staged_outcome) == {"kept": 1, "undone": 1}
+    assert {e["queue_id"] for e in library.entries()} == {committed.id, running.id}
+    assert not (tmp_path / "library" / lost.id).exists()
+    assert staged(tmp_path / "library") == [f"{running.id}.{fourth.claim}"]
+    [kept] = [e for e in library.entries() if e["queue_id"] == committed.id]
+    assert kept["generated_images"] == queue.get(committed.id).images
+    assert all((tmp_path / url).is_file() for url in kept["generated_images"])
+
+
+@pytest.mark.timeout(120)
+def test_a_scheduler_paused_past_its_heartbeat_cannot_touch_the_job_when_resumed(redis_url, redis_client, tmp_path):
+    """Real processes: scheduler A runs a job, is stopped (SIGSTOP) past its heartbeat,
+    scheduler B takes the backend and the job over and finishes it; A, resumed (SIGCONT),
+    reads its own run to the end and its result is refused: one result, from B."""
+    queue = JobQueue(redis_client)
+    env = {"SCHEDULER_HEARTBEAT_TTL": "2"}
+    with StandInBackend() as backend:
+        first = scheduler_process(tmp_path, redis_url, [backend.url], tmp_path / "library", env, name="first")
+        second = scheduler_process(tmp_path, redis_url, [backend.url], tmp_path / "library", env, name="second")
+        try:
+            first.start()
+            job = queue.submit(params("steady"))
+            first.wait_until(lambda: queue.get(job.id).tokens_done > 0, 30, "the job to start")
+            first.pause()
+            second.start()
+            second.wait_until(lambda: queue.get(job.id).claim == 2, 30, "the second scheduler to claim the job")
+            second.wait_until(lambda: queue.get(job.id).status == "done", 30, "the job to be done")
+            done = queue.get(job.id)
+            first.resume()
+            first.wait_until(lambda: "dropped" in first.log_tail(), 30, "the first scheduler to drop its result")
+            time.sleep(0.5)
+            assert queue.get(job.id).to_status() == done.to_status()
+            [stored] = LibraryStore(tmp_path / "library").entries()
+            assert stored["generated_images"] == done.images and done.worker == stored["backend"].split("://")[1]
+            assert len(list((tmp_path / "library" / job.id).glob("*.png"))) == 2
+            assert backend.calls.count("steady") == 2
+        finally:
+            first.stop()
+            second.stop()
