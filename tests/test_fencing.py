@@ -4,7 +4,6 @@ than its heartbeat can never change, finish or duplicate the job, nor reach the 
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
