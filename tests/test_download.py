@@ -204,7 +204,8 @@ def test_a_cache_filled_by_hf_download_is_used_as_it_is(fake_hub, tiny, tmp_path
     hub_cache = tmp_path / "huggingface"
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "hf-home")}
     hf = Path(sys.executable).parent / "hf"
-    for repo, revision, files in ((MINI, "main", models.DALLE_FILES),
+    # As docs/engine.md says, the optional file included: the repository lacks it, hf skips it.
+    for repo, revision, files in ((MINI, "main", (*models.DALLE_FILES, models.WORD_FREQUENCIES_FILE)),
                                   (models.VQGAN_REPO, models.VQGAN_REVISION, models.VQGAN_FILES)):
         subprocess.run([str(hf), "download", repo, *files, "--revision", revision, "--cache-dir", str(hub_cache)],
                        env=env, check=True, capture_output=True, timeout=120)
@@ -214,7 +215,7 @@ def test_a_cache_filled_by_hf_download_is_used_as_it_is(fake_hub, tiny, tmp_path
     files = models.resolve_model("mini", tmp_path, Recorder(), fake_hub.url)
     assert_same_files(files, tiny)
     assert fake_hub.transfers == []
-    # Only the optional file, which `hf download` was not asked for, is looked up.
+    # Only the optional file is looked up: hf does not remember that the repository lacks it.
     assert [seen.path.rsplit("/", 1)[-1] for seen in fake_hub.requests] == [models.WORD_FREQUENCIES_FILE]
 
 

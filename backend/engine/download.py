@@ -276,7 +276,7 @@ class RepoDownload:
                     log.info("%s: the server ignored the Range request; downloading from the start", label)
                     have = 0
                 if total is None:
-                    total = _size_from(response, have)
+                    total = _size_from(response)
                 with open(part, "ab" if have else "wb") as file:
                     for chunk in response.iter_content(CHUNK_BYTES):
                         file.write(chunk)
@@ -338,7 +338,7 @@ def _range_start(response: requests.Response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _size_from(response: requests.Response, have: int) -> int | None:
+def _size_from(response: requests.Response) -> int | None:
     if response.status_code == 206:
         match = re.search(r"/(\d+)$", response.headers.get("Content-Range", ""))
         return int(match.group(1)) if match else None

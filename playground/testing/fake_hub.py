@@ -11,9 +11,11 @@ It speaks the part of the hub's file API that downloads use, as huggingface_hub 
   `snapshot_download` (and so `hf download`) lists before downloading.
 - `Range: bytes=N-` on file bodies: 206 with `Content-Range`.
 
-Test controls: `cut_transfers` (close the connection after N bytes of a body), `hold_after` /
-`release` (pause all bodies once N bytes were sent), `ignore_range`, `refuse` (close every
-connection unanswered), and what was seen: `requests`, `transfers` and `bytes_sent` per file.
+Test controls: `cut_transfers` (close the connection after N bytes of a body, optionally then
+refuse), `hold_after` / `release` (pause a file's body once N bytes were sent), `ignore_range`,
+`refuse` (close every connection unanswered), and what was seen: `requests`, `transfers` (the
+Range of each body) and `bytes_sent` per file (bytes a vanished client did not take are not
+counted).
 """
 from __future__ import annotations
 
