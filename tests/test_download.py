@@ -99,6 +99,10 @@ def test_a_published_model_downloads_into_the_hub_cache_with_progress(fake_hub, 
 
 def test_a_cut_transfer_resumes_where_it_stopped(fake_hub, tiny, tmp_path):
     size = len(fake_hub.file(MINI, "flax_model.msgpack").data)
+    # What the hub client leaves when it is killed mid-download: never resumed, so removed.
+    leftover = part_file(tmp_path, fake_hub).with_suffix(".0123abcd.incomplete")
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"x" * 1000)
     fake_hub.cut_transfers(700_000, file=WEIGHTS)
     files = models.resolve_model("mini", tmp_path, Recorder(), fake_hub.url)
     assert_same_files(files, tiny)
@@ -106,6 +110,7 @@ def test_a_cut_transfer_resumes_where_it_stopped(fake_hub, tiny, tmp_path):
     start = int(resumed.removeprefix("bytes=").removesuffix("-"))
     assert first is None and 0 < start <= 700_000
     assert fake_hub.bytes_sent[WEIGHTS] == 700_000 + size - start < size + CHUNK_BYTES  # about once
+    assert not leftover.exists()
 
 
 def test_an_interrupted_download_resumes_on_the_next_start(fake_hub, tiny, tmp_path):

@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")  # the hub's etag of an LFS file is its sha256
 CHUNK_BYTES = 256 * 1024  # what a crash can lose of a transfer; also the progress step
-# Attempts in a row that bring no new byte before giving up; an attempt that does bring bytes
-# (a dropped connection mid-file) is retried at once from where it stopped.
-RETRIES_WITHOUT_PROGRESS = 3
+# Once a transfer is under way the hub was reachable, so a failure is likely a passing one: an
+# attempt that brought bytes is retried at once from where it stopped; attempts that bring none
+# wait longer each time (2, 4, 8, 16, 30, 30 s) before the download gives up (its bytes kept).
+RETRIES_WITHOUT_PROGRESS = 6
+MAX_RETRY_WAIT_SECS = 30
 CONNECT_TIMEOUT_SECS = 10
 READ_TIMEOUT_SECS = 60
 
@@ -205,6 +207,10 @@ class RepoDownload:
 
     def _download_blob(self, name: str, label: str, url: str, metadata, blob: Path) -> None:
         part = _part_of(blob)
+        # The hub client writes `<etag>.<random>.incomplete` under this same lock, so any there now
+        # were left by a killed `hf download` or an older playground: gigabytes nobody will resume.
+        for stale in blob.parent.glob(f"{blob.name}.*.incomplete"):
+            stale.unlink(missing_ok=True)
         for _attempt in (1, 2):
             self._transfer(name, label, url, metadata, part)
             if _verified(part, metadata.etag):
@@ -249,7 +255,7 @@ class RepoDownload:
                         kept = (f" ({human_bytes(have)} are kept in the cache; the next start resumes there)"
                                 if have else "")
                         raise DownloadError(f"{error}{kept}") from error
-                    time.sleep(self.retry_delay * failures)
+                    time.sleep(min(self.retry_delay * 2 ** (failures - 1), MAX_RETRY_WAIT_SECS))
                 log.info("%s: %s; trying again from %s", label, error, human_bytes(_size(part)))
                 retrying = True
 
@@ -286,7 +292,7 @@ class RepoDownload:
             raise DownloadError(f"the transfer from {_origin_text(location)} failed "
                                 f"({type(error).__name__}: {error})") from error
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise DiskFull(f"the disk is full at {part.parent} after {human_bytes(have)} of {label} "
                                f"(free some space and start again: the download resumes)") from error
             raise
