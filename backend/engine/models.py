@@ -4,10 +4,10 @@ Every choice ends as a `ModelFiles`: a DalleBart folder (config.json, flax_model
 tokenizer files, optionally enwiki-words-frequency.txt) and a VQGAN folder (config.json,
 flax_model.msgpack), so all of them are loaded by the same code.
 
-Published models come from the Hugging Face hub into `<cache_dir>/huggingface`, the hub
-client's cache layout (`download.py`: progress reported, interrupted downloads resume). `tiny` is a small
-random model generated deterministically on first use into `<cache_dir>/tiny/`, in the
-official file formats, for tests and offline runs.
+Published models come from the Hugging Face hub into `<cache_dir>/huggingface`, in the hub
+client's cache layout (`download.py`: progress reported, interrupted downloads resume).
+`tiny` is a small random model generated deterministically on first use into
+`<cache_dir>/tiny/`, in the official file formats, for tests and offline runs.
 """
 from __future__ import annotations
 
