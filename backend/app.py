@@ -14,17 +14,20 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from backend.config import Config
+from backend.engine.progress import LoadProgress
 from backend.generate_request import BadRequest, parse_generate_body
 from backend.generation_run import GenerationRun
 from backend.model_holder import ModelHolder
 from playground.limits import random_seed
 
 
-def default_loader(config: Config) -> Callable[[], Any]:
-    def load() -> Any:
+def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
+    def load(progress: LoadProgress) -> Any:
         from backend.engine import load_engine  # JAX is imported here, in the loading thread
 
-        engine = load_engine(config.model, cache_dir=config.cache_dir)
+        engine = load_engine(config.model, cache_dir=config.cache_dir, progress=progress,
+                             endpoint=config.hub_endpoint)
+        progress.set_stage("compiling")
         engine.warm_up(config.warm_up_batch_sizes)
         return engine
 
@@ -57,14 +60,18 @@ class BackendApi:
 
     def health(self) -> Response:
         holder = self.holder
-        body = {"status": holder.status, "model": holder.model_name, "error": holder.error}
-        if holder.status != "ready":
+        status = holder.status
+        body = {"status": status, "model": holder.model_name, "error": holder.error}
+        if status != "ready":
+            # While loading: the stage and each downloaded file's bytes, for the UI and the log.
+            body.update(holder.progress.snapshot() if status == "loading" else {"stage": status})
             response = jsonify(body)
             response.status_code = 503
             return response
         run = self._run
         return jsonify(
             **body,
+            stage="ready",
             devices=[str(device) for device in getattr(holder.engine, "devices", [])],
             busy=self._busy.locked(),
             job_id=run.job_id if run else None,
@@ -106,7 +113,7 @@ class BackendApi:
         return jsonify({"cancelled": True})
 
 
-def create_app(config: Config, loader: Callable[[], Any] | None = None) -> Flask:
+def create_app(config: Config, loader: Callable[[LoadProgress], Any] | None = None) -> Flask:
     app = Flask(__name__)
     holder = ModelHolder(config.model, loader or default_loader(config)).start()
     api = BackendApi(config, holder)

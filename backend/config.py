@@ -18,6 +18,9 @@ class Config:
     warm_up_batch_sizes: tuple[int, ...] = (2, 4, 6, 8)
     # How often a running /generate stream reports progress (the scheduler needs ≤ 2 s).
     progress_interval_secs: float = 0.5
+    # The Hugging Face hub (or a mirror) published models come from; None: huggingface_hub's
+    # default. HF_ENDPOINT is huggingface_hub's own variable, read here so it is explicit.
+    hub_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -33,4 +36,5 @@ class Config:
             port=get_int(env, "BACKEND_PORT", cls.port),
             warm_up_batch_sizes=warm_up,
             progress_interval_secs=get_float(env, "BACKEND_PROGRESS_INTERVAL", cls.progress_interval_secs),
+            hub_endpoint=get_str(env, "HF_ENDPOINT", "") or None,
         )

@@ -1,4 +1,5 @@
-"""Loads the engine in the background so the service answers /health while the model loads."""
+"""Loads the engine in the background so the service answers /health while the model loads,
+and says how far loading has got (`progress`: downloads, reading, compiling)."""
 from __future__ import annotations
 
 import logging
@@ -7,15 +8,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from backend.engine.progress import LoadProgress
+
 log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    """Owns the engine: `loading` until the loader returns, then `ready`, or `error` with a reason."""
+    """Owns the engine: `loading` until the loader returns, then `ready`, or `error` with a reason.
 
-    def __init__(self, model_name: str, loader: Callable[[], Any]):
+    The loader is called with the holder's `LoadProgress` and reports into it.
+    """
+
+    def __init__(self, model_name: str, loader: Callable[[LoadProgress], Any]):
         self.model_name = model_name
         self._loader = loader
+        self.progress = LoadProgress()
         self._engine: Any = None
         self._error: str | None = None
         self._ready = threading.Event()
@@ -28,7 +35,7 @@ class ModelHolder:
     def _load(self) -> None:
         started = time.monotonic()
         try:
-            self._engine = self._loader()
+            self._engine = self._loader(self.progress)
         except Exception as exc:  # any loading failure is reported by /health, not a crash
             log.exception("loading model %s failed", self.model_name)
             self._error = f"{type(exc).__name__}: {exc}"

@@ -36,3 +36,16 @@ def redis_client(redis_url):
 def model_cache_dir(tmp_path_factory):
     """One model cache for the whole run, so the tiny model is written once."""
     return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture
+def fake_hub(model_cache_dir):
+    """A real HTTP server speaking the hub's file API, serving the tiny model's files as mini's,
+    mega's and the VQGAN's repositories (pass `fake_hub.url` as the endpoint)."""
+    from backend.engine import models
+    from playground.testing.fake_hub import FakeHub
+
+    tiny = models.ensure_tiny_model(model_cache_dir)
+    repos = {"dalle-mini/dalle-mini": tiny, "dalle-mini/dalle-mega": tiny, models.VQGAN_REPO: tiny / "vqgan"}
+    with FakeHub(repos) as hub:
+        yield hub

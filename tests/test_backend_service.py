@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from PIL import Image
@@ -28,7 +29,7 @@ def engine(tmp_path_factory):
 
 @pytest.fixture
 def client(engine):
-    app = create_app(Config(progress_interval_secs=0.02), loader=lambda: engine)
+    app = create_app(Config(progress_interval_secs=0.02), loader=lambda _progress: engine)
     assert app.extensions["model_holder"].wait(30)
     return app.test_client()
 
@@ -46,13 +47,14 @@ def job(**overrides) -> dict:
 def test_health_reports_loading_then_ready(engine):
     release = threading.Event()
 
-    def slow_loader():
+    def slow_loader(_progress):
         release.wait(10)
         return engine
 
     client = create_app(Config(), loader=slow_loader).test_client()
     loading = client.get("/health")
     assert loading.status_code == 503 and loading.json["status"] == "loading"
+    assert (loading.json["stage"], loading.json["files"]) == ("starting", [])  # nothing downloaded
     assert client.post("/generate", json=job()).status_code == 503
     release.set()
     client.application.extensions["model_holder"].wait(10)
@@ -63,8 +65,49 @@ def test_health_reports_loading_then_ready(engine):
     assert (ready.json["image_tokens"], ready.json["image_codes"]) == (256, 1024)
 
 
+def test_health_shows_the_download_then_the_stages_until_ready(fake_hub, tmp_path):
+    # The real loader, downloading "mini" (the tiny files) from a hub that pauses mid-file.
+    weights = "dalle-mini/dalle-mini/flax_model.msgpack"
+    size = len(fake_hub.file("dalle-mini/dalle-mini", "flax_model.msgpack").data)
+    fake_hub.hold_after(600_000, file=weights)
+    config = Config(model="mini", cache_dir=tmp_path, hub_endpoint=fake_hub.url, warm_up_batch_sizes=(2,))
+    client = create_app(config).test_client()
+
+    def downloading():
+        body = client.get("/health").json
+        return body if any(f["name"] == weights and f["bytes_done"] > 0 for f in body.get("files", [])) else None
+
+    body = wait_for(downloading, 60)
+    assert client.get("/health").status_code == 503
+    assert set(body) == {"status", "model", "error", "stage", "files"}
+    assert (body["status"], body["model"], body["error"], body["stage"]) == ("loading", "mini", None, "downloading")
+    entries = {entry["name"]: entry for entry in body["files"]}
+    assert entries["dalle-mini/dalle-mini/config.json"]["bytes_done"] == entries[
+        "dalle-mini/dalle-mini/config.json"]["bytes_total"] > 0
+    assert entries[weights]["bytes_total"] == size and 0 < entries[weights]["bytes_done"] <= 600_000
+    assert all(set(entry) == {"name", "bytes_done", "bytes_total"} for entry in body["files"])
+
+    fake_hub.release()
+    stages = set()
+    holder = client.application.extensions["model_holder"]
+    while not holder.wait(0.05):
+        stages.add(client.get("/health").json["stage"])
+    assert "compiling" in stages
+    ready = client.get("/health")
+    assert ready.status_code == 200 and ready.json["stage"] == "ready", ready.json
+
+
+def wait_for(condition, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
 def test_loading_failure_is_reported_not_crashed():
-    def broken_loader():
+    def broken_loader(_progress):
         raise FileNotFoundError("flax_model.msgpack is missing")
 
     client = create_app(Config(model="mini"), loader=broken_loader).test_client()
@@ -72,6 +115,7 @@ def test_loading_failure_is_reported_not_crashed():
     health = client.get("/health")
     assert health.status_code == 503
     assert health.json["status"] == "error" and "flax_model.msgpack" in health.json["error"]
+    assert health.json["stage"] == "error"
     assert client.post("/generate", json=job()).status_code == 503
 
 

@@ -23,6 +23,8 @@ def test_backend_config_from_env():
     config = BackendConfig.from_env({"DALLE_MODEL": "mini", "MODEL_CACHE_DIR": "c", "BACKEND_PORT": "9090",
                                      "BACKEND_WARMUP_BATCH_SIZES": "2, 8"})
     assert (config.model, config.cache_dir, config.port, config.warm_up_batch_sizes) == ("mini", Path("c"), 9090, (2, 8))
+    assert config.hub_endpoint is None  # huggingface_hub's default
+    assert BackendConfig.from_env({"HF_ENDPOINT": "http://mirror:8000"}).hub_endpoint == "http://mirror:8000"
 
 
 def test_the_demo_model_is_the_default():

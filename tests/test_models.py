@@ -1,12 +1,12 @@
 """The model registry: the generated tiny model, local folders, published models through the
-hub (the hub itself is faked: there is no network here), and the errors users see."""
+hub (a real HTTP server speaking the hub's file API: there is no network here), and the errors
+users see. The downloads themselves are tested in test_download.py."""
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
 
-import huggingface_hub
 import jax
 import numpy as np
 import pytest
@@ -110,37 +110,19 @@ def test_offline_published_model_gives_one_clear_error(tmp_path, monkeypatch):
         assert needed in message
 
 
-class FakeHub:
-    """Stands in for huggingface_hub.snapshot_download: serves folders, records the calls."""
-
-    def __init__(self, repos: dict[str, Path]):
-        self.repos = repos
-        self.calls = []
-
-    def __call__(self, repo_id, revision, cache_dir, allow_patterns):
-        self.calls.append((repo_id, revision, Path(cache_dir), tuple(allow_patterns)))
-        target = Path(cache_dir) / repo_id.replace("/", "--") / (revision or "main")
-        if not target.exists():
-            target.mkdir(parents=True)
-            for name in allow_patterns:
-                if (self.repos[repo_id] / name).is_file():
-                    shutil.copy(self.repos[repo_id] / name, target / name)
-        return str(target)
-
-
-def test_published_models_come_from_the_hub(model_cache_dir, tmp_path, monkeypatch):
-    tiny = models.ensure_tiny_model(model_cache_dir)
-    hub = FakeHub({"dalle-mini/dalle-mini": tiny, "dalle-mini/dalle-mega": tiny, models.VQGAN_REPO: tiny / "vqgan"})
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+def test_published_models_come_from_the_hub(fake_hub, tmp_path):
     cache = tmp_path / "cache"
-
-    mega = models.resolve_model("mega", cache)
+    mega = models.resolve_model("mega", cache, endpoint=fake_hub.url)
     assert mega.dtype == "float16" and mega.name == "mega"
-    assert hub.calls[0][:3] == ("dalle-mini/dalle-mega", None, cache / "huggingface")
-    assert "enwiki-words-frequency.txt" in hub.calls[0][3]
-    assert hub.calls[1][:3] == (models.VQGAN_REPO, models.VQGAN_REVISION, cache / "huggingface")
+    assert mega.dalle_dir.parent.parent == cache / "huggingface" / "models--dalle-mini--dalle-mega"
+    asked = [(seen.method, seen.path.split("/resolve/")[0], seen.path.split("/")[4], seen.path.split("/")[-1])
+             for seen in fake_hub.requests if seen.server == "hub"]
+    assert asked[0] == ("HEAD", "/dalle-mini/dalle-mega", "main", "config.json")
+    assert ("HEAD", "/dalle-mini/dalle-mega", fake_hub.commits["dalle-mini/dalle-mega"],
+            "enwiki-words-frequency.txt") in asked  # optional: asked for, at the commit main pointed to
+    assert ("HEAD", f"/{models.VQGAN_REPO}", models.VQGAN_REVISION, "flax_model.msgpack") in asked
 
-    engine = load_engine("mini", cache)  # the tiny files, served as if they were mini's
+    engine = load_engine("mini", cache, endpoint=fake_hub.url)  # the tiny files, served as if they were mini's
     assert engine.model_name == "mini"
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(engine.params)} == {np.dtype("float32")}
     result = engine.generate(GenerationRequest("a blue star", 2, seed=3))

@@ -40,6 +40,7 @@ from playground.limits import random_seed
 from . import checkpoint, dallebart
 from .dallebart import DalleBartConfig
 from .models import resolve_model
+from .progress import LoadProgress
 from .request import GenerationCancelled, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -393,18 +394,22 @@ def _vqgan_decoder_only(path: str) -> bool:
 
 
 def load_engine(model: str, cache_dir: Path = Path("cache"), *, dtype: str | None = None,
-                devices=None, batch_per_device: int | None = None) -> Engine:
+                devices=None, batch_per_device: int | None = None, progress: LoadProgress | None = None,
+                endpoint: str | None = None) -> Engine:
     """Resolve, read and place a model: `tiny`, `mini`, `mega`, `mega_full` or a folder.
 
     `dtype` overrides the weights' dtype (e.g. "bfloat16"); by default published models use
     their registry dtype and folders keep what the file stores. `batch_per_device` sets how
     many images share one program (default: 1 on a CPU, ACCELERATOR_BATCH elsewhere).
+    `progress` hears of downloads and of the reading stage; `endpoint` is the hub's address.
     """
     from .text_normalizer import TextNormalizer
     from .tokenizer import TextTokenizer
     from .vqgan import VQGANConfig, init_vqgan_params
 
-    files = resolve_model(model, cache_dir)
+    files = resolve_model(model, cache_dir, progress, endpoint)
+    if progress is not None:
+        progress.set_stage("reading")
     enable_compilation_cache(cache_dir)
     config = DalleBartConfig.from_dict(_read_json(files.dalle_dir / "config.json"))
     weights_dtype = dtype or files.dtype

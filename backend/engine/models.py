@@ -4,10 +4,10 @@ Every choice ends as a `ModelFiles`: a DalleBart folder (config.json, flax_model
 tokenizer files, optionally enwiki-words-frequency.txt) and a VQGAN folder (config.json,
 flax_model.msgpack), so all of them are loaded by the same code.
 
-Published models come from the Hugging Face hub through `huggingface_hub` into
-`<cache_dir>/huggingface` (progress bars, interrupted downloads resume). `tiny` is a small
-random model generated deterministically on first use into `<cache_dir>/tiny/`, in the
-official file formats, for tests and offline runs.
+Published models come from the Hugging Face hub into `<cache_dir>/huggingface`, in the hub
+client's cache layout (`download.py`: progress reported, interrupted downloads resume).
+`tiny` is a small random model generated deterministically on first use into
+`<cache_dir>/tiny/`, in the official file formats, for tests and offline runs.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from . import checkpoint
 from .dallebart import DalleBartConfig, random_params
+from .progress import LoadProgress
 
 DALLE_FILES = ("config.json", "flax_model.msgpack", "tokenizer.json", "vocab.json", "merges.txt",
                "tokenizer_config.json", "special_tokens_map.json")
@@ -72,9 +73,15 @@ class ModelFiles:
         return path if path.is_file() else None
 
 
-def resolve_model(model: str, cache_dir: Path) -> ModelFiles:
-    """Find (download, or generate) the files of `model`: a name in MODEL_CHOICES or a folder."""
+def resolve_model(model: str, cache_dir: Path, progress: LoadProgress | None = None,
+                  endpoint: str | None = None) -> ModelFiles:
+    """Find (download, or generate) the files of `model`: a name in MODEL_CHOICES or a folder.
+
+    Downloads report to `progress`; `endpoint` is the hub's address (default: HF_ENDPOINT as
+    huggingface_hub read it, else huggingface.co).
+    """
     cache_dir = Path(cache_dir)
+    hub = {"progress": progress, "endpoint": endpoint}
     if model == DEMO:
         return ModelFiles(DEMO, DEMO_FOLDER / "dalle", DEMO_FOLDER / VQGAN_SUBFOLDER, None)
     if model == TINY:
@@ -83,8 +90,8 @@ def resolve_model(model: str, cache_dir: Path) -> ModelFiles:
     if model in PUBLISHED_MODELS:
         published = PUBLISHED_MODELS[model]
         dalle_dir = download(published.repo, published.revision, DALLE_FILES, cache_dir, model,
-                             optional=(WORD_FREQUENCIES_FILE,))
-        vqgan_dir = download(VQGAN_REPO, VQGAN_REVISION, VQGAN_FILES, cache_dir, model)
+                             optional=(WORD_FREQUENCIES_FILE,), **hub)
+        vqgan_dir = download(VQGAN_REPO, VQGAN_REVISION, VQGAN_FILES, cache_dir, model, **hub)
         return ModelFiles(model, dalle_dir, vqgan_dir, published.dtype)
     folder = Path(model).expanduser()
     if not folder.is_dir():
@@ -94,7 +101,7 @@ def resolve_model(model: str, cache_dir: Path) -> ModelFiles:
     _require_files(folder, DALLE_FILES[:2], f"model folder {folder}")
     vqgan_dir = folder / VQGAN_SUBFOLDER
     if not vqgan_dir.is_dir():
-        vqgan_dir = download(VQGAN_REPO, VQGAN_REVISION, VQGAN_FILES, cache_dir, str(folder))
+        vqgan_dir = download(VQGAN_REPO, VQGAN_REVISION, VQGAN_FILES, cache_dir, str(folder), **hub)
     _require_files(vqgan_dir, VQGAN_FILES, f"VQGAN folder {vqgan_dir}")
     return ModelFiles(folder.name, folder, vqgan_dir, None)
 
@@ -105,22 +112,25 @@ def _require_files(folder: Path, names, what: str) -> None:
         raise ModelUnavailableError(f"{what} lacks {', '.join(missing)}")
 
 
-def download(repo: str, revision: str | None, files, cache_dir: Path, model: str, optional=()) -> Path:
+def download(repo: str, revision: str | None, files, cache_dir: Path, model: str, optional=(),
+             progress: LoadProgress | None = None, endpoint: str | None = None) -> Path:
     """The folder of `repo` at `revision` in the cache with `files`, downloading what is missing."""
-    from huggingface_hub import snapshot_download  # only the published models need it
+    from .download import DownloadError, download_repo
 
     hub_cache = Path(cache_dir) / "huggingface"
     at = f"{repo}@{revision or 'main'}"
     try:
-        folder = Path(snapshot_download(repo_id=repo, revision=revision, cache_dir=hub_cache,
-                                        allow_patterns=[*files, *optional]))
+        folder = download_repo(repo, revision, files, hub_cache, optional=optional, progress=progress,
+                               endpoint=endpoint)
     except Exception as error:  # offline, unknown repo, HTTP or disk errors: all say the same to a user
+        reason = str(error) if isinstance(error, DownloadError) else f"{type(error).__name__}: {error}"
         raise ModelUnavailableError(
             f"model {model!r} needs {', '.join(files)} from the Hugging Face repository {at}, which are "
-            f"not in {hub_cache} and could not be downloaded ({type(error).__name__}: {error}). "
-            f"Connect this machine to the internet once (the files stay in MODEL_CACHE_DIR), or put the "
-            f"files in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' subfolder) and set DALLE_MODEL "
-            f"to that folder.") from error
+            f"not in {hub_cache} and could not be downloaded: {reason}. "
+            f"Connect this machine to the internet once (the files stay in MODEL_CACHE_DIR; an "
+            f"interrupted download resumes), put the files in the cache with `hf download` (see "
+            f"docs/engine.md), or put them in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' "
+            f"subfolder) and set DALLE_MODEL to that folder.") from error
     _require_files(folder, files, f"the download of {at}")
     return folder
 
