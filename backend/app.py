@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify, request
 
 from backend.config import Config
@@ -18,6 +19,7 @@ from backend.engine.progress import LoadProgress
 from backend.generate_request import BadRequest, parse_generate_body
 from backend.generation_run import GenerationRun
 from backend.model_holder import ModelHolder
+from playground.backend_registry import Announcer, BackendRegistry
 from playground.limits import random_seed
 
 
@@ -59,17 +61,22 @@ class BackendApi:
         self._run: GenerationRun | None = None
 
     def health(self) -> Response:
+        response = jsonify(self.report())
+        if self.holder.status != "ready":
+            response.status_code = 503
+        return response
+
+    def report(self) -> dict:
+        """What /health answers (and what the backend announces in Redis)."""
         holder = self.holder
         status = holder.status
         body = {"status": status, "model": holder.model_name, "error": holder.error}
         if status != "ready":
             # While loading: the stage and each downloaded file's bytes, for the UI and the log.
             body.update(holder.progress.snapshot() if status == "loading" else {"stage": status})
-            response = jsonify(body)
-            response.status_code = 503
-            return response
+            return body
         run = self._run
-        return jsonify(
+        return dict(
             **body,
             stage="ready",
             devices=[str(device) for device in getattr(holder.engine, "devices", [])],
@@ -118,6 +125,9 @@ def create_app(config: Config, loader: Callable[[LoadProgress], Any] | None = No
     holder = ModelHolder(config.model, loader or default_loader(config)).start()
     api = BackendApi(config, holder)
     app.extensions["model_holder"] = holder
+    if config.redis_url and config.advertise_url:
+        registry = BackendRegistry(redis.Redis.from_url(config.redis_url, socket_timeout=5), config.redis_prefix)
+        app.extensions["announcer"] = Announcer(registry, config.advertise_url, api.report).start()
     app.add_url_rule("/health", view_func=api.health, methods=["GET"])
     app.add_url_rule("/generate", view_func=api.generate, methods=["POST"])
     app.add_url_rule("/cancel", view_func=api.cancel, methods=["POST"])

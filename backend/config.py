@@ -21,6 +21,11 @@ class Config:
     # The Hugging Face hub (or a mirror) published models come from; None: huggingface_hub's
     # default. HF_ENDPOINT is huggingface_hub's own variable, read here so it is explicit.
     hub_endpoint: str | None = None
+    # Announcing itself in Redis (playground/backend_registry.py), so schedulers find it: both
+    # set, or no announcing. advertise_url is how a scheduler reaches this backend.
+    redis_url: str | None = None
+    redis_prefix: str = "dalle"
+    advertise_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -37,4 +42,7 @@ class Config:
             warm_up_batch_sizes=warm_up,
             progress_interval_secs=get_float(env, "BACKEND_PROGRESS_INTERVAL", cls.progress_interval_secs),
             hub_endpoint=get_str(env, "HF_ENDPOINT", "") or None,
+            redis_url=get_str(env, "REDIS_URL", "") or None,
+            redis_prefix=get_str(env, "REDIS_PREFIX", cls.redis_prefix),
+            advertise_url=get_str(env, "BACKEND_ADVERTISE_URL", "").rstrip("/") or None,
         )

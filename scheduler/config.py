@@ -27,10 +27,14 @@ class Config:
     # Waiting for a backend that is loading or unreachable: exponential back-off bounds.
     backoff_min_secs: float = 0.1
     backoff_max_secs: float = 5.0
+    # How often the backends that announce themselves in Redis are looked up.
+    discovery_interval_secs: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        urls = tuple(url.rstrip("/") for url in get_list(env, "BACKEND_URLS", list(cls.backend_urls)))
+        listed = get_list(env, "BACKEND_URLS", list(cls.backend_urls))
+        # "none": only backends that announce themselves in Redis (BACKEND_ADVERTISE_URL).
+        urls = () if listed == ["none"] else tuple(url.rstrip("/") for url in listed)
         if len(set(urls)) != len(urls):
             raise ValueError(f"BACKEND_URLS lists a backend twice: {', '.join(urls)}")
         for url in urls:

@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from playground.backend_registry import BackendRegistry
 from playground.library import LibraryStore
 from playground.limits import IMAGE_TOKENS
 from playground.queue import DONE, Job
@@ -42,7 +43,7 @@ class Worker:
     by itself when another scheduler has taken over this backend)."""
 
     def __init__(self, config: Config, backend_url: str, redis_client: redis.Redis,
-                 library: LibraryStore, stop: threading.Event):
+                 library: LibraryStore, stop: threading.Event, registry: BackendRegistry | None = None):
         self.config = config
         self.backend_url = backend_url
         self.queue = WorkerQueue(redis_client, worker_id_for(backend_url), backend_url,
@@ -51,6 +52,8 @@ class Worker:
         self.backend = BackendClient(backend_url, stall_timeout_secs=config.stall_timeout_secs)
         self.library = library
         self.stop = stop
+        # Set for a backend that announces itself: served only while its announcement lives.
+        self.registry = registry
         # What the heartbeat publishes; written by the worker thread only.
         self.backend_status = "unknown"
         self.image_codes: int | None = None  # the served model's codebook: the top-k limit
@@ -78,7 +81,7 @@ class Worker:
                         # A job cut short by the error below is still in our processing list.
                         self.queue.recover(self.worker_id, reason="the worker lost Redis during the job")
                         interrupted = False
-                    if not self._wait_for_backend():
+                    if not self._wait_for_backend() or self._announcement_expired():
                         break
                     job = self.queue.claim(timeout=CLAIM_TIMEOUT_SECS)
                     if job is not None:
@@ -95,6 +98,13 @@ class Worker:
         finally:
             self._unregister()
             self.backend.close()
+
+    def _announcement_expired(self) -> bool:
+        if self.registry is None or self.registry.is_live(self.backend_url):
+            return False
+        log.warning("worker %s: backend %s stopped announcing itself; letting it go", self.worker_id,
+                    self.backend_url)
+        return True
 
     def _register(self) -> None:
         """Take our identity; while another live scheduler holds it, wait for it to go away."""
@@ -158,6 +168,8 @@ class Worker:
             if status == "ready" and not health.get("busy"):
                 self._ready_checked_at = time.monotonic()
                 return True
+            if self._announcement_expired():
+                return False
             self.stop.wait(delay)
             # A loading backend is asked often, so the UI's download progress stays fresh.
             delay = min(delay * 2, LOADING_POLL_SECS if status == "loading" else self.config.backoff_max_secs)

@@ -7,6 +7,8 @@
     <prefix>:worker:<wid>:alive    string with a TTL, renewed by the worker's heartbeat
     <prefix>:processing:<wid>      list holding the job the worker is running (0 or 1 id)
     <prefix>:speed                 hash: worker id -> measured seconds per image (moving average)
+    <prefix>:backends              set of the URLs of backends that announce themselves
+    <prefix>:backend:<url>         string with a TTL: that backend's last /health report (JSON)
 
 A prefix lets several playgrounds share one Redis server.
 """
@@ -25,6 +27,7 @@ class Keys:
         self.queue = f"{prefix}:queue"
         self.workers = f"{prefix}:workers"
         self.speed = f"{prefix}:speed"
+        self.backends = f"{prefix}:backends"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -37,3 +40,6 @@ class Keys:
 
     def processing(self, worker_id: str) -> str:
         return f"{self.prefix}:processing:{worker_id}"
+
+    def backend(self, url: str) -> str:
+        return f"{self.prefix}:backend:{url}"

@@ -1,0 +1,94 @@
+"""Backends that announce themselves, so a new GPU joins without touching the scheduler.
+
+A backend started with REDIS_URL and BACKEND_ADVERTISE_URL (the URL at which the scheduler
+reaches it) writes what its /health says every second under `<prefix>:backend:<url>`, a key
+that lives a few seconds, and keeps its URL in the set `<prefix>:backends`. A scheduler starts
+a worker for every announced URL within a second or two, and that worker lets go of its backend
+once the key has expired (the backend stopped, or cannot reach Redis). BACKEND_URLS lists
+backends that do not announce themselves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from playground.queue import DEFAULT_PREFIX, Keys
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_INTERVAL_SECS = 1.0
+ANNOUNCE_TTL_SECS = 5  # a backend silent this long is gone
+
+
+class BackendRegistry:
+    def __init__(self, redis_client: redis.Redis, prefix: str = DEFAULT_PREFIX):
+        self.redis = redis_client
+        self.keys = Keys(prefix)
+
+    def announce(self, url: str, report: dict, ttl_secs: int = ANNOUNCE_TTL_SECS) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.backend(url), json.dumps({**report, "url": url}), ex=ttl_secs)
+        pipe.sadd(self.keys.backends, url)
+        pipe.execute()
+
+    def withdraw(self, url: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.backend(url))
+        pipe.srem(self.keys.backends, url)
+        pipe.execute()
+
+    def is_live(self, url: str) -> bool:
+        return bool(self.redis.exists(self.keys.backend(url)))
+
+    def live(self) -> dict[str, dict]:
+        """Every backend whose announcement has not expired: URL -> its last /health report."""
+        urls = sorted(url.decode() for url in self.redis.smembers(self.keys.backends))
+        if not urls:
+            return {}
+        reports = self.redis.mget([self.keys.backend(url) for url in urls])
+        live = {}
+        for url, raw in zip(urls, reports):
+            if raw is None:
+                continue  # expired: kept in the set, it comes back when it announces again
+            try:
+                live[url] = json.loads(raw)
+            except ValueError:
+                live[url] = {"url": url}
+        return live
+
+
+class Announcer:
+    """Announces one backend every second in a daemon thread, riding out Redis outages."""
+
+    def __init__(self, registry: BackendRegistry, url: str, report: Callable[[], dict],
+                 interval_secs: float = ANNOUNCE_INTERVAL_SECS, ttl_secs: int = ANNOUNCE_TTL_SECS):
+        self.registry, self.url, self.report = registry, url, report
+        self.interval_secs, self.ttl_secs = interval_secs, ttl_secs
+        self.stop = threading.Event()
+
+    def start(self) -> Announcer:
+        threading.Thread(target=self._run, name="announcer", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        failing = False
+        while True:
+            try:
+                self.registry.announce(self.url, self.report(), self.ttl_secs)
+                if failing:
+                    log.info("announcing %s in Redis again", self.url)
+                failing = False
+            except redis.RedisError as exc:
+                if not failing:  # once per outage, not every second
+                    log.warning("cannot announce %s in Redis (retrying every second): %s", self.url, exc)
+                failing = True
+            if self.stop.wait(self.interval_secs):
+                break
+        try:
+            self.registry.withdraw(self.url)
+        except redis.RedisError:
+            pass  # the key expires by itself

@@ -1,0 +1,102 @@
+"""Backends that announce themselves in Redis are served without touching the scheduler:
+found within seconds, let go when their announcements stop, served again when they return."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from playground.backend_registry import BackendRegistry
+from playground.queue import JobQueue
+from playground.testing.processes import backend_process, scheduler_process
+from playground.testing.standin_backend import StandInBackend
+from scheduler.config import Config
+from scheduler.service import Scheduler
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def finished(queue: JobQueue, job_id: str):
+    job = queue.get(job_id)
+    return job if job.finished else None
+
+
+class Announcing:
+    """Announces a stand-in backend as a real one does, with a short TTL, until paused."""
+
+    def __init__(self, registry: BackendRegistry, url: str, ttl_secs: int = 2):
+        self.registry, self.url, self.ttl_secs = registry, url, ttl_secs
+        self.on = threading.Event()
+        self.done = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self.done.wait(0.5):
+            if self.on.is_set():
+                self.registry.announce(self.url, {"status": "ready", "model": "stand-in"}, self.ttl_secs)
+
+
+def test_an_announced_backend_is_served_let_go_and_served_again(redis_client, redis_url, tmp_path):
+    queue = JobQueue(redis_client)
+    with StandInBackend() as backend:
+        announcing = Announcing(BackendRegistry(redis_client), backend.url)
+        service = Scheduler(Config(redis_url=redis_url, backend_urls=(), library_dir=tmp_path / "library")).start()
+        try:
+            waiting = queue.submit({"text": "before any backend", "num_images": 2, "seed": 1})
+            time.sleep(1.5)
+            assert queue.get(waiting.id).status == "queued" and queue.health()["workers"] == []
+
+            joined = time.monotonic()
+            announcing.on.set()
+            assert wait_until(lambda: finished(queue, waiting.id), 10, "the first job").status == "done"
+            print(f"announced -> first job done in {time.monotonic() - joined:.2f} s")
+            assert [w["backend_url"] for w in queue.health()["workers"]] == [backend.url]
+
+            announcing.on.clear()  # the backend stops announcing (killed, or cut off from Redis)
+            wait_until(lambda: queue.health()["workers"] == [], 10, "the worker to let go")
+            later = queue.submit({"text": "while it is gone", "num_images": 2, "seed": 1})
+            time.sleep(1.5)
+            assert queue.get(later.id).status == "queued" and backend.calls == ["before any backend"]
+
+            announcing.on.set()  # it comes back
+            assert wait_until(lambda: finished(queue, later.id), 10, "the job after its return").status == "done"
+        finally:
+            announcing.done.set()
+            service.stop()
+            assert service.join(timeout=15)
+
+
+def test_a_real_backend_announces_itself_to_a_scheduler_without_backend_urls(
+        redis_client, redis_url, tmp_path, model_cache_dir):
+    queue = JobQueue(redis_client)
+    registry = BackendRegistry(redis_client)
+    backend = backend_process(tmp_path, model_cache_dir, extra_env={
+        "REDIS_URL": redis_url, "BACKEND_WARMUP_BATCH_SIZES": "2"})
+    backend.env["BACKEND_ADVERTISE_URL"] = backend.url
+    scheduler = scheduler_process(tmp_path, redis_url, ["none"], tmp_path / "library")
+    try:
+        backend.start()
+        # At once, while the model still loads: the UI shows it.
+        seen = wait_until(lambda: registry.live().get(backend.url), 30, "the announcement")
+        assert seen["model"] == "tiny" and seen["status"] in ("loading", "ready")
+        scheduler.start()
+        job = queue.submit({"text": "a red circle", "num_images": 2, "seed": 3})
+        assert wait_until(lambda: finished(queue, job.id), 240, "the job").status == "done"
+        assert registry.live()[backend.url]["status"] == "ready"
+
+        backend.kill()
+        wait_until(lambda: backend.url not in registry.live(), 10, "the announcement to expire")
+        wait_until(lambda: queue.health()["workers"] == [], 10, "the scheduler to let the backend go")
+        assert scheduler.alive()
+    finally:
+        backend.stop()
+        scheduler.stop()
