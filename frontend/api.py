@@ -18,7 +18,7 @@ from frontend.library_view import LibraryView
 from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
-from frontend.validation import ValidationError, parse_json_object, validate_prompt
+from frontend.validation import ValidationError, parse_json_object, route_model, validate_prompt
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH
 from playground.queue import DONE, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
@@ -52,7 +52,8 @@ class Api:
         self.openapi = openapi or OpenApiDocument.load()
         self.files = FileCache()
         self.router = self._routes()
-        self._image_codes, self._image_codes_checked = IMAGE_CODES, float("-inf")
+        self._served: dict[str, int | None] = {}
+        self._served_checked = float("-inf")
 
     @classmethod
     def from_config(cls, config: Config) -> "Api":
@@ -92,27 +93,36 @@ class Api:
     def submit_prompt(self, request: Request) -> Response:
         if request.body is None:
             return error_response(411, "POST /prompt needs a JSON body and its Content-Length")
-        params = validate_prompt(parse_json_object(request.body), self._served_image_codes())
+        served = self._served_models()
+        params = validate_prompt(parse_json_object(request.body),
+                                 max(filter(None, served.values()), default=IMAGE_CODES))
+        params["model"] = route_model(params["model"], served, self.config.default_model)
+        codes = served.get(params["model"]) or IMAGE_CODES
+        if params["top_k"] is not None and params["top_k"] > codes:
+            raise ValidationError("gen_top_k", f"must be between 1 and {codes} for model {params['model']}, "
+                                               f"not {params['top_k']}")
         try:
             job = self.queue.submit(params)
         except QueueFull as full:
             return error_response(429, str(full), {"Retry-After": "30"})
         return json_response({"queue_id": job.id}, headers={"Location": f"/jobs/{job.id}"})
 
-    def _served_image_codes(self) -> int:
-        """The top-k limit: the largest codebook of the models the live backends serve (the
-        published models' until one reports), looked up at most every few seconds. Without
-        Redis the last one known stands, so a bad body still gets its 400 (and a good one the
-        submit's 503)."""
+    def _served_models(self) -> dict[str, int | None]:
+        """The models the live backends serve, each with its codebook (the top-k limit; None
+        until reported), looked up at most every few seconds. Without Redis the last known
+        stand, so a bad body still gets its 400 (and a good one the submit's 503)."""
         now = time.monotonic()
-        if now - self._image_codes_checked > SERVED_MODELS_RECHECK_SECS:
+        if now - self._served_checked > SERVED_MODELS_RECHECK_SECS:
             try:
                 workers = self.queue.health()["workers"]
             except redis.RedisError:
-                return self._image_codes
-            served = [w["image_codes"] for w in workers if w["alive"] and w["image_codes"]]
-            self._image_codes, self._image_codes_checked = max(served, default=IMAGE_CODES), now
-        return self._image_codes
+                return self._served
+            served: dict[str, int | None] = {}
+            for worker in workers:
+                if worker["alive"] and worker["model"]:
+                    served[worker["model"]] = max(worker["image_codes"] or 0, served.get(worker["model"]) or 0) or None
+            self._served, self._served_checked = served, now
+        return self._served
 
     def queue_status(self, request: Request) -> Response:
         return json_response([job.to_status() for job in self.queue.unfinished()])
@@ -212,6 +222,9 @@ class Api:
         report["scheduler"] = {"status": "ok" if scheduler["alive_workers"] else "error",
                                "alive_workers": scheduler["alive_workers"],
                                "queued": scheduler["queued"], "workers": workers}
+        # What a job may name as its `model`, the default first.
+        models = scheduler["models"]
+        report["models"] = sorted(models, key=lambda model: model != self.config.default_model)
         report["backends"] = [backend_report(w) for w in workers]
         healthy = bool(workers) and all(w["alive"] and w["backend_status"] == "ready" for w in workers)
         return json_response({"status": "ok" if healthy else "degraded", **report}, 200 if healthy else 503)

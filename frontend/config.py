@@ -40,6 +40,8 @@ class Config:
     max_queued_jobs: int = 1000
     # GET /getlibrary?limit= is capped here.
     max_page_size: int = 1000
+    # The model of jobs that name none, when a backend serves it (DALLE_MODEL, as the backend's).
+    default_model: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -60,4 +62,5 @@ class Config:
             max_connections=get_int(env, "FRONTEND_MAX_CONNECTIONS", cls.max_connections),
             max_queued_jobs=get_int(env, "FRONTEND_MAX_QUEUED_JOBS", cls.max_queued_jobs),
             max_page_size=get_int(env, "FRONTEND_MAX_PAGE_SIZE", cls.max_page_size),
+            default_model=get_str(env, "DALLE_MODEL", ""),
         )

@@ -15,6 +15,7 @@ from playground.limits import IMAGE_CODES, IMAGE_COUNTS, MAX_SEED, MAX_TEXT_LENG
 
 _IMAGE_COUNT_CHOICES = ", ".join(map(str, IMAGE_COUNTS[:-1])) + f" or {IMAGE_COUNTS[-1]}"  # "2, 4, 6 or 8"
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
+MAX_MODEL_NAME = 200
 
 
 class ValidationError(ValueError):
@@ -44,8 +45,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dict[str, Any]:
     """Job parameters from a /prompt body: text, num_images, seed, top_k, top_p, temperature,
-    condition_scale. Unknown keys are ignored, as the original server did. `image_codes` is
-    the served model's codebook: a top-k beyond it means nothing."""
+    condition_scale, model (None: not asked for; see route_model). Unknown keys are ignored,
+    as the original server did. `image_codes` is the largest served codebook: a top-k beyond
+    it means nothing."""
     return {
         "text": _text(body.get("text"), MAX_TEXT_LENGTH),
         "num_images": _num_images(body.get("num_images")),
@@ -54,7 +56,31 @@ def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dic
         "top_p": _optional_float(body, "gen_top_p", above=0.0, at_most=1.0),
         "temperature": _optional_float(body, "temperature", above=0.0),
         "condition_scale": _optional_float(body, "condition_scale", at_least=0.0),
+        "model": _optional_model(body.get("model")),
     }
+
+
+def route_model(asked: str | None, served: dict[str, int | None], default: str) -> str:
+    """The model a job runs on. `served`: each model the live backends serve -> its codebook.
+    Asked for, it must be served; not asked, the default when served, else the first served;
+    with nothing served yet (the backends still starting): "" (any backend takes it), or the
+    default when asked for by name."""
+    if asked is not None:
+        if asked in served or (not served and asked == default):
+            return asked
+        choices = ", ".join(sorted(served)) or "none yet"
+        raise ValidationError("model", f"{asked!r} is not served by any backend (served: {choices})")
+    if not served:
+        return ""
+    return default if default in served else sorted(served)[0]
+
+
+def _optional_model(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_MODEL_NAME or not value.isprintable():
+        raise ValidationError("model", f"must be the name of a served model, not {_describe(value)}")
+    return value
 
 
 def _text(value: Any, max_chars: int) -> str:

@@ -83,7 +83,7 @@ class Worker:
                         interrupted = False
                     if not self._wait_for_backend() or self._announcement_expired():
                         break
-                    job = self.queue.claim(timeout=CLAIM_TIMEOUT_SECS)
+                    job = self.queue.claim(timeout=CLAIM_TIMEOUT_SECS, model=self.model)
                     if job is not None:
                         self.run_job(job)
                 except redis.RedisError as exc:
@@ -187,24 +187,26 @@ class Worker:
         except BackendUnavailable as exc:
             # It never started: not an attempt.
             self._ready_checked_at = 0.0
-            self.queue.put_back(job, str(exc), count_attempt=False)
+            if not self.queue.put_back(job, str(exc), count_attempt=False):
+                _lost(job, "put-back")
         except BackendRejected as exc:
             self._ended(job, self.queue.finish_failed(job, str(exc)))
         except BackendLost as exc:
             self._ready_checked_at = 0.0
             status = self.queue.put_back(job, f"backend {self.backend_url}: {exc}")
             log.warning("job %s: backend %s lost (%s); job is now %s", job.id, self.backend_url, exc,
-                        status or "someone else's")
+                        status or "another worker's")
         except _ClaimLost:
-            # Hanging up (leaving the `with`) has stopped the backend; the job is in other hands.
-            log.warning("job %s: claim %d was taken over while this worker was away; dropped its run",
-                        job.id, job.claim)
+            # Hanging up (leaving the `with`) has stopped the backend's run of this attempt.
+            _lost(job, "run")
         except _Stopping:
-            self.queue.put_back(job, "the scheduler stopped during the job", count_attempt=False)
+            if not self.queue.put_back(job, "the scheduler stopped during the job", count_attempt=False):
+                _lost(job, "put-back")
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             # A broken answer or a library write that failed: count it, retry, fail after the last.
             log.exception("job %s failed in the worker", job.id)
-            self.queue.put_back(job, f"worker error: {exc!r}")
+            if not self.queue.put_back(job, f"worker error: {exc!r}"):
+                _lost(job, "put-back")
 
     def _follow(self, job: Job, stream, started: float) -> None:
         cancelling = False
@@ -213,7 +215,7 @@ class Worker:
             kind = event.get("event")
             if kind in ("started", "progress"):
                 if self.stop.is_set() and not cancelling:
-                    self.backend.cancel(job.id)
+                    self.backend.cancel(job.attempt_id)
                     raise _Stopping()
                 now = time.monotonic()
                 if kind == "started" or now - last_write >= self.config.progress_interval_secs:
@@ -226,7 +228,7 @@ class Worker:
                     if outcome == "cancel" and not cancelling:
                         # Keep reading until the backend confirms, so it is free for the next job.
                         cancelling = True
-                        if not self.backend.cancel(job.id):
+                        if not self.backend.cancel(job.attempt_id):
                             stream.close()
                             self._ended(job, self.queue.finish_cancelled(job))
                             return
@@ -249,8 +251,7 @@ class Worker:
     @staticmethod
     def _ended(job: Job, outcome: tuple[str, float] | None) -> None:
         if outcome is None:
-            log.warning("job %s: claim %d was taken over meanwhile; dropped this worker's late outcome",
-                        job.id, job.claim)
+            _lost(job, "outcome")
 
     def _store(self, job: Job, event: dict, process_time_secs: float) -> None:
         images = [base64.b64decode(data, validate=True) for data in event["images"]]
@@ -273,8 +274,7 @@ class Worker:
 
         fields = {"seed": entry["seed"], "model": entry["model"] or "", "process_time_secs": entry["process_time_secs"]}
         if self.library.add_job(entry, images, attempt=_LibraryAttempt(self.queue, job, fields)) is None:
-            log.warning("job %s: claim %d was taken over or cancelled meanwhile; its images were not kept",
-                        job.id, job.claim)
+            _lost(job, "images (or the job was cancelled at the last moment)")
             return
         self.queue.record_speed(entry["secs_per_image"])
         log.info("job %s done in %.2f s", job.id, process_time_secs)
@@ -293,6 +293,11 @@ class _LibraryAttempt:
     def commit(self, urls: list[str]) -> bool:
         outcome = self.queue.finish_done(self.job, images=urls, **self.fields)
         return outcome is not None and outcome[0] == DONE  # else lost, or cancelled at the last moment
+
+
+def _lost(job: Job, what: str) -> None:
+    log.warning("job %s: claim %d was taken over by another worker meanwhile; dropped this worker's late %s",
+                job.id, job.claim, what)
 
 
 class _Stopping(Exception):

@@ -132,12 +132,15 @@ class WorkerQueue:
 
     # -- the job's life --------------------------------------------------------------------
 
-    def claim(self, timeout: float) -> Job | None:
-        """Wait up to `timeout` seconds for the next queued job and mark it running.
+    def claim(self, timeout: float, model: str | None = None) -> Job | None:
+        """Wait up to `timeout` seconds for the next job of `model` (or one naming no model,
+        taken first: queued before any backend said what it serves) and mark it running.
 
         BLMOVE wakes the moment a job is pushed, so an idle worker starts at once.
         """
-        job_id = self.redis.blmove(self.keys.queue, self.processing, timeout, "LEFT", "LEFT")
+        job_id = self.redis.lmove(self.keys.queue, self.processing, "LEFT", "LEFT") if model else None
+        if job_id is None:
+            job_id = self.redis.blmove(self.keys.queue_of(model), self.processing, timeout, "LEFT", "LEFT")
         if job_id is None:
             return None
         job_id = job_id.decode()
@@ -202,7 +205,7 @@ class WorkerQueue:
             keys=[self.keys.processing(worker_id), self.keys.job(job_id), self.keys.queue,
                   self.keys.worker(worker_id), self.keys.alive(worker_id)],
             args=[job_id, reason, "1" if count_attempt else "0", self.max_attempts,
-                  claim, self.finished_ttl_secs, "1" if only_if_dead else "0"])
+                  claim, self.finished_ttl_secs, "1" if only_if_dead else "0", self.keys.prefix])
         return status.decode() if isinstance(status, bytes) else status
 
     # -- recovery --------------------------------------------------------------------------

@@ -175,7 +175,8 @@ def test_a_scheduler_paused_past_its_heartbeat_cannot_touch_the_job_when_resumed
             second.wait_until(lambda: queue.get(job.id).status == "done", 30, "the job to be done")
             done = queue.get(job.id)
             first.resume()
-            first.wait_until(lambda: "dropped" in first.log_tail(), 30, "the first scheduler to drop its result")
+            first.wait_until(lambda: "was taken over by another worker" in first.log_tail(), 30,
+                             "the first scheduler to drop its late run")
             time.sleep(0.5)
             assert queue.get(job.id).to_status() == done.to_status()
             [stored] = LibraryStore(tmp_path / "library").entries()

@@ -124,7 +124,7 @@ def test_queue_status_is_running_first_then_oldest_first(url, worker):
     assert requests.get(f"{url}/queue_status").json() == []
     first = submit(url, text=LIGHTNING, num_images=4, seed=0)
     second = submit(url, text=SQUIRREL, num_images="6", seed=12345)
-    assert worker.claim(timeout=1).id == first
+    assert worker.claim(timeout=1, model="tiny").id == first
     third = submit(url, text="a third", num_images="2", seed=1)
     status = requests.get(f"{url}/queue_status").json()
     assert [item["queue_id"] for item in status] == [first, second, third]
@@ -198,7 +198,7 @@ def test_job_status_follows_the_job_from_queued_to_done(url, worker, store):
         "queued", 1, {"tokens_done": 0, "total_tokens": 256})
     assert status["error"] is None and "result" not in status
 
-    claimed = worker.claim(timeout=1)
+    claimed = worker.claim(timeout=1, model="tiny")
     worker.progress(claimed, 128, 256, seed=987)
     status = requests.get(f"{url}/jobs/{job_id}").json()
     assert (status["status"], status["position"], status["seed"]) == ("running", 0, 987)
@@ -213,7 +213,7 @@ def test_job_status_follows_the_job_from_queued_to_done(url, worker, store):
 
 def test_job_status_reports_a_failure_and_unknown_jobs(url, worker):
     job_id = submit(url, text="x", num_images=2, seed=1)
-    worker.finish_failed(worker.claim(timeout=1), "the backend ran out of memory")
+    worker.finish_failed(worker.claim(timeout=1, model="tiny"), "the backend ran out of memory")
     status = requests.get(f"{url}/jobs/{job_id}").json()
     assert (status["status"], status["error"]) == ("failed", "the backend ran out of memory")
     assert requests.get(f"{url}/jobs/{uuid.uuid4()}").status_code == 404
@@ -239,7 +239,7 @@ def test_cancel_a_queued_job_removes_it_from_the_queue(url, queue):
 
 def test_cancel_a_running_job_asks_its_worker_to_stop(url, worker):
     job_id = submit(url, text="x", num_images=2, seed=1)
-    worker.claim(timeout=1)
+    worker.claim(timeout=1, model="tiny")
     response = requests.post(f"{url}/jobs/{job_id}/cancel")
     assert response.status_code == 200
     assert response.json()["cancel_requested"] is True
@@ -542,7 +542,7 @@ def test_responses_match_the_documented_schemas(url, server, worker, store):
     submit(url, text="y", num_images=4, gen_top_k=5, gen_top_p=0.5, temperature=1.0, condition_scale=3)
     check(requests.get(f"{url}/queue_status"), "/queue_status")
     check(requests.post(f"{url}/prompt", json={"text": ""}), "/prompt", "post")
-    claimed = worker.claim(timeout=1)
+    claimed = worker.claim(timeout=1, model="tiny")
     entry = store.add_job(library_entry(queue_id=job_id), [png_bytes(), png_bytes()])
     worker.finish_done(claimed, seed=5, model="tiny", images=entry["generated_images"], process_time_secs=1.0)
     check(requests.get(f"{url}/jobs/{job_id}"), "/jobs/{job_id}")

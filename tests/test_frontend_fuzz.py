@@ -71,7 +71,7 @@ prompt_values = st.one_of(json_values, st.sampled_from(["2", "4", "6", "8", "0",
                           st.integers(min_value=-10, max_value=2**33))
 prompt_bodies = st.fixed_dictionaries({}, optional={
     name: prompt_values for name in ("text", "num_images", "seed", "gen_top_k", "gen_top_p",
-                                     "temperature", "condition_scale", "path")})
+                                     "temperature", "condition_scale", "model", "path")})
 bodies = st.one_of(
     st.none(),
     st.binary(max_size=300),

@@ -96,6 +96,12 @@ BAD_BODIES = [
     (json.dumps({**GOOD, "condition_scale": -0.5}).encode(), "condition_scale"),
     (b'{"text": "x", "num_images": 2, "condition_scale": 1e999}', "condition_scale"),
     (json.dumps({**GOOD, "condition_scale": {"x": 1}}).encode(), "condition_scale"),
+    (json.dumps({**GOOD, "model": 3}).encode(), "model"),
+    (json.dumps({**GOOD, "model": ["mini"]}).encode(), "model"),
+    (json.dumps({**GOOD, "model": "m" * 201}).encode(), "model"),
+    (json.dumps({**GOOD, "model": "mini\n"}).encode(), "model"),
+    # No backend serves it (none has reported yet, and the server's default is not this).
+    (json.dumps({**GOOD, "model": "mega"}).encode(), "model"),
 ]
 
 

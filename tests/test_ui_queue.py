@@ -40,13 +40,13 @@ def test_progress_then_a_failure_with_its_reason(page, frontend_url, redis_clien
     expect(row.locator(".badge")).to_have_text("Next")
 
     # Someone else's job, queued behind mine: listed, not highlighted, no cancel button.
-    other = JobQueue(redis_client).submit({"text": "somebody else's prompt", "num_images": 4, "seed": 0})
+    other = JobQueue(redis_client).submit({"text": "somebody else's prompt", "num_images": 4, "seed": 0, "model": "tiny"})
     other_row = page.locator(f'#queue [data-queue-id="{other.id}"]')
     expect(other_row.locator(".badge")).to_have_text("Position 2")
     expect(other_row).not_to_have_class(re.compile(r"\bmine\b"))
     expect(other_row.get_by_role("button", name="Cancel")).to_have_count(0)
 
-    claimed = worker.claim(timeout=1)
+    claimed = worker.claim(timeout=1, model="tiny")
     assert claimed.id == queue_id
     expect(row).to_have_attribute("data-status", "running")
     expect(row.locator(".badge")).to_have_text("Generating")

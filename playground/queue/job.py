@@ -86,9 +86,15 @@ class Job:
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def attempt_id(self) -> str:
+        """The backend's name for this attempt at the job: a late /cancel from a worker that has
+        lost the job cannot stop the attempt that took it over."""
+        return f"{self.id}.{self.claim}"
+
     def params(self) -> dict:
         """The generation request as the backend protocol names it."""
-        return {"job_id": self.id, "text": self.text, "num_images": self.num_images, "seed": self.seed,
+        return {"job_id": self.attempt_id, "text": self.text, "num_images": self.num_images, "seed": self.seed,
                 **{name: getattr(self, name) for name in SAMPLING_PARAMS}}
 
     def to_status(self) -> dict:

@@ -41,7 +41,8 @@ class JobQueue:
         self._cancel = redis_client.register_script(scripts.CANCEL)
 
     def submit(self, params: dict) -> Job:
-        """Queue a validated request (text, num_images, seed, optional sampling values)."""
+        """Queue a validated request (text, num_images, seed, optional sampling values, and the
+        model it must run on; none: any backend)."""
         job = Job(
             id=str(uuid.uuid4()),
             text=params["text"],
@@ -50,9 +51,11 @@ class JobQueue:
             top_k=None if params.get("top_k") is None else int(params["top_k"]),
             **{name: None if params.get(name) is None else float(params[name])
                for name in ("top_p", "temperature", "condition_scale")},
+            model=params.get("model") or None,
         )
         flat = [item for pair in encode_job_fields(job).items() for item in pair]
-        created = self._submit(keys=[self.keys.queue, self.keys.job(job.id)], args=[self.max_queued, job.id, *flat])
+        created = self._submit(keys=[self.keys.models, self.keys.job(job.id)],
+                               args=[self.max_queued, job.id, self.keys.prefix, job.model or "", *flat])
         if not created:
             raise QueueFull(f"the queue is full ({self.max_queued} prompts waiting); try again later")
         job.created_at = float(created)  # Redis's clock, as every time of the queue
@@ -83,18 +86,22 @@ class JobQueue:
         now = picture["now"]
         running: list[tuple[Job, str]] = []
         speeds: dict[str, float] = {}
-        alive_workers: list[str] = []
+        models: dict[str, str] = {}  # live worker -> its backend's model
         # cjson writes an empty Lua table as {}, hence the `or []`.
         for worker in picture["workers"] or []:
             if worker["speed"]:
                 speeds[worker["id"]] = float(worker["speed"])
             if worker["alive"]:
-                alive_workers.append(worker["id"])
+                models[worker["id"]] = worker["model"]
             running.extend((Job.from_hash(h), worker["id"]) for h in worker["running"] or [])
-        queued = [Job.from_hash(h) for h in picture["queued"] or []]
+        queued: dict[str, list[Job]] = {}
+        for h in picture["queued"] or []:
+            job = Job.from_hash(h)
+            queued.setdefault(job.model or "", []).append(job)
         running.sort(key=lambda item: item[0].started_at or item[0].created_at)
-        estimate(running, queued, alive_workers, speeds, now)
-        return [job for job, _ in running] + queued
+        estimate(running, queued, models, speeds, now)
+        waiting = sorted((job for jobs in queued.values() for job in jobs), key=lambda job: job.created_at)
+        return [job for job, _ in running] + waiting
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once, or ask the worker to stop a running one (within 5 s).
@@ -103,7 +110,7 @@ class JobQueue:
         too late. Raises JobNotFound for an unknown id.
         """
         outcome = self._cancel(keys=[self.keys.queue, self.keys.job(job_id)],
-                               args=[job_id, self.finished_ttl_secs])
+                               args=[job_id, self.finished_ttl_secs, self.keys.prefix])
         if not outcome:
             raise JobNotFound(job_id)
         # Its own record only: reading every queued job's position would make clearing a
@@ -114,7 +121,12 @@ class JobQueue:
         return job
 
     def queued_count(self) -> int:
-        return self.redis.llen(self.keys.queue)
+        """Jobs waiting in all the queues together."""
+        queues = [self.keys.queue] + [self.keys.queue_of(m.decode()) for m in self.redis.smembers(self.keys.models)]
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(queue)
+        return sum(pipe.execute())
 
     def health(self) -> dict:
         """The scheduler's workers as their heartbeats describe them, and the queue's length."""
@@ -124,7 +136,6 @@ class JobQueue:
             pipe.hgetall(self.keys.worker(wid))
             pipe.exists(self.keys.alive(wid))
             pipe.hget(self.keys.speed, wid)
-        pipe.llen(self.keys.queue)
         pipe.time()
         replies = pipe.execute()
         seconds, micros = replies.pop()
@@ -147,8 +158,9 @@ class JobQueue:
                 "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
                 "secs_per_image": None if speed is None else round(float(speed), 3),
             })
+        models = sorted({w["model"] for w in workers if w["alive"] and w["model"]})
         return {"workers": workers, "alive_workers": sum(w["alive"] for w in workers),
-                "queued": replies[-1]}
+                "models": models, "queued": self.queued_count()}
 
 
 def _json_or_none(text: str | None):

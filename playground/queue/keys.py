@@ -1,6 +1,8 @@
 """Where the job queue lives in Redis: the key names shared by the frontend and the scheduler.
 
-    <prefix>:queue                 list of queued job ids, head = next (FIFO, RPUSH to submit)
+    <prefix>:queue:<model>         list of the queued job ids for one model, head = next (FIFO)
+    <prefix>:queue                 the same for jobs naming no model (any backend takes them)
+    <prefix>:models                set of the models that have a queue
     <prefix>:job:<id>              hash: parameters, status, timestamps, attempts, progress
     <prefix>:workers               set of worker ids (one per backend URL)
     <prefix>:worker:<wid>          hash: backend_url, backend_status, model, job_id, heartbeat
@@ -27,7 +29,12 @@ class Keys:
         self.queue = f"{prefix}:queue"
         self.workers = f"{prefix}:workers"
         self.speed = f"{prefix}:speed"
+        self.models = f"{prefix}:models"
         self.backends = f"{prefix}:backends"
+
+    def queue_of(self, model: str | None) -> str:
+        """The queue of a model's jobs; "" or None: of the jobs that name no model."""
+        return f"{self.prefix}:queue:{model}" if model else self.queue
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"

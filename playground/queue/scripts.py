@@ -30,23 +30,44 @@ local function still_mine(claim)
 end
 """
 
+# Each model has its own FIFO; jobs that name no model (queued before any backend said which
+# it serves) wait in the plain queue, which every worker takes from first. `prefix` is a
+# script's ARGV value; keys.py names them the same way.
+_QUEUES = """
+local function queue_of(prefix, model)
+  if not model or model == '' then return prefix .. ':queue' end
+  return prefix .. ':queue:' .. model
+end
+local function all_queues(prefix)
+  local queues = {prefix .. ':queue'}
+  for _, model in ipairs(redis.call('SORT', prefix .. ':models', 'ALPHA')) do
+    table.insert(queues, queue_of(prefix, model))
+  end
+  return queues
+end
+"""
+
 # -- the frontend's side -------------------------------------------------------------------
 
-# Queue a new job unless the queue is full. Returns its creation time, or 0 when full.
-# KEYS: queue, job hash. ARGV: max_queued, job id, then field, value, ...
-SUBMIT = _NOW + """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+# Queue a new job in its model's queue unless max_queued jobs wait in all queues together.
+# Returns its creation time, or 0 when full.
+# KEYS: models set, job hash. ARGV: max_queued, job id, prefix, model, then field, value, ...
+SUBMIT = _NOW + _QUEUES + """
+local waiting = 0
+for _, queue in ipairs(all_queues(ARGV[3])) do waiting = waiting + redis.call('LLEN', queue) end
+if waiting >= tonumber(ARGV[1]) then return 0 end
 local created = now()
-redis.call('HSET', KEYS[2], 'created_at', created, unpack(ARGV, 3))
-redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'created_at', created, 'model', ARGV[4], unpack(ARGV, 5))
+if ARGV[4] ~= '' then redis.call('SADD', KEYS[1], ARGV[4]) end
+redis.call('RPUSH', queue_of(ARGV[3], ARGV[4]), ARGV[2])
 return created
 """
 
-# Everything /queue_status needs in one round trip: the workers (alive or not, their
-# running job, their speed) and the queued jobs, each with its hash. Encoded as one JSON
-# string, which Python decodes far faster than thousands of nested RESP replies.
-# KEYS: queue, workers, speed. ARGV: prefix.
-UNFINISHED = """
+# Everything /queue_status needs in one round trip: the workers (alive or not, their model,
+# running job and speed) and every queue's jobs in order, each with its hash. Encoded as one
+# JSON string, which Python decodes far faster than thousands of nested RESP replies.
+# KEYS: unused, workers, speed. ARGV: prefix.
+UNFINISHED = _QUEUES + """
 local prefix = ARGV[1]
 local function job(jid)
   local flat = redis.call('HGETALL', prefix .. ':job:' .. jid)
@@ -63,12 +84,15 @@ for _, wid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     if h then table.insert(running, h) end
   end
   table.insert(workers, {id = wid, alive = redis.call('EXISTS', prefix .. ':worker:' .. wid .. ':alive'),
+                         model = redis.call('HGET', prefix .. ':worker:' .. wid, 'model') or '',
                          speed = redis.call('HGET', KEYS[3], wid) or '', running = running})
 end
 local queued = {}
-for _, jid in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local h = job(jid)
-  if h then table.insert(queued, h) end
+for _, queue in ipairs(all_queues(prefix)) do
+  for _, jid in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+    local h = job(jid)
+    if h then table.insert(queued, h) end
+  end
 end
 local t = redis.call('TIME')
 return cjson.encode({workers = workers, queued = queued, now = tonumber(t[1]) + tonumber(t[2]) / 1e6})
@@ -76,12 +100,12 @@ return cjson.encode({workers = workers, queued = queued, now = tonumber(t[1]) + 
 
 # Queued jobs are cancelled at once; running ones are flagged for their worker; finished
 # ones are left alone. Returns the new status, '' when the job does not exist.
-# KEYS: queue, job hash. ARGV: job id, finished ttl.
-CANCEL = _STATUSES + _NOW + """
+# KEYS: unused, job hash. ARGV: job id, finished ttl, prefix.
+CANCEL = _STATUSES + _NOW + _QUEUES + """
 local status = redis.call('HGET', KEYS[2], 'status')
 if not status then return '' end
 if status == QUEUED then
-  redis.call('LREM', KEYS[1], 0, ARGV[1])
+  redis.call('LREM', queue_of(ARGV[3], redis.call('HGET', KEYS[2], 'model')), 0, ARGV[1])
   redis.call('HSET', KEYS[2], 'status', CANCELLED, 'finished_at', now())
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
   return CANCELLED
@@ -149,10 +173,10 @@ return status .. ' ' .. finished
 # The worker putting back its own job names its claim (refused, '', when no longer the
 # job's); recovery of a dead worker's job names none: the job is in that worker's
 # processing list, which nobody else can have claimed it into.
-# KEYS: processing list, job hash, queue, worker hash, the worker's alive key.
+# KEYS: processing list, job hash, unused, worker hash, the worker's alive key.
 # ARGV: job id, reason, count_attempt (1/0), max attempts, claim ('' = recovery), ttl,
-#       only_if_dead (1/0: leave it alone if that worker has come back).
-PUT_BACK = _STATUSES + _NOW + _STILL_MINE + """
+#       only_if_dead (1/0: leave it alone if that worker has come back), prefix.
+PUT_BACK = _STATUSES + _NOW + _STILL_MINE + _QUEUES + """
 if ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return '' end
 if ARGV[5] ~= '' and not still_mine(ARGV[5]) then return '' end
 if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return '' end
@@ -171,7 +195,7 @@ end
 if ARGV[3] ~= '1' and attempts > 0 then attempts = attempts - 1 end
 redis.call('HSET', KEYS[2], 'status', QUEUED, 'attempts', attempts, 'last_error', ARGV[2],
            'tokens_done', '0', 'started_at', '', 'worker', '', 'backend', '')
-redis.call('LPUSH', KEYS[3], ARGV[1])
+redis.call('LPUSH', queue_of(ARGV[8], redis.call('HGET', KEYS[2], 'model')), ARGV[1])
 return QUEUED
 """
 

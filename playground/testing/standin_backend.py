@@ -41,9 +41,10 @@ class StandInBackend(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, png: bytes | None = None):
+    def __init__(self, png: bytes | None = None, model: str = "stand-in"):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.png_base64 = base64.b64encode(png or solid_png()).decode()
+        self.model = model
         self.calls: list[str] = []  # the prompt text of each /generate, in order
         self.arrivals: dict[str, float] = {}  # job_id -> time.time() its /generate arrived
         self.release = threading.Event()  # ends a "hang"
@@ -93,17 +94,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.server.loading.is_set():
             return self._send("application/json", json.dumps(
-                {"status": "loading", "model": "stand-in", "error": None,
+                {"status": "loading", "model": self.server.model, "error": None,
                  **self.server.loading_details}).encode(), status=503)
         self._send("application/json", json.dumps(
-            {"status": "ready", "model": "stand-in", "devices": [], "busy": False, "job_id": None}).encode())
+            {"status": "ready", "model": self.server.model, "devices": [], "busy": False, "job_id": None}).encode())
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/cancel":
             self.server.cancelled.set()
             return self._send("application/json", b'{"cancelled": true}')
-        self.server.arrivals[body["job_id"]] = time.time()
+        self.server.arrivals[body["job_id"].partition(".")[0]] = time.time()  # by queue id, not attempt
         self.server.calls.append(body["text"])
         seed = body["seed"] or PICKED_SEED
         started = {"event": "started", "seed": seed, "total_tokens": 256}
@@ -122,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send("application/x-ndjson", data)
 
     def _done(self, body: dict, seed: int) -> dict:
-        return {"event": "done", "seed": seed, "model": "stand-in",
+        return {"event": "done", "seed": seed, "model": self.server.model,
                 "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
                 "images": [self.server.png_base64] * body["num_images"], "timings": {"total_secs": 0.0}}
 
