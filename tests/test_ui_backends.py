@@ -4,6 +4,7 @@ page (real frontend, real Chromium) follows without a reload."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from playwright.sync_api import expect
@@ -11,6 +12,7 @@ from playwright.sync_api import expect
 from browser import DOCS_SCREENSHOTS, save_screenshots
 from frontend.config import Config
 from frontend.threaded import serving
+from playground.queue import JobQueue
 from scheduler.worker_queue import WorkerQueue
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -71,3 +73,40 @@ def test_a_backend_that_cannot_load_shows_its_reason(page, frontend_url, redis_c
     alert = page.locator("#backends").get_by_role("alert")
     expect(alert).to_have_text(f"Model mega failed to load: {reason}", **POLL)
     worker.unregister()
+
+
+def test_the_model_choice_appears_when_backends_serve_two_models(page, frontend_url, redis_client):
+    """One model: no choice, the server routes. Two: a choice, the server's default first,
+    and the job runs on the chosen one."""
+    beating: dict[WorkerQueue, str] = {}
+    done = threading.Event()
+
+    def heartbeats():  # as the scheduler's workers do, every second
+        while not done.wait(1.0):
+            for worker, model in list(beating.items()):
+                worker.heartbeat("ready", model=model)
+
+    def serve(name: str, model: str) -> None:
+        worker = WorkerQueue(redis_client, name, f"http://{name}:8080")
+        assert worker.register() and worker.heartbeat("ready", model=model)
+        beating[worker] = model
+
+    threading.Thread(target=heartbeats, daemon=True).start()
+    try:
+        serve("gpu0", "mini")
+        page.goto(frontend_url)
+        expect(page.locator("#backends")).to_be_hidden(**POLL)
+        expect(page.locator("#model-field")).to_be_hidden()
+
+        serve("gpu1", "mega")
+        page.reload()
+        expect(page.locator("#model-field")).to_be_visible(**POLL)
+        expect(page.locator("#model option")).to_have_text(["mega", "mini"])
+        page.select_option("#model", "mini")
+        page.fill("#text", "a small red circle")
+        page.click("#submit")
+        expect(page.locator("#form-status")).to_have_text("Queued. Your job is highlighted in the queue.")
+        [job] = JobQueue(redis_client).unfinished()
+        assert job.model == "mini"
+    finally:
+        done.set()

@@ -69,7 +69,21 @@ function describe(report) {
   return backends.map(backendItem);
 }
 
-export function startBackendStatus(panel) {
+// The model choice of the prompt form: shown when the backends serve more than one model,
+// the server's default first. A choice that is no longer served falls back to the default.
+function offerModels(field, models) {
+  const select = field.querySelector("select");
+  const current = [...select.options].map((option) => option.value);
+  if (current.join("\n") !== models.join("\n")) {
+    const chosen = select.value;
+    setChildren(select, models.map((model) => el("option", { value: model }, model)));
+    if (models.includes(chosen)) select.value = chosen;
+  }
+  field.hidden = models.length < 2;
+  if (field.hidden) select.value = ""; // one model (or none yet): the server routes it
+}
+
+export function startBackendStatus(panel, modelField) {
   const list = el("ul", { class: "backends-list" });
   setChildren(panel, el("p", { class: "backends-note" }, "Prompts you send now wait in the queue."), list);
   let timer = null;
@@ -81,7 +95,9 @@ export function startBackendStatus(panel) {
     polling = true;
     let lines;
     try {
-      lines = describe(await systemHealth());
+      const report = await systemHealth();
+      lines = describe(report);
+      if (modelField) offerModels(modelField, report.models ?? []);
     } catch {
       lines = []; // the queue panel already says when the server is out of reach
     } finally {

@@ -5,14 +5,14 @@ import { rememberJob } from "./myjobs.js";
 import { startQueue } from "./queue.js";
 import { SAMPLING_FIELDS, validatePrompt } from "./validation.js";
 
-const FIELDS = ["text", "num_images", "seed", ...SAMPLING_FIELDS];
+const FIELDS = ["text", "num_images", "seed", "model", ...SAMPLING_FIELDS];
 
 const form = document.getElementById("prompt-form");
 const textInput = document.getElementById("text");
 const submitButton = document.getElementById("submit");
 const formStatus = document.getElementById("form-status");
 
-startBackendStatus(document.getElementById("backends"));
+startBackendStatus(document.getElementById("backends"), document.getElementById("model-field"));
 
 const queue = startQueue({
   list: document.getElementById("queue"),

@@ -43,6 +43,9 @@ export function validatePrompt(form) {
   if (INTEGER.test(seed) && Number(seed) <= MAX_SEED) params.seed = Number(seed);
   else errors.seed = `The seed is a whole number from 0 to ${MAX_SEED}.`;
 
+  // Offered (and sent) only when the backends serve more than one model; the server checks it.
+  if (form.model) params.model = form.model;
+
   for (const field of SAMPLING_FIELDS) {
     const raw = form[field];
     if (raw === undefined || raw.trim() === "") continue; // empty: the model's default
