@@ -10,10 +10,14 @@ cannot produce on demand:
   early, with "cancelled", once /cancel is called;
 - "steady": the same, ending done (a job long enough to be interrupted);
 - "hang": headers and one line, then silence until `release` is set (or 10 s);
-- anything else: done, with `num_images` copies of `png`.
+- anything else: done, with `num_images` copies of `png` (after `step_secs` × 4 of progress).
 
     with StandInBackend() as backend:
         Config(backend_urls=(backend.url,), ...)
+
+`python -m playground.testing.standin_backend` runs one as a process (STANDIN_PORT,
+STANDIN_MODEL, STANDIN_STEP_SECS), for tests that kill or pause backends; it logs each job it
+is sent ("generate <job_id> <unix time>") and announces itself in Redis when REDIS_URL is set.
 """
 from __future__ import annotations
 
@@ -41,14 +45,16 @@ class StandInBackend(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, png: bytes | None = None, model: str = "stand-in"):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, png: bytes | None = None, model: str = "stand-in", port: int = 0, step_secs: float = 0.0):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.step_secs = step_secs
         self.png_base64 = base64.b64encode(png or solid_png()).decode()
         self.model = model
         self.calls: list[str] = []  # the prompt text of each /generate, in order
         self.arrivals: dict[str, float] = {}  # job_id -> time.time() its /generate arrived
         self.release = threading.Event()  # ends a "hang"
         self.cancelled = threading.Event()  # set by /cancel
+        self.cancelled_ids: set[str] = set()
         self.loading = threading.Event()  # while set, /health says 503 "loading"
         self.loading_details: dict = {}  # what that "loading" answer adds: stage, files
 
@@ -102,9 +108,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/cancel":
+            self.server.cancelled_ids.add(body["job_id"])
             self.server.cancelled.set()
             return self._send("application/json", b'{"cancelled": true}')
         self.server.arrivals[body["job_id"].partition(".")[0]] = time.time()  # by queue id, not attempt
+        print(f"generate {body['job_id']} {time.time():.6f}", flush=True)
         self.server.calls.append(body["text"])
         seed = body["seed"] or PICKED_SEED
         started = {"event": "started", "seed": seed, "total_tokens": 256}
@@ -117,6 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream_slowly(started, ending=self._done(body, seed) if body["text"] == "steady" else None)
         elif body["text"] == "hang":
             return self._hang(started)
+        elif self.server.step_secs:
+            return self._stream_slowly(started, self._done(body, seed), steps=4, pause=self.server.step_secs,
+                                       job_id=body["job_id"])
         else:
             lines = [started, {"event": "progress", "tokens_done": 256, "total_tokens": 256}, self._done(body, seed)]
         data = b"".join((json.dumps(line) if isinstance(line, dict) else line).encode() + b"\n" for line in lines)
@@ -127,18 +138,20 @@ class _Handler(BaseHTTPRequestHandler):
                 "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
                 "images": [self.server.png_base64] * body["num_images"], "timings": {"total_secs": 0.0}}
 
-    def _stream_slowly(self, started: dict, ending: dict | None) -> None:
+    def _stream_slowly(self, started: dict, ending: dict | None, steps: int = 30, pause: float = 0.1,
+                       job_id: str | None = None) -> None:
+        """Progress every `pause` s; a /cancel (of `job_id`, or of anything when None) ends it."""
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self._chunk(started)
-        for step in range(1, 31):
-            time.sleep(0.1)
-            if self.server.cancelled.is_set():
+        for step in range(1, steps + 1):
+            time.sleep(pause)
+            if self.server.cancelled.is_set() if job_id is None else job_id in self.server.cancelled_ids:
                 self._chunk({"event": "cancelled"})
                 break
-            self._chunk({"event": "progress", "tokens_done": step * 8, "total_tokens": 256})
+            self._chunk({"event": "progress", "tokens_done": step * 256 // steps, "total_tokens": 256})
         else:
             self._chunk(ending or {"event": "error", "error": "the test should have cancelled this job"})
         self.wfile.write(b"0\r\n\r\n")
@@ -152,3 +165,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.server.release.wait(10)
         self.close_connection = True
+
+
+def main() -> None:
+    import os
+
+    from playground.backend_registry import Announcer, BackendRegistry
+
+    server = StandInBackend(model=os.environ.get("STANDIN_MODEL", "stand-in"),
+                            port=int(os.environ.get("STANDIN_PORT", "0")),
+                            step_secs=float(os.environ.get("STANDIN_STEP_SECS", "0")))
+    if os.environ.get("REDIS_URL"):
+        import redis
+
+        report = {"status": "ready", "model": server.model}
+        Announcer(BackendRegistry(redis.Redis.from_url(os.environ["REDIS_URL"])), server.url, lambda: report).start()
+    print(f"stand-in backend on {server.url}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
