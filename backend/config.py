@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.device import DEVICE_CHOICES
 from playground.settings import get_float, get_int, get_list, get_str
 
 
@@ -18,6 +19,10 @@ class Config:
     warm_up_batch_sizes: tuple[int, ...] = (2, 4, 6, 8)
     # How often a running /generate stream reports progress (the scheduler needs ≤ 2 s).
     progress_interval_secs: float = 0.5
+    # auto: whatever JAX finds; gpu: no GPU is an error (Docker); cpu: JAX never touches a GPU.
+    device: str = "auto"
+    # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
+    cache_host_path: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -26,6 +31,9 @@ class Config:
             warm_up = tuple(int(size) for size in sizes)
         except ValueError:
             raise ValueError(f"BACKEND_WARMUP_BATCH_SIZES must be integers, got {sizes!r}") from None
+        device = get_str(env, "DALLE_DEVICE", cls.device).lower()
+        if device not in DEVICE_CHOICES:
+            raise ValueError(f"DALLE_DEVICE must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
         return cls(
             model=get_str(env, "DALLE_MODEL", cls.model),
             cache_dir=Path(get_str(env, "MODEL_CACHE_DIR", str(cls.cache_dir))),
@@ -33,4 +41,6 @@ class Config:
             port=get_int(env, "BACKEND_PORT", cls.port),
             warm_up_batch_sizes=warm_up,
             progress_interval_secs=get_float(env, "BACKEND_PROGRESS_INTERVAL", cls.progress_interval_secs),
+            device=device,
+            cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
         )

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from playground.writable import StartupError
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,9 @@ class ModelHolder:
         started = time.monotonic()
         try:
             self._engine = self._loader()
+        except StartupError as exc:  # its message says it all: one line, no traceback
+            log.error("loading model %s failed: %s", self.model_name, exc)
+            self._error = str(exc)
         except Exception as exc:  # any loading failure is reported by /health, not a crash
             log.exception("loading model %s failed", self.model_name)
             self._error = f"{type(exc).__name__}: {exc}"
