@@ -48,7 +48,7 @@ def jax_devices_with_reasons() -> tuple[list, list[str], str | None]:
     logger = logging.getLogger(_JAX_BRIDGE_LOGGER)
     capture, level = _Capture(), logger.level
     logger.addHandler(capture)
-    logger.setLevel(logging.DEBUG)  # "Unable to initialize backend" is logged at INFO
+    logger.setLevel(logging.INFO)  # "Unable to initialize backend" is logged at INFO
     try:
         import jax
 

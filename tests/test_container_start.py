@@ -235,7 +235,7 @@ def test_what_jax_logs_about_its_cuda_backend_goes_into_the_message():
 
     capture = _Capture()
     logger = logging.getLogger("test.jax_bridge")
-    logger.setLevel(logging.DEBUG)  # as check_device sets JAX's: the cuda reason is logged at INFO
+    logger.setLevel(logging.INFO)  # as check_device sets JAX's: the cuda reason is logged at INFO
     logger.addHandler(capture)
     logger.warning("An NVIDIA GPU may be present on this machine, but a CUDA-enabled jaxlib is not installed. "
                    "Falling back to cpu.")
@@ -325,3 +325,28 @@ def test_the_loading_line_copes_with_missing_fields(body, line):
 def test_no_answer_is_unhealthy():
     code, line = check(f"http://127.0.0.1:{free_port()}/health")
     assert code == 1 and line.startswith(f"no answer from http://127.0.0.1:") and "refused" in line.lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/docker.md quotes the messages exactly as the code prints them
+# ---------------------------------------------------------------------------------------------
+def test_troubleshooting_quotes_the_messages_the_code_prints():
+    from backend.device import no_gpu_message
+
+    docs = " ".join((REPO_ROOT / "docs" / "docker.md").read_text(encoding="utf-8").split())
+
+    class Cpu:
+        platform = "cpu"
+    host = {"MODEL_CACHE_HOST_PATH": "/mnt/bigdisk/dalle/cache"}
+    messages = [
+        no_gpu_message([Cpu()], [], None, ""),
+        not_writable_message(Path("/cache"), "MODEL_CACHE_DIR", "Permission denied", host, uid=10001, gid=10001),
+        not_writable_message(Path("/cache"), "MODEL_CACHE_DIR", "Permission denied",
+                             {"MODEL_CACHE_HOST_PATH": "model-cache"}, uid=10001, gid=10001),
+        "scheduler: cannot write to LIBRARY_DIR=/library (host folder",
+        "container-entrypoint: could not make /cache writable for 10001:10001",
+        "container-entrypoint: /library belonged to 0:0: gave 3 entries to 10001:10001",
+        "loading: downloading dalle-mini/dalle-mini/flax_model.msgpack 512 MB / 1.75 GB (file 2 of 3) [mini]",
+    ]
+    for message in messages:
+        assert " ".join(message.split()) in docs, f"docs/docker.md does not quote: {message}"
