@@ -324,7 +324,7 @@ def test_the_loading_line_copes_with_missing_fields(body, line):
 
 def test_no_answer_is_unhealthy():
     code, line = check(f"http://127.0.0.1:{free_port()}/health")
-    assert code == 1 and line.startswith(f"no answer from http://127.0.0.1:") and "refused" in line.lower()
+    assert code == 1 and line.startswith("no answer from http://127.0.0.1:") and "refused" in line.lower()
 
 
 # ---------------------------------------------------------------------------------------------
