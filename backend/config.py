@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.device import DEVICE_CHOICES
 from playground.settings import get_float, get_int, get_list, get_str
 
 
@@ -21,6 +22,10 @@ class Config:
     # The Hugging Face hub (or a mirror) published models come from; None: huggingface_hub's
     # default. HF_ENDPOINT is huggingface_hub's own variable, read here so it is explicit.
     hub_endpoint: str | None = None
+    # auto: whatever JAX finds; gpu: no GPU is an error (Docker); cpu: JAX never touches a GPU.
+    device: str = "auto"
+    # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
+    cache_host_path: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -29,6 +34,9 @@ class Config:
             warm_up = tuple(int(size) for size in sizes)
         except ValueError:
             raise ValueError(f"BACKEND_WARMUP_BATCH_SIZES must be integers, got {sizes!r}") from None
+        device = get_str(env, "DALLE_DEVICE", cls.device).lower()
+        if device not in DEVICE_CHOICES:
+            raise ValueError(f"DALLE_DEVICE must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
         return cls(
             model=get_str(env, "DALLE_MODEL", cls.model),
             cache_dir=Path(get_str(env, "MODEL_CACHE_DIR", str(cls.cache_dir))),
@@ -37,4 +45,6 @@ class Config:
             warm_up_batch_sizes=warm_up,
             progress_interval_secs=get_float(env, "BACKEND_PROGRESS_INTERVAL", cls.progress_interval_secs),
             hub_endpoint=get_str(env, "HF_ENDPOINT", "") or None,
+            device=device,
+            cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
         )
