@@ -1,13 +1,19 @@
 # One Dockerfile with three targets (backend, scheduler, frontend), built by docker-compose.yml.
-# One file rather than three: the services share the pinned base, the non-root user and the way
-# dependencies are installed from pyproject.toml, and the build context must be the repository
-# root anyway (every image needs pyproject.toml and the shared `playground` package).
+# One file rather than three: the services share the pinned base, the user they run as and the
+# way dependencies are installed, and the build context must be the repository root anyway
+# (every image needs the shared `playground` package).
 #
 #   docker build --target backend -t dalle-playground/backend:local .
 #
-# Layer order: pyproject.toml → requirements of one extra → pip install → code. Editing code
-# rebuilds only the last layers; the multi-GB CUDA layer is reused until pyproject.toml or the
-# JAX build arguments change.
+# Dependencies come from lock files (docker/requirements-*.txt: every package at an exact
+# version with its hashes, written by scripts/lock-docker-deps.sh from pyproject.toml), so a
+# rebuild next year installs the same bytes. Layer order: lock file → pip install → code;
+# editing code rebuilds only the last layers, the multi-GB CUDA layer is reused until the lock
+# changes.
+#
+# The containers start as root only to run playground/container_entrypoint.py: it makes the
+# service's data folder (a host folder owned by root or by the user) writable for APP_UID:APP_GID,
+# then drops root for good and execs the service.
 
 # A specific patch release on a specific Debian release, so a rebuild gets the same system.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -20,14 +26,17 @@ ARG APP_GID=10001
 FROM ${PYTHON_IMAGE} AS base
 ARG APP_UID
 ARG APP_GID
-# The mount points exist in the image owned by that user: a new named volume copies this ownership.
+# APP_UID/APP_GID stay in the environment: the entrypoint drops to them.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     HOME=/home/app \
-    PYTHONPATH=/app
+    PYTHONPATH=/app \
+    APP_UID=${APP_UID} \
+    APP_GID=${APP_GID}
+# The mount points exist in the image owned by that user: a new named volume copies this ownership.
 RUN set -eux; \
     if [ "${APP_UID}" = "0" ] || [ "${APP_GID}" = "0" ]; then echo "APP_UID/APP_GID must not be 0 (root)" >&2; exit 1; fi; \
     getent group "${APP_GID}" >/dev/null || groupadd --gid "${APP_GID}" app; \
@@ -35,22 +44,20 @@ RUN set -eux; \
     mkdir -p /app /library /cache; \
     chown "${APP_UID}:${APP_GID}" /library /cache
 WORKDIR /app
-COPY pyproject.toml ./
-# One requirements file per extra, generated from pyproject.toml, so the dependency layers are
-# built before (and cached apart from) the code. The project itself is not pip-installed: its
-# packages are copied into /app (on PYTHONPATH) and run with `python -m`.
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; [open(f'/tmp/requirements-{extra}.txt', 'w').write('\n'.join(p['dependencies'] + p['optional-dependencies'][extra]) + '\n') for extra in ('backend', 'scheduler', 'frontend')]" \
-    && cat /tmp/requirements-*.txt
 
 
 FROM base AS backend
 # JAX from PyPI with its CUDA wheels (cuBLAS, cuDNN, NCCL, ptxas ...): no CUDA base image is
 # needed, the host's driver is mounted in by the NVIDIA Container Toolkit.
-# cuda12 runs on NVIDIA drivers >= 525; cuda13 needs >= 580. Pinned for a reproducible image,
-# inside pyproject.toml's jax range (tests/test_compose.py checks that).
+# JAX_CUDA picks the lock: cuda12 (driver >= 525, compute capability >= 5.2; cuDNN pinned to
+# 9.10 for Pascal/Volta), cuda13 (driver >= 580, compute capability >= 7.5) or cpu (no GPU,
+# docker-compose.cpu.yml). JAX_VERSION is what the locks were made for; scripts/lock-docker-deps.sh
+# reads it from here and the check below fails the build if the lock disagrees.
 ARG JAX_VERSION=0.10.2
 ARG JAX_CUDA=cuda12
-RUN pip install -r /tmp/requirements-backend.txt "jax[${JAX_CUDA}]==${JAX_VERSION}"
+COPY docker/requirements-backend-${JAX_CUDA}.txt /tmp/requirements.txt
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.txt \
+    && python -c "import importlib.metadata as m, sys; v = m.version('jax'); sys.exit(None if v == '${JAX_VERSION}' else f'jax {v} is locked, the Dockerfile says JAX_VERSION=${JAX_VERSION}: run scripts/lock-docker-deps.sh')"
 # NVIDIA_DRIVER_CAPABILITIES: the driver libraries the container needs (compute: CUDA;
 # utility: nvidia-smi). HF_*: whatever the Hugging Face client keeps besides the model files
 # goes to the cache volume, not the container's own layer, and without a second (chunk) copy
@@ -68,18 +75,19 @@ COPY playground ./playground
 COPY scheduler ./scheduler
 COPY frontend ./frontend
 COPY backend ./backend
-ARG APP_UID
-ARG APP_GID
-USER ${APP_UID}:${APP_GID}
 EXPOSE 8080
-# 200 once the model is loaded and compiled; 503 while it loads (urlopen raises on 503).
-HEALTHCHECK --interval=15s --timeout=10s --start-period=30m --retries=4 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=8)"]
+# Healthy while the model downloads, compiles or is ready; unhealthy once /health says "error"
+# (or does not answer). A short start period: a success during it ends it, and a load that
+# fails must turn the container unhealthy within interval x retries, not after an hour.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "backend.healthcheck"]
+ENTRYPOINT ["python", "-m", "playground.container_entrypoint", "--data-dir-from", "MODEL_CACHE_DIR", "--"]
 CMD ["python", "-m", "backend"]
 
 
 FROM base AS scheduler
-RUN pip install -r /tmp/requirements-scheduler.txt
+COPY docker/requirements-scheduler.txt /tmp/requirements.txt
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.txt
 ENV LIBRARY_DIR=/library \
     REDIS_URL=redis://redis:6379/0 \
     BACKEND_URLS=http://backend:8080
@@ -87,14 +95,13 @@ COPY playground ./playground
 COPY backend ./backend
 COPY frontend ./frontend
 COPY scheduler ./scheduler
-ARG APP_UID
-ARG APP_GID
-USER ${APP_UID}:${APP_GID}
+ENTRYPOINT ["python", "-m", "playground.container_entrypoint", "--data-dir-from", "LIBRARY_DIR", "--"]
 CMD ["python", "-m", "scheduler"]
 
 
 FROM base AS frontend
-RUN pip install -r /tmp/requirements-frontend.txt
+COPY docker/requirements-frontend.txt /tmp/requirements.txt
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.txt
 ENV LIBRARY_DIR=/library \
     REDIS_URL=redis://redis:6379/0 \
     FRONTEND_HOST=0.0.0.0 \
@@ -103,11 +110,9 @@ COPY playground ./playground
 COPY backend ./backend
 COPY scheduler ./scheduler
 COPY frontend ./frontend
-ARG APP_UID
-ARG APP_GID
-USER ${APP_UID}:${APP_GID}
 EXPOSE 8000
 # Any answer of /health (503 there means a backend is not ready, not that this server is down).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import http.client as h; c = h.HTTPConnection('127.0.0.1', 8000, timeout=4); c.request('GET', '/health'); assert c.getresponse().status in (200, 503)"]
+ENTRYPOINT ["python", "-m", "playground.container_entrypoint", "--data-dir-from", "LIBRARY_DIR", "--"]
 CMD ["python", "-m", "frontend"]

@@ -9,6 +9,7 @@ from gunicorn.app.base import BaseApplication
 
 from backend.app import create_app
 from backend.config import Config
+from backend.device import apply_device_setting
 from playground.settings import environment
 
 
@@ -42,7 +43,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Let JAX take GPU memory as it needs it, so two backends can share one card.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    BackendServer(Config.from_env(environment())).run()
+    config = Config.from_env(environment())
+    apply_device_setting(config.device, os.environ)  # before anything imports JAX
+    BackendServer(config).run()
 
 
 if __name__ == "__main__":

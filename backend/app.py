@@ -7,6 +7,7 @@ answers from the first second.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -15,19 +16,25 @@ import redis
 from flask import Flask, Response, jsonify, request
 
 from backend.config import Config
+from backend.device import check_device
 from backend.engine.progress import LoadProgress
 from backend.generate_request import BadRequest, parse_generate_body
 from backend.generation_run import GenerationRun
 from backend.model_holder import ModelHolder
 from playground.backend_registry import Announcer, BackendRegistry
 from playground.limits import random_seed
+from playground.writable import ensure_writable
 
 
 def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
     def load(progress: LoadProgress) -> Any:
+        # Both checks fail at once with one clear line (on /health and in the log), before a
+        # download starts: a cache folder the backend cannot write, a GPU that is not there.
+        ensure_writable(config.cache_dir, "MODEL_CACHE_DIR", {"MODEL_CACHE_HOST_PATH": config.cache_host_path})
+        devices = check_device(config.device, os.environ.get("JAX_PLATFORMS", ""))  # imports JAX
         from backend.engine import load_engine  # JAX is imported here, in the loading thread
 
-        engine = load_engine(config.model, cache_dir=config.cache_dir, progress=progress,
+        engine = load_engine(config.model, cache_dir=config.cache_dir, devices=devices, progress=progress,
                              endpoint=config.hub_endpoint)
         progress.set_stage("compiling")
         engine.warm_up(config.warm_up_batch_sizes)

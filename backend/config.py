@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.device import DEVICE_CHOICES
 from playground.settings import get_float, get_int, get_list, get_str
 
 
@@ -26,6 +27,10 @@ class Config:
     redis_url: str | None = None
     redis_prefix: str = "dalle"
     advertise_url: str | None = None
+    # auto: whatever JAX finds; gpu: no GPU is an error (Docker); cpu: JAX never touches a GPU.
+    device: str = "auto"
+    # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
+    cache_host_path: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -34,6 +39,9 @@ class Config:
             warm_up = tuple(int(size) for size in sizes)
         except ValueError:
             raise ValueError(f"BACKEND_WARMUP_BATCH_SIZES must be integers, got {sizes!r}") from None
+        device = get_str(env, "DALLE_DEVICE", cls.device).lower()
+        if device not in DEVICE_CHOICES:
+            raise ValueError(f"DALLE_DEVICE must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
         return cls(
             model=get_str(env, "DALLE_MODEL", cls.model),
             cache_dir=Path(get_str(env, "MODEL_CACHE_DIR", str(cls.cache_dir))),
@@ -45,4 +53,6 @@ class Config:
             redis_url=get_str(env, "REDIS_URL", "") or None,
             redis_prefix=get_str(env, "REDIS_PREFIX", cls.redis_prefix),
             advertise_url=get_str(env, "BACKEND_ADVERTISE_URL", "").rstrip("/") or None,
+            device=device,
+            cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
         )

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.engine.progress import LoadProgress
+from playground.writable import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class ModelHolder:
         started = time.monotonic()
         try:
             self._engine = self._loader(self.progress)
+        except StartupError as exc:  # its message says it all: one line, no traceback
+            log.error("loading model %s failed: %s", self.model_name, exc)
+            self._error = str(exc)
         except Exception as exc:  # any loading failure is reported by /health, not a crash
             log.exception("loading model %s failed", self.model_name)
             self._error = f"{type(exc).__name__}: {exc}"

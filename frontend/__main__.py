@@ -3,20 +3,28 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 from frontend.config import Config
 from frontend.server import create_server
 from playground.settings import environment, get_str
+from playground.writable import FolderNotWritable, ensure_writable
 
 log = logging.getLogger("frontend")
 
 
-def main() -> None:
+def main() -> int:
     env = environment()
     logging.basicConfig(level=get_str(env, "LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = create_server(Config.from_env(env))
+    config = Config.from_env(env)
+    try:  # deleting pictures writes the library: say so now, not on the first click
+        ensure_writable(config.library_dir, "LIBRARY_DIR", env)
+    except FolderNotWritable as exc:
+        print(f"frontend: {exc}", file=sys.stderr)
+        return 1
+    server = create_server(config)
     stopping = threading.Event()
 
     def stop(signum, frame) -> None:
@@ -35,7 +43,8 @@ def main() -> None:
     finally:
         server.server_close()
     log.info("frontend stopped")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

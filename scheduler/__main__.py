@@ -7,6 +7,7 @@ import sys
 import time
 
 from playground.settings import environment
+from playground.writable import FolderNotWritable, ensure_writable
 from scheduler.config import Config
 from scheduler.service import Scheduler
 
@@ -18,11 +19,17 @@ SHUTDOWN_GRACE_SECS = 20
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = environment()
     try:
-        config = Config.from_env(environment())
+        config = Config.from_env(env)
     except ValueError as exc:
         print(f"scheduler: bad configuration: {exc}", file=sys.stderr)
         return 2
+    try:  # before any job is taken: a library that cannot be written fails jobs after generating
+        ensure_writable(config.library_dir, "LIBRARY_DIR", env)
+    except FolderNotWritable as exc:
+        print(f"scheduler: {exc}", file=sys.stderr)
+        return 1
     scheduler = Scheduler(config)
     stop_deadline: list[float] = []
 

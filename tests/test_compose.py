@@ -23,7 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN = "docker-compose.yml"
 MULTI_GPU = "docker-compose.multi-gpu.yml"
 ALL_GPUS = "docker-compose.all-gpus.yml"
-COMPOSE_FILES = (MAIN, MULTI_GPU, ALL_GPUS)
+CPU = "docker-compose.cpu.yml"
+COMPOSE_FILES = (MAIN, MULTI_GPU, ALL_GPUS, CPU)
+# Each override file as it is used: on top of docker-compose.yml.
+COMBINATIONS = ((MAIN,), (MAIN, MULTI_GPU), (MAIN, ALL_GPUS), (MAIN, CPU))
 SERVICE_PACKAGES = ("backend", "scheduler", "frontend", "playground")
 APP_SERVICES = ("backend", "scheduler", "frontend")
 
@@ -205,6 +208,8 @@ def test_the_four_services_and_their_images():
 
 
 def test_every_service_restarts_and_rotates_its_logs():
+    # The extra backends of the override files inherit all of this through `extends` (the
+    # merged configurations are checked in test_every_merged_service_has_a_restart_policy).
     for name, service in compose()["services"].items():
         assert service.get("restart") in ("unless-stopped", "always"), name
         logging = service.get("logging", {})
@@ -212,6 +217,13 @@ def test_every_service_restarts_and_rotates_its_logs():
         assert re.fullmatch(r"\d+[kmg]", logging["options"]["max-size"]), name
         assert int(logging["options"]["max-file"]) >= 1, name
         assert not service.get("privileged") and service.get("network_mode") != "host", name
+
+
+def test_redis_is_a_7_4_release_with_the_2025_and_2026_security_fixes():
+    version = re.match(r"redis:(\d+)\.(\d+)\.(\d+)", compose()["services"]["redis"]["image"]).groups()
+    # 7.4.6 fixed CVE-2025-49844 (Lua use-after-free, remote code execution); 7.4.9 (May 2026)
+    # is the newest 7.4 security release at the time of writing.
+    assert tuple(map(int, version)) >= (7, 4, 9), version
 
 
 def test_redis_is_persistent_private_and_has_no_hard_coded_password():
@@ -229,10 +241,27 @@ def test_redis_is_persistent_private_and_has_no_hard_coded_password():
 def test_the_backend_is_private_and_on_the_one_gpu_it_is_given():
     backend = compose()["services"]["backend"]
     assert "ports" not in backend, "the backend has no authentication: never published by default"
+    # Every GPU is passed in, numbered as on the host; CUDA_VISIBLE_DEVICES picks the one, in
+    # nvidia-smi's (PCI bus) order. device_ids would renumber the chosen card 0 inside.
     (device,) = gpu_devices(backend)
-    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and "count" not in device
-    (chosen,) = gpu_devices(compose(BACKEND_GPU="GPU-1234")["services"]["backend"])
-    assert chosen["device_ids"] == ["GPU-1234"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert device["count"] == "all" and "device_ids" not in device
+    env = environment_of(backend)
+    assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("0", "PCI_BUS_ID")
+    chosen = environment_of(compose(BACKEND_GPU="GPU-1234")["services"]["backend"])
+    assert chosen["CUDA_VISIBLE_DEVICES"] == "GPU-1234"
+
+
+def test_a_gpu_backend_that_finds_no_gpu_fails_instead_of_running_on_the_cpu():
+    assert environment_of(compose()["services"]["backend"])["DALLE_DEVICE"] == "gpu"
+    cpu = compose(CPU)["services"]["backend"]
+    assert environment_of(cpu)["DALLE_DEVICE"] == "cpu"
+    assert cpu["build"]["args"]["JAX_CUDA"] == "cpu", "the CPU backend needs no CUDA wheels"
+    # No GPU reservation at all (Docker refuses to start a container whose GPU request it
+    # cannot meet), and no GPU choice left behind.
+    assert isinstance(cpu["deploy"], Tagged) and cpu["deploy"].tag == "!reset"
+    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+        assert isinstance(cpu["environment"][name], Tagged) and cpu["environment"][name].tag == "!reset"
 
 
 def test_jax_starts_whichever_memory_fraction_name_is_set():
@@ -243,13 +272,31 @@ def test_jax_starts_whichever_memory_fraction_name_is_set():
     assert old_name["XLA_CLIENT_MEM_FRACTION"] == ".6" and not old_name["XLA_PYTHON_CLIENT_MEM_FRACTION"]
 
 
-def test_the_backend_health_check_waits_for_the_model_on_the_port_it_listens_on():
+def dockerfile_healthcheck(target: str) -> tuple[dict[str, str], list[str]]:
+    """The options and the exec-form command of a target's HEALTHCHECK."""
+    _, instructions = stage_chain(dockerfile_stages(), target)
+    rest = [rest for keyword, rest in instructions if keyword == "HEALTHCHECK"][-1]
+    options, _, command = rest.partition(" CMD ")
+    return dict(re.findall(r"--([\w-]+)=(\S+)", options)), json.loads(command)
+
+
+def test_the_backend_health_check_reports_loading_as_healthy_and_an_error_soon():
     backend = compose()["services"]["backend"]
     env = environment_of(backend)
     assert env["BACKEND_HOST"] == "0.0.0.0", "listening on loopback only, the scheduler could not reach it"
-    assert f"127.0.0.1:{env['BACKEND_PORT']}/health" in healthcheck_command(backend)
-    assert duration_secs(backend["healthcheck"]["start_period"]) >= 30 * 60, \
-        "the first start downloads up to 10 GB: the start period must cover it"
+    # One check, in the image and in compose: backend/healthcheck.py asks 127.0.0.1:BACKEND_PORT
+    # (tests/test_container_start.py runs it against real backends).
+    test = backend["healthcheck"]["test"]
+    assert test == ["CMD", "python", "-m", "backend.healthcheck"]
+    options, command = dockerfile_healthcheck("backend")
+    assert command == test[1:]
+    assert "BACKEND_PORT" in (ROOT / "backend" / "healthcheck.py").read_text(encoding="utf-8")
+    # Docker: during start_period failures do not count, but a success ends it. The check
+    # passes while the model downloads, so the start period only covers the seconds before
+    # /health answers, and a load that fails is unhealthy after interval x retries.
+    for check in (backend["healthcheck"], {k.replace("-", "_"): v for k, v in options.items()}):
+        assert 10 <= duration_secs(check["start_period"]) <= 120, check
+        assert duration_secs(check["interval"]) * int(check["retries"]) <= 120, check
 
 
 def test_the_scheduler_reaches_redis_and_the_backend_by_service_name():
@@ -264,18 +311,25 @@ def test_the_scheduler_reaches_redis_and_the_backend_by_service_name():
     assert environment_of(remote["services"]["scheduler"])["BACKEND_URLS"].endswith(",http://10.0.0.2:8080")
 
 
-def test_the_scheduler_starts_once_redis_and_the_backend_are_healthy():
+def test_the_scheduler_starts_without_waiting_for_a_healthy_backend():
+    """`docker compose up -d` waits for every `service_healthy` dependency: one on a backend
+    would hold it through the whole download. The scheduler waits for backends itself."""
     services = compose()["services"]
     assert services["scheduler"]["depends_on"] == {
         "redis": {"condition": "service_healthy"},
-        "backend": {"condition": "service_healthy"},
+        "backend": {"condition": "service_started"},
     }
-    # The frontend must not wait for the model: prompts queue while it loads.
+    # The frontend must not wait for the model either: prompts queue while it loads.
     assert services["frontend"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
     for name, service in services.items():
         for needed, condition in (service.get("depends_on") or {}).items():
             if condition["condition"] == "service_healthy":
                 assert "healthcheck" in services[needed], f"{name} would wait for ever for {needed}"
+    for file in (MULTI_GPU, ALL_GPUS, CPU):  # nor may an override file add such a wait
+        for name, service in compose(file)["services"].items():
+            for needed, condition in (service.get("depends_on") or {}).items():
+                assert not (needed.startswith("backend") and condition["condition"] == "service_healthy"), \
+                    f"{file}: {name} waits for {needed} to be healthy"
 
 
 def test_containers_get_time_to_stop_cleanly():
@@ -330,12 +384,16 @@ def test_services_read_env_file_if_present_and_pin_their_container_settings():
         assert not left_to_env_file, f"{name} leaves container settings to .env: {left_to_env_file}"
 
 
+# Read by the libraries under the services: XLA_* by JAX, CUDA_* by CUDA, the proxy settings
+# by requests, urllib and the Hugging Face client.
+_READ_BY_LIBRARIES = re.compile(r"XLA_\w+|CUDA_\w+|NO_PROXY|no_proxy")
+
+
 def test_every_variable_passed_to_a_container_is_read_by_a_service():
     read = variables_read_by_the_code()
     for name in APP_SERVICES:
-        # XLA_* are read by JAX itself.
         unread = [key for key in environment_of(compose()["services"][name])
-                  if key not in read and not key.startswith("XLA_")]
+                  if key not in read and not _READ_BY_LIBRARIES.fullmatch(key)]
         assert not unread, f"{name} is given variables no service reads: {unread}"
     assert environment_of(compose(DALLE_MODEL="mega_full")["services"]["backend"])["DALLE_MODEL"] == "mega_full"
 
@@ -348,34 +406,55 @@ def test_multi_gpu_runs_one_backend_per_gpu_on_the_one_redis():
     override = compose(MULTI_GPU)
     extra = {name: s for name, s in override["services"].items() if "extends" in s}
     assert extra, "docker-compose.multi-gpu.yml adds no backend"
-    devices = {"backend": gpu_devices(main["services"]["backend"])[0]["device_ids"]}
+    gpus = {"backend": environment_of(main["services"]["backend"])["CUDA_VISIBLE_DEVICES"]}
     for name, service in extra.items():
         assert service["extends"] == {"file": MAIN, "service": "backend"}, name
-        tagged = service["deploy"]["resources"]["reservations"]["devices"]
-        # Without !override Compose appends to the inherited list: the backend would get two GPUs.
-        assert isinstance(tagged, Tagged) and tagged.tag == "!override", name
-        (device,) = untag(tagged)
-        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-        devices[name] = device["device_ids"]
-        assert service["depends_on"]["backend"]["condition"] == "service_healthy"
-    ids = [tuple(ids) for ids in devices.values()]
-    assert len(set(ids)) == len(ids), f"two backends on one GPU: {devices}"
+        # Its own card by CUDA_VISIBLE_DEVICES; the GPU reservation is inherited as it is.
+        assert "deploy" not in service, f"{name}: device_ids are ignored by Docker Desktop"
+        gpus[name] = environment_of(service)["CUDA_VISIBLE_DEVICES"]
+        # The backends start together: the shared cache's download locks keep them from
+        # fetching the same files twice.
+        assert "depends_on" not in service, name
+    assert len(set(gpus.values())) == len(gpus), f"two backends on one GPU: {gpus}"
 
     scheduler = override["services"]["scheduler"]
     urls = environment_of(scheduler)["BACKEND_URLS"].split(",")
-    assert urls == [f"http://{name}:8080" for name in devices], "one worker per backend"
+    assert urls == [f"http://{name}:8080" for name in gpus], "one worker per backend"
     for name in extra:
-        assert scheduler["depends_on"][name]["condition"] == "service_healthy"
+        assert scheduler["depends_on"][name]["condition"] == "service_started"
     assert "redis" not in override["services"], "all backends share the one Redis"
 
 
 def test_all_gpus_gives_one_backend_every_gpu():
     override = compose(ALL_GPUS)
     assert set(override["services"]) == {"backend"}
-    tagged = override["services"]["backend"]["deploy"]["resources"]["reservations"]["devices"]
-    assert isinstance(tagged, Tagged) and tagged.tag == "!override"
-    (device,) = untag(tagged)
-    assert device["count"] == "all" and "device_ids" not in device and "gpu" in device["capabilities"]
+    # !reset removes the variable; an empty CUDA_VISIBLE_DEVICES would hide every GPU.
+    tagged = override["services"]["backend"]["environment"]["CUDA_VISIBLE_DEVICES"]
+    assert isinstance(tagged, Tagged) and tagged.tag == "!reset"
+
+
+def test_the_files_that_need_compose_2_24_4_say_so():
+    # !reset and !override arrived in Docker Compose 2.24.4.
+    for name in COMPOSE_FILES:
+        text = (ROOT / name).read_text(encoding="utf-8")
+        if re.search(r"!(reset|override)\b", text):
+            assert "2.24.4" in text, f"{name} uses !reset/!override without naming Compose 2.24.4"
+    assert "2.24.4" in (ROOT / "docs" / "docker.md").read_text(encoding="utf-8")
+    assert not re.search(r"2\.24(?![.\d])", (ROOT / "docs" / "docker.md").read_text(encoding="utf-8"))
+
+
+def test_service_to_service_traffic_bypasses_any_injected_proxy():
+    """Docker Desktop hands its proxy settings to containers; requests would then send
+    http://backend:8080 through the proxy. Every service name must be in NO_PROXY/no_proxy."""
+    services = compose()["services"]
+    names = set(services) | set(compose(MULTI_GPU)["services"])
+    for name in APP_SERVICES:
+        env = environment_of(services[name])
+        for variable in ("NO_PROXY", "no_proxy"):
+            listed = set(env[variable].split(","))
+            assert names <= listed, f"{name}: {variable} misses {sorted(names - listed)}"
+    kept = environment_of(compose(NO_PROXY=".corp.example")["services"]["backend"])["NO_PROXY"]
+    assert kept.endswith(",.corp.example"), "the user's own NO_PROXY must be kept"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,44 +598,145 @@ def stage_chain(stages: list[Stage], target: str) -> tuple[str, list[tuple[str, 
         stage = by_name[stage.base]
 
 
+# The folder each service writes, by the variable that names it.
+DATA_DIR_VARIABLE = {"backend": "MODEL_CACHE_DIR", "scheduler": "LIBRARY_DIR", "frontend": "LIBRARY_DIR"}
+
+
 @pytest.mark.parametrize("target", APP_SERVICES)
-def test_each_image_is_pinned_non_root_and_installs_dependencies_before_code(target):
+def test_each_image_is_pinned_drops_root_and_installs_dependencies_before_code(target):
     base, instructions = stage_chain(dockerfile_stages(), target)
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), \
         f"{target}: base image must be pinned to a patch release, got {base!r}"
 
-    user = effective_user(instructions, dockerfile_stages()[0].global_args)
-    assert user and re.fullmatch(r"\d+(:\d+)?", user), f"{target}: USER should be numeric, got {user!r}"
-    assert int(user.split(":")[0]) != 0, f"{target} runs as root"
+    # It starts as root only to fix its data folder's owner; the entrypoint then becomes
+    # APP_UID:APP_GID for good (tests/test_container_start.py runs it).
+    assert effective_user(instructions, dockerfile_stages()[0].global_args) in (None, "root", "0")
+    entrypoint = json.loads([rest for keyword, rest in instructions if keyword == "ENTRYPOINT"][-1])
+    assert entrypoint == ["python", "-m", "playground.container_entrypoint",
+                          "--data-dir-from", DATA_DIR_VARIABLE[target], "--"], target
+    env = " ".join(rest for keyword, rest in instructions if keyword == "ENV")
+    assert "APP_UID=${APP_UID}" in env and "APP_GID=${APP_GID}" in env, "the entrypoint needs the ids"
+    assert int(dockerfile_stages()[0].global_args["APP_UID"]) != 0
 
-    keywords = [keyword for keyword, _ in instructions]
     installs = [i for i, (keyword, rest) in enumerate(instructions)
                 if keyword == "RUN" and "pip install" in rest]
     code_copies = [i for i, (keyword, rest) in enumerate(instructions)
                    if keyword == "COPY" and rest.split()[0].rstrip("/") in SERVICE_PACKAGES]
     assert installs and code_copies, target
     assert max(installs) < min(code_copies), f"{target}: code is copied before the dependencies"
-    assert f"requirements-{target}.txt" in instructions[max(installs)][1]
     copied = {rest.split()[0].rstrip("/") for keyword, rest in instructions if keyword == "COPY"}
     assert set(SERVICE_PACKAGES) <= copied and "." not in copied, target
-    assert "USER" in keywords[max(code_copies):], f"{target}: the user must be set after the copies"
 
     cmd = [rest for keyword, rest in instructions if keyword == "CMD"][-1]
     assert json.loads(cmd) == ["python", "-m", target]
 
 
-def test_the_backend_image_uses_pinned_cuda_jax_wheels():
-    _, instructions = stage_chain(dockerfile_stages(), "backend")
-    args = dict(rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest)
-    assert re.fullmatch(r"\d+\.\d+\.\d+", args["JAX_VERSION"])
-    assert args["JAX_CUDA"] in ("cuda12", "cuda13")
-    install = next(rest for keyword, rest in instructions if keyword == "RUN" and "jax[" in rest)
-    assert '"jax[${JAX_CUDA}]==${JAX_VERSION}"' in install
-    # The pin must satisfy pyproject's own jax range.
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    low, high = re.search(r'"jax>=([\d.]+),<([\d.]+)"', pyproject).groups()
-    version = tuple(int(part) for part in args["JAX_VERSION"].split("."))
-    assert tuple(int(p) for p in low.split(".")) <= version < tuple(int(p) for p in high.split("."))
+# ---------------------------------------------------------------------------------------------
+# Lock files: what the images install
+# ---------------------------------------------------------------------------------------------
+JAX_CUDA_CHOICES = ("cuda12", "cuda13", "cpu")
+
+
+def stage_args(target: str) -> dict[str, str]:
+    _, instructions = stage_chain(dockerfile_stages(), target)
+    return dict(rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest)
+
+
+def installed_lock(target: str, **build_args: str) -> Path:
+    """The lock file the Dockerfile installs for a target, read the way Docker builds it: the
+    COPY of a docker/requirements-*.txt (build args substituted) to the path that the one
+    `pip install --require-hashes --no-deps -r` installs."""
+    _, instructions = stage_chain(dockerfile_stages(), target)
+    args = {**stage_args(target), **build_args}
+    installs = [rest for keyword, rest in instructions if keyword == "RUN" and "pip install" in rest]
+    assert len(installs) == 1, f"{target}: one pip install, from the lock: {installs}"
+    match = re.search(r"pip install --require-hashes --no-deps -r (\S+)", installs[0])
+    assert match, f"{target}: not a hash-checked install of a lock file: {installs[0]}"
+    copies = {rest.split()[1]: rest.split()[0] for keyword, rest in instructions if keyword == "COPY"}
+    source = copies[match.group(1)]
+    assert source.startswith("docker/requirements-"), source
+    return ROOT / interpolate(source, args)
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name → (exact version, hashes) of a `pip install --require-hashes` file."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = re.sub(r"\\\n", " ", path.read_text(encoding="utf-8")).splitlines()
+    locked = {}
+    for line in lines:
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        requirement, *options = line.split(" --hash=")
+        parsed = Requirement(requirement.strip())
+        (spec,) = parsed.specifier  # exactly one ==version
+        assert spec.operator == "==", f"{path.name}: {line} is not an exact version"
+        assert options and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h.strip()) for h in options), \
+            f"{path.name}: {parsed.name} has no hash"
+        locked[canonicalize_name(parsed.name)] = (spec.version, [h.strip() for h in options])
+    assert locked, f"{path} locks nothing"
+    return locked
+
+
+def lock_cases():
+    yield "scheduler", {}
+    yield "frontend", {}
+    for choice in JAX_CUDA_CHOICES:
+        yield "backend", {"JAX_CUDA": choice}
+
+
+@pytest.mark.parametrize("target, build_args", list(lock_cases()), ids=lambda v: str(v))
+def test_each_image_installs_a_lock_with_exact_versions_and_hashes_within_pyproject_ranges(target, build_args):
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = read_lock(installed_lock(target, **build_args))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"][target]]
+    for requirement in wanted:
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{target}: {name} is in pyproject.toml but not in the lock"
+        version = locked[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), \
+            f"{target}: locked {name}=={version} is outside pyproject.toml's {requirement.specifier}"
+
+
+@pytest.mark.parametrize("choice", JAX_CUDA_CHOICES)
+def test_the_backend_lock_holds_the_dockerfiles_jax_and_its_cuda_wheels(choice):
+    from packaging.version import Version
+
+    args = stage_args("backend")
+    assert args["JAX_CUDA"] in JAX_CUDA_CHOICES
+    locked = read_lock(installed_lock("backend", JAX_CUDA=choice))
+    jax_version = args["JAX_VERSION"]
+    assert locked["jax"][0] == jax_version and locked["jaxlib"][0] == jax_version, \
+        "run scripts/lock-docker-deps.sh after changing JAX_VERSION"
+    if choice == "cpu":
+        assert not [name for name in locked if name.startswith(("nvidia-", "jax-cuda"))], "CUDA wheels in the CPU image"
+        return
+    for part in (f"jax-{choice}-plugin", f"jax-{choice}-pjrt"):
+        assert locked[part][0] == jax_version, part
+    if choice == "cuda12":
+        # cuDNN 9.11 dropped compute capability < 7.5 (Pascal, Volta); jax-cuda12-plugin
+        # 0.10.2 asks for nvidia-cudnn-cu12>=9.8,<10.
+        cudnn = Version(locked["nvidia-cudnn-cu12"][0])
+        assert Version("9.8") <= cudnn < Version("9.11"), f"cuDNN {cudnn} drops GPUs the image supports"
+        assert "nvidia-cudnn-cu12==9.10.2.21" in (ROOT / "docker" / "backend-cuda12.in").read_text(encoding="utf-8")
+
+
+def test_the_lock_script_reads_the_jax_version_from_the_dockerfile():
+    script = (ROOT / "scripts" / "lock-docker-deps.sh").read_text(encoding="utf-8")
+    assert "--require-hashes" in script or "--generate-hashes" in script
+    assert "--python-version 3.11" in script and "x86_64-manylinux" in script
+    pattern = re.search(r"sed -n 's/(\^ARG JAX_VERSION=)", script)
+    assert pattern and re.search(r"^ARG JAX_VERSION=\d+\.\d+\.\d+$", (ROOT / "Dockerfile").read_text(encoding="utf-8"), re.M)
+    for choice in JAX_CUDA_CHOICES:
+        assert (ROOT / "docker" / f"backend-{choice}.in").is_file(), choice
+    assert re.search(r"^# JAX_CUDA=cuda12$", (ROOT / ".env.example").read_text(encoding="utf-8"), re.M)
 
 
 def dockerignore_excludes(path: str, rules: list[str]) -> bool:
@@ -590,10 +770,12 @@ def test_dockerignore_keeps_secrets_data_and_tooling_out_of_the_build_context():
              if line.strip() and not line.lstrip().startswith("#")]
     for path in (".venv/bin/python", ".git/HEAD", "library/library.json", "cache/models/x.msgpack",
                  ".env", "tests/test_compose.py", "backend/__pycache__/app.cpython-311.pyc",
-                 "data/redis/appendonly.aof", "playground/testing/stack.py"):
+                 "data/redis/appendonly.aof", "playground/testing/stack.py", "docs/docker.md"):
         assert dockerignore_excludes(path, rules), f"{path} would be sent to the Docker build"
-    for path in ("pyproject.toml", "backend/__main__.py", "backend/engine/__init__.py",
-                 "scheduler/__init__.py", "frontend/static/index.html", "playground/settings.py"):
+    needed = ["backend/__main__.py", "backend/engine/__init__.py", "scheduler/__init__.py",
+              "frontend/static/index.html", "playground/settings.py", "playground/container_entrypoint.py"]
+    needed += [str(installed_lock(target, **args).relative_to(ROOT)) for target, args in lock_cases()]
+    for path in needed:
         assert not dockerignore_excludes(path, rules), f"{path} is needed in the image"
 
 
@@ -647,19 +829,81 @@ def test_docker_compose_config_accepts_and_merges_the_files():
     multi = compose_config(MAIN, MULTI_GPU)["services"]
     backends = sorted(name for name in multi if name.startswith("backend"))
     assert len(backends) >= 2
-    ids = [multi[name]["deploy"]["resources"]["reservations"]["devices"] for name in backends]
-    assert all(len(devices) == 1 for devices in ids), f"a GPU list was appended to: {ids}"
-    assert len({tuple(devices[0]["device_ids"]) for devices in ids}) == len(backends)
     for name in backends:  # each extra backend inherits the whole definition
         assert multi[name]["healthcheck"]["test"] == multi["backend"]["healthcheck"]["test"]
         assert multi[name]["volumes"] == multi["backend"]["volumes"]
+        assert multi[name]["restart"] == "unless-stopped"
     assert multi["scheduler"]["environment"]["BACKEND_URLS"] == ",".join(f"http://{n}:8080" for n in backends)
 
-    everything = compose_config(MAIN, ALL_GPUS)["services"]["backend"]
-    assert everything["deploy"]["resources"]["reservations"]["devices"] == [
-        {"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
+    cpu = compose_config(MAIN, CPU)["services"]["backend"]
+    assert "deploy" not in cpu or not cpu["deploy"].get("resources"), "the CPU backend asks for a GPU"
+    assert cpu["environment"]["DALLE_DEVICE"] == "cpu" and cpu["build"]["args"]["JAX_CUDA"] == "cpu"
+    assert "CUDA_VISIBLE_DEVICES" not in cpu["environment"]
 
     moved = compose_config(MAIN, LIBRARY_VOLUME="/srv/dalle/library", FRONTEND_BIND="0.0.0.0")["services"]
     assert moved["frontend"]["volumes"][0]["type"] == "bind"
     assert moved["frontend"]["volumes"][0]["source"] == "/srv/dalle/library"
     assert moved["frontend"]["ports"][0]["host_ip"] == "0.0.0.0"
+
+
+# ---------------------------------------------------------------------------------------------
+# Merged for real: which GPUs each backend sees, restart policies, start order
+# ---------------------------------------------------------------------------------------------
+def visible_gpus(service: dict, host_gpus: int, docker_desktop: bool) -> list[int] | None:
+    """The host GPUs CUDA shows a merged service (None: it asks for no GPU).
+
+    The container gets the reserved GPUs, renumbered from 0 in host order (device_ids are
+    honoured by the NVIDIA Container Toolkit on Linux; Docker Desktop's WSL2 passes every GPU
+    whatever the reservation says). CUDA_VISIBLE_DEVICES then picks among them by that
+    numbering, as nvidia-smi counts with CUDA_DEVICE_ORDER=PCI_BUS_ID; CUDA shows nothing
+    when a listed index does not exist."""
+    devices = ((service.get("deploy") or {}).get("resources") or {}).get("reservations", {}).get("devices")
+    if not devices:
+        return None
+    (device,) = devices
+    if docker_desktop or device.get("count") == -1:
+        passed = list(range(host_gpus))
+    else:
+        passed = sorted(int(i) for i in device["device_ids"])
+    env = service.get("environment") or {}
+    if env.get("CUDA_VISIBLE_DEVICES") is None:
+        return passed
+    if env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
+        return []  # CUDA's default order (fastest first) need not match nvidia-smi's indices
+    chosen = [int(i) for i in str(env["CUDA_VISIBLE_DEVICES"]).split(",") if i.strip()]
+    return [passed[i] for i in chosen] if all(i < len(passed) for i in chosen) else []
+
+
+@pytest.mark.parametrize("docker_desktop", [False, True], ids=["linux", "docker-desktop-wsl2"])
+def test_each_backend_sees_exactly_its_own_gpu(docker_desktop):
+    multi = compose_config(MAIN, MULTI_GPU, BACKEND_GPU="2", BACKEND_GPU_1="3")["services"]
+    seen = {name: visible_gpus(s, 4, docker_desktop) for name, s in multi.items() if name.startswith("backend")}
+    assert seen == {"backend": [2], "backend-gpu1": [3]}
+
+    single = compose_config(MAIN, BACKEND_GPU="1")["services"]["backend"]
+    assert visible_gpus(single, 4, docker_desktop) == [1]
+
+    everything = compose_config(MAIN, ALL_GPUS)["services"]["backend"]
+    assert visible_gpus(everything, 4, docker_desktop) == [0, 1, 2, 3]
+
+    assert visible_gpus(compose_config(MAIN, CPU)["services"]["backend"], 4, docker_desktop) is None
+
+
+def test_the_gpu_model_tells_the_old_setups_apart():
+    """The model above would have caught both earlier mistakes."""
+    old = {"deploy": {"resources": {"reservations": {"devices": [{"device_ids": ["1"], "capabilities": ["gpu"]}]}}},
+           "environment": {}}
+    assert visible_gpus(old, 4, docker_desktop=False) == [1]
+    assert visible_gpus(old, 4, docker_desktop=True) == [0, 1, 2, 3], "WSL2 ignores device_ids"
+    both = {**old, "environment": {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}}
+    assert visible_gpus(both, 4, docker_desktop=False) == [], "device_ids renumber the card 0 inside"
+
+
+@pytest.mark.parametrize("files", COMBINATIONS, ids=lambda files: "+".join(files))
+def test_every_merged_service_has_a_restart_policy_and_no_backend_blocks_up(files):
+    services = compose_config(*files)["services"]
+    for name, service in services.items():
+        assert service.get("restart") in ("unless-stopped", "always"), f"{files}: {name} has no restart policy"
+        for needed, condition in (service.get("depends_on") or {}).items():
+            if needed.startswith("backend"):
+                assert condition["condition"] == "service_started", f"{files}: {name} waits for {needed}"

@@ -32,7 +32,13 @@ def test_the_demo_model_is_the_default():
     assert BackendConfig.from_env({}).model == "demo"
 
 
-@pytest.mark.parametrize("env", [{"BACKEND_PORT": "eighty"}, {"BACKEND_WARMUP_BATCH_SIZES": "2,x"}])
+def test_the_device_setting_defaults_to_auto_and_takes_any_case():
+    assert BackendConfig.from_env({}).device == "auto"
+    assert BackendConfig.from_env({"DALLE_DEVICE": " GPU "}).device == "gpu"
+
+
+@pytest.mark.parametrize("env", [{"BACKEND_PORT": "eighty"}, {"BACKEND_WARMUP_BATCH_SIZES": "2,x"},
+                                 {"DALLE_DEVICE": "cuda"}])
 def test_bad_backend_settings_are_named(env):
     name = next(iter(env))
     with pytest.raises(ValueError, match=name):

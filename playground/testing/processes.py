@@ -7,6 +7,7 @@ log file whose tail goes into every failure message.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,14 +22,31 @@ from playground.redis_server import free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m backend` finds the package
 
 
+def run_as_prefix(uid: int) -> list[str]:
+    """The command prefix that runs a program as uid:uid with no other groups, for checks of
+    what a service does with a folder it may not write: the tests run as root in CI, and root
+    writes anywhere. It keeps one capability, CAP_DAC_READ_SEARCH (read and traverse any
+    folder, write nothing more), so the interpreter and the repository stay reachable wherever
+    they are installed (e.g. under root's mode-700 home).
+    Needs root and util-linux's setpriv."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        raise RuntimeError("running as another user needs root and setpriv (util-linux)")
+    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+
+
 class ServiceProcess:
     """One service process: `python -m module` with `env`, output in `log_path`."""
 
-    def __init__(self, module: str, env: dict[str, str], log_path: Path, url: str | None = None):
+    def __init__(self, module: str, env: dict[str, str], log_path: Path, url: str | None = None,
+                 run_as: int | None = None):
         self.module = module
         self.env = env
         self.log_path = Path(log_path)
         self.url = url
+        # A uid (and gid) to run as instead of ours (see `run_as_prefix`).
+        self.run_as = run_as
         self.process: subprocess.Popen | None = None
 
     @property
@@ -37,9 +55,10 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = [] if self.run_as is None else run_as_prefix(self.run_as)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module], cwd=REPO_ROOT, env={**os.environ, **self.env},
+                [*prefix, sys.executable, "-m", self.module], cwd=REPO_ROOT, env={**os.environ, **self.env},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -122,12 +141,13 @@ class ServiceProcess:
 
 
 def backend_process(log_dir: Path, cache_dir: Path, model: str = "tiny", port: int | None = None,
-                    extra_env: dict[str, str] | None = None) -> ServiceProcess:
+                    extra_env: dict[str, str] | None = None, run_as: int | None = None) -> ServiceProcess:
     """A `python -m backend` on a free loopback port (not started)."""
     port = port or free_port()
     env = {"DALLE_MODEL": model, "MODEL_CACHE_DIR": str(cache_dir), "BACKEND_HOST": "127.0.0.1",
            "BACKEND_PORT": str(port), "JAX_PLATFORMS": "cpu", **(extra_env or {})}
-    return ServiceProcess("backend", env, Path(log_dir) / f"backend-{port}.log", url=f"http://127.0.0.1:{port}")
+    return ServiceProcess("backend", env, Path(log_dir) / f"backend-{port}.log", url=f"http://127.0.0.1:{port}",
+                          run_as=run_as)
 
 
 def scheduler_process(log_dir: Path, redis_url: str, backend_urls: list[str], library_dir: Path,

@@ -1,0 +1,82 @@
+"""`python -m backend.healthcheck`: the container health check of the backend (stdlib only).
+
+Exit 0 while the model loads or once it is ready, 1 when /health reports `"status": "error"` or
+does not answer. A download of Mega takes up to an hour: the check must not call that
+unhealthy, but it must call a failed load unhealthy at once (docker-compose.yml and the
+Dockerfile use this same check). It prints one line, which `docker inspect` keeps and
+`docker compose ps` summarises, e.g.
+
+    loading: downloading dalle-mini/dalle-mini/flax_model.msgpack 512 MB / 1.75 GB
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+TIMEOUT_SECS = 8
+
+
+def size(count) -> str:
+    count = float(count)
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{count:.0f} B"
+
+
+def describe_loading(body: dict) -> str:
+    """`loading: <stage> <file> <done> / <total>` from what /health says, as far as it says it."""
+    words = ["loading:", str(body.get("stage") or "starting")]
+    files = [f for f in body.get("files") or [] if isinstance(f, dict)]
+    # The file being fetched: the first one not complete (or the last one, when all are).
+    current = next((f for f in files if f.get("bytes_total") and (f.get("bytes_done") or 0) < f["bytes_total"]),
+                   files[-1] if files else None)
+    if current:
+        if current.get("name"):
+            words.append(str(current["name"]))
+        done, total = current.get("bytes_done"), current.get("bytes_total")
+        if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total:
+            words.append(f"{size(done)} / {size(total)}")
+        if len(files) > 1:
+            words.append(f"(file {files.index(current) + 1} of {len(files)})")
+    if body.get("model"):
+        words.append(f"[{body['model']}]")
+    return " ".join(words)
+
+
+def check(url: str) -> tuple[int, str]:
+    """(exit status, one line) for the backend's /health at `url`."""
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_SECS) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as error:  # 503 while loading or failed: the body says which
+        raw = error.read()
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        return 1, f"no answer from {url}: {reason}"
+    try:
+        body = json.loads(raw)
+        status = body["status"]
+    except (ValueError, KeyError, TypeError):
+        return 1, f"unexpected answer from {url}: {raw[:200]!r}"
+    if status == "ready":
+        devices = ", ".join(body.get("devices") or []) or "?"
+        return 0, f"ready: {body.get('model')} on {devices}"
+    if status == "loading":
+        return 0, describe_loading(body)
+    return 1, f"{status}: {body.get('error') or 'no reason given'}"
+
+
+def main() -> int:
+    port = os.environ.get("BACKEND_PORT", "").strip() or "8080"
+    code, line = check(f"http://127.0.0.1:{port}/health")
+    print(line, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
