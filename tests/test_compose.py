@@ -24,7 +24,9 @@ MAIN = "docker-compose.yml"
 MULTI_GPU = "docker-compose.multi-gpu.yml"
 ALL_GPUS = "docker-compose.all-gpus.yml"
 CPU = "docker-compose.cpu.yml"
-COMPOSE_FILES = (MAIN, MULTI_GPU, ALL_GPUS, CPU)
+REMOTE_BACKEND = "docker-compose.backend.yml"
+REDIS_LAN = "docker-compose.redis-lan.yml"
+COMPOSE_FILES = (MAIN, MULTI_GPU, ALL_GPUS, CPU, REMOTE_BACKEND, REDIS_LAN)
 # Each override file as it is used: on top of docker-compose.yml.
 COMBINATIONS = ((MAIN,), (MAIN, MULTI_GPU), (MAIN, ALL_GPUS), (MAIN, CPU))
 SERVICE_PACKAGES = ("backend", "scheduler", "frontend", "playground")
@@ -492,6 +494,8 @@ def variables_read_by_the_code() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for package in SERVICE_PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
+            if path.is_relative_to(ROOT / "playground" / "testing"):
+                continue  # the tests' helpers: in no image, read no user setting
             text = path.read_text(encoding="utf-8")
             for pattern in _SETTING_READS:
                 for name in pattern.findall(text):
@@ -887,6 +891,42 @@ def test_each_backend_sees_exactly_its_own_gpu(docker_desktop):
     assert visible_gpus(everything, 4, docker_desktop) == [0, 1, 2, 3]
 
     assert visible_gpus(compose_config(MAIN, CPU)["services"]["backend"], 4, docker_desktop) is None
+
+
+REMOTE_ENV = {"MAIN_REDIS_URL": "redis://:s3cret@192.168.1.10:6379/0",
+              "BACKEND_ADVERTISE_URL": "http://192.168.1.20:8080", "BACKEND_BIND": "192.168.1.20"}
+
+
+def test_a_backend_on_another_machine_joins_the_main_machine_s_redis():
+    services = compose_config(REMOTE_BACKEND, **REMOTE_ENV)["services"]
+    assert set(services) == {"backend"}, "only a backend runs on the GPU machine"
+    backend = services["backend"]
+    main = compose_config(MAIN)["services"]["backend"]
+    assert backend["environment"]["REDIS_URL"] == REMOTE_ENV["MAIN_REDIS_URL"]
+    assert backend["environment"]["BACKEND_ADVERTISE_URL"] == REMOTE_ENV["BACKEND_ADVERTISE_URL"]
+    (port,) = backend["ports"]
+    assert (port["host_ip"], port["published"], port["target"]) == ("192.168.1.20", "8080", 8080)
+    for same in ("healthcheck", "deploy", "restart", "volumes", "image"):  # the main file's backend
+        assert backend[same] == main[same], same
+    # Nothing is guessed: without the three settings it refuses to start, naming the missing one.
+    for missing in REMOTE_ENV:
+        binary = compose_binary()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+        env.update({k: v for k, v in REMOTE_ENV.items() if k != missing})
+        result = subprocess.run([*binary, "--project-directory", str(ROOT), "--env-file", os.devnull, "-f",
+                                 str(ROOT / REMOTE_BACKEND), "config"], capture_output=True, text=True, env=env)
+        assert result.returncode != 0 and f"set {missing}" in result.stderr, (missing, result.stderr)
+
+
+def test_redis_on_the_lan_has_a_password_every_service_uses():
+    services = compose_config(MAIN, REDIS_LAN, REDIS_PASSWORD="s3cret", REDIS_BIND="192.168.1.10")["services"]
+    redis = services["redis"]
+    assert redis["command"][-2:] == ["--requirepass", "s3cret"] and "--appendonly" in redis["command"]
+    assert redis["environment"]["REDISCLI_AUTH"] == "s3cret"  # the health check's redis-cli
+    (port,) = redis["ports"]
+    assert (port["host_ip"], port["target"]) == ("192.168.1.10", 6379)
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["REDIS_URL"] == "redis://:s3cret@redis:6379/0", name
 
 
 def test_the_gpu_model_tells_the_old_setups_apart():
