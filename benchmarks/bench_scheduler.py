@@ -1,10 +1,13 @@
-"""Scheduler benchmark: dispatch latency (enqueue -> backend call) and overhead per job.
+"""Scheduler benchmark: dispatch latency (enqueue -> backend call), overhead per job, and how
+soon a backend that announces itself gets its first job.
 
 Runs a real redis-server, the real scheduler (`python -m scheduler`, one worker) and, as its
 backend, the stand-in backend (playground/testing), which answers at once (two 256x256 PNGs
 of noise per job), so every second measured is the scheduler's own: claiming,
 HTTP, decoding, writing the library (with fsync) and recording the result in Redis.
-Also times the JobQueue calls the frontend makes (submit, unfinished).
+Also times the JobQueue calls the frontend makes (submit, unfinished). Last, with the
+worker busy on a backlog of 3-second jobs, new backends announce themselves in Redis one
+after the other (playground/backend_registry.py); measured: announcement -> its first job.
 
     .venv/bin/python benchmarks/bench_scheduler.py [--jobs 300] [--idle-samples 100]
 """
@@ -25,6 +28,7 @@ from pathlib import Path
 import redis
 from PIL import Image
 
+from playground.backend_registry import Announcer, BackendRegistry
 from playground.queue import JobQueue
 from playground.redis_server import RedisServer
 from playground.testing.standin_backend import StandInBackend
@@ -63,12 +67,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300, help="jobs queued at once for the throughput run")
     parser.add_argument("--idle-samples", type=int, default=100, help="one-at-a-time jobs for dispatch latency")
+    parser.add_argument("--joins", type=int, default=5, help="backends that join by announcing themselves")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
         client = redis.Redis.from_url(server.url)
         queue = JobQueue(client, max_queued=max(args.jobs, 1000) + 10)
-        params = {"text": "benchmark", "num_images": 2, "seed": 1}
+        # Routed to the backend's model, as the frontend does once a backend has reported it.
+        params = {"text": "benchmark", "num_images": 2, "seed": 1, "model": "stand-in"}
 
         submit_times = []
         for _ in range(1000):
@@ -76,7 +82,7 @@ def main() -> None:
             queue.submit(params)
             submit_times.append(time.perf_counter() - start)
         unfinished_times = []
-        client.ltrim(queue.keys.queue, 0, 99)  # 100 waiting jobs, a busy evening
+        client.ltrim(queue.keys.queue_of("stand-in"), 0, 99)  # 100 waiting jobs, a busy evening
         for _ in range(200):
             start = time.perf_counter()
             queue.unfinished()
@@ -113,6 +119,8 @@ def main() -> None:
             gaps = [backend.arrivals[b.id] - a.finished_at for a, b in itertools.pairwise(jobs)]
             # From the backend's call to the job recorded done (the backend itself takes ~0).
             handling = [job.finished_at - backend.arrivals[job.id] for job in jobs]
+
+            joins = measure_joins(queue, client, args.joins)
         finally:
             scheduler.terminate()
             scheduler.wait(20)
@@ -125,6 +133,37 @@ def main() -> None:
               f"{args.jobs / drained:.1f} jobs/s, {drained / args.jobs * 1000:.1f} ms per job")
         print(f"  next dispatch after a job is recorded done: {ms(gaps)}")
         print(f"  backend call -> job done (2 PNGs decoded, written with fsync, library.json, Redis): {ms(handling)}")
+        print(f"a backend announcing itself -> its first job, with jobs waiting: {ms(joins)}")
+
+
+def measure_joins(queue: JobQueue, client: redis.Redis, count: int) -> list[float]:
+    """Seconds from a new backend's first announcement to its first /generate, each joining
+    while the others are busy with 3-second jobs and more wait."""
+    registry = BackendRegistry(client)
+    steady = {"text": "steady", "num_images": 2, "seed": 1, "model": "stand-in"}
+    ids = [queue.submit(steady).id for _ in range(3 * (count + 1))]
+    joined, announcers, seconds = [], [], []
+    try:
+        for _ in range(count):
+            backend = StandInBackend(png=noise_png()).start()
+            joined.append(backend)
+            report = {"status": "ready", "model": "stand-in"}
+            started = time.time()
+            announcers.append(Announcer(registry, backend.url, lambda report=report: report).start())
+            deadline = time.monotonic() + 30
+            while not backend.arrivals:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("an announced backend got no job within 30 s")
+                time.sleep(0.002)
+            seconds.append(min(backend.arrivals.values()) - started)
+        for job_id in ids:
+            queue.cancel(job_id)
+    finally:
+        for announcer in announcers:
+            announcer.stop.set()
+        for backend in joined:
+            backend.stop()
+    return seconds
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ class StandInBackend(ThreadingHTTPServer):
     def __init__(self, png: bytes | None = None, model: str = "stand-in", port: int = 0, step_secs: float = 0.0):
         super().__init__(("127.0.0.1", port), _Handler)
         self.step_secs = step_secs
+        self.log_calls = False  # print each /generate (the process does, for its log)
         self.png_base64 = base64.b64encode(png or solid_png()).decode()
         self.model = model
         self.calls: list[str] = []  # the prompt text of each /generate, in order
@@ -112,7 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.cancelled.set()
             return self._send("application/json", b'{"cancelled": true}')
         self.server.arrivals[body["job_id"].partition(".")[0]] = time.time()  # by queue id, not attempt
-        print(f"generate {body['job_id']} {time.time():.6f}", flush=True)
+        if self.server.log_calls:
+            print(f"generate {body['job_id']} {time.time():.6f}", flush=True)
         self.server.calls.append(body["text"])
         seed = body["seed"] or PICKED_SEED
         started = {"event": "started", "seed": seed, "total_tokens": 256}
@@ -175,6 +177,7 @@ def main() -> None:
     server = StandInBackend(model=os.environ.get("STANDIN_MODEL", "stand-in"),
                             port=int(os.environ.get("STANDIN_PORT", "0")),
                             step_secs=float(os.environ.get("STANDIN_STEP_SECS", "0")))
+    server.log_calls = True
     if os.environ.get("REDIS_URL"):
         import redis
 
