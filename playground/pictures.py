@@ -16,7 +16,7 @@ import io
 import sys
 import warnings
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 CODES_KEY = "dalle_codes"
 ROW = 16  # codes per row of the published models' grid (and of the tiny and demo models')
@@ -98,9 +98,12 @@ def square(picture: Image.Image, side: int = START_SIDE) -> Image.Image:
     return picture.convert("RGB").resize((side, side), Image.Resampling.LANCZOS, box=box)
 
 
-def png_bytes(picture: Image.Image) -> bytes:
+def png_bytes(picture: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)
+    picture.save(buffer, format="PNG", pnginfo=info, compress_level=1)
     return buffer.getvalue()
 
 
