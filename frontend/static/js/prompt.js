@@ -1,7 +1,9 @@
 // The prompt form of index.html and advanced.html (the latter adds the sampling fields).
 import { submitPrompt } from "./api.js";
 import { rememberJob } from "./myjobs.js";
+import { pngText, recalledSettings } from "./pnginfo.js";
 import { startQueue } from "./queue.js";
+import { startPicture } from "./start.js";
 import { SAMPLING_FIELDS, validatePrompt } from "./validation.js";
 
 const FIELDS = ["text", "num_images", "seed", ...SAMPLING_FIELDS];
@@ -10,6 +12,7 @@ const form = document.getElementById("prompt-form");
 const textInput = document.getElementById("text");
 const submitButton = document.getElementById("submit");
 const formStatus = document.getElementById("form-status");
+const start = startPicture(); // the advanced page's start picture; null on the create page
 
 const queue = startQueue({
   list: document.getElementById("queue"),
@@ -41,6 +44,35 @@ function prefillFromUrl() {
     const control = form.elements.namedItem(name);
     if (!control || !query.has(name)) continue;
     control.value = query.get(name); // on a radio group this checks the matching radio
+  }
+  // "Use as start" in the library: ?init_image=library/<queue_id>/<image>.png&keep_rows=8
+  if (start && query.has("init_image")) {
+    start.useLibraryImage(query.get("init_image"), query.get("keep_rows"), query.get("extend") === "down");
+  }
+}
+
+// "Recall": a PNG of ours dropped on the page fills in the prompt and settings it was made
+// with. On the advanced page a picture dropped on the start field (or one that is not ours)
+// becomes the start picture instead.
+async function dropped(event) {
+  const file = event.dataTransfer?.files?.[0];
+  if (!file) return;
+  event.preventDefault();
+  if (start && start.element.contains(event.target)) {
+    start.useFile(file);
+    return;
+  }
+  const settings = file.type === "image/png" ? recalledSettings(pngText(await file.arrayBuffer())) : null;
+  if (settings) {
+    for (const [name, value] of Object.entries(settings)) {
+      const control = form.elements.namedItem(name);
+      if (control) control.value = value;
+    }
+    setStatus(`Settings restored from ${file.name}.`);
+  } else if (start) {
+    start.useFile(file);
+  } else {
+    setStatus(`${file.name} is not a picture made here: there are no settings to restore.`, true);
   }
 }
 
@@ -74,6 +106,7 @@ async function submit(event) {
     setStatus("Please correct the highlighted field.", true);
     return;
   }
+  Object.assign(params, start?.params());
   submitButton.disabled = true;
   setStatus("Sending…");
   try {
@@ -83,6 +116,7 @@ async function submit(event) {
     setStatus("Queued. Your job is highlighted in the queue.");
   } catch (error) {
     setStatus(error.message, true);
+    if (start && /^(init_image|init_image_data|keep_rows|extend):/.test(error.message)) start.showError(error.message);
   } finally {
     submitButton.disabled = false;
   }
@@ -95,4 +129,8 @@ textInput.addEventListener("keydown", (event) => {
   }
 });
 form.addEventListener("submit", submit);
+document.addEventListener("dragover", (event) => {
+  if (event.dataTransfer?.types?.includes("Files")) event.preventDefault(); // allows the drop
+});
+document.addEventListener("drop", dropped);
 prefillFromUrl();
