@@ -388,7 +388,7 @@ class Engine:
         """
         request.validate()
         with self._lock:
-            codes, seed, sampling = self._generate_codes(request, on_progress, cancel, steps_per_chunk)
+            codes, seed, sampling, _ = self._generate_codes(request, on_progress, cancel, steps_per_chunk)
         return np.asarray(codes)[:request.num_images], seed, sampling
 
     def check_continuation(self, request: GenerationRequest) -> None:
@@ -422,11 +422,17 @@ class Engine:
                            **{name: put(np.float32(sampling[name]))
                               for name in ("top_p", "temperature", "condition_scale")}}
         encoder_mask = put(attention_mask)
+        timings = {}
         if first:
+            prefill = self._compile_prefill(programs)
+            started = time.perf_counter()
             init_codes = np.broadcast_to(np.asarray(request.init_codes, np.int32), (batch, self.total_tokens))
-            state = self._compile_prefill(programs)(
-                self.params, cross_kv, encoder_mask, state,
-                jax.device_put(np.ascontiguousarray(init_codes), self._batch_sharding(2)), put(np.int32(first)))
+            state = prefill(self.params, cross_kv, encoder_mask, state,
+                            jax.device_put(np.ascontiguousarray(init_codes), self._batch_sharding(2)),
+                            put(np.int32(first)))
+            # Waited for once, so the report can tell the prefill from the decoding after it.
+            state.tokens.block_until_ready()
+            timings["prefill_secs"] = time.perf_counter() - started
         total = self.total_tokens
         in_flight: list[tuple[int, jax.Array]] = []
         for start in range(first, total, steps):
@@ -440,7 +446,7 @@ class Engine:
             self._report(in_flight.pop(0), on_progress, total)
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled()
-        return state.codes, seed, sampling
+        return state.codes, seed, sampling, timings
 
     @staticmethod
     def _report(done_marker, on_progress, total):
@@ -454,7 +460,7 @@ class Engine:
         request.validate()
         with self._lock:
             started = time.perf_counter()
-            codes, seed, sampling = self._generate_codes(request, on_progress, cancel, None)
+            codes, seed, sampling, timings = self._generate_codes(request, on_progress, cancel, None)
             codes = np.asarray(codes)[:request.num_images]  # waits for the last chunk
             tokens_done = time.perf_counter()
             pixels = self.decode_images(codes)
@@ -462,7 +468,7 @@ class Engine:
         images = [Image.fromarray(np.round(p * 255).astype(np.uint8), "RGB") for p in pixels]
         return GenerationResult(
             images=images, seed=seed, params=sampling, codes=codes,
-            timings={"tokens_secs": tokens_done - started, "vqgan_secs": vqgan_done - tokens_done})
+            timings={"tokens_secs": tokens_done - started, "vqgan_secs": vqgan_done - tokens_done, **timings})
 
 
 # ---------------------------------------------------------------- loading
