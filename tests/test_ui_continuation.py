@@ -63,6 +63,8 @@ def test_variations_from_the_library_viewer(page, ui_stack, fresh):
     source = fresh["images"][0]
     page.goto(f"{ui_stack.frontend.url}/library.html")
     card = page.locator(f'article.job[data-queue-id="{fresh["queue_id"]}"]')
+    expect(card.locator(".lineage")).to_have_count(0)  # a fresh job started from nothing
+    assert "null" not in card.inner_text() and "false" not in card.inner_text()
     card.locator(".thumb").first.click()
     viewer = page.locator("dialog.viewer[open]")
     expect(viewer.get_by_role("link", name="Use as start")).to_have_attribute("href", f"advanced.html?{_query(source)}")

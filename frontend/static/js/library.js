@@ -1,7 +1,7 @@
 // The library page: finished jobs newest first, fetched a page at a time as the
 // reader scrolls, filtered on the server, so a library of 10,000 jobs stays quick.
 import { deleteImage, deleteJob, getLibrary } from "./api.js";
-import { el } from "./dom.js";
+import { el, setChildren } from "./dom.js";
 import { formatDate, formatNumber, formatSeconds } from "./format.js";
 import { libraryPicture } from "./viewer.js";
 
@@ -89,7 +89,7 @@ function jobCard(entry) {
   const thumbs = images.map((src) => picture(src, false));
   const taller = (entry.extended_images ?? []).map((src) => picture(src, true));
 
-  card.append(
+  setChildren(card,
     el("h2", { class: "prompt" }, entry.text_prompt),
     el("p", { class: "meta" },
       el("time", { datetime: new Date(entry.creation_unixtime * 1000).toISOString() }, formatDate(entry.creation_unixtime)),
