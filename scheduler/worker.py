@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import threading
 import time
 
@@ -256,17 +257,26 @@ class Worker:
         """Each new tile below the picture it extends: the start picture (the library's file,
         or the upload), then the tile's rows under the kept ones; its PNG carries the taller
         grid's codes, so it can be extended again."""
-        if job.init_image is not None:
-            top = pictures.open_picture((self.library.root / job.init_image.removeprefix("library/")).read_bytes())
-        else:
-            top = pictures.open_picture(base64.b64decode(job.init_picture or ""))
+        try:
+            if job.init_image is not None:
+                top = pictures.open_picture((self.library.root / job.init_image.removeprefix("library/")).read_bytes())
+            else:
+                top = pictures.open_picture(base64.b64decode(job.init_picture or ""))
+        except (OSError, ValueError) as exc:
+            # Deleted from the library since the job was queued: the new tiles are stored alone.
+            log.warning("job %s: no start picture to extend (%s); storing the tiles only", job.id, exc)
+            return []
         taller = []
         for png, packed in zip(tiles, codes):
             tile = pictures.open_picture(png)
+            picture = pictures.stitch_below(top, tile, job.keep_rows)
             metadata = pictures.text_chunks(tile)
             metadata[pictures.CODES_KEY] = pictures.pack_codes(
                 pictures.taller_codes(grid, pictures.unpack_codes(packed), job.keep_rows))
-            taller.append(pictures.png_bytes(pictures.stitch_below(top, tile, job.keep_rows), metadata))
+            if "parameters" in metadata:
+                metadata["parameters"] = re.sub(r"Size: \d+x\d+", f"Size: {picture.width}x{picture.height}",
+                                                metadata["parameters"])
+            taller.append(pictures.png_bytes(picture, metadata))
         return taller
 
 

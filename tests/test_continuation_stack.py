@@ -87,6 +87,7 @@ def test_extend_down_makes_a_taller_picture_that_extends_again(stack, fresh):
         tile_codes = pictures.unpack_codes(tile.text[pictures.CODES_KEY])
         assert codes == source_codes + tile_codes[128:]
         assert tile_codes[:128] == source_codes[128:]  # the source's bottom rows are the tile's top
+        assert f"Size: {width}x{height * 3 // 2}, " in tall.text["parameters"]
     twice = run(stack, **VALUES, init_image=once["extended_images"][0], keep_rows=4, extend="down")["result"]
     taller = png(stack, twice["extended_images"][0])
     assert taller.size == (width, height * 3 // 2 + height * 12 // 16)

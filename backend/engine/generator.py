@@ -42,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
+from playground import pictures
 from playground.limits import random_seed
 
 from . import checkpoint, dallebart
@@ -323,12 +324,7 @@ class Engine:
     def encode_picture(self, picture: Image.Image) -> np.ndarray:
         """A picture → its VQGAN codes int32 [T]: centre-cropped to a square, resized to the
         VQGAN's resolution, encoded (the encoder's weights are read at the first call)."""
-        side = self.vqgan_config.resolution
-        width, height = picture.size
-        crop = min(width, height)
-        left, top = (width - crop) // 2, (height - crop) // 2
-        square = picture.convert("RGB").crop((left, top, left + crop, top + crop))
-        pixels = np.asarray(square.resize((side, side), Image.Resampling.LANCZOS), np.float32) / 255.0
+        pixels = np.asarray(pictures.square(picture, self.vqgan_config.resolution), np.float32) / 255.0
         with self._lock:
             params, encode = self._encoder()
             codes = encode(params, jax.device_put(pixels[None], self._replicated))
