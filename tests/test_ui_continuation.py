@@ -150,10 +150,18 @@ def test_dropping_a_png_of_ours_restores_its_settings(page, ui_stack, fresh, pag
         for field in ("gen_top_k", "gen_top_p", "temperature", "condition_scale"):
             assert float(page.input_value(f"#{field}")) == SETTINGS[field]
         expect(page.locator("#start-picker .row-frame")).to_have_count(0)  # recalled, not a start
-    # A picture from elsewhere has no settings to restore.
-    other = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(other, "PNG")
     if page_name == "index.html":
+        # A prompt beyond Latin-1 travels in an iTXt chunk.
+        from backend.png import encode_png
+
+        unicode_png = encode_png(Image.new("RGB", (8, 8)), {"prompt": "Ein Eichhörnchen 🐿️ 松鼠", "seed": "77",
+                                                             "software": "dalle-playground"})
+        drop_file(page, "main", unicode_png, "squirrel.png", "image/png")
+        expect(page.locator("#text")).to_have_value("Ein Eichhörnchen 🐿️ 松鼠")
+        expect(page.locator("#seed")).to_have_value("77")
+        # A picture from elsewhere has no settings to restore.
+        other = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(other, "PNG")
         drop_file(page, "main", other.getvalue(), "other.png", "image/png")
         expect(page.locator("#form-status")).to_contain_text("not a picture made here")
 
