@@ -114,3 +114,19 @@ def test_an_uploaded_picture_is_encoded(stack):
     if stack.backend.env["DALLE_MODEL"] == "demo":  # only the demo model's encoder was trained
         expected = PatchCodebook.enumerate().encode(scene)[:128]
         assert np.mean(np.array(first[0]) == expected) >= 0.99
+
+
+def test_a_source_deleted_before_its_extension_runs_leaves_the_tiles_alone(stack):
+    source = run(stack, **VALUES)["images"][0]
+    # A job ahead keeps the worker busy while the source picture is deleted.
+    ahead = requests.post(stack.frontend.url + "/prompt", json={**VALUES, "num_images": 8}, timeout=10).json()
+    extension = requests.post(stack.frontend.url + "/prompt", timeout=10,
+                              json={**VALUES, "init_image": source, "keep_rows": 8, "extend": "down"}).json()
+    assert requests.delete(f"{stack.frontend.url}/{source}", timeout=10).status_code == 200
+    assert requests.get(f"{stack.frontend.url}/jobs/{ahead['queue_id']}", timeout=10).json()["status"] != "done"
+    deadline = time.monotonic() + 120
+    while (status := requests.get(f"{stack.frontend.url}/jobs/{extension['queue_id']}", timeout=10).json())[
+            "status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status["status"] == "done" and len(status["images"]) == 2
+    assert "extended_images" not in status["result"]
