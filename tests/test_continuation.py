@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import random
+import threading
+
+import jax
 
 import numpy as np
 import pytest
@@ -59,13 +62,23 @@ def test_kept_rows_stay_and_the_rows_below_follow_the_seed(engine, fresh):
 
 
 def test_one_prefill_program_serves_every_keep_rows(engine, fresh):
-    programs = engine.programs(3)
-    engine.generate_codes(continuation(fresh.codes[1], 1))
-    prefill = programs.prefill
-    assert prefill is not None
-    for keep_rows in (4, 15):
-        engine.generate_codes(continuation(fresh.codes[1], keep_rows))
-        assert programs.prefill is prefill
+    compiles = []
+    recording = threading.Event()
+
+    def listen(event, duration, **_):
+        if recording.is_set() and event.startswith("/jax/core/compile"):
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    engine.generate(continuation(fresh.codes[1], 1))
+    prefill = engine.programs(3).prefill
+    recording.set()
+    try:
+        for keep_rows in (4, 15, 8):
+            engine.generate(continuation(fresh.codes[1], keep_rows))
+    finally:
+        recording.clear()
+    assert compiles == [] and engine.programs(3).prefill is prefill
 
 
 def test_progress_starts_after_the_kept_rows(engine, fresh):

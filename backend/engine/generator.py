@@ -361,7 +361,9 @@ class Engine:
     def warm_up(self, batch_sizes=(2, 4, 6, 8)) -> None:
         with self._lock:
             for size in batch_sizes:
-                self.programs(size)
+                programs = self.programs(size)
+                if self.on_accelerator:  # one batch size there: the first continuation waits for no compile
+                    self._compile_prefill(programs)
                 for rows in self._vqgan_pieces(size):
                     self._vqgan_program(rows)
 
