@@ -18,7 +18,13 @@ from frontend.library_view import LibraryView
 from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
-from frontend.validation import ValidationError, parse_json_object, validate_prompt, validate_start
+from frontend.validation import (
+    ValidationError,
+    parse_form_data,
+    parse_json_object,
+    validate_prompt,
+    validate_start,
+)
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH
 from playground.queue import DONE, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
@@ -82,7 +88,11 @@ class Api:
     def submit_prompt(self, request: Request) -> Response:
         if request.body is None:
             return error_response(411, "POST /prompt needs a JSON body and its Content-Length")
-        body = parse_json_object(request.body)
+        content_type = request.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/form-data"):  # e.g. curl -F init_image_data=@photo.jpg
+            body = parse_form_data(request.body, content_type)
+        else:
+            body = parse_json_object(request.body)
         image_codes = self._served_image_codes()
         params = validate_prompt(body, image_codes)
         params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes))

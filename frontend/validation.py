@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.parser
+import email.policy
 import json
 import math
 import re
@@ -55,6 +57,29 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError(None, "the body must be a JSON object")
     return value
+
+
+def parse_form_data(body: bytes, content_type: str) -> dict[str, Any]:
+    """A multipart/form-data body as the JSON object it stands for: every field a string, except
+    a file in `init_image_data`, which becomes its base64 (what a JSON body would carry)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise ValidationError(None, "the multipart body has no parts (or no boundary)")
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise ValidationError(None, "every part of a multipart body needs a name")
+        content = part.get_payload(decode=True) or b""
+        if name == "init_image_data" and part.get_filename() is not None:
+            fields[name] = base64.b64encode(content).decode("ascii")
+        else:
+            try:
+                fields[name] = content.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationError(name, "is not UTF-8 text") from None
+    return fields
 
 
 def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dict[str, Any]:

@@ -149,6 +149,34 @@ def test_continuation_bodies_answer_200_or_a_named_400(world, data):
         assert json.loads(payload)["field"] in ("init_image", "init_image_data", "keep_rows", "extend")
 
 
+def _multipart(parts, boundary: str) -> bytes:
+    body = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode("utf-8", "replace") + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode("utf-8", "replace")
+
+
+multipart_parts = st.lists(st.tuples(
+    st.sampled_from(["text", "num_images", "seed", "keep_rows", "extend", "init_image", "init_image_data", ""])
+    | st.text(max_size=10),
+    st.sampled_from([b"x", b"2", b"8", b"down", OUR_PNG, OUR_PNG[:40], b"\xff\xfe"]) | st.binary(max_size=60),
+    st.none() | st.sampled_from(["a.png", "", "\"q\""])), max_size=6)
+
+
+@FUZZ_SETTINGS
+@given(parts=multipart_parts, boundary=st.sampled_from(["b0undary", "x", ""])
+       | st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=20),
+       raw=st.booleans(), junk=st.binary(max_size=200))
+def test_multipart_bodies_answer_200_or_a_named_400(world, parts, boundary, raw, junk):
+    """Multipart/form-data bodies, well formed or not, with any boundary (or junk as the body)."""
+    body = junk if raw else _multipart(parts, boundary)
+    content_type = "multipart/form-data" + (f"; boundary={boundary}" if boundary else "")
+    status, payload = send(world["server"], "POST", "/prompt", body,
+                           {"Content-Type": content_type.encode("latin-1", "replace").decode("latin-1")})
+    assert status in (200, 400, 429), (parts, boundary, payload)
+
+
 @FUZZ_SETTINGS
 @given(path=st.text(max_size=80))
 def test_any_path_answers_below_500(world, path):

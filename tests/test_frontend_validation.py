@@ -204,6 +204,41 @@ def test_a_start_is_kept_with_its_job(connection, queue):
     assert "init_picture" not in queue.get(job.id).to_status()  # /queue_status does not carry it
 
 
+def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "b0undary") -> tuple[bytes, dict]:
+    body = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_multipart_upload_is_a_start_picture(connection, queue):
+    jpeg = base64.b64decode(_jpeg())
+    body, headers = multipart([("text", "Ein Eichhörnchen".encode(), None), ("num_images", b"2", None),
+                               ("keep_rows", b"5", None), ("init_image_data", jpeg, "photo.jpg")])
+    status, payload, _ = post(connection, body, headers)
+    assert status == 200, payload
+    job = queue.record(payload["queue_id"])
+    assert (job.text, job.num_images, job.keep_rows, job.init_source) == ("Ein Eichhörnchen", 2, 5, "encoded")
+
+
+@pytest.mark.parametrize("parts,boundary,field", [
+    ([("text", b"x", None), ("num_images", b"2", None), ("init_image_data", b"GIF89a", "a.gif")], "b0undary",
+     "init_image_data"),
+    ([("text", b"\xff\xfe", None), ("num_images", b"2", None)], "b0undary", "text"),
+    ([("", b"x", None)], "b0undary", None),
+    ([("text", b"x", None), ("num_images", b"2", None)], "", None),  # no boundary: no parts
+    ([("text", b"x", None), ("num_images", b"2", None), ("keep_rows", b"3", None)], "b0undary", "keep_rows"),
+])
+def test_bad_multipart_bodies_are_refused(connection, queue, parts, boundary, field):
+    body, headers = multipart(parts, boundary or "b0undary")
+    if not boundary:
+        headers["Content-Type"] = "multipart/form-data"
+    status, payload, _ = post(connection, body, headers)
+    assert status == 400 and payload.get("field") == field, payload
+    assert queue.unfinished() == []
+
+
 def test_seed_bounds_at_the_unit_level():
     assert validate_prompt({"text": "x", "num_images": 2, "seed": 4294967296})["seed"] == 4294967296
     with pytest.raises(ValidationError, match="seed"):
