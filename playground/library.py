@@ -157,8 +157,9 @@ class LibraryStore:
 
     # -- writing -------------------------------------------------------------------------
 
-    def add_job(self, entry: dict, images: list[bytes]) -> dict:
-        """Store a finished job's PNGs and entry; returns the entry with `generated_images`.
+    def add_job(self, entry: dict, images: list[bytes], extended: list[bytes] = ()) -> dict:
+        """Store a finished job's PNGs and entry; returns the entry with `generated_images`
+        (and with `extended_images`, the taller pictures of a job that extended a picture).
 
         Adding a queue_id that is already there replaces it (a job re-run after a crash
         between writing its files and being marked done is stored once).
@@ -171,12 +172,15 @@ class LibraryStore:
         job_dir.mkdir(exist_ok=True)
         # PNGs left by an earlier, interrupted attempt at the same job.
         stale = [p for p in job_dir.iterdir() if _IMAGE_NAME_RE.fullmatch(p.name)]
-        urls = []
-        for png in images:
+
+        def write(png: bytes) -> str:
             name = f"{uuid.uuid4()}.png"
             _write_atomically(job_dir / name, png)
-            urls.append(f"library/{queue_id}/{name}")
-        entry = {**entry, "generated_images": urls}
+            return f"library/{queue_id}/{name}"
+
+        entry = {**entry, "generated_images": [write(png) for png in images]}
+        if extended:
+            entry["extended_images"] = [write(png) for png in extended]
         _write_atomically(job_dir / JOB_FILE_NAME, _dump(entry))
         with self._locked():
             entries = [e for e in self._read_index_locked() if e.get("queue_id") != queue_id]
@@ -204,11 +208,13 @@ class LibraryStore:
             entries = self._read_index_locked()
             index = next((i for i, e in enumerate(entries) if e.get("queue_id") == queue_id), None)
             if index is not None:
-                remaining = [url for url in entries[index].get("generated_images", []) if url != relative_url]
-                if not remaining:
+                entry = entries[index]
+                remaining = {name: [url for url in entry[name] if url != relative_url]
+                             for name in ("generated_images", "extended_images") if name in entry}
+                if not any(remaining.values()):
                     return self._delete_job_locked(queue_id, entries)
                 # A new dict: the cached entries stay as they were until the file is replaced.
-                entries[index] = {**entries[index], "generated_images": remaining}
+                entries[index] = {**entry, **remaining}
                 _write_atomically(self.root / queue_id / JOB_FILE_NAME, _dump(entries[index]))
                 self._write_index_locked(entries)
             path.unlink(missing_ok=True)

@@ -158,9 +158,9 @@ class WorkerQueue:
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == b"1"
 
     def finish_done(self, job_id: str, seed: int, model: str, images: list[str],
-                    process_time_secs: float) -> None:
+                    process_time_secs: float, codes: list[str] = ()) -> None:
         self._finish_as(job_id, status=DONE, seed=seed, model=model, images=json.dumps(images),
-                        process_time_secs=repr(process_time_secs), error="")
+                        codes=json.dumps(list(codes)), process_time_secs=repr(process_time_secs), error="")
 
     def finish_failed(self, job_id: str, error: str) -> None:
         self._finish_as(job_id, status=FAILED, error=error)

@@ -14,7 +14,7 @@ import redis
 
 from playground.queue import scripts
 from playground.queue.eta import estimate
-from playground.queue.job import Job, encode_job_fields
+from playground.queue.job import START_FIELDS, Job, encode_job_fields
 from playground.queue.keys import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, Keys
 
 DEFAULT_MAX_QUEUED = 1000
@@ -42,7 +42,8 @@ class JobQueue:
         self._cancel = redis_client.register_script(scripts.CANCEL)
 
     def submit(self, params: dict) -> Job:
-        """Queue a validated request (text, num_images, seed, optional sampling values)."""
+        """Queue a validated request (text, num_images, seed, optional sampling values, and
+        for a continuation the START_FIELDS of Job)."""
         job = Job(
             id=str(uuid.uuid4()),
             text=params["text"],
@@ -51,6 +52,7 @@ class JobQueue:
             top_k=None if params.get("top_k") is None else int(params["top_k"]),
             **{name: None if params.get(name) is None else float(params[name])
                for name in ("top_p", "temperature", "condition_scale")},
+            **{name: params.get(name) for name in START_FIELDS},
             created_at=time.time(),
         )
         flat = [item for pair in encode_job_fields(job).items() for item in pair]
