@@ -1,11 +1,16 @@
 """Validation of a POST /generate body into the engine's request."""
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from playground.limits import MAX_IMAGES, MAX_SEED, MAX_TEXT_LENGTH
+from PIL import Image
+
+from playground import pictures
+from playground.limits import MAX_IMAGES, MAX_SEED, MAX_TEXT_LENGTH, MAX_KEEP_ROWS, MAX_START_ROWS
 
 
 class BadRequest(ValueError):
@@ -22,6 +27,12 @@ class GenerateBody:
     top_p: float | None
     temperature: float | None
     condition_scale: float | None
+    # A continuation: the start as a code grid (whole rows, maybe taller than square) or as
+    # a picture to encode, the rows kept, and whether to extend the picture down.
+    init_codes: tuple[int, ...] | None = None
+    init_picture: Image.Image | None = None
+    keep_rows: int | None = None
+    extend: str | None = None
 
 
 def _integer(body: dict, name: str) -> int:
@@ -70,4 +81,36 @@ def parse_generate_body(body: Any) -> GenerateBody:
     condition_scale = _optional_number(body, "condition_scale")
     if condition_scale is not None and condition_scale < 0:
         raise BadRequest("condition_scale must be at least 0")
-    return GenerateBody(job_id, text, num_images, seed, top_k, top_p, temperature, condition_scale)
+    return GenerateBody(job_id, text, num_images, seed, top_k, top_p, temperature, condition_scale,
+                        *_start(body))
+
+
+def _start(body: dict) -> tuple:
+    codes, picture = body.get("init_codes"), body.get("init_picture")
+    if codes is None and picture is None:
+        for name in ("keep_rows", "extend"):
+            if body.get(name) is not None:
+                raise BadRequest(f"{name} needs init_codes or init_picture")
+        return None, None, None, None
+    if codes is not None and picture is not None:
+        raise BadRequest("give init_codes or init_picture, not both")
+    if codes is not None:
+        if (not isinstance(codes, list) or not codes or len(codes) % pictures.ROW
+                or len(codes) > MAX_START_ROWS * pictures.ROW):
+            raise BadRequest(f"init_codes must be a list of whole rows of {pictures.ROW} codes, "
+                             f"at most {MAX_START_ROWS} rows")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= pictures.MAX_CODE for c in codes):
+            raise BadRequest(f"init_codes must be integers from 0 to {pictures.MAX_CODE}")
+        codes = tuple(codes)
+    else:
+        try:
+            picture = pictures.open_picture(base64.b64decode(picture, validate=True))
+        except (TypeError, ValueError, binascii.Error) as error:
+            raise BadRequest(f"init_picture must be a base64 PNG, JPEG or WebP picture ({error})") from None
+    keep_rows = _integer(body, "keep_rows")
+    if not 1 <= keep_rows <= MAX_KEEP_ROWS:
+        raise BadRequest(f"keep_rows must be between 1 and {MAX_KEEP_ROWS}")
+    extend = body.get("extend")
+    if extend not in (None, "down"):
+        raise BadRequest('extend must be "down" or null')
+    return codes, picture, keep_rows, extend

@@ -11,13 +11,17 @@ from typing import Any
 from backend.engine import GenerationCancelled, GenerationRequest
 from backend.generate_request import GenerateBody
 from backend.png import encode_pngs
+from playground import pictures
 
 log = logging.getLogger(__name__)
 
 
-def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int) -> dict[str, str]:
-    """What a PNG says about itself, so the file alone tells how to make it again."""
-    return {
+def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int,
+                 codes=None, size: tuple[int, int] | None = None, steps: int = 256) -> dict[str, str]:
+    """What a PNG says about itself, so the file alone tells how to make it again: our own
+    fields, its codes (`dalle_codes`, to start new work from it exactly) and an A1111-style
+    `parameters` text that the PNG-info readers of other image tools show."""
+    metadata = {
         "prompt": body.text,
         "seed": str(seed),
         "image_index": str(index),
@@ -28,6 +32,20 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
         "model": model,
         "software": "dalle-playground",
     }
+    if body.keep_rows is not None:
+        metadata.update(keep_rows=str(body.keep_rows), extend=body.extend or "")
+    if codes is not None:
+        metadata[pictures.CODES_KEY] = pictures.pack_codes(codes)
+    values = [f"Steps: {steps}", "Sampler: DALL-E top-k/top-p", f"Seed: {seed}",
+              f"Top k: {params.get('top_k')}", f"Top p: {params.get('top_p')}",
+              f"Temperature: {params.get('temperature')}", f"CFG scale: {params.get('condition_scale')}"]
+    if size is not None:
+        values.append(f"Size: {size[0]}x{size[1]}")
+    values.append(f"Model: {model}")
+    if body.keep_rows is not None:
+        values.append(f"Kept rows: {body.keep_rows}")
+    metadata["parameters"] = f"{body.text}\n{', '.join(values)}"
+    return metadata
 
 
 class GenerationRun:
@@ -58,6 +76,7 @@ class GenerationRun:
     def _run(self) -> None:
         started = time.monotonic()
         try:
+            start = self._start()
             request = GenerationRequest(
                 text=self.body.text,
                 num_images=self.body.num_images,
@@ -66,10 +85,14 @@ class GenerationRun:
                 top_p=self.body.top_p,
                 temperature=self.body.temperature,
                 condition_scale=self.body.condition_scale,
+                init_codes=None if start is None else tuple(
+                    pictures.start_codes(start["codes"], self.body.keep_rows, self.body.extend)),
+                keep_rows=self.body.keep_rows,
             )
             result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel)
             png_started = time.monotonic()
-            metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index)
+            metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index,
+                                     result.codes[index], result.images[index].size, self.engine.total_tokens)
                         for index in range(len(result.images))]
             images = [base64.b64encode(png).decode("ascii") for png in encode_pngs(result.images, metadata)]
             timings = dict(result.timings)
@@ -81,8 +104,11 @@ class GenerationRun:
                 "model": self.engine.model_name,
                 "params": result.params,
                 "images": images,
+                "codes": [pictures.pack_codes(row) for row in result.codes],
                 "timings": timings,
             }
+            if start is not None:
+                self._outcome["start"] = start
         except GenerationCancelled:
             self._outcome = {"event": "cancelled"}
         except Exception as exc:  # e.g. out of memory: reported to the scheduler, the service lives on
@@ -91,6 +117,15 @@ class GenerationRun:
         finally:
             self._finished.set()
             self._on_finish()
+
+    def _start(self) -> dict | None:
+        """The code grid a continuation starts from, and how it was obtained: given, or the
+        uploaded picture encoded by the VQGAN (which may read its encoder's weights now)."""
+        if self.body.init_codes is not None:
+            return {"source": "codes", "codes": list(self.body.init_codes)}
+        if self.body.init_picture is not None:
+            return {"source": "encoded", "codes": self.engine.encode_picture(self.body.init_picture).tolist()}
+        return None
 
     def events(self) -> Iterator[dict]:
         """The NDJSON events; a client that goes away (GeneratorExit) cancels the run."""

@@ -10,7 +10,12 @@ Writes a random checkpoint of the published shape (official file formats) into
   * time to ready (load + compile) in a fresh process, cold and with the compilation cache,
     and the peak host memory while loading;
   * the machine's floor: measured matmul rate at the step's row counts and memory bandwidth,
-    against the decoder's FLOPs and bytes per step.
+    against the decoder's FLOPs and bytes per step;
+  * with --continuation: a continuation keeping k rows against a fresh job (the prefill
+    apart), which should take at most (16 - k) / 16 of its decoding time plus the prefill.
+    `--model demo` or `--model tiny` runs it on a shipped model (quick on a CPU):
+
+    python benchmarks/bench_engine.py --model demo --continuation 1,8,15 --continuation-only
 Prints a JSON report at the end (also written with --json).
 """
 from __future__ import annotations
@@ -255,9 +260,57 @@ def bench_chunking(engine, images: int, rounds: int) -> dict:
     return report
 
 
+def bench_continuation(engine, images: int, keep_rows_list, rounds: int) -> dict:
+    """Continuations keeping k rows against a fresh job of the same request, run alternately,
+    the best of `rounds` each. The decoding time is read from the progress reports (one per
+    chunk of steps), so it leaves out what both do before decoding (the text encoder) and
+    what only a continuation does (the prefill, timed on its own by the engine)."""
+    from backend.engine import GenerationRequest
+
+    fresh_request = GenerationRequest(PROMPT, images, seed=5)
+    codes = tuple(int(c) for c in engine.generate_codes(fresh_request)[0][0])
+    requests = {k: GenerationRequest(PROMPT, images, seed=5, init_codes=codes, keep_rows=k) for k in keep_rows_list}
+    engine.generate(requests[keep_rows_list[0]])  # compiles the prefill, untimed
+
+    def run(request) -> dict:
+        seen = []
+        timings = engine.generate(request, on_progress=lambda done, total: seen.append(time.perf_counter())).timings
+        chunks = (engine.total_tokens - (request.keep_rows or 0) * engine.row_length) // engine.chunk_steps
+        # The first report comes when the first chunk is done: the rest took chunks - 1 chunks' time.
+        decoding = (seen[-1] - seen[0]) * chunks / (chunks - 1)
+        return {**timings, "decoding_secs": decoding}
+
+    best: dict = {}
+    for _ in range(rounds):
+        for name, request in [("fresh", fresh_request), *requests.items()]:
+            timings = run(request)
+            if name not in best or timings["tokens_secs"] < best[name]["tokens_secs"]:
+                best[name] = timings
+    fresh = best.pop("fresh")
+    rows = engine.total_tokens // engine.row_length
+    report = {"images": images, "rounds": rounds, "fresh_tokens_secs": fresh["tokens_secs"],
+              "fresh_decoding_secs": fresh["decoding_secs"], "keep_rows": {}}
+    for k, timings in best.items():
+        share = (rows - k) / rows
+        # What a fresh job spends besides decoding (the text encoder, the host) a continuation spends too.
+        allowed = share * fresh["decoding_secs"] + timings["prefill_secs"] + fresh["tokens_secs"] - fresh["decoding_secs"]
+        entry = {"tokens_secs": timings["tokens_secs"], "prefill_secs": timings["prefill_secs"],
+                 "decoding_secs": timings["decoding_secs"],
+                 "decoding_share_of_fresh": timings["decoding_secs"] / fresh["decoding_secs"],
+                 "bound_share": share, "allowed_tokens_secs": allowed,
+                 "within_bound": timings["tokens_secs"] <= allowed}
+        report["keep_rows"][k] = entry
+        print(f"keep {k:2d} rows: {entry['tokens_secs']:.3f} s = prefill {entry['prefill_secs']:.3f} s + decoding "
+              f"{entry['decoding_secs']:.3f} s ({entry['decoding_share_of_fresh']:.3f} of fresh "
+              f"{fresh['decoding_secs']:.3f} s, bound {share:.3f}) + the rest; allowed {allowed:.3f} s "
+              f"({100 * (entry['tokens_secs'] / allowed - 1):+.1f}%)", flush=True)
+    return report
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(SIZES), default="mini")
+    parser.add_argument("--model", choices=sorted(SIZES) + ["demo", "tiny"], default="mini",
+                        help="a published size with random weights, or a shipped model as it is")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                         help="weights' dtype (default: float32 for mini, float16 for mega)")
     parser.add_argument("--images", default="1,2,4,8", help="comma-separated image counts")
@@ -266,6 +319,9 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-ready", action="store_true", help="skip the time-to-ready runs")
     parser.add_argument("--skip-chunking", action="store_true")
     parser.add_argument("--chunk-rounds", type=int, default=3, help="alternate runs for the chunking cost")
+    parser.add_argument("--continuation", default="", help="comma-separated keep_rows to time continuations at")
+    parser.add_argument("--continuation-rounds", type=int, default=3)
+    parser.add_argument("--continuation-only", action="store_true", help="only the continuation timings")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--ready-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -278,10 +334,23 @@ def main(argv=None) -> None:
 
     from backend.engine import load_engine
 
-    folder = write_random_model(args.cache_dir / f"bench-{args.model}-{dtype}", args.model, dtype)
+    if args.model in SIZES:
+        folder = write_random_model(args.cache_dir / f"bench-{args.model}-{dtype}", args.model, dtype)
+    else:
+        folder, dtype = args.model, None  # a shipped model, in its own dtype
     report = {"model": args.model, "dtype": dtype, "devices": [str(d) for d in jax.devices()],
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     print(f"devices: {report['devices']}  load average: {report['load_average']}", flush=True)
+    keep_rows_list = [int(k) for k in args.continuation.split(",") if k]
+    if args.continuation_only:
+        engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
+        engine.warm_up(batch_sizes[-1:])
+        report["continuation"] = bench_continuation(engine, batch_sizes[-1], keep_rows_list, args.continuation_rounds)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text)
+        return None
     if not args.skip_ready:
         with tempfile.TemporaryDirectory(dir=args.cache_dir) as fresh:
             report["ready_cold"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1:])
@@ -303,6 +372,8 @@ def main(argv=None) -> None:
         report["chunking"] = bench_chunking(engine, batch_sizes[0], args.chunk_rounds)
         print("progress/cancel chunks cost {overhead_wall_percent:+.1f}% wall time, {overhead_cpu_percent:+.1f}% "
               "CPU time against one call for all steps".format(**report["chunking"]), flush=True)
+    if keep_rows_list:
+        report["continuation"] = bench_continuation(engine, batch_sizes[-1], keep_rows_list, args.continuation_rounds)
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_in_use" in stats:
         report["device_memory"] = {k: stats[k] for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats}

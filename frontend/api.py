@@ -18,7 +18,14 @@ from frontend.library_view import LibraryView
 from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
-from frontend.validation import ValidationError, parse_json_object, route_model, validate_prompt
+from frontend.validation import (
+    ValidationError,
+    parse_form_data,
+    parse_json_object,
+    route_model,
+    validate_prompt,
+    validate_start,
+)
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH
 from playground.queue import DONE, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
@@ -93,14 +100,19 @@ class Api:
     def submit_prompt(self, request: Request) -> Response:
         if request.body is None:
             return error_response(411, "POST /prompt needs a JSON body and its Content-Length")
+        content_type = request.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/form-data"):  # e.g. curl -F init_image_data=@photo.jpg
+            body = parse_form_data(request.body, content_type)
+        else:
+            body = parse_json_object(request.body)
         served = self._served_models()
-        params = validate_prompt(parse_json_object(request.body),
-                                 max(filter(None, served.values()), default=IMAGE_CODES))
+        params = validate_prompt(body, max(filter(None, served.values()), default=IMAGE_CODES))
         params["model"] = route_model(params["model"], served, self.config.default_model)
-        codes = served.get(params["model"]) or IMAGE_CODES
-        if params["top_k"] is not None and params["top_k"] > codes:
-            raise ValidationError("gen_top_k", f"must be between 1 and {codes} for model {params['model']}, "
-                                               f"not {params['top_k']}")
+        image_codes = served.get(params["model"]) or IMAGE_CODES  # the chosen model's codebook
+        if params["top_k"] is not None and params["top_k"] > image_codes:
+            raise ValidationError("gen_top_k", f"must be between 1 and {image_codes} for model "
+                                               f"{params['model']}, not {params['top_k']}")
+        params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes))
         try:
             job = self.queue.submit(params)
         except QueueFull as full:
@@ -240,6 +252,11 @@ class Api:
             return error_response(404, "not found")
         # Revalidated on every load, so a changed UI is picked up at once.
         return Response(200, content.body, content.content_type, {"Cache-Control": "no-cache"})
+
+    def _library_png(self, queue_id: str, image_id: str) -> bytes | None:
+        path = self._library_file(queue_id, image_id)
+        content = self.files.read(path) if path else None
+        return None if content is None else content.body
 
     def _library_file(self, queue_id: str, image_id: str) -> Path | None:
         """The PNG's path if it is a regular file really inside the library (no symlink out)."""

@@ -28,6 +28,9 @@ class Config:
     # Request bounds: a request line longer than this gets 414, a body longer gets 413.
     max_request_line: int = 8192
     max_body_bytes: int = 64 * 1024
+    # An uploaded start picture (POST /prompt's init_image_data) may have this many bytes; a
+    # bigger one gets 400. POST /prompt's body may hold twice that (base64 is 4/3 of it).
+    max_upload_bytes: int = 4 * 2**20
     # A client silent this long (idle keep-alive or a stalled request) loses its connection.
     socket_timeout_secs: float = 15.0
     # The request line and headers must arrive within this (slowloris), idle keep-alive included.
@@ -43,6 +46,12 @@ class Config:
     # The model of jobs that name none, when a backend serves it (DALLE_MODEL, as the backend's).
     default_model: str = ""
 
+    def body_limit(self, method: str, path: str) -> int:
+        """The most bytes a request's body may have: POST /prompt may carry a picture."""
+        if method == "POST" and path == "/prompt":
+            return max(self.max_body_bytes, 2 * self.max_upload_bytes)
+        return self.max_body_bytes
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
         return cls(
@@ -56,6 +65,7 @@ class Config:
             allowed_hosts=tuple(name.lower() for name in get_list(env, "FRONTEND_ALLOWED_HOSTS", [])),
             max_request_line=get_int(env, "FRONTEND_MAX_REQUEST_LINE", cls.max_request_line),
             max_body_bytes=get_int(env, "FRONTEND_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_upload_bytes=get_int(env, "FRONTEND_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             socket_timeout_secs=get_float(env, "FRONTEND_SOCKET_TIMEOUT", cls.socket_timeout_secs),
             head_deadline_secs=get_float(env, "FRONTEND_HEAD_DEADLINE", cls.head_deadline_secs),
             body_deadline_secs=get_float(env, "FRONTEND_BODY_DEADLINE", cls.body_deadline_secs),

@@ -103,7 +103,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         """Refuse an oversized body before the client sends it, not after."""
         length = self.headers.get("Content-Length", "").strip()
-        limit = self.server.config.max_body_bytes
+        limit = self.server.config.body_limit(self.command, self.path.partition("?")[0])
         if length.isdigit() and int(length) > limit:
             self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                             f"the body is {length} bytes; at most {limit} are accepted")
@@ -144,7 +144,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return error_response(400, "the request target must be a path starting with /")
         path, _, query = target.partition("?")
-        body = self._read_body()
+        body = self._read_body(self.server.config.body_limit(self.command, path))
         host = self.headers.get("Host")
         names = self.server.answered_hosts
         if host is not None and names is not None and host_name(host) not in names:
@@ -174,7 +174,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 return error_response(403, "cross-site requests may not change anything")
         return route.handler(Request(self.command, path, query, params, self.headers, body))
 
-    def _read_body(self) -> bytes | None:
+    def _read_body(self, limit: int) -> bytes | None:
         """The body as Content-Length announces it; None when there is none. Bodies are read
         before routing so that an unused one never corrupts the next request on the connection."""
         if self.headers.get("Transfer-Encoding"):
@@ -185,7 +185,6 @@ class RequestHandler(BaseHTTPRequestHandler):
         if len(set(lengths)) > 1 or not lengths[0].strip().isdigit() or not lengths[0].strip().isascii():
             raise BodyError(error_response(400, "Content-Length must be one non-negative integer"))
         length = int(lengths[0])
-        limit = self.server.config.max_body_bytes
         if length > limit:
             raise BodyError(error_response(413, f"the body is {length} bytes; at most {limit} are accepted"))
         return self._read_exactly(length)

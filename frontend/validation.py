@@ -6,16 +6,33 @@ in an optional field means "use the model's default".
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import email.parser
+import email.policy
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
-from playground.limits import IMAGE_CODES, IMAGE_COUNTS, MAX_SEED, MAX_TEXT_LENGTH
+from playground import pictures
+from playground.limits import (
+    DEFAULT_KEEP_ROWS,
+    IMAGE_CODES,
+    IMAGE_COUNTS,
+    MAX_KEEP_ROWS,
+    MAX_SEED,
+    MAX_START_ROWS,
+    MAX_TEXT_LENGTH,
+)
+from playground.queue import UUID_PATTERN
 
 _IMAGE_COUNT_CHOICES = ", ".join(map(str, IMAGE_COUNTS[:-1])) + f" or {IMAGE_COUNTS[-1]}"  # "2, 4, 6 or 8"
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 MAX_MODEL_NAME = 200
+LIBRARY_IMAGE = re.compile(rf"/?library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
+_DATA_URL = re.compile(r"data:image/[a-z0-9.+-]{1,20};base64,", re.IGNORECASE)
 
 
 class ValidationError(ValueError):
@@ -41,6 +58,29 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError(None, "the body must be a JSON object")
     return value
+
+
+def parse_form_data(body: bytes, content_type: str) -> dict[str, Any]:
+    """A multipart/form-data body as the JSON object it stands for: every field a string, except
+    a file in `init_image_data`, which becomes its base64 (what a JSON body would carry)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise ValidationError(None, "the multipart body has no parts (or no boundary)")
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise ValidationError(None, "every part of a multipart body needs a name")
+        content = part.get_payload(decode=True) or b""
+        if name == "init_image_data" and part.get_filename() is not None:
+            fields[name] = base64.b64encode(content).decode("ascii")
+        else:
+            try:
+                fields[name] = content.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationError(name, "is not UTF-8 text") from None
+    return fields
 
 
 def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dict[str, Any]:
@@ -81,6 +121,92 @@ def _optional_model(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_MODEL_NAME or not value.isprintable():
         raise ValidationError("model", f"must be the name of a served model, not {_describe(value)}")
     return value
+
+
+def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str], bytes | None],
+                   max_upload_bytes: int, image_codes: int = IMAGE_CODES) -> dict[str, Any]:
+    """A continuation's job fields (playground.queue.Job's START_FIELDS) from a /prompt body,
+    or {} for a fresh job. The start is a library image (`init_image`) or an upload
+    (`init_image_data`, base64, a data: URL prefix allowed); a PNG of ours gives its codes,
+    any other picture is squared here and encoded by the backend's VQGAN.
+    `read_library_image(queue_id, image_id)` gives a library PNG's bytes, None if there is none."""
+    path, data = body.get("init_image"), body.get("init_image_data")
+    path = None if path == "" else path
+    data = None if data == "" else data
+    if path is None and data is None:
+        for name in ("keep_rows", "extend"):
+            if body.get(name) not in (None, ""):
+                raise ValidationError(name, "needs a start: init_image or init_image_data")
+        return {}
+    if path is not None and data is not None:
+        raise ValidationError("init_image", "give init_image or init_image_data, not both")
+    keep_rows = body.get("keep_rows")
+    keep_rows = DEFAULT_KEEP_ROWS if keep_rows in (None, "") else _as_int(keep_rows, "keep_rows")
+    if not 1 <= keep_rows <= MAX_KEEP_ROWS:
+        raise ValidationError("keep_rows", f"must be between 1 and {MAX_KEEP_ROWS}, not {keep_rows}")
+    extend = body.get("extend")
+    if extend not in (None, "", "down"):
+        raise ValidationError("extend", f'must be "down" or null, not {_describe(extend)}')
+    if path is not None:
+        field = "init_image"
+        found = LIBRARY_IMAGE.fullmatch(path) if isinstance(path, str) else None
+        if not found:
+            raise ValidationError(field, "must look like library/<queue_id>/<image-uuid>.png")
+        content = read_library_image(found.group(1), found.group(2))
+        if content is None:
+            raise ValidationError(field, f"there is no library image {path[:100]}")
+        start = {"init_image": f"library/{found.group(1)}/{found.group(2)}.png"}
+    else:
+        field = "init_image_data"
+        content = _upload(data, max_upload_bytes)
+        start = {}
+    try:
+        picture = pictures.open_picture(content)
+    except ValueError as error:
+        raise ValidationError(field, str(error)) from None
+    codes = _codes_of(picture, field, image_codes)
+    if codes is None:
+        start.update(init_source="encoded",
+                     init_picture=base64.b64encode(pictures.png_bytes(pictures.square(picture))).decode("ascii"))
+    else:
+        if extend and len(codes) // pictures.ROW + pictures.ROW - keep_rows > MAX_START_ROWS:
+            raise ValidationError(field, f"is too tall to extend: a picture has at most {MAX_START_ROWS} rows of codes")
+        start.update(init_source="codes", init_codes=pictures.pack_codes(codes))
+        if data is not None and extend:  # an upload of ours tops the taller pictures as it is
+            start["init_picture"] = base64.b64encode(content).decode("ascii")
+    return {**start, "keep_rows": keep_rows, "extend": extend or None}
+
+
+def _upload(data: Any, max_bytes: int) -> bytes:
+    if not isinstance(data, str):
+        raise ValidationError("init_image_data", f"must be a base64 string, not {_json_type(data)}")
+    prefix = _DATA_URL.match(data)
+    text = data[prefix.end():] if prefix else data
+    if len(text) > (max_bytes + 2) // 3 * 4 + 4:
+        raise ValidationError("init_image_data", f"is over {max_bytes} bytes, the most a picture may have")
+    try:
+        content = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError("init_image_data", "is not valid base64") from None
+    if len(content) > max_bytes:
+        raise ValidationError("init_image_data", f"is {len(content)} bytes; at most {max_bytes} are allowed")
+    return content
+
+
+def _codes_of(picture, field: str, image_codes: int) -> list[int] | None:
+    """The codes a PNG of ours carries, None for any other picture."""
+    text = pictures.text_chunks(picture).get(pictures.CODES_KEY)
+    if text is None:
+        return None
+    try:
+        codes = pictures.unpack_codes(text)
+    except ValueError as error:
+        raise ValidationError(field, f"carries broken codes: {error}") from None
+    if len(codes) < pictures.SQUARE or len(codes) > MAX_START_ROWS * pictures.ROW:
+        raise ValidationError(field, f"carries {len(codes)} codes; a picture has 16 to {MAX_START_ROWS} rows of 16")
+    if max(codes) >= image_codes:
+        raise ValidationError(field, f"carries codes of a model with a larger codebook than the {image_codes} served")
+    return codes
 
 
 def _text(value: Any, max_chars: int) -> str:

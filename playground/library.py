@@ -75,7 +75,8 @@ class Attempt(Protocol):
 
 
 def _image_names(entry: dict) -> list[str]:
-    return [url.rsplit("/", 1)[1] for url in entry.get("generated_images", [])]
+    """The file names of an entry's pictures: its images and the taller pictures it made."""
+    return [url.rsplit("/", 1)[1] for url in [*entry.get("generated_images", []), *entry.get("extended_images", [])]]
 
 
 def _created(entry: dict) -> float:
@@ -180,8 +181,10 @@ class LibraryStore:
 
     # -- writing -------------------------------------------------------------------------
 
-    def add_job(self, entry: dict, images: list[bytes], attempt: Attempt | None = None) -> dict | None:
-        """Store a finished job's PNGs and entry; returns the entry with `generated_images`.
+    def add_job(self, entry: dict, images: list[bytes], extended: list[bytes] = (),
+                attempt: Attempt | None = None) -> dict | None:
+        """Store a finished job's PNGs and entry; returns the entry with `generated_images`
+        (and with `extended_images`, the taller pictures of a job that extended a picture).
 
         With `attempt`, only the attempt that really finishes the job reaches the library: the
         PNGs are first written to `.staging/<queue_id>.<attempt.token>/`, out of sight; then,
@@ -199,12 +202,15 @@ class LibraryStore:
         if not _TOKEN_RE.fullmatch(token):
             raise ValueError(f"an attempt's token must be digits, got {token!r}")
         staging = self.root / STAGING_DIR / f"{queue_id}.{token}"
-        names = [f"{uuid.uuid4()}.png" for _ in images]
-        entry = {**entry, "generated_images": [f"library/{queue_id}/{name}" for name in names]}
+        pngs = {f"{uuid.uuid4()}.png": png for png in [*images, *extended]}
+        urls = [f"library/{queue_id}/{name}" for name in pngs]
+        entry = {**entry, "generated_images": urls[:len(images)]}
+        if extended:
+            entry["extended_images"] = urls[len(images):]
         staging.mkdir(parents=True, exist_ok=True)
         in_doubt = False  # whether the staged folder may describe a published or committed job
         try:
-            for name, png in zip(names, images):
+            for name, png in pngs.items():
                 _write_atomically(staging / name, png)
             _write_atomically(staging / JOB_FILE_NAME, _dump(entry))
             with self._locked():
@@ -306,11 +312,13 @@ class LibraryStore:
             entries = self._read_index_locked()
             index = next((i for i, e in enumerate(entries) if e.get("queue_id") == queue_id), None)
             if index is not None:
-                remaining = [url for url in entries[index].get("generated_images", []) if url != relative_url]
-                if not remaining:
+                entry = entries[index]
+                remaining = {name: [url for url in entry[name] if url != relative_url]
+                             for name in ("generated_images", "extended_images") if name in entry}
+                if not any(remaining.values()):
                     return self._delete_job_locked(queue_id, entries)
                 # A new dict: the cached entries stay as they were until the file is replaced.
-                entries[index] = {**entries[index], "generated_images": remaining}
+                entries[index] = {**entry, **remaining}
                 _write_atomically(self.root / queue_id / JOB_FILE_NAME, _dump(entries[index]))
                 self._write_index_locked(entries)
             path.unlink(missing_ok=True)

@@ -13,6 +13,11 @@ MAX_TEXT_LENGTH = 1000  # characters in a prompt (and in a library search)
 # until one has.
 IMAGE_TOKENS = 256
 IMAGE_CODES = 16384
+# A continuation keeps 1 … 15 of the 16 rows of codes; a picture extended down again and
+# again grows by at least a row each time, up to this many rows.
+MAX_KEEP_ROWS = 15
+DEFAULT_KEEP_ROWS = 8
+MAX_START_ROWS = 64
 
 
 def random_seed() -> int:

@@ -378,7 +378,10 @@ def oversized(cluster: Cluster) -> ScenarioResult:
     port = cluster.frontend_port
     head = "POST /prompt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     cases = {
-        "1 MB body": ((head + "Content-Length: 1048576\r\n\r\n").encode() + b"x" * 1048576, {413}),
+        # POST /prompt may carry a start picture (8 MiB by default); the other routes 64 KiB.
+        "9 MB body": ((head + "Content-Length: 9437184\r\n\r\n").encode() + b"x" * 9437184, {413}),
+        "1 MB body to /deleteimage": ((head.replace("/prompt", "/deleteimage") + "Content-Length: 1048576\r\n\r\n"
+                                       ).encode() + b"x" * 1048576, {413}),
         "100 MB announced, 64 KB sent": ((head + "Content-Length: 104857600\r\n\r\n").encode() + b"x" * 65536, {413}),
         "10 MB with Expect: 100-continue": ((head + "Content-Length: 10485760\r\nExpect: 100-continue\r\n\r\n").encode(), {413}),
         "Content-Length 10^30": ((head + "Content-Length: " + "9" * 30 + "\r\n\r\n").encode(), {413, 400}),

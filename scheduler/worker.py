@@ -4,11 +4,13 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import threading
 import time
 
 import redis
 
+from playground import pictures
 from playground.backend_registry import BackendRegistry
 from playground.library import LibraryStore
 from playground.limits import IMAGE_TOKENS
@@ -271,13 +273,47 @@ class Worker:
             "backend": self.backend_url,
             "secs_per_image": round(process_time_secs / max(1, len(images)), 3),
         }
-
-        fields = {"seed": entry["seed"], "model": entry["model"] or "", "process_time_secs": entry["process_time_secs"]}
-        if self.library.add_job(entry, images, attempt=_LibraryAttempt(self.queue, job, fields)) is None:
+        codes = [str(c) for c in event.get("codes") or []]
+        extended: list[bytes] = []
+        if job.keep_rows is not None:
+            start = event.get("start") or {}
+            entry.update(init_image=job.init_image, init_source=start.get("source", job.init_source),
+                         keep_rows=job.keep_rows, extend=job.extend)
+            if job.extend:
+                extended = self._taller_pictures(job, start.get("codes") or [], images, codes)
+        fields = {"seed": entry["seed"], "model": entry["model"] or "", "codes": codes,
+                  "process_time_secs": entry["process_time_secs"]}
+        if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields)) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
         self.queue.record_speed(entry["secs_per_image"])
         log.info("job %s done in %.2f s", job.id, process_time_secs)
+
+    def _taller_pictures(self, job: Job, grid: list[int], tiles: list[bytes], codes: list[str]) -> list[bytes]:
+        """Each new tile below the picture it extends: the start picture (the library's file,
+        or the upload), then the tile's rows under the kept ones; its PNG carries the taller
+        grid's codes, so it can be extended again."""
+        try:
+            if job.init_image is not None:
+                top = pictures.open_picture((self.library.root / job.init_image.removeprefix("library/")).read_bytes())
+            else:
+                top = pictures.open_picture(base64.b64decode(job.init_picture or ""))
+        except (OSError, ValueError) as exc:
+            # Deleted from the library since the job was queued: the new tiles are stored alone.
+            log.warning("job %s: no start picture to extend (%s); storing the tiles only", job.id, exc)
+            return []
+        taller = []
+        for png, packed in zip(tiles, codes):
+            tile = pictures.open_picture(png)
+            picture = pictures.stitch_below(top, tile, job.keep_rows)
+            metadata = pictures.text_chunks(tile)
+            metadata[pictures.CODES_KEY] = pictures.pack_codes(
+                pictures.taller_codes(grid, pictures.unpack_codes(packed), job.keep_rows))
+            if "parameters" in metadata:
+                metadata["parameters"] = re.sub(r"Size: \d+x\d+", f"Size: {picture.width}x{picture.height}",
+                                                metadata["parameters"])
+            taller.append(pictures.png_bytes(picture, metadata))
+        return taller
 
 
 class _LibraryAttempt:

@@ -168,11 +168,12 @@ class WorkerQueue:
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == b"1"
 
     def finish_done(self, job: Job, seed: int, model: str, images: list[str],
-                    process_time_secs: float) -> tuple[str, float] | None:
+                    process_time_secs: float, codes: list[str] = ()) -> tuple[str, float] | None:
         """Mark the job done (or cancelled, if that was asked meanwhile); returns the status
         recorded and Redis's time of it, or None when the claim was lost."""
         return self._finish_as(job, DONE, seed=seed, model=model, images=json.dumps(images),
-                               process_time_secs=repr(process_time_secs), error="")
+                               codes=json.dumps(list(codes)), process_time_secs=repr(process_time_secs),
+                               error="")
 
     def finish_failed(self, job: Job, error: str) -> tuple[str, float] | None:
         return self._finish_as(job, FAILED, error=error)

@@ -16,6 +16,7 @@ from PIL import Image
 from backend.app import create_app
 from backend.config import Config
 from backend.png import read_png_metadata
+from playground import pictures
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,10 @@ def client(engine):
 
 def events_of(response) -> list[dict]:
     return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+
+
+def pixels(encoded_png: str) -> bytes:
+    return Image.open(io.BytesIO(base64.b64decode(encoded_png))).tobytes()
 
 
 def job(**overrides) -> dict:
@@ -168,12 +173,61 @@ def test_same_seed_same_pngs_and_largest_seed_works(client):
         (job(temperature=0), "temperature"),
         (job(condition_scale=-1), "condition_scale"),
         ([1, 2], "body"),
+        (job(keep_rows=8), "keep_rows"),
+        (job(init_codes=[0] * 256, init_picture="AAAA", keep_rows=8), "not both"),
+        (job(init_codes=[0] * 250, keep_rows=8), "init_codes"),
+        (job(init_codes=[-1] * 256, keep_rows=8), "init_codes"),
+        (job(init_codes=[0] * 256, keep_rows=16), "keep_rows"),
+        (job(init_codes=[0] * 256), "keep_rows"),
+        (job(init_codes=[0] * 256, keep_rows=8, extend="up"), "extend"),
+        (job(init_picture=base64.b64encode(b"GIF89a").decode(), keep_rows=8), "init_picture"),
+        (job(init_picture="not base64!", keep_rows=8), "init_picture"),
     ],
 )
 def test_bad_requests_name_the_field(client, body, field):
     response = client.post("/generate", json=body)
     assert response.status_code == 400
     assert field in response.json["error"]
+    assert client.get("/health").json["busy"] is False
+
+
+def test_pngs_carry_their_codes_and_a1111_parameters(client):
+    done = events_of(client.post("/generate", json=job(seed=31, top_k=40)))[-1]
+    for encoded, codes in zip(done["images"], done["codes"]):
+        meta = read_png_metadata(base64.b64decode(encoded))
+        assert meta[pictures.CODES_KEY] == codes and len(pictures.unpack_codes(codes)) == 256
+        assert meta["parameters"].startswith("a red circle\nSteps: 256, ")
+        assert "Seed: 31, Top k: 40, " in meta["parameters"] and meta["parameters"].endswith("Model: tiny")
+
+
+@pytest.mark.parametrize("keep_rows", [1, 8, 15])
+def test_continuing_an_image_through_the_service_draws_it_again(client, keep_rows):
+    fresh = events_of(client.post("/generate", json=job(seed=12)))[-1]
+    for index in range(2):
+        codes = pictures.unpack_codes(fresh["codes"][index])
+        again = events_of(client.post("/generate", json=job(seed=12, init_codes=codes, keep_rows=keep_rows)))[-1]
+        assert again["start"] == {"source": "codes", "codes": codes}
+        assert again["codes"][index] == fresh["codes"][index]
+        assert pixels(again["images"][index]) == pixels(fresh["images"][index])
+        meta = read_png_metadata(base64.b64decode(again["images"][index]))
+        assert meta["keep_rows"] == str(keep_rows) and "Kept rows: " in meta["parameters"]
+
+
+def test_an_uploaded_picture_is_encoded_and_extend_moves_its_bottom_rows_up(client, engine):
+    picture = Image.new("RGB", (300, 200), (200, 30, 30))
+    picture.paste((20, 20, 220), (0, 100, 300, 200))
+    encoded = base64.b64encode(pictures.png_bytes(picture)).decode()
+    done = events_of(client.post("/generate", json=job(init_picture=encoded, keep_rows=4, extend="down")))[-1]
+    assert done["start"]["source"] == "encoded"
+    expected = engine.encode_picture(picture).tolist()
+    assert done["start"]["codes"] == expected
+    for codes in done["codes"]:
+        assert pictures.unpack_codes(codes)[:64] == expected[-64:]
+
+
+def test_codes_beyond_the_models_codebook_fail_the_job_not_the_service(client):
+    events = events_of(client.post("/generate", json=job(init_codes=[5000] * 256, keep_rows=8)))
+    assert events[-1]["event"] == "error" and "codebook" in events[-1]["error"]
     assert client.get("/health").json["busy"] is False
 
 

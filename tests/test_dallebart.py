@@ -110,3 +110,35 @@ def test_half_precision_weights_stay_half_and_agree():
     assert approx.dtype == np.float32  # activations and logits are float32
     scale = np.abs(exact).mean()
     assert np.abs(approx - exact).mean() < 0.05 * scale
+
+
+def test_prefill_caches_what_the_steps_cache_and_decoding_goes_on_from_it():
+    """`prefill_cache` over the first Q positions gives every layer the keys and values the
+    steps would have cached; steps after it give the logits of steps all the way."""
+    rng = np.random.default_rng(4)
+    params = dallebart.unstack_layers(dallebart.random_params(SMALL, seed=4, std=0.2))
+    ids, mask, images = _inputs(rng, batch=2)
+    encoder_states = dallebart.encode(params, SMALL, ids, mask)
+    cross_kv = dallebart.cross_attention_kv(params, SMALL, encoder_states)
+    previous = np.concatenate([np.full((2, 1), SMALL.decoder_start_token_id), images[:, :-1]], 1)
+    step = jax.jit(lambda tokens, t, cache: dallebart.decode_step(params, SMALL, tokens, t, cache, cross_kv, mask))
+    kept = SMALL.image_length // 2
+    stepped = dallebart.empty_cache(SMALL, 2, jnp.float32)
+    for t in range(kept):
+        _, stepped = step(np.repeat(previous[:, t:t + 1], 2, axis=1), t, stepped)
+    filled = jax.jit(lambda tokens, cache: dallebart.prefill_cache(params, SMALL, tokens, cache, cross_kv, mask))(
+        previous[:, :kept + 3], dallebart.empty_cache(SMALL, 2, jnp.float32))
+    # It filled 3 positions past `kept` too: the steps below must overwrite them to match.
+    assert np.abs(np.asarray(filled[0][0][:, :, :, kept:kept + 3])).sum() > 0
+    for (keys, values), (want_keys, want_values) in zip(filled, stepped):
+        np.testing.assert_allclose(keys[:, :, :, :kept], want_keys[:, :, :, :kept], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(values[:, :, :, :kept], want_values[:, :, :, :kept], rtol=1e-5, atol=1e-5)
+    # Position `kept` on, after the prefill (its extra positions are overwritten by the steps).
+    logits_after, logits_all = [], []
+    for t in range(kept, kept + 4):
+        tokens = np.repeat(previous[:, t:t + 1], 2, axis=1)
+        logits, filled = step(tokens, t, filled)
+        logits_after.append(logits)
+        logits, stepped = step(tokens, t, stepped)
+        logits_all.append(logits)
+    np.testing.assert_allclose(np.stack(logits_after), np.stack(logits_all), rtol=1e-4, atol=1e-4)

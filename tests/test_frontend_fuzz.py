@@ -2,6 +2,7 @@
 with a status below 500, and the server keeps serving."""
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -13,10 +14,12 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from frontend.config import Config
 from frontend.server import KNOWN_METHODS, METHOD_TOKEN
 from frontend.threaded import serving
+from playground import pictures
 from playground.library import LibraryStore
 from playground.queue import JobQueue
 
@@ -41,6 +44,9 @@ def world(redis_server, tmp_path_factory):
                                "creation_unixtime": time.time()}, [b"\x89PNG one", b"\x89PNG two"])
         job_ids.append(entry["queue_id"])
         images.extend(entry["generated_images"])
+    ours = store.add_job({"queue_id": str(uuid.uuid4()), "text_prompt": "ours", "creation_unixtime": time.time()},
+                         [OUR_PNG, pictures.png_bytes(Image.new("RGB", (20, 10)))])
+    images.extend(ours["generated_images"])
     config = Config(port=0, redis_url=redis_server.url, library_dir=root / "library",
                     static_dir=root / "static", max_body_bytes=4096, socket_timeout_secs=2,
                     body_deadline_secs=2, max_queued_jobs=50)
@@ -79,6 +85,16 @@ bodies = st.one_of(
     prompt_bodies.map(lambda value: json.dumps(value).encode()),
     prompt_bodies.map(lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")),
 )
+OUR_PNG = pictures.png_bytes(Image.new("RGB", (32, 32), (5, 6, 7)),
+                             {pictures.CODES_KEY: pictures.pack_codes(range(256))})
+encoded = lambda data: base64.b64encode(data).decode()  # noqa: E731
+# Uploads: our PNG whole, cut, with junk after it, with a few bytes changed; random bytes.
+picture_data = st.one_of(
+    st.sampled_from([OUR_PNG, OUR_PNG[:60], OUR_PNG + b"junk"]).map(encoded),
+    st.binary(max_size=200).map(encoded),
+    st.builds(lambda at, junk: OUR_PNG[:at] + junk + OUR_PNG[at + len(junk):],
+              st.integers(0, len(OUR_PNG)), st.binary(min_size=1, max_size=8)).map(encoded),
+)
 segments = st.one_of(st.builds(lambda: str(uuid.uuid4())), st.text(max_size=40), st.sampled_from(
     ["..", "%2e%2e", "%252e", "\\", "%00", ".", "", "library.json", "job.json"]))
 header_sets = st.dictionaries(
@@ -116,6 +132,49 @@ def test_prompt_bodies_answer_200_or_a_named_400(world, body, headers):
     assert status in (200, 400, 403, 411, 429), payload
     if status == 400:
         assert json.loads(payload)["error"]
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_continuation_bodies_answer_200_or_a_named_400(world, data):
+    """The start of a continuation: library paths (real, broken, missing), uploads, rows."""
+    paths = st.sampled_from(world["images"] + ["library/" + str(uuid.uuid4()) + "/" + str(uuid.uuid4()) + ".png"])
+    start = st.one_of(paths, picture_data, prompt_values)
+    body = data.draw(st.fixed_dictionaries({"text": st.just("x"), "num_images": st.just(2)}, optional={
+        "init_image": start, "init_image_data": start, "keep_rows": prompt_values,
+        "extend": st.one_of(st.sampled_from(["down", "up", ""]), prompt_values)}), label="body")
+    status, payload = send(world["server"], "POST", "/prompt", json.dumps(body).encode(), {})
+    assert status in (200, 400, 429), (body, payload)
+    if status == 400:
+        assert json.loads(payload)["field"] in ("init_image", "init_image_data", "keep_rows", "extend")
+
+
+def _multipart(parts, boundary: str) -> bytes:
+    body = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode("utf-8", "replace") + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode("utf-8", "replace")
+
+
+multipart_parts = st.lists(st.tuples(
+    st.sampled_from(["text", "num_images", "seed", "keep_rows", "extend", "init_image", "init_image_data", ""])
+    | st.text(max_size=10),
+    st.sampled_from([b"x", b"2", b"8", b"down", OUR_PNG, OUR_PNG[:40], b"\xff\xfe"]) | st.binary(max_size=60),
+    st.none() | st.sampled_from(["a.png", "", "\"q\""])), max_size=6)
+
+
+@FUZZ_SETTINGS
+@given(parts=multipart_parts, boundary=st.sampled_from(["b0undary", "x", ""])
+       | st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=20),
+       raw=st.booleans(), junk=st.binary(max_size=200))
+def test_multipart_bodies_answer_200_or_a_named_400(world, parts, boundary, raw, junk):
+    """Multipart/form-data bodies, well formed or not, with any boundary (or junk as the body)."""
+    body = junk if raw else _multipart(parts, boundary)
+    content_type = "multipart/form-data" + (f"; boundary={boundary}" if boundary else "")
+    status, payload = send(world["server"], "POST", "/prompt", body,
+                           {"Content-Type": content_type.encode("latin-1", "replace").decode("latin-1")})
+    assert status in (200, 400, 429), (parts, boundary, payload)
 
 
 @FUZZ_SETTINGS

@@ -20,8 +20,9 @@ GOOD = json.dumps({"text": "a squirrel", "num_images": "6", "seed": 12345}).enco
 
 @pytest.fixture
 def config(redis_url, tmp_path):
+    # max_upload_bytes=512: POST /prompt may have twice that, the same 1024 as the others.
     return Config(port=0, redis_url=redis_url, library_dir=tmp_path / "library", max_body_bytes=1024,
-                  socket_timeout_secs=0.5, body_deadline_secs=1.0, max_request_line=512, max_connections=8)
+                  max_upload_bytes=512, socket_timeout_secs=0.5, body_deadline_secs=1.0, max_request_line=512, max_connections=8)
 
 
 @pytest.fixture

@@ -2,22 +2,44 @@
 queued, and the connection stays usable."""
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
+import os
 
 import pytest
+from PIL import Image
 
 from frontend.config import Config
 from frontend.threaded import serving
 from frontend.validation import ValidationError, validate_prompt
+from playground import pictures
 from playground.queue import JobQueue
 
 GOOD = {"text": "a squirrel", "num_images": "6", "seed": 12345}
+MAX_UPLOAD = 64 * 1024  # the servers' below: POST /prompt bodies up to 128 KiB are read
+MISSING = "library/00000000-0000-4000-8000-000000000000/00000000-0000-4000-8000-000000000001.png"
+
+
+def _png(size=(40, 30), text: dict | None = None, mode="RGB") -> str:
+    return base64.b64encode(pictures.png_bytes(Image.new(mode, size, 1), text)).decode()
+
+
+def _jpeg() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 20), (9, 99, 199)).save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+PICTURE = _png()
+OURS = _png((64, 64), {pictures.CODES_KEY: pictures.pack_codes(range(256))})
 
 
 @pytest.fixture(scope="module")
 def module_server(redis_server, tmp_path_factory):
-    config = Config(port=0, redis_url=redis_server.url, library_dir=tmp_path_factory.mktemp("library"))
+    config = Config(port=0, redis_url=redis_server.url, library_dir=tmp_path_factory.mktemp("library"),
+                    max_upload_bytes=MAX_UPLOAD)
     with serving(config) as server:
         yield server
 
@@ -102,6 +124,31 @@ BAD_BODIES = [
     (json.dumps({**GOOD, "model": "mini\n"}).encode(), "model"),
     # No backend serves it (none has reported yet, and the server's default is not this).
     (json.dumps({**GOOD, "model": "mega"}).encode(), "model"),
+    # A continuation's start (issue 16).
+    (json.dumps({**GOOD, "init_image": MISSING}).encode(), "init_image"),
+    (json.dumps({**GOOD, "init_image": "library/../../etc/passwd.png"}).encode(), "init_image"),
+    (json.dumps({**GOOD, "init_image": 42}).encode(), "init_image"),
+    (json.dumps({**GOOD, "init_image": MISSING, "init_image_data": PICTURE}).encode(), "init_image"),
+    (json.dumps({**GOOD, "init_image_data": "not base64!!"}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": 12}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": base64.b64encode(b"GIF89a\x01\x00").decode()}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": PICTURE[:len(PICTURE) // 2 // 4 * 4]}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": base64.b64encode(os.urandom(MAX_UPLOAD + 1)).decode()}).encode(),
+     "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": _png((4100, 4100), mode="1")}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": _png(text={pictures.CODES_KEY: "!!"})}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": _png(text={pictures.CODES_KEY: pictures.pack_codes([20000] * 256)})}
+                ).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": _png(text={pictures.CODES_KEY: pictures.pack_codes([1] * 32)})}
+                ).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": 0}).encode(), "keep_rows"),
+    (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": 16}).encode(), "keep_rows"),
+    (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": "half"}).encode(), "keep_rows"),
+    (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": 7.5}).encode(), "keep_rows"),
+    (json.dumps({**GOOD, "keep_rows": 8}).encode(), "keep_rows"),
+    (json.dumps({**GOOD, "init_image_data": PICTURE, "extend": "up"}).encode(), "extend"),
+    (json.dumps({**GOOD, "init_image_data": PICTURE, "extend": True}).encode(), "extend"),
+    (json.dumps({**GOOD, "extend": "down"}).encode(), "extend"),
 ]
 
 
@@ -130,6 +177,12 @@ GOOD_BODIES = [
     ({"text": "x", "num_images": 2, "seed": None, "unknown_field": [1, 2]}, {"seed": 0}),
     ({"text": "x", "num_images": 2, "gen_top_k": 16384, "gen_top_p": 1, "temperature": 1e-3,
       "condition_scale": 0}, {"top_k": 16384, "top_p": 1.0, "temperature": 0.001, "condition_scale": 0.0}),
+    ({"text": "x", "num_images": 2, "keep_rows": None, "extend": ""}, {"keep_rows": None, "init_source": None}),
+    ({"text": "x", "num_images": 2, "init_image_data": PICTURE}, {"keep_rows": 8, "init_source": "encoded"}),
+    ({"text": "x", "num_images": 2, "init_image_data": "data:image/jpeg;base64," + _jpeg(), "keep_rows": "15"},
+     {"keep_rows": 15, "init_source": "encoded", "init_image": None}),
+    ({"text": "x", "num_images": 2, "init_image_data": OURS, "keep_rows": 1, "extend": "down"},
+     {"keep_rows": 1, "init_source": "codes", "extend": "down"}),
 ]
 
 
@@ -140,6 +193,56 @@ def test_good_bodies_are_queued_as_given(connection, queue, body, expected):
     job = queue.get(payload["queue_id"])
     for name, value in expected.items():
         assert getattr(job, name) == value
+
+
+def test_a_start_is_kept_with_its_job(connection, queue):
+    """An upload of ours gives its codes (and tops a taller picture as it is); any other
+    picture is kept squared, for the backend to encode."""
+    status, payload, _ = post(connection, json.dumps({**GOOD, "init_image_data": OURS, "extend": "down"}).encode())
+    job = queue.record(payload["queue_id"])
+    assert pictures.unpack_codes(job.init_codes) == list(range(256))
+    assert job.init_picture == OURS and job.params()["init_codes"] == list(range(256))
+    status, payload, _ = post(connection, json.dumps({**GOOD, "init_image_data": _jpeg()}).encode())
+    job = queue.record(payload["queue_id"])
+    square = Image.open(io.BytesIO(base64.b64decode(job.init_picture)))
+    assert job.init_codes is None and square.size == (pictures.START_SIDE,) * 2
+    assert job.params()["init_picture"] == job.init_picture and job.params()["keep_rows"] == 8
+    assert "init_picture" not in queue.get(job.id).to_status()  # /queue_status does not carry it
+
+
+def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "b0undary") -> tuple[bytes, dict]:
+    body = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_multipart_upload_is_a_start_picture(connection, queue):
+    jpeg = base64.b64decode(_jpeg())
+    body, headers = multipart([("text", "Ein Eichhörnchen".encode(), None), ("num_images", b"2", None),
+                               ("keep_rows", b"5", None), ("init_image_data", jpeg, "photo.jpg")])
+    status, payload, _ = post(connection, body, headers)
+    assert status == 200, payload
+    job = queue.record(payload["queue_id"])
+    assert (job.text, job.num_images, job.keep_rows, job.init_source) == ("Ein Eichhörnchen", 2, 5, "encoded")
+
+
+@pytest.mark.parametrize("parts,boundary,field", [
+    ([("text", b"x", None), ("num_images", b"2", None), ("init_image_data", b"GIF89a", "a.gif")], "b0undary",
+     "init_image_data"),
+    ([("text", b"\xff\xfe", None), ("num_images", b"2", None)], "b0undary", "text"),
+    ([("", b"x", None)], "b0undary", None),
+    ([("text", b"x", None), ("num_images", b"2", None)], "", None),  # no boundary: no parts
+    ([("text", b"x", None), ("num_images", b"2", None), ("keep_rows", b"3", None)], "b0undary", "keep_rows"),
+])
+def test_bad_multipart_bodies_are_refused(connection, queue, parts, boundary, field):
+    body, headers = multipart(parts, boundary or "b0undary")
+    if not boundary:
+        headers["Content-Type"] = "multipart/form-data"
+    status, payload, _ = post(connection, body, headers)
+    assert status == 400 and payload.get("field") == field, payload
+    assert queue.unfinished() == []
 
 
 def test_seed_bounds_at_the_unit_level():

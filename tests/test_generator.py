@@ -204,6 +204,10 @@ codes, _, _ = engine.generate_codes(GenerationRequest(sys.argv[2], 3, seed=5, to
 out["greedy"] = np.asarray(codes)[:3].tolist()
 codes, _, _ = engine.generate_codes(GenerationRequest(sys.argv[2], 2, seed=77, top_p=0.95))
 out["sampled"] = np.asarray(codes)[:2].tolist()
+# A continuation of sampled image 1, its batch split over the two devices as well.
+start = tuple(out["sampled"][1])
+codes, _, _ = engine.generate_codes(GenerationRequest(sys.argv[2], 2, seed=77, top_p=0.95, init_codes=start, keep_rows=6))
+out["continued"] = np.asarray(codes)[:2].tolist()
 print(json.dumps(out))
 """
 
@@ -219,4 +223,6 @@ def test_two_devices_give_the_same_images(engine, model_cache_dir):
     sampled = np.asarray(engine.generate_codes(GenerationRequest(PROMPT, 2, seed=77, top_p=0.95))[0])
     np.testing.assert_array_equal(np.array(out["greedy"]), greedy[:3])
     np.testing.assert_array_equal(np.array(out["sampled"]), sampled[:2])
+    np.testing.assert_array_equal(np.array(out["continued"])[1], sampled[1])  # image 1 again
+    assert (np.array(out["continued"])[0][:96] == sampled[1][:96]).all()
     np.testing.assert_array_equal(greedy[0], reference_greedy(engine, PROMPT, 10.0))

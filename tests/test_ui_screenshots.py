@@ -33,6 +33,13 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
     finished = submit_prompt(page, "a red circle on a black background", num_images=4, seed=2024)
     expect(page.locator(f'#results [data-queue-id="{finished}"]')).to_have_attribute(
         "data-status", "done", timeout=150_000)
+    # Variations of its first picture (top half kept), so the library shows a job's lineage.
+    source = page.request.get(f"{demo_stack.frontend.url}/jobs/{finished}").json()["images"][0]
+    variation = page.request.post(f"{demo_stack.frontend.url}/prompt", data={
+        "text": "a blue square at the bottom", "num_images": 4, "seed": 99, "init_image": source,
+        "keep_rows": 8}).json()["queue_id"]
+    page.wait_for_function("async ([url]) => (await (await fetch(url)).json()).status === 'done'",
+                           arg=[f"{demo_stack.frontend.url}/jobs/{variation}"], timeout=150_000, polling=500)
     # Four more, so that one is generating and others wait while the pictures are taken: 8
     # images each, as a small model can finish 4 before the page has shown any progress.
     unfinished = [submit_prompt(page, text, num_images=8) for text in (
@@ -44,7 +51,8 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
     saved = save_screenshots(page, "create", screenshot_dir)
 
     page.goto(f"{demo_stack.frontend.url}/advanced.html?text=a+red+circle+on+a+black+background&num_images=6&seed=7"
-              "&gen_top_k=64&gen_top_p=0.9&temperature=0.8&condition_scale=5")
+              f"&gen_top_k=64&gen_top_p=0.9&temperature=0.8&condition_scale=5&init_image={source}&keep_rows=6")
+    page.wait_for_function("() => document.querySelector('#start-picker .row-image')?.naturalWidth > 0")
     saved += save_screenshots(page, "advanced", screenshot_dir)
 
     page.goto(f"{demo_stack.frontend.url}/library.html")
@@ -52,11 +60,16 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
     expect(entry).to_be_visible()
     page.wait_for_function("() => [...document.querySelectorAll('.thumb img')].slice(0, 4)"
                            ".every(img => img.complete && img.naturalWidth > 0)")
+
+    expect(page.locator(f'article.job[data-queue-id="{variation}"] .lineage')).to_contain_text("8 of 16 rows kept")
     saved += save_screenshots(page, "library", screenshot_dir)
 
     entry.locator(".thumb").first.click()
     expect(page.locator("dialog.viewer[open] img")).to_be_visible()
     page.screenshot(path=str(screenshot_dir / "viewer-light-desktop.png"))
+    page.locator("dialog.viewer[open]").get_by_role("button", name="Variations").click()
+    expect(page.locator("dialog.viewer[open] .row-line")).to_be_visible()
+    page.screenshot(path=str(screenshot_dir / "viewer-variations-light-desktop.png"))
     page.keyboard.press("Escape")
 
     for queue_id in unfinished:

@@ -369,6 +369,45 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
     return _dense(x, params["lm_head"]), new_cache
 
 
+def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, encoder_mask):
+    """The self-attention cache of positions 0..Q-1 for every row, in one causal pass.
+
+    tokens [B, Q] int32 are the decoder inputs of those positions (the start token, then the
+    codes kept), the same for the conditional and unconditional row of an image. Each
+    position's keys/values are those `decode_step` would have cached for it, so decoding can
+    go on at any position p < Q: entries from p on are overwritten before they are attended
+    to. The last layer's outputs are never needed and XLA drops them.
+    """
+    decoder = params["decoder"]
+    heads = config.decoder_attention_heads
+    batch, length = tokens.shape
+    x = _embed(decoder, jnp.broadcast_to(tokens[:, None], (batch, 2, length)), jnp.arange(length))  # [B, 2, Q, D]
+    causal_bias = _mask_bias(jnp.tril(jnp.ones((length, length), bool)))  # [Q, K]
+    cross_bias = _mask_bias(encoder_mask > 0)[:, None, None, :]  # [2, 1, 1, S]
+    new_cache = []
+    for layer, (cached_keys, cached_values), (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
+        attn = layer["self_attn"]
+        hidden = _layer_norm(x, layer["pre_self_attn_norm"])
+        queries = _queries(attn, hidden, heads)
+        keys, values = _keys_values(attn, hidden, heads)  # [B, 2, Q, H, hd]
+        # Cast as the cache holds them, so later positions attend to exactly these values.
+        keys, values = keys.astype(cached_keys.dtype), values.astype(cached_values.dtype)
+        new_cache.append((jax.lax.dynamic_update_slice(cached_keys, keys.transpose(0, 1, 3, 2, 4), (0,) * 5),
+                          jax.lax.dynamic_update_slice(cached_values, values.transpose(0, 1, 3, 2, 4), (0,) * 5)))
+        scores = jnp.einsum("bcqhd,bckhd->bchqk", queries.astype(keys.dtype), keys, preferred_element_type=jnp.float32)
+        attended = _softmax_attend(scores, causal_bias, values, "bchqk,bckhd->bcqhd")
+        x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])
+
+        attn = layer["cross_attn"]
+        queries = _queries(attn, _layer_norm(x, layer["pre_cross_attn_norm"]), heads)
+        scores = jnp.einsum("bcqhd,cshd->bchqs", queries.astype(cross_keys.dtype), cross_keys,
+                            preferred_element_type=jnp.float32)
+        attended = _softmax_attend(scores, cross_bias, cross_values, "bchqs,cshd->bcqhd")
+        x = _attention_output(attn, attended, x, layer["post_cross_attn_norm"])
+        x = x + _glu(layer["glu"], x)
+    return new_cache
+
+
 # ---------------------------------------------------------------- decoder, plain reference
 
 

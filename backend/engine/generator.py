@@ -16,12 +16,19 @@ changing them never recompiles; each batch size is compiled once (`warm_up`, ahe
 time). Image i uses the key `fold_in(key(seed), i)` and, at step t, `fold_in(that, t)`:
 it depends only on (prompt, parameters, seed, i), not on the batch size or device count.
 With several local devices the batch axis is sharded over all of them.
+
+A continuation keeps the first rows of given codes: one batched causal pass (`prefill`, the
+same program for any number of kept rows) fills the self-attention cache of the kept
+positions, and the chunks start at the first position after them. As the random keys depend
+on the position only, continuing image i of a job with its prompt, values and seed draws
+exactly the codes that job drew.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import math
 import logging
 import threading
 import time
@@ -35,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
+from playground import pictures
 from playground.limits import random_seed
 
 from . import checkpoint, dallebart
@@ -132,6 +140,7 @@ class _Programs:
     prepare: Callable
     chunks: dict[int, Callable]  # by steps per call: CHUNK_STEPS, or all steps for the benchmark
     prepared: tuple  # the shapes and shardings of prepare's output, to compile more chunks
+    prefill: Callable | None = None  # compiled at the first continuation of this batch size
 
 
 class Engine:
@@ -139,7 +148,8 @@ class Engine:
 
     def __init__(self, model_name: str, config: DalleBartConfig, params, vqgan_config, vqgan_params,
                  tokenizer, normalizer=None, devices=None, chunk_steps: int = CHUNK_STEPS,
-                 vqgan_batch: int | None = None, batch_per_device: int | None = None):
+                 vqgan_batch: int | None = None, batch_per_device: int | None = None,
+                 vqgan_file: Path | None = None):
         if config.image_length % chunk_steps:
             raise ValueError("chunk_steps must divide image_length")
         self.model_name = model_name
@@ -165,6 +175,9 @@ class Engine:
         # caches); an accelerator takes four per device, always four (one program).
         self.vqgan_batch = vqgan_batch or len(self.devices) * (4 if self.on_accelerator else 2)
         self._vqgan: dict[int, Callable] = {}
+        # The VQGAN checkpoint holds the encoder too; read only when a picture is first encoded.
+        self._vqgan_file = vqgan_file
+        self._vqgan_encoder: tuple[dict, Callable] | None = None
         self._lock = threading.Lock()
         self.uncond_tokens = tokenizer.encode([""], max_length=config.max_text_length)
 
@@ -173,6 +186,15 @@ class Engine:
     @property
     def total_tokens(self) -> int:
         return self.config.image_length
+
+    @property
+    def row_length(self) -> int:
+        """Codes per row of the square code grid (16 for 256 codes)."""
+        return math.isqrt(self.config.image_length)
+
+    @property
+    def max_keep_rows(self) -> int:
+        return self.total_tokens // self.row_length - 1
 
     def padded_batch(self, num_images: int) -> int:
         """Images actually computed (extra ones are discarded): a multiple of `batch_multiple`.
@@ -222,6 +244,28 @@ class Engine:
         state = jax.lax.fori_loop(0, steps, lambda i, state: step(start + i, state), state)
         # A small separate output the host can wait on while the state is donated onward.
         return state, state.tokens + 0
+
+    def _prefill_fn(self, params, cross_kv, encoder_mask, state, init_codes, kept):
+        """Continue from init_codes [B, T]: cache the positions before `kept` (a run-time
+        count, so one program serves every number of rows) and carry the code drawn last."""
+        config = self.config
+        # Inputs of positions 0 … T-L-1: enough for every allowed prefix (at most T-L kept).
+        length = config.image_length - self.row_length
+        start = jnp.full((init_codes.shape[0], 1), config.decoder_start_token_id, jnp.int32)
+        tokens = jnp.concatenate([start, init_codes[:, :length - 1]], axis=1)
+        cache = dallebart.prefill_cache(params, config, tokens, state.cache, cross_kv, encoder_mask)
+        last = jax.lax.dynamic_index_in_dim(init_codes, kept - 1, axis=1, keepdims=False)
+        new = state._replace(cache=cache, tokens=last, codes=init_codes)
+        return jax.lax.with_sharding_constraint(new, self._state_shardings())
+
+    def _compile_prefill(self, programs: _Programs) -> Callable:
+        if programs.prefill is None:
+            (cross_kv, state), text = programs.prepared
+            codes = jax.ShapeDtypeStruct(state.codes.shape, jnp.int32, sharding=self._batch_sharding(2))
+            kept = jax.ShapeDtypeStruct((), jnp.int32, sharding=self._replicated)
+            prefill = jax.jit(self._prefill_fn, donate_argnames="state", out_shardings=self._state_shardings())
+            programs.prefill = prefill.lower(self.params, cross_kv, text, state, codes, kept).compile()
+        return programs.prefill
 
     def _vqgan_fn(self, vqgan_params, codes):
         from .vqgan import decode_codes
@@ -278,6 +322,30 @@ class Engine:
             pieces.append(np.asarray(pixels)[:len(piece)])
         return np.concatenate(pieces)
 
+    def encode_picture(self, picture: Image.Image) -> np.ndarray:
+        """A picture → its VQGAN codes int32 [T]: centre-cropped to a square, resized to the
+        VQGAN's resolution, encoded (the encoder's weights are read at the first call)."""
+        pixels = np.asarray(pictures.square(picture, self.vqgan_config.resolution), np.float32) / 255.0
+        with self._lock:
+            params, encode = self._encoder()
+            codes = encode(params, jax.device_put(pixels[None], self._replicated))
+        return np.asarray(codes)[0]
+
+    def _encoder(self) -> tuple[dict, Callable]:
+        if self._vqgan_encoder is None:
+            from .vqgan import encode_images, init_vqgan_params
+
+            if self._vqgan_file is None:
+                raise ValueError("this engine has no VQGAN checkpoint to read the encoder from")
+            shapes = jax.eval_shape(lambda: init_vqgan_params(self.vqgan_config, jax.random.PRNGKey(0)))
+            params = checkpoint.read_checkpoint(
+                self._vqgan_file, checkpoint.tree_shapes(shapes), checkpoint.cast_floats_to(np.float32),
+                keep=lambda path: not _vqgan_decoder_only(path) or path.startswith("quantize/"))
+            config = self.vqgan_config
+            self._vqgan_encoder = (jax.device_put(params, self._replicated),
+                                   jax.jit(lambda params, pixels: encode_images(params, config, pixels)))
+        return self._vqgan_encoder
+
     def programs(self, num_images: int) -> _Programs:
         """The compiled programs for this batch size (compiled now if warm_up did not)."""
         batch = self.padded_batch(num_images)
@@ -294,7 +362,9 @@ class Engine:
     def warm_up(self, batch_sizes=(2, 4, 6, 8)) -> None:
         with self._lock:
             for size in batch_sizes:
-                self.programs(size)
+                programs = self.programs(size)
+                if self.on_accelerator:  # one batch size there: the first continuation waits for no compile
+                    self._compile_prefill(programs)
                 for rows in self._vqgan_pieces(size):
                     self._vqgan_program(rows)
 
@@ -317,16 +387,29 @@ class Engine:
         """
         request.validate()
         with self._lock:
-            codes, seed, sampling = self._generate_codes(request, on_progress, cancel, steps_per_chunk)
+            codes, seed, sampling, _ = self._generate_codes(request, on_progress, cancel, steps_per_chunk)
         return np.asarray(codes)[:request.num_images], seed, sampling
 
+    def check_continuation(self, request: GenerationRequest) -> None:
+        """ValueError unless the request's start fits this model (its code count and codebook)."""
+        if request.init_codes is None:
+            return
+        if not 1 <= request.keep_rows <= self.max_keep_rows:
+            raise ValueError(f"keep_rows must be from 1 to {self.max_keep_rows}")
+        if len(request.init_codes) != self.total_tokens:
+            raise ValueError(f"init_codes must be {self.total_tokens} codes")
+        if max(request.init_codes) >= self.num_codes:
+            raise ValueError(f"init_codes must be below {self.num_codes}, the model's codebook")
+
     def _generate_codes(self, request, on_progress, cancel, steps_per_chunk):
+        self.check_continuation(request)
         seed = request.seed or random_seed()
         sampling = request.sampling()
         programs = self.programs(request.num_images)
         steps = steps_per_chunk or self.chunk_steps
-        if self.total_tokens % steps:
-            raise ValueError(f"steps_per_chunk must divide {self.total_tokens}")
+        first = 0 if request.init_codes is None else request.keep_rows * self.row_length
+        if (self.total_tokens - first) % steps:
+            raise ValueError(f"steps_per_chunk must divide {self.total_tokens - first}")
         chunk = self._compile_chunk(programs, steps)
         batch = self.padded_batch(request.num_images)
         input_ids, attention_mask = self.encode_text(request.text)
@@ -338,9 +421,20 @@ class Engine:
                            **{name: put(np.float32(sampling[name]))
                               for name in ("top_p", "temperature", "condition_scale")}}
         encoder_mask = put(attention_mask)
+        timings = {}
+        if first:
+            prefill = self._compile_prefill(programs)
+            started = time.perf_counter()
+            init_codes = np.broadcast_to(np.asarray(request.init_codes, np.int32), (batch, self.total_tokens))
+            state = prefill(self.params, cross_kv, encoder_mask, state,
+                            jax.device_put(np.ascontiguousarray(init_codes), self._batch_sharding(2)),
+                            put(np.int32(first)))
+            # Waited for once, so the report can tell the prefill from the decoding after it.
+            state.tokens.block_until_ready()
+            timings["prefill_secs"] = time.perf_counter() - started
         total = self.total_tokens
         in_flight: list[tuple[int, jax.Array]] = []
-        for start in range(0, total, steps):
+        for start in range(first, total, steps):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled()
             state, marker = chunk(self.params, cross_kv, encoder_mask, state, put(np.int32(start)), device_sampling)
@@ -351,7 +445,7 @@ class Engine:
             self._report(in_flight.pop(0), on_progress, total)
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled()
-        return state.codes, seed, sampling
+        return state.codes, seed, sampling, timings
 
     @staticmethod
     def _report(done_marker, on_progress, total):
@@ -365,7 +459,7 @@ class Engine:
         request.validate()
         with self._lock:
             started = time.perf_counter()
-            codes, seed, sampling = self._generate_codes(request, on_progress, cancel, None)
+            codes, seed, sampling, timings = self._generate_codes(request, on_progress, cancel, None)
             codes = np.asarray(codes)[:request.num_images]  # waits for the last chunk
             tokens_done = time.perf_counter()
             pixels = self.decode_images(codes)
@@ -373,7 +467,7 @@ class Engine:
         images = [Image.fromarray(np.round(p * 255).astype(np.uint8), "RGB") for p in pixels]
         return GenerationResult(
             images=images, seed=seed, params=sampling, codes=codes,
-            timings={"tokens_secs": tokens_done - started, "vqgan_secs": vqgan_done - tokens_done})
+            timings={"tokens_secs": tokens_done - started, "vqgan_secs": vqgan_done - tokens_done, **timings})
 
 
 # ---------------------------------------------------------------- loading
@@ -418,13 +512,14 @@ def load_engine(model: str, cache_dir: Path = Path("cache"), *, dtype: str | Non
                                         dallebart.expected_param_shapes(config), dtype_for)
     vqgan_config = VQGANConfig.from_dict(_read_json(files.vqgan_dir / "config.json"))
     vqgan_shapes = jax.eval_shape(lambda: init_vqgan_params(vqgan_config, jax.random.PRNGKey(0)))
+    vqgan_file = files.vqgan_dir / "flax_model.msgpack"
     vqgan_params = checkpoint.read_checkpoint(
-        files.vqgan_dir / "flax_model.msgpack", checkpoint.tree_shapes(vqgan_shapes),
+        vqgan_file, checkpoint.tree_shapes(vqgan_shapes),
         checkpoint.cast_floats_to(np.float32), keep=_vqgan_decoder_only)
     tokenizer = TextTokenizer.from_folder(files.dalle_dir)
     normalizer = TextNormalizer(files.word_frequencies) if config.normalize_text else None
     return Engine(files.name, config, params, vqgan_config, vqgan_params, tokenizer, normalizer, devices,
-                  batch_per_device=batch_per_device)
+                  batch_per_device=batch_per_device, vqgan_file=vqgan_file)
 
 
 def _read_json(path: Path) -> dict:

@@ -24,6 +24,9 @@ class GenerationRequest:
     top_p: float | None = None
     temperature: float | None = None
     condition_scale: float | None = None
+    # A continuation: these codes' first `keep_rows` rows are kept, the rest sampled.
+    init_codes: tuple[int, ...] | None = None
+    keep_rows: int | None = None
 
     def validate(self, max_images: int = MAX_IMAGES) -> None:
         """Raise ValueError naming the first bad field."""
@@ -41,6 +44,12 @@ class GenerationRequest:
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not np.isfinite(value) or not ok(value)):
                 raise ValueError(f"{name} must be a number {rule}")
+        if (self.init_codes is None) != (self.keep_rows is None):
+            raise ValueError("init_codes and keep_rows come together")
+        if self.keep_rows is not None and (not _is_int(self.keep_rows) or self.keep_rows < 1):
+            raise ValueError("keep_rows must be an integer >= 1")
+        if self.init_codes is not None and not all(_is_int(code) and code >= 0 for code in self.init_codes):
+            raise ValueError("init_codes must be integers >= 0")
 
     def sampling(self) -> dict[str, float | int]:
         """The four sampling values, defaults filled in."""

@@ -5,9 +5,13 @@ import json
 from dataclasses import dataclass, field
 
 from playground.limits import IMAGE_TOKENS
+from playground.pictures import unpack_codes
 from playground.queue.states import FINISHED, QUEUED
 
 SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "condition_scale")
+# A continuation's fields, stored only when set: "" in the hash is None.
+PUBLIC_START_FIELDS = ("init_image", "init_source", "keep_rows", "extend")
+START_FIELDS = ("init_image", "init_source", "init_codes", "init_picture", "keep_rows", "extend")
 # Job ids are lowercase uuids (they name the library's folders), and so are the library's image names.
 UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -32,6 +36,17 @@ class Job:
     top_p: float | None = None
     temperature: float | None = None
     condition_scale: float | None = None
+    # A continuation (all None for a fresh job): the library image it starts from
+    # ("library/<queue_id>/<image>.png", or None for an upload); how its codes were obtained
+    # ("codes": read from a PNG of ours, "encoded": the backend's VQGAN encodes init_picture);
+    # the start's code grid (pictures.pack_codes) or the picture (base64 PNG); the rows kept;
+    # "down" to extend the picture below.
+    init_image: str | None = None
+    init_source: str | None = None
+    init_codes: str | None = None
+    init_picture: str | None = None
+    keep_rows: int | None = None
+    extend: str | None = None
     status: str = QUEUED
     created_at: float = 0.0
     started_at: float | None = None
@@ -47,6 +62,7 @@ class Job:
     total_tokens: int = IMAGE_TOKENS  # until the backend's `started` event gives its model's count
     cancel_requested: bool = False
     images: list[str] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)  # each image's codes (pictures.pack_codes), once done
     process_time_secs: float | None = None
     # Filled in by JobQueue from the queue as a whole, not stored in the hash.
     position: int | None = None
@@ -64,6 +80,12 @@ class Job:
             top_p=_float_or_none(h.get("top_p")),
             temperature=_float_or_none(h.get("temperature")),
             condition_scale=_float_or_none(h.get("condition_scale")),
+            init_image=h.get("init_image") or None,
+            init_source=h.get("init_source") or None,
+            init_codes=h.get("init_codes") or None,
+            init_picture=h.get("init_picture") or None,
+            keep_rows=_int_or_none(h.get("keep_rows")),
+            extend=h.get("extend") or None,
             status=h.get("status", QUEUED),
             created_at=float(h.get("created_at") or 0),
             started_at=_float_or_none(h.get("started_at")),
@@ -79,6 +101,7 @@ class Job:
             total_tokens=int(h.get("total_tokens") or IMAGE_TOKENS),
             cancel_requested=h.get("cancel_requested") == "1",
             images=json.loads(h.get("images") or "[]"),
+            codes=json.loads(h.get("codes") or "[]"),
             process_time_secs=_float_or_none(h.get("process_time_secs")),
         )
 
@@ -94,8 +117,15 @@ class Job:
 
     def params(self) -> dict:
         """The generation request as the backend protocol names it."""
-        return {"job_id": self.attempt_id, "text": self.text, "num_images": self.num_images, "seed": self.seed,
-                **{name: getattr(self, name) for name in SAMPLING_PARAMS}}
+        params = {"job_id": self.attempt_id, "text": self.text, "num_images": self.num_images, "seed": self.seed,
+                  **{name: getattr(self, name) for name in SAMPLING_PARAMS}}
+        if self.keep_rows is not None:  # a fresh job's body stays as it always was
+            params.update(keep_rows=self.keep_rows, extend=self.extend)
+            if self.init_codes is not None:
+                params["init_codes"] = unpack_codes(self.init_codes)
+            else:
+                params["init_picture"] = self.init_picture
+        return params
 
     def to_status(self) -> dict:
         """The public view: /queue_status elements and the per-job status of the API.
@@ -123,6 +153,8 @@ class Job:
             "backend": self.backend,
             "model": self.model,
             "images": self.images,
+            "codes": self.codes,
+            **{name: getattr(self, name) for name in PUBLIC_START_FIELDS},
         }
 
 
@@ -138,4 +170,5 @@ def encode_job_fields(job: Job) -> dict[str, str]:
         "attempts": "0",
         "tokens_done": "0",
         "total_tokens": str(IMAGE_TOKENS),
+        **{name: str(getattr(job, name)) for name in START_FIELDS if getattr(job, name) is not None},
     }

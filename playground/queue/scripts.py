@@ -69,11 +69,15 @@ return created
 # KEYS: unused, workers, speed. ARGV: prefix.
 UNFINISHED = _QUEUES + """
 local prefix = ARGV[1]
+-- A continuation's start picture and the codes are left out: /queue_status never shows them.
+local HEAVY = {init_picture = true, init_codes = true, codes = true}
 local function job(jid)
   local flat = redis.call('HGETALL', prefix .. ':job:' .. jid)
   if #flat == 0 then return nil end
   local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  for i = 1, #flat, 2 do
+    if not HEAVY[flat[i]] then h[flat[i]] = flat[i + 1] end
+  end
   return h
 end
 local workers = {}

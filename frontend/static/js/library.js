@@ -1,9 +1,9 @@
 // The library page: finished jobs newest first, fetched a page at a time as the
 // reader scrolls, filtered on the server, so a library of 10,000 jobs stays quick.
 import { deleteImage, deleteJob, getLibrary } from "./api.js";
-import { el } from "./dom.js";
+import { el, setChildren } from "./dom.js";
 import { formatDate, formatNumber, formatSeconds } from "./format.js";
-import { thumbnail } from "./viewer.js";
+import { libraryPicture } from "./viewer.js";
 
 const PAGE_SIZE = 20;
 const FILTER_DELAY_MS = 300;
@@ -32,6 +32,20 @@ function settingsLink(entry) {
   return `advanced.html?${query}`;
 }
 
+// What a continuation started from: the source picture (a link to it) and the rows kept.
+function lineage(entry) {
+  if (!entry.keep_rows) return null;
+  const how = `${entry.keep_rows} of 16 rows kept${entry.extend === "down" ? " · extended below" : ""}`;
+  if (entry.init_image) {
+    return el("p", { class: "lineage" }, "Started from",
+      el("a", { href: entry.init_image, title: "The picture this job started from" },
+        el("img", { src: entry.init_image, alt: "the source picture", loading: "lazy", width: 40, height: 40 })),
+      how);
+  }
+  const source = entry.init_source === "encoded" ? "an uploaded picture" : "an uploaded picture of ours";
+  return el("p", { class: "lineage" }, `Started from ${source} · ${how}`);
+}
+
 function removeCard(card) {
   card.remove();
   state.total = Math.max(0, state.total - 1);
@@ -57,6 +71,11 @@ function jobCard(entry) {
     return true;
   }
 
+  const picture = (src, tall) => {
+    const node = libraryPicture({ src, alt: entry.text_prompt, entry, tall, onDelete: () => removeImage(src, node) });
+    return node; // named first: its own delete handler removes it
+  };
+
   async function removeJob() {
     if (!window.confirm(`Delete all ${images.length} images of this job? This cannot be undone.`)) return;
     try {
@@ -67,12 +86,10 @@ function jobCard(entry) {
     }
   }
 
-  const thumbs = images.map((src) => {
-    const thumb = thumbnail({ src, alt: entry.text_prompt, onDelete: () => removeImage(src, thumb) });
-    return thumb; // named first: its own delete handler removes it
-  });
+  const thumbs = images.map((src) => picture(src, false));
+  const taller = (entry.extended_images ?? []).map((src) => picture(src, true));
 
-  card.append(
+  setChildren(card,
     el("h2", { class: "prompt" }, entry.text_prompt),
     el("p", { class: "meta" },
       el("time", { datetime: new Date(entry.creation_unixtime * 1000).toISOString() }, formatDate(entry.creation_unixtime)),
@@ -82,7 +99,10 @@ function jobCard(entry) {
       `top-k ${formatNumber(entry.gen_top_k)} · top-p ${formatNumber(entry.gen_top_p)} · `
       + `temperature ${formatNumber(entry.temperature)} · condition scale ${formatNumber(entry.condition_scale)}`
       + (entry.model ? ` · model ${entry.model}` : "")),
+    lineage(entry),
     el("div", { class: "thumbs" }, thumbs),
+    taller.length > 0 && el("h3", { class: "taller-title" }, "Taller pictures"),
+    taller.length > 0 && el("div", { class: "thumbs taller" }, taller),
     el("div", { class: "card-actions" },
       el("a", { class: "button", href: settingsLink(entry) }, "Use these settings again"),
       el("button", { type: "button", class: "danger", onclick: removeJob }, "Delete job")));

@@ -2,7 +2,9 @@
 import { submitPrompt } from "./api.js";
 import { startBackendStatus } from "./backends.js";
 import { rememberJob } from "./myjobs.js";
+import { pngText, recalledSettings } from "./pnginfo.js";
 import { startQueue } from "./queue.js";
+import { startPicture } from "./start.js";
 import { SAMPLING_FIELDS, validatePrompt } from "./validation.js";
 
 const FIELDS = ["text", "num_images", "seed", "model", ...SAMPLING_FIELDS];
@@ -11,6 +13,7 @@ const form = document.getElementById("prompt-form");
 const textInput = document.getElementById("text");
 const submitButton = document.getElementById("submit");
 const formStatus = document.getElementById("form-status");
+const start = startPicture(); // the advanced page's start picture; null on the create page
 
 startBackendStatus(document.getElementById("backends"), document.getElementById("model-field"));
 
@@ -45,6 +48,35 @@ function prefillFromUrl() {
     if (!control || !query.has(name)) continue;
     control.value = query.get(name); // on a radio group this checks the matching radio
   }
+  // "Use as start" in the library: ?init_image=library/<queue_id>/<image>.png&keep_rows=8
+  if (start && query.has("init_image")) {
+    start.useLibraryImage(query.get("init_image"), query.get("keep_rows"), query.get("extend") === "down");
+  }
+}
+
+// "Recall": a PNG of ours dropped on the page fills in the prompt and settings it was made
+// with. On the advanced page a picture dropped on the start field (or one that is not ours)
+// becomes the start picture instead.
+async function dropped(event) {
+  const file = event.dataTransfer?.files?.[0];
+  if (!file) return;
+  event.preventDefault();
+  if (start && start.element.contains(event.target)) {
+    start.useFile(file);
+    return;
+  }
+  const settings = file.type === "image/png" ? recalledSettings(pngText(await file.arrayBuffer())) : null;
+  if (settings) {
+    for (const [name, value] of Object.entries(settings)) {
+      const control = form.elements.namedItem(name);
+      if (control) control.value = value;
+    }
+    setStatus(`Settings restored from ${file.name}.`);
+  } else if (start) {
+    start.useFile(file);
+  } else {
+    setStatus(`${file.name} is not a picture made here: there are no settings to restore.`, true);
+  }
 }
 
 function showErrors(errors) {
@@ -77,6 +109,7 @@ async function submit(event) {
     setStatus("Please correct the highlighted field.", true);
     return;
   }
+  Object.assign(params, start?.params());
   submitButton.disabled = true;
   setStatus("Sending…");
   try {
@@ -86,6 +119,7 @@ async function submit(event) {
     setStatus("Queued. Your job is highlighted in the queue.");
   } catch (error) {
     setStatus(error.message, true);
+    if (start && /^(init_image|init_image_data|keep_rows|extend):/.test(error.message)) start.showError(error.message);
   } finally {
     submitButton.disabled = false;
   }
@@ -98,4 +132,8 @@ textInput.addEventListener("keydown", (event) => {
   }
 });
 form.addEventListener("submit", submit);
+document.addEventListener("dragover", (event) => {
+  if (event.dataTransfer?.types?.includes("Files")) event.preventDefault(); // allows the drop
+});
+document.addEventListener("drop", dropped);
 prefillFromUrl();

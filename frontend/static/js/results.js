@@ -10,7 +10,7 @@ function doneDetails(entry) {
     el("p", { class: "meta" },
       `Seed ${entry.seed ?? "–"} · ${images.length} images · ${formatSeconds(entry.process_time_secs)}`
       + ` (${formatSeconds(perImage)} per image)`),
-    el("div", { class: "thumbs" }, images.map((src) => thumbnail({ src, alt: entry.text_prompt }))),
+    el("div", { class: "thumbs" }, images.map((src) => thumbnail({ src, alt: entry.text_prompt, entry }))),
   ];
 }
 

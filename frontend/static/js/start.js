@@ -1,0 +1,100 @@
+// The advanced page's start picture: a library image (from "Use as start") or an upload
+// (chosen or dropped), with the row slider over it and "extend below".
+import { el, setChildren } from "./dom.js";
+import { pngText } from "./pnginfo.js";
+import { DEFAULT_KEEP_ROWS, rowPicker } from "./rows.js";
+
+export const MAX_UPLOAD_BYTES = 4 * 1024 * 1024; // the server's FRONTEND_MAX_UPLOAD_BYTES default
+const TYPES = ["image/png", "image/jpeg", "image/webp"];
+
+function base64(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let binary = "";
+  for (let at = 0; at < bytes.length; at += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(at, at + 0x8000));
+  }
+  return btoa(binary);
+}
+
+// Returns null on a page without the start fieldset.
+export function startPicture() {
+  const fieldset = document.getElementById("start");
+  if (!fieldset) return null;
+  const holder = document.getElementById("start-picker");
+  const fileInput = document.getElementById("start-file");
+  const extend = document.getElementById("extend");
+  const remove = document.getElementById("start-remove");
+  const error = document.getElementById("start-error");
+  const source = document.getElementById("start-source");
+  let start = null; // { init_image } or { init_image_data }, with its picker
+  let previewUrl = null;
+
+  function show(params, src, description, square) {
+    const keepRows = start?.picker.keepRows() ?? DEFAULT_KEEP_ROWS;
+    if (previewUrl && previewUrl !== src) URL.revokeObjectURL(previewUrl);
+    const picker = rowPicker({ src, alt: "The start picture", keepRows, square,
+                               mode: extend.checked ? "bottom" : "top" });
+    start = { params, picker };
+    setChildren(holder, picker.node);
+    source.textContent = description;
+    error.textContent = "";
+    fieldset.classList.add("has-start");
+    remove.hidden = false;
+  }
+
+  async function useFile(file) {
+    if (!TYPES.includes(file.type)) {
+      error.textContent = "Choose a PNG, JPEG or WebP picture.";
+      return;
+    }
+    if (file.size > MAX_UPLOAD_BYTES) {
+      error.textContent = `The picture is ${(file.size / 1048576).toFixed(1)} MB; at most 4 MB are accepted.`;
+      return;
+    }
+    const buffer = await file.arrayBuffer();
+    previewUrl = URL.createObjectURL(file);
+    // Only a PNG of ours keeps its shape (its codes say how tall it is); any other picture
+    // is centre-cropped to a square by the server, so the preview shows that square.
+    const ours = "dalle_codes" in pngText(buffer);
+    show({ init_image_data: base64(buffer) }, previewUrl, `Uploaded: ${file.name}`, !ours);
+  }
+
+  function useLibraryImage(path, keepRows, extendDown) {
+    extend.checked = Boolean(extendDown);
+    show({ init_image: path }, path, "From the library", false);
+    if (keepRows) {
+      const slider = holder.querySelector(".row-slider");
+      slider.value = keepRows;
+      slider.dispatchEvent(new Event("input"));
+    }
+  }
+
+  function clear() {
+    start = null;
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    setChildren(holder);
+    source.textContent = "";
+    fieldset.classList.remove("has-start");
+    remove.hidden = true;
+    fileInput.value = "";
+  }
+
+  fileInput.addEventListener("change", () => {
+    if (fileInput.files.length) useFile(fileInput.files[0]);
+  });
+  extend.addEventListener("change", () => start?.picker.setMode(extend.checked ? "bottom" : "top"));
+  remove.addEventListener("click", clear);
+
+  return {
+    element: fieldset,
+    useFile,
+    useLibraryImage,
+    // The continuation fields of POST /prompt ({} without a start picture).
+    params: () => (start ? { ...start.params, keep_rows: start.picker.keepRows(), extend: extend.checked ? "down" : null }
+      : {}),
+    showError: (message) => {
+      error.textContent = message;
+    },
+  };
+}
