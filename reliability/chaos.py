@@ -14,6 +14,7 @@ the services' own cannot be replayed exactly, so a failure is re-run with its se
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -47,6 +48,9 @@ CANCEL_SHARE = 0.05
 SETTLE_SECS = 4.0          # after the last job ends: time for the sweeps to settle `.staging`
 _GENERATE = re.compile(rf"generate ({UUID_PATTERN})\.(\d+) (\d+\.\d+)")  # stderr may share its line
 FENCED_LINE = "was taken over by another worker"
+_FENCED_RUN = re.compile(rf"job ({UUID_PATTERN}): claim (\d+) {FENCED_LINE}")
+CHECK_AFTER_CANCEL = "no job was sent to a backend after it was cancelled (stale claims fenced off apart)"
+CHECK_AFTER_END = "no job was sent to a backend after it ended (stale claims fenced off apart)"
 
 
 class _Redis:
@@ -121,10 +125,11 @@ class _FaultLoop(threading.Thread):
         rng.shuffle(self.first)
 
     def _do(self, action: str, service) -> None:
+        at, wall = time.monotonic(), time.time()   # before: the service may act before we look again
         getattr(service, {"restart": "start", "SIGCONT": "resume", "kill -9": "kill",
                           "SIGSTOP": "pause"}[action])()
-        self.actions.append((round(time.monotonic() - self.started, 2), action, service.name))
-        self.wall.append((time.time(), action, service.name))
+        self.actions.append((round(at - self.started, 2), action, service.name))
+        self.wall.append((wall, action, service.name))
 
     def run(self) -> None:
         try:
@@ -341,6 +346,14 @@ def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: l
     result.check("every cancel asked for was honoured (or came too late)", not uncancelled, "; ".join(uncancelled[:5]))
 
     # 2. library.json: one entry per done job, none for another; exactly its images on disk.
+    index = library_dir / "library.json"
+    try:
+        parsed = json.loads(index.read_bytes()) if index.exists() else []
+        valid = isinstance(parsed, list) and all(isinstance(e, dict) and e.get("queue_id") for e in parsed)
+    except (OSError, ValueError) as exc:
+        parsed, valid = None, False
+        log.warning("library.json unreadable: %s", exc)
+    result.check("library.json valid", valid, "not a list of entries")
     entries = LibraryStore(library_dir).entries()
     by_id = Counter(e.get("queue_id") for e in entries)
     done = {job_id for job_id, job in records.items() if job and job.status == "done"}
@@ -379,41 +392,60 @@ def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: l
     left = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
     result.check("nothing left in .staging", not left, f"{len(left)}: {left[:5]}")
 
-    # 4. no backend was sent a job after it ended (in particular after a cancel).
-    # A request a worker sent to a backend that was then stopped (SIGSTOP) waits in the
-    # backend's socket; the worker gives up (stall timeout), the job is taken over and may end,
-    # and the backend, resumed, reads the stale request only then. Such an arrival is an older
-    # claim than the job's last one, at a backend resumed just before: it is counted apart
-    # (its worker has hung up, and fencing refuses anything it could report). Any other late
-    # arrival means a scheduler dispatched a job that had ended.
-    resumed = defaultdict(list)
+    # 4. no backend was sent a job after it ended (in particular after a cancel), except stale
+    # claims, which fencing cuts off at once. Two ways a stale claim reaches a backend late:
+    # - the backend was stopped (SIGSTOP) with the request in its socket; its worker gave up
+    #   (stall timeout), the job was taken over and ended, and the resumed backend reads the
+    #   request only then (its worker has hung up);
+    # - the scheduler was stopped between claiming the job and sending it; the job was taken
+    #   over and ended meanwhile, and the resumed scheduler sends the stale claim, whose first
+    #   progress write Redis refuses ("claim N was taken over"): the worker hangs up, which
+    #   stops the backend's run. Neither can change the job or the library (checked above).
+    # Anything else — above all a job's last claim arriving after it ended — fails.
+    paused: dict[str, list[tuple[float, float]]] = defaultdict(list)   # backend -> (SIGSTOP, SIGCONT) times
+    stopped_at: dict[str, float] = {}
     for at, action, name in fault_times:
-        if action == "SIGCONT":
-            resumed[name].append(at)
+        if action == "SIGSTOP":
+            stopped_at[name] = at
+        elif action == "SIGCONT" and name in stopped_at:
+            paused[name].append((stopped_at.pop(name), at))
+
+    def read_after_pause(name: str, at: float, ended: float) -> bool:
+        """The backend was stopped before the job ended and resumed shortly before `at` (1.5 s
+        of slack: the stand-in may read its socket before this loop records the SIGCONT)."""
+        return any(stop <= ended and stop <= at and cont >= at - 1.5 for stop, cont in paused[name])
+
+    fenced_runs = set()
+    for path in logs.glob("scheduler-*.log"):
+        fenced_runs.update(_FENCED_RUN.findall(path.read_text(errors="replace")))
     arrivals: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    late, stale_after_pause = [], []
+    late, stale_after_pause, stale_dispatch = [], [], []
     for backend in backends:
         text = backend.process.log_path.read_text(errors="replace") if backend.process.log_path.exists() else ""
         for job_id, claim, at in _GENERATE.findall(text):
-            claim, at = int(claim), float(at)
-            arrivals[job_id].append((claim, at))
+            arrivals[job_id].append((int(claim), float(at)))
             job = records.get(job_id)
-            if job is None or job.finished_at is None or at <= job.finished_at:
+            if job is None or job.finished_at is None or float(at) <= job.finished_at:
                 continue
             line = (f"{job_id}.{claim} ({job.status}, last claim {job.claim}) reached {backend.name} "
-                    f"{at - job.finished_at:.3f} s after it ended")
-            if claim < job.claim and any(at - 1.0 <= t <= at for t in resumed[backend.name]):
-                stale_after_pause.append(line)
-            else:
+                    f"{float(at) - job.finished_at:.3f} s after it ended")
+            if int(claim) >= job.claim:
                 late.append(line)
+            elif read_after_pause(backend.name, float(at), job.finished_at):
+                stale_after_pause.append(line)
+            elif (job_id, claim) in fenced_runs:
+                stale_dispatch.append(line)
+            else:
+                late.append(line + " (not fenced off)")
     late_cancelled = [line for line in late if "(cancelled," in line]
-    result.check("no job was sent to a backend after it was cancelled", not late_cancelled,
-                 f"{len(late_cancelled)}: " + "; ".join(late_cancelled[:5]))
-    result.check("no job was sent to a backend after it ended", not late, f"{len(late)}: " + "; ".join(late[:5]))
-    result.figures["stale requests read by a backend resumed from SIGSTOP after their job ended"] = \
+    result.check(CHECK_AFTER_CANCEL, not late_cancelled, f"{len(late_cancelled)}: " + "; ".join(late_cancelled[:5]))
+    result.check(CHECK_AFTER_END, not late, f"{len(late)}: " + "; ".join(late[:5]))
+    result.figures["stale claims read by a backend resumed from SIGSTOP after their job ended"] = \
         len(stale_after_pause)
-    if stale_after_pause:
-        result.figures["those stale requests"] = stale_after_pause
+    result.figures["stale claims sent by a scheduler resumed from SIGSTOP after their job ended (fenced off)"] = \
+        len(stale_dispatch)
+    if stale_after_pause or stale_dispatch:
+        result.figures["those stale claims"] = stale_after_pause + stale_dispatch
     unrun = [job_id for job_id in done if not arrivals.get(job_id)]
     result.check("every done job reached a backend", not unrun, "; ".join(unrun[:5]))
     # Ended once, by its last claim: the library's result is that attempt's (its backend, and
