@@ -23,7 +23,7 @@ from reliability.suite import ALL_NAMES, run_suite
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__.split("\n\n")[1])
     parser.add_argument("--soak", action="store_true", help="the long version: 1,000 prompts from 50 clients, "
-                        "20,000 fuzzed requests, 200 slow clients")
+                        "20,000 fuzzed requests, 200 slow clients, 1,000 chaos jobs")
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "reliability-report.md",
                         help="where to write the report (default: docs/reliability-report.md); '-' for stdout")
     parser.add_argument("--only", nargs="+", choices=ALL_NAMES, metavar="NAME",

@@ -463,7 +463,8 @@ def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: l
         name = ports.get(job.backend or "")
         if entry.get("backend") != job.backend or job.attempt_id not in by_backend.get(name, ()):
             foreign.append(f"{job.id}: library from {entry.get('backend')}, job's claim {job.claim} on {job.backend}")
-    result.check("each done job's result is its last claim's", not foreign, f"{len(foreign)}: " + "; ".join(foreign[:5]))
+    result.check("each done job's result is its last claim's", not foreign,
+                 f"{len(foreign)}: " + "; ".join(foreign[:5]))
     attempts = Counter({job_id: len(seen) for job_id, seen in arrivals.items()})
 
     # 5. the figures.
