@@ -41,10 +41,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """A redis-server child process bound to loopback, with append-only persistence in `data_dir`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True):
+    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True,
+                 appendfsync: str = "everysec"):
         self.data_dir = Path(data_dir).resolve()  # redis-server changes into it before opening its log
         self.port = port or free_port()
         self.appendonly = appendonly
+        # "everysec" (as the compose file): a kill -9 may lose the last second of acknowledged
+        # writes; "always": nothing acknowledged is lost (each write is on disk before the reply).
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
 
     @property
@@ -63,7 +67,7 @@ class RedisServer:
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--protected-mode", "yes",
             # A file, not a pipe: nobody reads a pipe, and a full one would stall the server.

@@ -1,4 +1,4 @@
-"""`python -m reliability [--soak] [--report docs/reliability-report.md] [--only NAME ...]`
+"""`python -m reliability [--soak] [--report docs/reliability-report.md] [--only NAME ...] [--seed N]`
 
 Starts a fresh local stack (Redis, backend with the tiny model, scheduler, frontend), runs the
 fault, load and hostile-input scenarios against it, and rewrites the report. Exits 1 when a
@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from reliability.chaos import DEFAULT_SEED
 from reliability.cluster import REPO_ROOT
 from reliability.report import render
 from reliability.suite import ALL_NAMES, run_suite
@@ -22,7 +23,7 @@ from reliability.suite import ALL_NAMES, run_suite
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__.split("\n\n")[1])
     parser.add_argument("--soak", action="store_true", help="the long version: 1,000 prompts from 50 clients, "
-                        "20,000 fuzzed requests, 200 slow clients")
+                        "20,000 fuzzed requests, 200 slow clients, 1,000 chaos jobs")
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "reliability-report.md",
                         help="where to write the report (default: docs/reliability-report.md); '-' for stdout")
     parser.add_argument("--only", nargs="+", choices=ALL_NAMES, metavar="NAME",
@@ -31,12 +32,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="model cache (the tiny model is written there once); default MODEL_CACHE_DIR or ./cache")
     parser.add_argument("--workdir", type=Path, help="where the stack keeps its library, Redis data and logs "
                         "(default: a new temporary folder, removed afterwards unless --keep)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"the chaos scenario's seed (default {DEFAULT_SEED}); the report gives it, "
+                        "so a failure can be replayed")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) afterwards")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="reliability-"))
     try:
-        run = run_suite(workdir, args.cache_dir, mode="soak" if args.soak else "short", only=args.only)
+        run = run_suite(workdir, args.cache_dir, mode="soak" if args.soak else "short", only=args.only,
+                        seed=args.seed)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

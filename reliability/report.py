@@ -118,6 +118,7 @@ class SuiteRun:
     load_average: tuple[float, float, float] | None = None
     mounted: bool = False
     mount_refused: str | None = None
+    seed: int | None = None        # the chaos scenario's (`--seed`)
 
     @property
     def by_name(self) -> dict[str, ScenarioResult]:
@@ -146,7 +147,8 @@ def render(run: SuiteRun) -> str:
         "findings' text.")
     add("")
     load = ", ".join(f"{x:.1f}" for x in run.load_average) if run.load_average else "?"
-    add(f"- Run: {run.started.strftime('%Y-%m-%d %H:%M UTC')}, mode **{run.mode}**, {run.seconds:.0f} s in all.")
+    add(f"- Run: {run.started.strftime('%Y-%m-%d %H:%M UTC')}, mode **{run.mode}**, {run.seconds:.0f} s in all"
+        + (f", chaos seed {run.seed} (`--seed {run.seed}` replays it)." if run.seed is not None else "."))
     add(f"- Machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), load average "
         f"{load} at the start (the machine is shared with other builds), Python "
         f"{sys.version.split()[0]}, JAX on CPU.")
@@ -160,6 +162,8 @@ def render(run: SuiteRun) -> str:
     add("python -m reliability                      # the short suite (~3 min), rewrites this file")
     add("python -m reliability --soak               # 1,000 prompts / 50 clients, 20,000 fuzzed requests, 300 slow clients")
     add("python -m reliability --only kill-redis    # one scenario (names in the table below)")
+    add(f"python -m reliability --only chaos --seed {run.seed if run.seed is not None else 19}"
+        "   # the chaos scenario again, same jobs, cancels and faults (--soak: 1,000 jobs)")
     add("pytest tests/test_reliability.py           # the short suite in CI, one test per scenario")
     add("```")
     add("")
@@ -247,6 +251,15 @@ def render(run: SuiteRun) -> str:
         for name, value in r.figures.items():
             if name == "answered 2xx":
                 value = f"{len(value)}: " + ", ".join(value[:4])
+            elif isinstance(value, list) and len(value) > 8:
+                # A long log (e.g. the chaos' faults): folded, one line each.
+                add(f"- {name}: <details><summary>{len(value)} entries</summary>")
+                add("")
+                add("  ```")
+                lines.extend(f"  {item}" for item in value)
+                add("  ```")
+                add("  </details>")
+                continue
             add(f"- {name}: {value}")
         for check in r.checks:
             mark = "✓" if check.passed else "✗"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from reliability import faults, hostile, load
+from reliability import chaos, faults, hostile, load
 from reliability.cluster import Cluster
 from reliability.report import SuiteRun
 from reliability.scenario import ScenarioResult
@@ -21,14 +21,16 @@ from reliability.scenario import ScenarioResult
 log = logging.getLogger("reliability")
 
 PROFILES = {
-    "short": {"prompts": 200, "clients": 20, "pollers": 3, "drain_secs": 10, "fuzz": 2000, "slow_clients": 60},
+    "short": {"prompts": 200, "clients": 20, "pollers": 3, "drain_secs": 10, "fuzz": 2000, "slow_clients": 60,
+              "chaos_jobs": 200},
     "soak": {"prompts": 1000, "clients": 50, "pollers": 5, "drain_secs": 60, "fuzz": 20000, "slow_clients": 200,
-             "connection_cap": True},
+             "connection_cap": True, "chaos_jobs": 1000},
 }
 
 
-def scenarios(profile: dict) -> list[tuple[str, Callable[[Cluster], ScenarioResult]]]:
-    """(name, run) in the order they run: faults first (they fill the library the others use)."""
+def scenarios(profile: dict, seed: int = chaos.DEFAULT_SEED) -> list[tuple[str, Callable[[Cluster], ScenarioResult]]]:
+    """(name, run) in the order they run: faults first (they fill the library the others use);
+    chaos last (its own Redis, backends and schedulers; `seed` replays its faults)."""
     soak_only = [("connection-cap", hostile.connection_cap)] if profile.get("connection_cap") else []
     return [
         ("kill-frontend", faults.kill_frontend),
@@ -49,6 +51,7 @@ def scenarios(profile: dict) -> list[tuple[str, Callable[[Cluster], ScenarioResu
         ("script-prompt", hostile.script_prompt),
         ("api-token", hostile.api_token),
         ("canaries", hostile.canaries_survive),
+        ("chaos", partial(chaos.chaos, jobs=profile["chaos_jobs"], seed=seed)),
     ]
 
 
@@ -57,13 +60,13 @@ ALL_NAMES = [name for name, _ in scenarios(PROFILES["soak"])]     # with the soa
 
 
 def run_suite(workdir: Path, cache_dir: Path, mode: str = "short", only: list[str] | None = None,
-              say: Callable[[str], None] = print) -> SuiteRun:
+              say: Callable[[str], None] = print, seed: int = chaos.DEFAULT_SEED) -> SuiteRun:
     profile = PROFILES[mode]
-    chosen = [(name, run) for name, run in scenarios(profile) if not only or name in only]
+    chosen = [(name, run) for name, run in scenarios(profile, seed) if not only or name in only]
     unknown = set(only or []) - set(ALL_NAMES)
     if unknown:
         raise ValueError(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(ALL_NAMES)}")
-    run = SuiteRun(mode=mode, results=[], load_average=os.getloadavg())
+    run = SuiteRun(mode=mode, results=[], load_average=os.getloadavg(), seed=seed)
     started = time.monotonic()
     say(f"starting the stack in {workdir} ...")
     with Cluster(workdir, cache_dir) as cluster:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import pytest
 
+from reliability.chaos import CHECK_AFTER_CANCEL, CHECK_AFTER_END
 from reliability.report import FINDINGS, render
 from reliability.suite import NAMES, run_suite
 
-pytestmark = pytest.mark.timeout(480)
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +162,21 @@ def test_each_finding_in_the_report_is_checked_and_fixed(suite, finding):
             passed = result.passed(check)
             assert passed is not None, f"finding {finding.number} not checked: {name} never made {check!r}"
             assert passed, f"finding {finding.number} is back: {name}: {check!r} failed"
+
+
+def test_chaos_counts_every_invariant(suite):
+    """Issue 19: ≥ 200 jobs on 3 backends and 2 schedulers under kill -9 and SIGSTOP of
+    every kind of service, Redis included; the counts and the seed are in the report."""
+    result = ran(suite, "chaos")
+    a, figures = result.accounting, result.figures
+    assert a.submitted >= 200 and a.done + a.failed + a.cancelled == a.submitted, a.as_dict()
+    assert figures["library entries"] == a.done
+    kinds = " ".join(figures["faults by kind and target"])
+    for fault in ("kill -9 redis", "SIGSTOP redis", "kill -9 scheduler", "SIGSTOP scheduler", "kill -9 backend",
+                  "SIGSTOP backend"):
+        assert fault in kinds, (fault, figures["faults by kind and target"])
+    for check in ("every job ended (done, failed or cancelled)", "no folder in the library without an entry",
+                  "library.json: exactly one entry per done job, none for any other", "nothing left in .staging",
+                  CHECK_AFTER_CANCEL, CHECK_AFTER_END):
+        assert result.passed(check) is True, check
+    assert f"chaos seed {suite.seed}" in render(suite)

@@ -1,0 +1,486 @@
+"""Chaos (issue 19): three stand-in backends and two schedulers on one Redis, hundreds of jobs,
+while a seeded random loop kills (-9), pauses (SIGSTOP past the heartbeat, then SIGCONT) and
+restarts the services at random times, Redis included. At the end every job must have ended
+exactly once, the library must hold exactly the done jobs' images, and no backend may have
+been sent a job after it ended (in particular after a cancel).
+
+Both schedulers list all three backends, so they compete for each backend's worker identity
+and take over from each other whenever one dies or pauses. The stand-ins log each /generate
+they receive (`generate <job id>.<claim> <unix time>`); the job's `finished_at` is Redis's
+time, on the same host clock. Same seed, same jobs, cancels and faults (their timing against
+the services' own cannot be replayed exactly, so a failure is re-run with its seed).
+
+    python -m reliability --only chaos --seed 19
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import redis
+
+from playground.library import STAGING_DIR, LibraryStore
+from playground.queue import JobQueue
+from playground.queue.job import UUID_PATTERN, Job
+from playground.queue.keys import Keys
+from playground.redis_server import RedisServer, free_port
+from playground.testing.processes import ServiceProcess, scheduler_process
+from reliability.cluster import Accounting
+from reliability.scenario import ScenarioResult
+
+log = logging.getLogger("reliability.chaos")
+
+DEFAULT_SEED = 19
+HEARTBEAT_TTL = 2          # SCHEDULER_HEARTBEAT_TTL: a paused scheduler loses its backends after this
+STALL_TIMEOUT = 3          # SCHEDULER_STALL_TIMEOUT: a paused backend is given up after this
+STEP_SECS = 0.05           # each stand-in job: 4 progress lines this far apart, then done
+BACKENDS = 3
+SCHEDULERS = 2
+CANCEL_SHARE = 0.05
+SETTLE_SECS = 4.0          # after the last job ends: time for the sweeps to settle `.staging`
+_GENERATE = re.compile(rf"generate ({UUID_PATTERN})\.(\d+) (\d+\.\d+)")  # stderr may share its line
+FENCED_LINE = "was taken over by another worker"
+_FENCED_RUN = re.compile(rf"job ({UUID_PATTERN}): claim (\d+) {FENCED_LINE}")
+CHECK_AFTER_CANCEL = "no job was sent to a backend after it was cancelled (stale claims fenced off apart)"
+CHECK_AFTER_END = "no job was sent to a backend after it ended (stale claims fenced off apart)"
+
+
+class _Redis:
+    """The chaos' own redis-server as a fault target (kill -9 + restart, pause + resume)."""
+
+    name = "redis"
+
+    def __init__(self, server: RedisServer):
+        self.server = server
+
+    def alive(self) -> bool:
+        return self.server.process is not None and self.server.process.poll() is None
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def start(self) -> None:
+        self.server.start(timeout=30)
+
+    def pause(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive():
+            os.kill(self.server.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.resume()
+        self.server.stop()
+
+
+class _Service:
+    """A ServiceProcess under a short name, with the same face as _Redis."""
+
+    def __init__(self, name: str, process: ServiceProcess):
+        self.name, self.process = name, process
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def start(self) -> None:
+        self.process.start()
+
+    def pause(self) -> None:
+        self.process.pause()
+
+    def resume(self) -> None:
+        if self.alive():
+            self.process.resume()
+
+    def stop(self) -> None:
+        self.process.stop(timeout=10)
+
+
+class _FaultLoop(threading.Thread):
+    """Every 0.6–2.0 s (seeded) one service that is not already down or paused gets a fault;
+    each fault's recovery (restart, SIGCONT) is due after a seeded delay. `actions` is the
+    log: (seconds since the start, action, target)."""
+
+    def __init__(self, services: list, rng: random.Random, started: float):
+        super().__init__(name="chaos faults", daemon=True)
+        self.services, self.rng, self.started = services, rng, started
+        self.stop_faults = threading.Event()
+        self.actions: list[tuple[float, str, str]] = []
+        self.wall: list[tuple[float, str, str]] = []   # the same with the host's clock (time.time())
+        self.pending: list[tuple[float, str, object]] = []  # (due, action, service)
+        self.error: BaseException | None = None
+        self.first = [(kind, kill) for kind in ("redis", "scheduler", "backend") for kill in (True, False)]
+        rng.shuffle(self.first)
+
+    def _do(self, action: str, service) -> None:
+        at, wall = time.monotonic(), time.time()   # before: the service may act before we look again
+        getattr(service, {"restart": "start", "SIGCONT": "resume", "kill -9": "kill",
+                          "SIGSTOP": "pause"}[action])()
+        self.actions.append((round(at - self.started, 2), action, service.name))
+        self.wall.append((wall, action, service.name))
+
+    def run(self) -> None:
+        try:
+            next_fault = time.monotonic() + self.rng.uniform(0.6, 2.0)
+            while not self.stop_faults.is_set() or self.pending:
+                now = time.monotonic()
+                for item in sorted(self.pending, key=lambda p: p[0]):
+                    if item[0] <= now or self.stop_faults.is_set():
+                        self.pending.remove(item)
+                        self._do(item[1], item[2])
+                if not self.stop_faults.is_set() and now >= next_fault:
+                    busy = {service for _, _, service in self.pending}
+                    free = [s for s in self.services if s not in busy]
+                    # Every kind of fault comes at least once: first these, in a seeded order.
+                    first = [(kind, kill) for kind, kill in self.first
+                             if any(s.name.startswith(kind) for s in free)]
+                    if first:
+                        kind, kill = first[0]
+                        self.first.remove(first[0])
+                        free = [s for s in free if s.name.startswith(kind)]
+                    if free:
+                        service = self.rng.choice(free)
+                        if (kill if first else self.rng.random() < 0.5):
+                            self._do("kill -9", service)
+                            self.pending.append((now + self.rng.uniform(0.3, 3.0), "restart", service))
+                        else:
+                            self._do("SIGSTOP", service)
+                            self.pending.append((now + HEARTBEAT_TTL + self.rng.uniform(0.5, 2.5), "SIGCONT", service))
+                    next_fault = now + self.rng.uniform(0.6, 2.0)
+                time.sleep(0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported by the scenario
+            self.error = exc
+            log.exception("the fault loop broke")
+
+
+def _retrying(what, call, deadline: float, counter: Counter):
+    """`call()` until Redis answers (it may be down or paused for a few seconds)."""
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            counter[what] += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis did not answer {what} for too long: {exc}") from exc
+            time.sleep(0.1)
+
+
+def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float | None = None,
+          drain_secs: float = 120.0, workdir: Path | None = None, appendfsync: str = "always") -> ScenarioResult:
+    """Run the chaos scenario; only the cluster's work folder is used (the chaos has its own
+    Redis, backends and schedulers)."""
+    workdir = Path(workdir or Path(cluster.workdir) / "chaos")
+    logs, library_dir = workdir / "logs", workdir / "library"
+    submit_secs = submit_secs if submit_secs is not None else jobs * 0.12
+    result = ScenarioResult("chaos", "faults", f"{jobs} jobs on {BACKENDS} stand-in backends and {SCHEDULERS} "
+                            "schedulers sharing one Redis, while random services (Redis included) are killed "
+                            "(-9) and restarted, or paused past the heartbeat and resumed (seed "
+                            f"{seed}; `python -m reliability --only chaos --seed {seed}` replays it)")
+    rng = random.Random(seed)
+    plan = random.Random(f"{seed}:jobs")   # the jobs and cancels, apart from the faults' draws
+    # appendfsync always: the queue's guarantees assume Redis keeps what it acknowledged. With
+    # everysec (the compose file's trade-off, docs/scheduler.md) a kill -9 can drop the last
+    # second of acknowledged writes, e.g. a submitted job (seen with seed 6).
+    server = RedisServer(workdir / "redis", appendonly=True, appendfsync=appendfsync)
+    backends = []
+    for i in range(BACKENDS):
+        port = free_port()
+        backends.append(_Service(f"backend-{i + 1}", ServiceProcess(
+            "playground.testing.standin_backend", {"STANDIN_PORT": str(port), "STANDIN_STEP_SECS": str(STEP_SECS)},
+            logs / f"backend-{i + 1}.log", url=f"http://127.0.0.1:{port}")))
+    env = {"SCHEDULER_HEARTBEAT_TTL": str(HEARTBEAT_TTL), "SCHEDULER_STALL_TIMEOUT": str(STALL_TIMEOUT)}
+    schedulers = [_Service(f"scheduler-{name}", scheduler_process(
+        logs, server.url, [b.process.url for b in backends], library_dir, env, name=f"scheduler-{name}"))
+        for name in "ab"[:SCHEDULERS]]
+    redis_target = _Redis(server)
+    services = [*backends, *schedulers, redis_target]
+    started = time.monotonic()
+    faults: _FaultLoop | None = None
+    retries: Counter = Counter()
+    submitted: list[str] = []
+    cancels: list[tuple[float, str, str]] = []   # (seconds since the start, job id, status then)
+    try:
+        server.start()
+        for service in [*backends, *schedulers]:
+            service.start()
+        for backend in backends:
+            backend.process.wait_healthy(30)
+        client = redis.Redis.from_url(server.url, socket_timeout=15, socket_connect_timeout=2)
+        queue = JobQueue(client, max_queued=jobs + 10)
+        faults = _FaultLoop(services, rng, started)
+        faults.start()
+
+        cancel_at: list[tuple[float, str]] = []
+        gap = submit_secs / jobs
+        for i in range(jobs):
+            deadline = time.monotonic() + 60
+            job = _retrying("submit", lambda i=i: queue.submit(
+                {"text": f"chaos {seed}/{i}: a lighthouse in a storm", "num_images": 2, "seed": i + 1}),
+                deadline, retries)
+            submitted.append(job.id)
+            if plan.random() < CANCEL_SHARE:
+                cancel_at.append((time.monotonic() + plan.uniform(0.0, 3.0), job.id))
+            for due, job_id in [c for c in cancel_at if c[0] <= time.monotonic()]:
+                cancel_at.remove((due, job_id))
+                cancelled = _retrying("cancel", lambda job_id=job_id: queue.cancel(job_id), deadline, retries)
+                cancels.append((round(time.monotonic() - started, 2), job_id, cancelled.status))
+            time.sleep(plan.uniform(0.5, 1.5) * gap)
+        for due, job_id in sorted(cancel_at):
+            time.sleep(max(0.0, due - time.monotonic()))
+            cancelled = _retrying("cancel", lambda job_id=job_id: queue.cancel(job_id),
+                                  time.monotonic() + 60, retries)
+            cancels.append((round(time.monotonic() - started, 2), job_id, cancelled.status))
+
+        def finished_count() -> int:
+            """Jobs that ended, and those Redis no longer has (they never will: checked below)."""
+            pipe = client.pipeline(transaction=False)
+            for job_id in submitted:
+                pipe.hget(queue.keys.job(job_id), "status")
+            return sum(s in (None, b"done", b"failed", b"cancelled") for s in pipe.execute())
+
+        # Faults go on until most jobs have finished (the last ones run on a calm cluster).
+        faults_deadline = time.monotonic() + max(30.0, submit_secs)
+        while time.monotonic() < faults_deadline:
+            try:
+                if finished_count() >= 0.9 * jobs:
+                    break
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                pass
+            time.sleep(0.5)
+        faults.stop_faults.set()
+        faults.join(30)
+        faults_secs = round(time.monotonic() - started, 1)
+        for service in services:   # every service running and resumed
+            if not service.alive():
+                service.start()
+            service.resume()
+        drained = time.monotonic() + drain_secs
+        while time.monotonic() < drained:
+            try:
+                if finished_count() == jobs:
+                    break
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                pass
+            time.sleep(0.5)
+        drain_end = time.monotonic()
+        time.sleep(SETTLE_SECS)   # the schedulers' sweeps settle what crashes left in `.staging`
+        _check(result, client, queue.keys, submitted, cancels, library_dir, logs, backends, faults.wall)
+        result.figures.update({
+            "seed": seed,
+            "faults": sum(a in ("kill -9", "SIGSTOP") for _, a, _ in faults.actions),
+            "faults by kind and target": dict(sorted(Counter(f"{a} {t}" for _, a, t in faults.actions
+                                                             if a in ("kill -9", "SIGSTOP")).items())),
+            "faults stopped at (s)": faults_secs,
+            "all jobs ended at (s)": round(drain_end - started, 1),
+            "cancels asked": len(cancels),
+            "client retries while Redis was down or paused": dict(retries),
+            "Redis appendfsync": appendfsync,
+            "fault log (s since start, action, target)": [f"{t:.2f} {a} {name}" for t, a, name in faults.actions],
+            "cancel log (s since start, job, status then)": [f"{t:.2f} {j} {s}" for t, j, s in cancels],
+        })
+        if faults.error:
+            result.check("the fault loop ran to the end", False, repr(faults.error))
+    except Exception as exc:  # noqa: BLE001 - the scenario broke: say so with the logs' tails
+        result.error = f"{exc.__class__.__name__}: {exc} (logs in the work folder's chaos/logs)"
+        log.exception("chaos broke")
+    finally:
+        if faults is not None:
+            faults.stop_faults.set()
+            faults.join(30)
+        for service in services:
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001 - best effort: the next service still gets stopped
+                log.exception("could not stop %s", service.name)
+    result.seconds = round(time.monotonic() - started, 1)
+    return result
+
+
+def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: list[str],
+           cancels: list[tuple[float, str, str]], library_dir: Path, logs: Path, backends: list,
+           fault_times: list[tuple[float, str, str]]) -> None:
+    # Every job Redis knows, not only those whose submit answered: a submit cut off by a kill of
+    # Redis may have been stored all the same, and must then end like any other.
+    known = {key.decode().rsplit(":", 1)[1] for key in client.scan_iter(match=keys.job("*"), count=1000)}
+    unanswered = known - set(submitted)
+    ids = list(submitted) + sorted(unanswered)
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(keys.job(job_id))
+    records = {job_id: Job.from_hash(raw) if raw else None for job_id, raw in zip(ids, pipe.execute())}
+
+    # 1. every job ended exactly once: done, failed with a reason, or cancelled.
+    statuses = Counter(job.status if job else "missing" for job in records.values())
+    accounting = Accounting(submitted=len(ids), done=statuses["done"], failed=statuses["failed"],
+                            cancelled=statuses["cancelled"], queued=statuses["queued"],
+                            running=statuses["running"], lost=statuses["missing"])
+    for job_id, job in records.items():
+        if job is None:
+            accounting.problems.append(f"{job_id}: no record in Redis")
+        elif job.status == "failed":
+            accounting.failure_reasons[(job.error or "no reason")[:60]] += 1
+    result.accounting = accounting
+    unfinished = [f"{job_id} {job.status if job else 'missing'}" for job_id, job in records.items()
+                  if job is None or job.status not in ("done", "failed", "cancelled")]
+    result.check("every job ended (done, failed or cancelled)", not unfinished,
+                 f"{len(unfinished)} not: " + "; ".join(unfinished[:5]))
+    reasonless = [job_id for job_id, job in records.items() if job and job.status == "failed" and not job.error]
+    result.check("every failed job has a reason", not reasonless, "; ".join(reasonless[:5]))
+    stray = [job_id for job_id, job in records.items() if job and job.status != "done" and job.images]
+    result.check("only done jobs have images in Redis", not stray, "; ".join(stray[:5]))
+    cancelled_asked = {job_id for _, job_id, _ in cancels}
+    uncancelled = [job_id for job_id in cancelled_asked
+                   if records.get(job_id) and records[job_id].status not in ("cancelled", "done", "failed")]
+    result.check("every cancel asked for was honoured (or came too late)", not uncancelled, "; ".join(uncancelled[:5]))
+
+    # 2. library.json: one entry per done job, none for another; exactly its images on disk.
+    index = library_dir / "library.json"
+    try:
+        parsed = json.loads(index.read_bytes()) if index.exists() else []
+        valid = isinstance(parsed, list) and all(isinstance(e, dict) and e.get("queue_id") for e in parsed)
+    except (OSError, ValueError) as exc:
+        parsed, valid = None, False
+        log.warning("library.json unreadable: %s", exc)
+    result.check("library.json valid", valid, "not a list of entries")
+    entries = LibraryStore(library_dir).entries()
+    by_id = Counter(e.get("queue_id") for e in entries)
+    done = {job_id for job_id, job in records.items() if job and job.status == "done"}
+    problems = [f"{qid}: {n} entries" for qid, n in by_id.items() if n > 1]
+    problems += [f"{qid}: no entry for a done job" for qid in sorted(done - set(by_id))]
+    problems += [f"{qid}: entry for a {records[qid].status if records.get(qid) else 'unknown'} job"
+                 for qid in sorted(set(by_id) - done)]
+    result.check("library.json: exactly one entry per done job, none for any other", not problems,
+                 f"{len(problems)}: " + "; ".join(problems[:5]))
+    image_problems = []
+    for entry in entries:
+        qid = entry.get("queue_id")
+        job = records.get(qid)
+        if job is None:
+            continue
+        urls = entry.get("generated_images") or []
+        if urls != job.images:
+            image_problems.append(f"{qid}: library.json lists {len(urls)} images, Redis {len(job.images)} others")
+        missing = [u for u in urls if not (library_dir.parent / u).is_file()]
+        if missing:
+            image_problems.append(f"{qid}: {len(missing)} listed images missing")
+        on_disk = sorted(p.name for p in (library_dir / qid).glob("*.png")) if (library_dir / qid).is_dir() else []
+        if on_disk != sorted(u.rsplit("/", 1)[1] for u in urls):
+            image_problems.append(f"{qid}: folder holds {len(on_disk)} PNGs, entry lists {len(urls)}")
+        if len(urls) != job.num_images:
+            image_problems.append(f"{qid}: {len(urls)} images for num_images {job.num_images}")
+    result.check("each done job's folder holds exactly its images, as Redis and library.json list them",
+                 not image_problems, f"{len(image_problems)}: " + "; ".join(image_problems[:5]))
+
+    # 3. no orphan folders; nothing left in `.staging`.
+    folders = [p.name for p in library_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] \
+        if library_dir.is_dir() else []
+    orphans = [name for name in folders if name not in by_id]
+    result.check("no folder in the library without an entry", not orphans, f"{len(orphans)}: {orphans[:5]}")
+    staging = library_dir / STAGING_DIR
+    left = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
+    result.check("nothing left in .staging", not left, f"{len(left)}: {left[:5]}")
+
+    # 4. no backend was sent a job after it ended (in particular after a cancel), except stale
+    # claims, which fencing cuts off at once. Two ways a stale claim reaches a backend late:
+    # - the backend was stopped (SIGSTOP) with the request in its socket; its worker gave up
+    #   (stall timeout), the job was taken over and ended, and the resumed backend reads the
+    #   request only then (its worker has hung up);
+    # - the scheduler was stopped between claiming the job and sending it; the job was taken
+    #   over and ended meanwhile, and the resumed scheduler sends the stale claim, whose first
+    #   progress write Redis refuses ("claim N was taken over"): the worker hangs up, which
+    #   stops the backend's run. Neither can change the job or the library (checked above).
+    # Anything else — above all a job's last claim arriving after it ended — fails.
+    paused: dict[str, list[tuple[float, float]]] = defaultdict(list)   # backend -> (SIGSTOP, SIGCONT) times
+    stopped_at: dict[str, float] = {}
+    for at, action, name in fault_times:
+        if action == "SIGSTOP":
+            stopped_at[name] = at
+        elif action == "SIGCONT" and name in stopped_at:
+            paused[name].append((stopped_at.pop(name), at))
+
+    def read_after_pause(name: str, at: float, ended: float) -> bool:
+        """The backend was stopped before the job ended and resumed shortly before `at` (1.5 s
+        of slack: the stand-in may read its socket before this loop records the SIGCONT)."""
+        return any(stop <= ended and stop <= at and cont >= at - 1.5 for stop, cont in paused[name])
+
+    fenced_runs = set()
+    for path in logs.glob("scheduler-*.log"):
+        fenced_runs.update(_FENCED_RUN.findall(path.read_text(errors="replace")))
+    arrivals: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    late, stale_after_pause, stale_dispatch = [], [], []
+    for backend in backends:
+        text = backend.process.log_path.read_text(errors="replace") if backend.process.log_path.exists() else ""
+        for job_id, claim, at in _GENERATE.findall(text):
+            arrivals[job_id].append((int(claim), float(at)))
+            job = records.get(job_id)
+            if job is None or job.finished_at is None or float(at) <= job.finished_at:
+                continue
+            line = (f"{job_id}.{claim} ({job.status}, last claim {job.claim}) reached {backend.name} "
+                    f"{float(at) - job.finished_at:.3f} s after it ended")
+            if int(claim) >= job.claim:
+                late.append(line)
+            elif read_after_pause(backend.name, float(at), job.finished_at):
+                stale_after_pause.append(line)
+            elif (job_id, claim) in fenced_runs:
+                stale_dispatch.append(line)
+            else:
+                late.append(line + " (not fenced off)")
+    late_cancelled = [line for line in late if "(cancelled," in line]
+    result.check(CHECK_AFTER_CANCEL, not late_cancelled, f"{len(late_cancelled)}: " + "; ".join(late_cancelled[:5]))
+    result.check(CHECK_AFTER_END, not late, f"{len(late)}: " + "; ".join(late[:5]))
+    result.figures["stale claims read by a backend resumed from SIGSTOP after their job ended"] = \
+        len(stale_after_pause)
+    result.figures["stale claims sent by a scheduler resumed from SIGSTOP after their job ended (fenced off)"] = \
+        len(stale_dispatch)
+    if stale_after_pause or stale_dispatch:
+        result.figures["those stale claims"] = stale_after_pause + stale_dispatch
+    unrun = [job_id for job_id in done if not arrivals.get(job_id)]
+    result.check("every done job reached a backend", not unrun, "; ".join(unrun[:5]))
+    # Ended once, by its last claim: the library's result is that attempt's (its backend, and
+    # the backend was sent that claim), not a late one's from an attempt that had lost the job.
+    ports = {backend.process.url: backend.name for backend in backends}
+    by_backend = defaultdict(set)
+    for backend in backends:
+        text = backend.process.log_path.read_text(errors="replace") if backend.process.log_path.exists() else ""
+        by_backend[backend.name] = {f"{job_id}.{claim}" for job_id, claim, _ in _GENERATE.findall(text)}
+    foreign = []
+    for entry in entries:
+        job = records.get(entry.get("queue_id"))
+        if job is None or job.status != "done":
+            continue
+        name = ports.get(job.backend or "")
+        if entry.get("backend") != job.backend or job.attempt_id not in by_backend.get(name, ()):
+            foreign.append(f"{job.id}: library from {entry.get('backend')}, job's claim {job.claim} on {job.backend}")
+    result.check("each done job's result is its last claim's", not foreign,
+                 f"{len(foreign)}: " + "; ".join(foreign[:5]))
+    attempts = Counter({job_id: len(seen) for job_id, seen in arrivals.items()})
+
+    # 5. the figures.
+    fenced = 0
+    for path in logs.glob("scheduler-*.log"):
+        fenced += path.read_text(errors="replace").count(FENCED_LINE)
+    result.figures.update({
+        "jobs": len(ids),
+        "submits whose answer was lost (found in Redis)": len(unanswered),
+        "by status": dict(sorted(statuses.items())),
+        "library entries": len(entries),
+        "attempts sent to the backends": sum(attempts.values()),
+        "jobs sent more than once": sum(1 for n in attempts.values() if n > 1),
+        "most attempts of one job": max(attempts.values(), default=0),
+        "fenced refusals (\"was taken over by another worker\")": fenced,
+    })
+    result.check("faults hit jobs mid-way (some job needed a second attempt)",
+                 result.figures["jobs sent more than once"] > 0, "no job was sent twice: the faults missed")
+
