@@ -52,7 +52,9 @@ class Launcher:
         env.setdefault("PYTHONUNBUFFERED", "1")
         if not env.get("REDIS_URL"):
             data_dir = Path(get_str(env, "LOCAL_DATA_DIR", "data")) / "redis"
-            self.redis = RedisServer(data_dir, port=get_int(env, "LOCAL_REDIS_PORT", 0) or None).start()
+            # "always", as in Docker: no acknowledged job is lost if Redis is killed.
+            self.redis = RedisServer(data_dir, port=get_int(env, "LOCAL_REDIS_PORT", 0) or None,
+                                     appendfsync="always").start()
             env["REDIS_URL"] = self.redis.url
             self.say("redis", f"embedded redis-server on {self.redis.url} (data in {data_dir})")
         backend_port = get_int(env, "BACKEND_PORT", 8080)

@@ -234,6 +234,8 @@ def test_redis_is_persistent_private_and_has_no_hard_coded_password():
     command = command if isinstance(command, list) else command.split()
     assert command[0] == "redis-server"
     assert command[command.index("--appendonly") + 1] == "yes"
+    # Every acknowledged write on disk first: with everysec the chaos scenario lost a job.
+    assert command[command.index("--appendfsync") + 1] == "always"
     assert "--requirepass" not in command and not environment_of(redis)
     assert "ports" not in redis, "Redis must not be published to the host"
     source = volume_mount(redis, "/data")
@@ -921,7 +923,8 @@ def test_a_backend_on_another_machine_joins_the_main_machine_s_redis():
 def test_redis_on_the_lan_has_a_password_every_service_uses():
     services = compose_config(MAIN, REDIS_LAN, REDIS_PASSWORD="s3cret", REDIS_BIND="192.168.1.10")["services"]
     redis = services["redis"]
-    assert redis["command"][-2:] == ["--requirepass", "s3cret"] and "--appendonly" in redis["command"]
+    assert redis["command"][-2:] == ["--requirepass", "s3cret"]
+    assert redis["command"][redis["command"].index("--appendfsync") + 1] == "always"
     assert redis["environment"]["REDISCLI_AUTH"] == "s3cret"  # the health check's redis-cli
     (port,) = redis["ports"]
     assert (port["host_ip"], port["target"]) == ("192.168.1.10", 6379)
