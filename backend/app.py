@@ -106,10 +106,13 @@ class BackendApi:
             return error(400, str(exc))
         if not self._busy.acquire(blocking=False):
             return error(409, "busy with another job")
-        self._run = GenerationRun(self.holder.engine, body, body.seed or random_seed(),
-                                  self.config.progress_interval_secs, self._finished)
-        self._run.start()
-        return Response(ndjson(self._run), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})
+        # A local name: a run that fails at once may have finished (and cleared self._run)
+        # before its stream is built.
+        run = GenerationRun(self.holder.engine, body, body.seed or random_seed(),
+                            self.config.progress_interval_secs, self._finished)
+        self._run = run
+        run.start()
+        return Response(ndjson(run), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
     def _finished(self) -> None:
         self._run = None
