@@ -75,7 +75,7 @@ def test_cancel_running_job_flags_it_and_finished_job_is_unchanged(queue, redis_
     worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
     worker.register()
     job = queue.submit(params())
-    claimed = worker.claim(timeout=1)
+    claimed = worker.claim(timeout=1, model="tiny")
     assert claimed.id == job.id
     flagged = queue.cancel(job.id)
     assert flagged.status == "running" and flagged.cancel_requested
@@ -94,7 +94,7 @@ def test_running_first_then_queued_with_eta_from_measured_speed(queue, redis_cli
     # Without a measured speed there is no ETA rather than a made-up one.
     assert all(j.eta_secs is None for j in queue.unfinished())
     worker.record_speed(secs_per_image=1.0)
-    running = worker.claim(timeout=1)
+    running = worker.claim(timeout=1, model="tiny")
     listed = queue.unfinished()
     assert [j.id for j in listed] == ids
     assert [j.status for j in listed] == ["running", "queued", "queued"]
@@ -168,12 +168,12 @@ def test_a_restarted_worker_takes_back_its_dead_predecessors_job_at_once(queue, 
     predecessor = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1", owner=f"{host}:{dead.stdout.strip()}:old")
     predecessor.register()
     first, second = queue.submit(params("first")), queue.submit(params("second"))
-    assert predecessor.claim(timeout=1).id == first.id
+    assert predecessor.claim(timeout=1, model="tiny").id == first.id
     successor = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
     assert successor.register()  # the predecessor's pid is gone: no need to wait for its TTL
     requeued = queue.get(first.id)
     assert requeued.status == "queued" and requeued.attempts == 1 and requeued.position == 1
-    assert successor.claim(timeout=1).id == first.id
+    assert successor.claim(timeout=1, model="tiny").id == first.id
     assert queue.get(first.id).attempts == 2
     assert queue.get(second.id).position == 1
 
@@ -183,7 +183,7 @@ def test_the_last_attempt_fails_the_job_with_the_reason(queue, redis_client):
     worker.register()
     job = queue.submit(params())
     for attempt in (1, 2, 3):
-        claimed = worker.claim(timeout=1)
+        claimed = worker.claim(timeout=1, model="tiny")
         assert claimed.attempts == attempt
         status = worker.put_back(claimed, f"backend died ({attempt})")
     assert status == "failed"
@@ -197,7 +197,7 @@ def test_putting_back_a_job_that_never_started_does_not_count(queue, redis_clien
     worker.register()
     job = queue.submit(params())
     for _ in range(5):
-        assert worker.put_back(worker.claim(timeout=1), "backend busy", count_attempt=False) == "queued"
+        assert worker.put_back(worker.claim(timeout=1, model="tiny"), "backend busy", count_attempt=False) == "queued"
     assert queue.get(job.id).attempts == 0
 
 
@@ -205,7 +205,7 @@ def test_a_job_cancelled_while_its_worker_was_dead_is_not_rerun(queue, redis_cli
     dead = WorkerQueue(redis_client, "dead", "http://127.0.0.1:1", heartbeat_ttl_secs=1)
     dead.register()
     job = queue.submit(params())
-    dead.claim(timeout=1)
+    dead.claim(timeout=1, model="tiny")
     queue.cancel(job.id)
     time.sleep(1.1)  # its heartbeat expires
     other = WorkerQueue(redis_client, "other", "http://127.0.0.1:2")

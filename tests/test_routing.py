@@ -108,3 +108,17 @@ def test_two_models_on_two_backends_through_the_whole_stack(redis_client, redis_
         assert sorted(small.calls) == ["for mini", "for the default"]
         assert {text: queue.get(i).model for text, i in ids.items()} == {
             "for mega": "mega", "for mini": "mini", "for the default": "mini"}
+
+
+def test_a_job_naming_no_model_goes_to_the_one_model_served(redis_client):
+    """So an idle worker, blocked on its model's queue, wakes at once; only with several
+    models does it wait in the plain queue, which any worker takes between claims."""
+    queue = JobQueue(redis_client)
+    assert queue.submit(job("before any backend")).model is None
+    mini = worker_for(redis_client, "mini", "gpu0")
+    routed = queue.submit(job("one model served"))
+    assert routed.model == "mini" and queue.get(routed.id).model == "mini"
+    assert mini.claim(timeout=1, model="mini").id != routed.id  # the older, unrouted one first
+    assert mini.claim(timeout=1, model="mini").id == routed.id
+    worker_for(redis_client, "mega", "gpu1")
+    assert queue.submit(job("two models served")).model is None

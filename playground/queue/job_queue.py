@@ -59,7 +59,9 @@ class JobQueue:
                                args=[self.max_queued, job.id, self.keys.prefix, job.model or "", *flat])
         if not created:
             raise QueueFull(f"the queue is full ({self.max_queued} prompts waiting); try again later")
-        job.created_at = float(created)  # Redis's clock, as every time of the queue
+        created_at, _, model = created.decode().partition(" ")
+        job.created_at = float(created_at)  # Redis's clock, as every time of the queue
+        job.model = model or None
         return job
 
     def record(self, job_id: str) -> Job | None:

@@ -50,17 +50,30 @@ end
 # -- the frontend's side -------------------------------------------------------------------
 
 # Queue a new job in its model's queue unless max_queued jobs wait in all queues together.
-# Returns its creation time, or 0 when full.
+# A job naming no model goes to the one model all live workers serve, where their blocking
+# claim wakes at once; only with several models (or none reported) does it wait in the plain
+# queue, which workers look at between claims. Returns "<creation time> <model>", or 0 when full.
 # KEYS: models set, job hash. ARGV: max_queued, job id, prefix, model, then field, value, ...
 SUBMIT = _NOW + _QUEUES + """
+local prefix, model = ARGV[3], ARGV[4]
 local waiting = 0
-for _, queue in ipairs(all_queues(ARGV[3])) do waiting = waiting + redis.call('LLEN', queue) end
+for _, queue in ipairs(all_queues(prefix)) do waiting = waiting + redis.call('LLEN', queue) end
 if waiting >= tonumber(ARGV[1]) then return 0 end
+if model == '' then
+  local served = nil
+  for _, wid in ipairs(redis.call('SMEMBERS', prefix .. ':workers')) do
+    local served_by = redis.call('HGET', prefix .. ':worker:' .. wid, 'model')
+    if served_by and served_by ~= '' and redis.call('EXISTS', prefix .. ':worker:' .. wid .. ':alive') == 1 then
+      if served == nil then served = served_by elseif served ~= served_by then served = false end
+    end
+  end
+  if served then model = served end
+end
 local created = now()
-redis.call('HSET', KEYS[2], 'created_at', created, 'model', ARGV[4], unpack(ARGV, 5))
-if ARGV[4] ~= '' then redis.call('SADD', KEYS[1], ARGV[4]) end
-redis.call('RPUSH', queue_of(ARGV[3], ARGV[4]), ARGV[2])
-return created
+redis.call('HSET', KEYS[2], 'created_at', created, 'model', model, unpack(ARGV, 5))
+if model ~= '' then redis.call('SADD', KEYS[1], model) end
+redis.call('RPUSH', queue_of(prefix, model), ARGV[2])
+return created .. ' ' .. model
 """
 
 # Everything /queue_status needs in one round trip: the workers (alive or not, their model,
