@@ -36,6 +36,7 @@ def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
 
         engine = load_engine(config.model, cache_dir=config.cache_dir, devices=devices, progress=progress,
                              endpoint=config.hub_endpoint)
+        engine.preview_every = config.preview_every_tokens
         progress.set_stage("compiling")
         engine.warm_up(config.warm_up_batch_sizes)
         return engine
@@ -107,7 +108,8 @@ class BackendApi:
         if not self._busy.acquire(blocking=False):
             return error(409, "busy with another job")
         self._run = GenerationRun(self.holder.engine, body, body.seed or random_seed(),
-                                  self.config.progress_interval_secs, self._finished)
+                                  self.config.progress_interval_secs, self._finished,
+                                  chunk_delay_secs=self.config.test_chunk_delay_secs)
         self._run.start()
         return Response(ndjson(self._run), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import threading
 import time
@@ -10,10 +11,14 @@ from typing import Any
 
 from backend.engine import GenerationCancelled, GenerationRequest
 from backend.generate_request import GenerateBody
+from PIL import Image
+
 from backend.png import encode_pngs
 from playground import pictures
 
 log = logging.getLogger(__name__)
+
+PREVIEW_QUALITY = 80  # JPEG: a 128-pixel preview is about 3 kB
 
 
 def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int,
@@ -50,7 +55,7 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
 
 class GenerationRun:
     def __init__(self, engine: Any, body: GenerateBody, seed: int, progress_interval: float,
-                 on_finish: Callable[[], None]):
+                 on_finish: Callable[[], None], chunk_delay_secs: float = 0.0):
         self.engine = engine
         self.body = body
         self.seed = seed
@@ -61,6 +66,8 @@ class GenerationRun:
         self._tokens_done = 0
         self._total_tokens = engine.total_tokens
         self._outcome: dict | None = None
+        self._chunk_delay_secs = chunk_delay_secs
+        self._preview: dict | None = None  # the newest preview event, sent at the next tick
 
     @property
     def job_id(self) -> str:
@@ -72,6 +79,20 @@ class GenerationRun:
 
     def _on_progress(self, done: int, total: int) -> None:
         self._tokens_done, self._total_tokens = done, total
+        if self._chunk_delay_secs:
+            time.sleep(self._chunk_delay_secs)
+
+    def _on_preview(self, done: int, codes) -> None:
+        """Small JPEGs of the first `done` codes of every image (the engine times this call
+        against its previews' budget, so the encoding counts too)."""
+        images = []
+        for pixels in self.engine.preview_pictures(codes):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+            images.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        height, width = pixels.shape[:2]
+        self._preview = {"event": "preview", "tokens_done": done, "total_tokens": self._total_tokens,
+                         "format": "jpeg", "width": width, "height": height, "images": images}
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -89,7 +110,8 @@ class GenerationRun:
                     pictures.start_codes(start["codes"], self.body.keep_rows, self.body.extend)),
                 keep_rows=self.body.keep_rows,
             )
-            result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel)
+            result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel,
+                                          on_preview=self._on_preview)
             png_started = time.monotonic()
             metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index,
                                      result.codes[index], result.images[index].size, self.engine.total_tokens)
@@ -131,8 +153,13 @@ class GenerationRun:
         """The NDJSON events; a client that goes away (GeneratorExit) cancels the run."""
         try:
             yield {"event": "started", "seed": self.seed, "total_tokens": self._total_tokens}
+            sent = None
             while not self._finished.wait(self.progress_interval):
                 yield {"event": "progress", "tokens_done": self._tokens_done, "total_tokens": self._total_tokens}
+                preview = self._preview
+                if preview is not sent:  # only the newest: one that was overtaken is never sent
+                    sent = preview
+                    yield preview
             yield self._outcome
         finally:
             if not self._finished.is_set():
