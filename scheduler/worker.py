@@ -33,6 +33,8 @@ CLAIM_TIMEOUT_SECS = 1.0
 HEALTH_RECHECK_SECS = 2.0
 LOADING_POLL_SECS = 1.0
 SWEEP_EVERY_HEARTBEATS = 2
+# A preview picture is a small JPEG (about 3 kB at 128 pixels); a bigger one is not stored.
+MAX_PREVIEW_BYTES = 64 * 1024
 
 
 def worker_id_for(backend_url: str) -> str:
@@ -234,6 +236,9 @@ class Worker:
                             stream.close()
                             self._ended(job, self.queue.finish_cancelled(job))
                             return
+            elif kind == "preview":
+                if not cancelling:
+                    self._preview(job, event)
             elif kind == "done":
                 if cancelling:
                     self._ended(job, self.queue.finish_cancelled(job))  # too late to stop: discard the images
@@ -249,6 +254,22 @@ class Worker:
             elif kind == "error":
                 self._ended(job, self.queue.finish_failed(job, f"backend error: {event.get('error') or 'unknown'}"))
                 return
+
+    def _preview(self, job: Job, event: dict) -> None:
+        """Keep the newest preview in Redis (fenced by the claim, as progress). A malformed or
+        oversized one is skipped: a preview never fails a job."""
+        try:
+            tokens = int(event["tokens_done"])
+            images = [base64.b64decode(data, validate=True) for data in event["images"]]
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            log.warning("job %s: skipped a malformed preview: %r", job.id, exc)
+            return
+        if not 0 < len(images) <= job.num_images or max(map(len, images)) > MAX_PREVIEW_BYTES:
+            log.warning("job %s: skipped a preview of %d pictures, the largest %d bytes", job.id, len(images),
+                        max(map(len, images), default=0))
+            return
+        if self.queue.preview(job, tokens, images) == "lost":
+            raise _ClaimLost()
 
     @staticmethod
     def _ended(job: Job, outcome: tuple[str, float] | None) -> None:

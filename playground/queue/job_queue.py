@@ -67,6 +67,14 @@ class JobQueue:
         raw = self.redis.hgetall(self.keys.job(job_id))
         return Job.from_hash(raw) if raw else None
 
+    def preview(self, job_id: str, image: int) -> tuple[int, bytes] | None:
+        """The newest live preview of image `image` of a running job: (the tokens it shows,
+        its JPEG), or None when there is none (not started, finished, no such image)."""
+        tokens, picture = self.redis.hmget(self.keys.preview(job_id), "tokens_done", str(image))
+        if tokens is None or picture is None:
+            return None
+        return int(tokens), picture
+
     def get(self, job_id: str) -> Job | None:
         """The job with its position and ETA, or None when unknown."""
         job = self.record(job_id)
