@@ -53,6 +53,18 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
     return metadata
 
 
+def preview_event(engine: Any, done: int, codes, total_tokens: int) -> dict:
+    """The NDJSON preview event of the first `done` codes of every image: small JPEGs."""
+    images = []
+    for pixels in engine.preview_pictures(codes):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+        images.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    height, width = pixels.shape[:2]
+    return {"event": "preview", "tokens_done": done, "total_tokens": total_tokens,
+            "format": "jpeg", "width": width, "height": height, "images": images}
+
+
 class GenerationRun:
     def __init__(self, engine: Any, body: GenerateBody, seed: int, progress_interval: float,
                  on_finish: Callable[[], None], chunk_delay_secs: float = 0.0):
@@ -83,16 +95,8 @@ class GenerationRun:
             time.sleep(self._chunk_delay_secs)
 
     def _on_preview(self, done: int, codes) -> None:
-        """Small JPEGs of the first `done` codes of every image (the engine times this call
-        against its previews' budget, so the encoding counts too)."""
-        images = []
-        for pixels in self.engine.preview_pictures(codes):
-            buffer = io.BytesIO()
-            Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
-            images.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-        height, width = pixels.shape[:2]
-        self._preview = {"event": "preview", "tokens_done": done, "total_tokens": self._total_tokens,
-                         "format": "jpeg", "width": width, "height": height, "images": images}
+        # The engine times this call against its previews' budget, so the encoding counts too.
+        self._preview = preview_event(self.engine, done, codes, self._total_tokens)
 
     def _run(self) -> None:
         started = time.monotonic()

@@ -88,6 +88,7 @@ class Api:
         # Part 2: additions.
         router.add("DELETE", "/library/{queue_id}/{image_id}.png", self.delete_image, changes_state=True,
                    params=uuid)
+        router.add("GET", "/library/{queue_id}/{image_id}.webp", self.library_reveal, params=uuid)
         router.add("GET", "/jobs/{job_id}", self.job_status, params=uuid)
         router.add("GET", "/jobs/{job_id}/preview", self.job_preview, params=uuid)
         router.add("POST", "/jobs/{job_id}/cancel", self.cancel_job, changes_state=True, params=uuid)
@@ -163,6 +164,15 @@ class Api:
         if content is None:
             return error_response(404, "no such image")
         return Response(200, content.body, content.content_type, {"Cache-Control": IMMUTABLE})
+
+    def library_reveal(self, request: Request) -> Response:
+        """An image's reveal (its previews, animated), kept when the job asked for it."""
+        path = resolve_inside(self.config.library_dir, [request.params["queue_id"], f"{request.params['image_id']}.webp"])
+        content = self.files.read(path) if path else None
+        if content is None:
+            return error_response(404, "no such reveal")
+        return Response(200, content.body, content.content_type,
+                        {"Cache-Control": IMMUTABLE, "Content-Disposition": "attachment; filename=reveal.webp"})
 
     def delete_image_by_path(self, request: Request) -> Response:
         """The original UI's double-click delete: {"path": "library/<queue_id>/<image>.png"}."""

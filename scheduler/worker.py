@@ -35,6 +35,8 @@ LOADING_POLL_SECS = 1.0
 SWEEP_EVERY_HEARTBEATS = 2
 # A preview picture is a small JPEG (about 3 kB at 128 pixels); a bigger one is not stored.
 MAX_PREVIEW_BYTES = 64 * 1024
+# A job that keeps its previews (for its reveal) holds them in memory until it ends: bounded.
+MAX_KEPT_PREVIEWS = 64
 
 
 def worker_id_for(backend_url: str) -> str:
@@ -65,6 +67,7 @@ class Worker:
         self.backend_loading: dict | None = None  # stage and downloads while the model loads
         self.model: str | None = None
         self._ready_checked_at = 0.0
+        self._kept_previews: list[list[bytes]] = []  # the running job's, when it keeps them
 
     @property
     def worker_id(self) -> str:
@@ -184,6 +187,7 @@ class Worker:
     def run_job(self, job: Job) -> None:
         """Run a claimed job on the backend and record how it ended."""
         started = time.monotonic()
+        self._kept_previews = []
         log.info("job %s (attempt %d, claim %d) -> %s", job.id, job.attempts, job.claim, self.backend_url)
         try:
             with self.backend.generate(job.params()) as stream:
@@ -270,6 +274,8 @@ class Worker:
             return
         if self.queue.preview(job, tokens, images) == "lost":
             raise _ClaimLost()
+        if job.keep_previews and len(self._kept_previews) < MAX_KEPT_PREVIEWS:
+            self._kept_previews.append(images)
 
     @staticmethod
     def _ended(job: Job, outcome: tuple[str, float] | None) -> None:
@@ -304,7 +310,13 @@ class Worker:
                 extended = self._taller_pictures(job, start.get("codes") or [], images, codes)
         fields = {"seed": entry["seed"], "model": entry["model"] or "", "codes": codes,
                   "process_time_secs": entry["process_time_secs"]}
-        if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields)) is None:
+        reveals = []
+        if job.keep_previews:
+            entry["keep_previews"] = True  # the option, in the job's folder with its reveals
+            reveals = [pictures.reveal_webp([kept[index] for kept in self._kept_previews if index < len(kept)], png)
+                       for index, png in enumerate(images)]
+        if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields),
+                                reveals=reveals) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
         self.queue.record_speed(entry["secs_per_image"])

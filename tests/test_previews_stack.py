@@ -1,13 +1,15 @@
 """Live previews through the whole stack (real Redis, backend with the demo model, scheduler,
 frontend and Chromium): a running job shows several distinct previews, each a JPEG of the
 stated size, through GET /jobs/<id>/preview; when it ends they are gone, from the API and
-from Redis. The backend pauses after each chunk of tokens (a test-only setting), so the
+from Redis; a job that keeps them has a reveal per image in the library. The backend pauses after each chunk of tokens (a test-only setting), so the
 small model runs long enough to show several."""
 from __future__ import annotations
 
 import io
+import json
 import time
 
+import numpy as np
 import pytest
 import redis
 import requests
@@ -76,3 +78,36 @@ def test_the_running_jobs_card_shows_its_pictures_forming(stack, page):
     expect(done.locator(".thumbs img")).to_have_count(2, timeout=60_000)
     expect(forming).to_have_count(0)
     expect(row).to_have_count(0)
+
+
+def test_a_job_that_keeps_its_previews_has_a_reveal_per_image(stack):
+    url = stack.frontend.url
+    body = {"text": "a green triangle", "num_images": 2, "seed": 12, "keep_previews": True}
+    job_id = requests.post(f"{url}/prompt", json=body, timeout=30).json()["queue_id"]
+    deadline = time.monotonic() + 120
+    while (status := requests.get(f"{url}/jobs/{job_id}", timeout=10).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, stack.logs_tail()
+        time.sleep(0.2)
+    entry = status["result"]
+    assert status["status"] == "done" and entry["keep_previews"] is True
+    assert len(entry["reveal_images"]) == 2
+    # The option and the reveals are in the job's own folder.
+    on_disk = json.loads((stack.library_dir / job_id / "job.json").read_text())
+    assert on_disk["keep_previews"] is True and on_disk["reveal_images"] == entry["reveal_images"]
+    for path, png in zip(entry["reveal_images"], entry["generated_images"]):
+        response = requests.get(f"{url}/{path}", timeout=10)
+        assert response.status_code == 200 and response.headers["Content-Type"] == "image/webp"
+        reveal = Image.open(io.BytesIO(response.content))
+        assert reveal.format == "WEBP" and reveal.size == (128, 128)
+        assert reveal.n_frames >= 3  # at least two previews, then the finished picture
+        reveal.seek(reveal.n_frames - 1)
+        final = Image.open(io.BytesIO(requests.get(f"{url}/{png}", timeout=10).content)).convert("RGB")
+        difference = np.abs(np.asarray(reveal.convert("RGB"), float) - np.asarray(final.resize((128, 128)), float))
+        assert difference.mean() < 12  # the last frame is the finished picture
+
+    # Without the option: no reveal.
+    plain = requests.post(f"{url}/prompt", json={**body, "keep_previews": False}, timeout=30).json()["queue_id"]
+    while (status := requests.get(f"{url}/jobs/{plain}", timeout=10).json())["status"] in ("queued", "running"):
+        time.sleep(0.2)
+    assert "reveal_images" not in status["result"] and "keep_previews" not in status["result"]
+    assert not list((stack.library_dir / plain).glob("*.webp"))

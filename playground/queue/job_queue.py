@@ -52,6 +52,7 @@ class JobQueue:
             **{name: None if params.get(name) is None else float(params[name])
                for name in ("top_p", "temperature", "condition_scale")},
             model=params.get("model") or None,
+            keep_previews=bool(params.get("keep_previews")),
             **{name: params.get(name) for name in START_FIELDS},
         )
         flat = [item for pair in encode_job_fields(job).items() for item in pair]
