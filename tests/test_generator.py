@@ -213,6 +213,23 @@ def test_preview_pictures_show_the_drawn_rows_and_grey_below(engine):
     assert not (full[:, 40:] == 128).all()
 
 
+def test_decoded_previews_as_on_an_accelerator(engine):
+    # The accelerator's method, run on the CPU: the VQGAN's own picture, grey where not drawn.
+    from PIL import Image
+
+    engine.preview_method = "decode"
+    try:
+        result = engine.generate(GenerationRequest(PROMPT, 2, seed=3))
+        whole = engine.preview_pictures(result.codes)
+        part = engine.preview_pictures(result.codes[:, :100])  # 6 rows and 4 cells
+    finally:
+        engine.preview_method = "table"
+    scaled = np.stack([np.asarray(image.resize((128, 128), Image.BILINEAR)) for image in result.images])
+    np.testing.assert_array_equal(whole, scaled)
+    assert (part[:, 57:] == 128).all() and (part[:, 49:55, 33:] == 128).all()  # one blended pixel apart
+    assert not (part[:, :48] == 128).all()
+
+
 def test_adaptive_previews_stay_within_their_budget(engine, previews_every):
     from backend.engine.preview import BUDGET
 
