@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from backend.engine import GenerationCancelled, GenerationRequest
-from backend.generate_request import GenerateBody
 from PIL import Image
 
+from backend.engine import GenerationCancelled, GenerationRequest
+from backend.generate_request import GenerateBody
 from backend.png import encode_pngs
 from playground import pictures
 

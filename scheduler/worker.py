@@ -313,8 +313,12 @@ class Worker:
         reveals = []
         if job.keep_previews:
             entry["keep_previews"] = True  # the option, in the job's folder with its reveals
-            reveals = [pictures.reveal_webp([kept[index] for kept in self._kept_previews if index < len(kept)], png)
-                       for index, png in enumerate(images)]
+            try:
+                reveals = [pictures.reveal_webp([kept[index] for kept in self._kept_previews if index < len(kept)], png)
+                           for index, png in enumerate(images)]
+            except (OSError, ValueError) as exc:  # a preview that was no picture: the images count, not it
+                log.warning("job %s: no reveal: %r", job.id, exc)
+                reveals = []
         if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields),
                                 reveals=reveals) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
