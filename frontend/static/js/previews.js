@@ -14,6 +14,8 @@ export function previewPictures(className) {
     if (node.hidden || tokens === shown) return;
     shown = tokens;
     node.dataset.tokens = tokens;
+    // A grey place per image from the start, so the card does not grow as pictures arrive.
+    while (node.children.length < job.num_images) node.append(el("span", { class: "preview-slot" }));
     for (let index = 0; index < job.num_images; index += 1) {
       const picture = el("img", {
         src: `jobs/${encodeURIComponent(job.queue_id)}/preview?image=${index}&tokens=${tokens}`,
@@ -22,9 +24,7 @@ export function previewPictures(className) {
       });
       picture.decode().then(() => {
         if (shown !== tokens) return; // overtaken by a newer one
-        const old = node.children[index];
-        if (old) old.replaceWith(picture);
-        else node.append(picture);
+        node.children[index].replaceWith(picture);
       }, () => {});
     }
   }
