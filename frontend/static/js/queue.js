@@ -70,9 +70,11 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
 
   function showResult(job, { prepend }) {
     forming.delete(job.queue_id);
-    results.querySelector(`[data-queue-id="${CSS.escape(job.queue_id)}"]`)?.remove();
     const card = resultCard(job);
-    if (prepend) results.prepend(card);
+    // In the place of its forming card (or an earlier card of it), if there is one.
+    const old = results.querySelector(`[data-queue-id="${CSS.escape(job.queue_id)}"]`);
+    if (old) old.replaceWith(card);
+    else if (prepend) results.prepend(card);
     else results.append(card);
     resultsEmpty.hidden = true;
   }
@@ -150,6 +152,8 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
       if (error.status !== 404) throw error;
       pending.delete(queueId);
       forgetJob(queueId);
+      forming.get(queueId)?.node.remove();
+      forming.delete(queueId);
     }
   }
 
