@@ -211,6 +211,7 @@ class LibraryStore:
         entry = {**entry, "generated_images": urls[:len(images)]}
         if extended:
             entry["extended_images"] = urls[len(images):len(images) + len(extended)]
+        entry.pop("reveal_images", None)  # only the reveals written now: none of an entry given again
         if reveals:
             entry["reveal_images"] = urls[len(images) + len(extended):]
         staging.mkdir(parents=True, exist_ok=True)
