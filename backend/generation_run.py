@@ -96,7 +96,10 @@ class GenerationRun:
 
     def _on_preview(self, done: int, codes) -> None:
         # The engine times this call against its previews' budget, so the encoding counts too.
-        self._preview = preview_event(self.engine, done, codes, self._total_tokens)
+        try:
+            self._preview = preview_event(self.engine, done, codes, self._total_tokens)
+        except Exception:  # a preview that cannot be drawn must not cost the job its pictures
+            log.exception("job %s: no preview at %d tokens", self.job_id, done)
 
     def _run(self) -> None:
         started = time.monotonic()

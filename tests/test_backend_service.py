@@ -172,6 +172,20 @@ def test_previews_stream_between_progress_events_until_the_pictures(engine, ever
     assert len({tuple(e["images"]) for e in previews}) == len(previews)  # each shows more
 
 
+def test_a_preview_that_fails_never_fails_the_job(engine, client, monkeypatch):
+    def broken(codes):
+        raise MemoryError("no room for a preview")
+
+    engine.preview_every = 64
+    monkeypatch.setattr(engine, "preview_pictures", broken)
+    try:
+        events = events_of(client.post("/generate", json=job()))
+    finally:
+        engine.preview_every = None
+    assert events[-1]["event"] == "done" and len(events[-1]["images"]) == 2
+    assert not [e for e in events if e["event"] == "preview"]
+
+
 def test_seed_zero_is_replaced_and_reported(client):
     events = events_of(client.post("/generate", json=job(seed=0)))
     assert 1 <= events[0]["seed"] <= 2**32
