@@ -36,6 +36,7 @@ def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
 
         engine = load_engine(config.model, cache_dir=config.cache_dir, devices=devices, progress=progress,
                              endpoint=config.hub_endpoint)
+        engine.preview_every = config.preview_every_tokens
         progress.set_stage("compiling")
         engine.warm_up(config.warm_up_batch_sizes)
         return engine
@@ -109,7 +110,8 @@ class BackendApi:
         # A local name: a run that fails at once may have finished (and cleared self._run)
         # before its stream is built.
         run = GenerationRun(self.holder.engine, body, body.seed or random_seed(),
-                            self.config.progress_interval_secs, self._finished)
+                            self.config.progress_interval_secs, self._finished,
+                            chunk_delay_secs=self.config.test_chunk_delay_secs)
         self._run = run
         run.start()
         return Response(ndjson(run), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})

@@ -29,6 +29,12 @@ class Config:
     advertise_url: str | None = None
     # auto: whatever JAX finds; gpu: no GPU is an error (Docker); cpu: JAX never touches a GPU.
     device: str = "auto"
+    # Live previews: None lets the engine space them by their cost (at most 10% of the
+    # generation time), 0 turns them off, N sends one every N image tokens.
+    preview_every_tokens: int | None = None
+    # Tests only: a pause after each chunk of tokens, so a small model runs long enough to
+    # show several previews.
+    test_chunk_delay_secs: float = 0.0
     # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
     cache_host_path: str = ""
 
@@ -42,6 +48,9 @@ class Config:
         device = get_str(env, "DALLE_DEVICE", cls.device).lower()
         if device not in DEVICE_CHOICES:
             raise ValueError(f"DALLE_DEVICE must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
+        every = get_str(env, "PREVIEW_EVERY_TOKENS", "").strip()
+        if every and not (every.isascii() and every.isdigit()):
+            raise ValueError(f"PREVIEW_EVERY_TOKENS must be a whole number (0: no previews), got {every!r}")
         return cls(
             model=get_str(env, "DALLE_MODEL", cls.model),
             cache_dir=Path(get_str(env, "MODEL_CACHE_DIR", str(cls.cache_dir))),
@@ -55,4 +64,6 @@ class Config:
             advertise_url=get_str(env, "BACKEND_ADVERTISE_URL", "").rstrip("/") or None,
             device=device,
             cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
+            preview_every_tokens=int(every) if every else None,
+            test_chunk_delay_secs=get_float(env, "BACKEND_TEST_CHUNK_DELAY_SECS", 0.0),
         )

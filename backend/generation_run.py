@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from PIL import Image
 
 from backend.engine import GenerationCancelled, GenerationRequest
 from backend.generate_request import GenerateBody
@@ -14,6 +17,8 @@ from backend.png import encode_pngs
 from playground import pictures
 
 log = logging.getLogger(__name__)
+
+PREVIEW_QUALITY = 80  # JPEG: a 128-pixel preview is about 3 kB
 
 
 def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int,
@@ -48,9 +53,21 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
     return metadata
 
 
+def preview_event(engine: Any, done: int, codes, total_tokens: int) -> dict:
+    """The NDJSON preview event of the first `done` codes of every image: small JPEGs."""
+    images = []
+    for pixels in engine.preview_pictures(codes):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+        images.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    height, width = pixels.shape[:2]
+    return {"event": "preview", "tokens_done": done, "total_tokens": total_tokens,
+            "format": "jpeg", "width": width, "height": height, "images": images}
+
+
 class GenerationRun:
     def __init__(self, engine: Any, body: GenerateBody, seed: int, progress_interval: float,
-                 on_finish: Callable[[], None]):
+                 on_finish: Callable[[], None], chunk_delay_secs: float = 0.0):
         self.engine = engine
         self.body = body
         self.seed = seed
@@ -61,6 +78,8 @@ class GenerationRun:
         self._tokens_done = 0
         self._total_tokens = engine.total_tokens
         self._outcome: dict | None = None
+        self._chunk_delay_secs = chunk_delay_secs
+        self._preview: dict | None = None  # the newest preview event, sent at the next tick
 
     @property
     def job_id(self) -> str:
@@ -72,6 +91,15 @@ class GenerationRun:
 
     def _on_progress(self, done: int, total: int) -> None:
         self._tokens_done, self._total_tokens = done, total
+        if self._chunk_delay_secs:
+            time.sleep(self._chunk_delay_secs)
+
+    def _on_preview(self, done: int, codes) -> None:
+        # The engine times this call against its previews' budget, so the encoding counts too.
+        try:
+            self._preview = preview_event(self.engine, done, codes, self._total_tokens)
+        except Exception:  # a preview that cannot be drawn must not cost the job its pictures
+            log.exception("job %s: no preview at %d tokens", self.job_id, done)
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -89,7 +117,8 @@ class GenerationRun:
                     pictures.start_codes(start["codes"], self.body.keep_rows, self.body.extend)),
                 keep_rows=self.body.keep_rows,
             )
-            result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel)
+            result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel,
+                                          on_preview=self._on_preview)
             png_started = time.monotonic()
             metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index,
                                      result.codes[index], result.images[index].size, self.engine.total_tokens)
@@ -131,8 +160,13 @@ class GenerationRun:
         """The NDJSON events; a client that goes away (GeneratorExit) cancels the run."""
         try:
             yield {"event": "started", "seed": self.seed, "total_tokens": self._total_tokens}
+            sent = None
             while not self._finished.wait(self.progress_interval):
                 yield {"event": "progress", "tokens_done": self._tokens_done, "total_tokens": self._total_tokens}
+                preview = self._preview
+                if preview is not sent:  # only the newest: one that was overtaken is never sent
+                    sent = preview
+                    yield preview
             yield self._outcome
         finally:
             if not self._finished.is_set():

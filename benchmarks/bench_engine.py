@@ -11,6 +11,9 @@ Writes a random checkpoint of the published shape (official file formats) into
     and the peak host memory while loading;
   * the machine's floor: measured matmul rate at the step's row counts and memory bandwidth,
     against the decoder's FLOPs and bytes per step;
+  * with --previews: generation with live previews (as the backend makes them: the engine's
+    pictures, encoded as JPEG) against without, run alternately: their cost, which the
+    engine keeps within 10% of the generation time;
   * with --continuation: a continuation keeping k rows against a fresh job (the prefill
     apart), which should take at most (16 - k) / 16 of its decoding time plus the prefill.
     `--model demo` or `--model tiny` runs it on a shipped model (quick on a CPU):
@@ -307,6 +310,39 @@ def bench_continuation(engine, images: int, keep_rows_list, rounds: int) -> dict
     return report
 
 
+def bench_previews(engine, images: int, rounds: int) -> dict:
+    """The same request with previews (the engine's own spacing, PREVIEW_EVERY_TOKENS unset)
+    and without, alternately, the best of `rounds` each: wall and process CPU time."""
+    from backend.engine import GenerationRequest
+    from backend.generation_run import preview_event
+
+    request = GenerationRequest(PROMPT, images, seed=7)
+    total = engine.total_tokens
+    engine.preview_every = None
+    engine.prepare_colour_table()
+    times: dict[str, list] = {"on": [], "off": []}
+    counts = []
+    for _ in range(rounds):
+        for name in ("on", "off"):
+            on_preview = (lambda done, codes: preview_event(engine, done, codes, total)) if name == "on" else None
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = engine.generate(request, on_preview=on_preview)
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+            if name == "on":
+                counts.append((result.timings["previews"], result.timings["preview_secs"]))
+    report = {"images": images, "rounds": rounds, "method": engine.preview_method,
+              "previews_per_job": [c for c, _ in counts], "preview_secs_per_job": [s for _, s in counts]}
+    for index, clock in enumerate(("wall", "cpu")):
+        on = min(t[index] for t in times["on"])
+        off = min(t[index] for t in times["off"])
+        report[f"on_{clock}_secs"], report[f"off_{clock}_secs"] = on, off
+        report[f"overhead_{clock}_percent"] = 100 * (on - off) / off
+    print("previews ({method}, {images} images): {previews_per_job} per job; with {on_wall_secs:.2f} s, without "
+          "{off_wall_secs:.2f} s: {overhead_wall_percent:+.1f}% wall, {overhead_cpu_percent:+.1f}% CPU time".format(
+              **report), flush=True)
+    return report
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SIZES) + ["demo", "tiny"], default="mini",
@@ -322,6 +358,9 @@ def main(argv=None) -> None:
     parser.add_argument("--continuation", default="", help="comma-separated keep_rows to time continuations at")
     parser.add_argument("--continuation-rounds", type=int, default=3)
     parser.add_argument("--continuation-only", action="store_true", help="only the continuation timings")
+    parser.add_argument("--previews", action="store_true", help="time generation with previews on and off")
+    parser.add_argument("--preview-rounds", type=int, default=2)
+    parser.add_argument("--previews-only", action="store_true", help="only the previews' cost (largest image count)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--ready-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -342,6 +381,15 @@ def main(argv=None) -> None:
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     print(f"devices: {report['devices']}  load average: {report['load_average']}", flush=True)
     keep_rows_list = [int(k) for k in args.continuation.split(",") if k]
+    if args.previews_only:
+        engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
+        engine.warm_up(batch_sizes[-1:])
+        report["previews"] = bench_previews(engine, batch_sizes[-1], args.preview_rounds)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text)
+        return None
     if args.continuation_only:
         engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
         engine.warm_up(batch_sizes[-1:])
@@ -374,6 +422,8 @@ def main(argv=None) -> None:
               "CPU time against one call for all steps".format(**report["chunking"]), flush=True)
     if keep_rows_list:
         report["continuation"] = bench_continuation(engine, batch_sizes[-1], keep_rows_list, args.continuation_rounds)
+    if args.previews:
+        report["previews"] = bench_previews(engine, batch_sizes[-1], args.preview_rounds)
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_in_use" in stats:
         report["device_memory"] = {k: stats[k] for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats}

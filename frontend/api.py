@@ -36,6 +36,7 @@ IMAGE_URL = re.compile(rf"/?library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
 # Library PNGs are written once under a fresh uuid and never change.
 IMMUTABLE = "public, max-age=31536000, immutable"
 MAX_QUERY_FIELDS = 20
+MAX_IMAGE_INDEX = 255
 SERVED_MODELS_RECHECK_SECS = 5.0
 
 
@@ -87,7 +88,9 @@ class Api:
         # Part 2: additions.
         router.add("DELETE", "/library/{queue_id}/{image_id}.png", self.delete_image, changes_state=True,
                    params=uuid)
+        router.add("GET", "/library/{queue_id}/{image_id}.webp", self.library_reveal, params=uuid)
         router.add("GET", "/jobs/{job_id}", self.job_status, params=uuid)
+        router.add("GET", "/jobs/{job_id}/preview", self.job_preview, params=uuid)
         router.add("POST", "/jobs/{job_id}/cancel", self.cancel_job, changes_state=True, params=uuid)
         router.add("DELETE", "/jobs/{job_id}", self.delete_job, changes_state=True, params=uuid)
         router.add("GET", "/health", self.health)
@@ -162,6 +165,15 @@ class Api:
             return error_response(404, "no such image")
         return Response(200, content.body, content.content_type, {"Cache-Control": IMMUTABLE})
 
+    def library_reveal(self, request: Request) -> Response:
+        """An image's reveal (its previews, animated), kept when the job asked for it."""
+        path = resolve_inside(self.config.library_dir, [request.params["queue_id"], f"{request.params['image_id']}.webp"])
+        content = self.files.read(path) if path else None
+        if content is None:
+            return error_response(404, "no such reveal")
+        return Response(200, content.body, content.content_type,
+                        {"Cache-Control": IMMUTABLE, "Content-Disposition": "attachment; filename=reveal.webp"})
+
     def delete_image_by_path(self, request: Request) -> Response:
         """The original UI's double-click delete: {"path": "library/<queue_id>/<image>.png"}."""
         body = parse_json_object(request.body or b"")
@@ -192,6 +204,16 @@ class Api:
         if entry is not None:  # done, and still in the library
             status["result"] = entry
         return json_response(status)
+
+    def job_preview(self, request: Request) -> Response:
+        """The newest live preview of one image of a running job (a small JPEG), or 404."""
+        image = _int_field(_query_fields(request.query), "image", 0, MAX_IMAGE_INDEX) or 0
+        found = self.queue.preview(request.params["job_id"], image)
+        if found is None:
+            return error_response(404, "no preview of this job (not running, or none yet)")
+        tokens, picture = found
+        # It changes as the job runs: never cached; the tokens say which one this is.
+        return Response(200, picture, "image/jpeg", {"Cache-Control": "no-store", "X-Preview-Tokens": str(tokens)})
 
     def cancel_job(self, request: Request) -> Response:
         job_id = request.params["job_id"]

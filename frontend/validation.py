@@ -97,6 +97,7 @@ def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dic
         "temperature": _optional_float(body, "temperature", above=0.0),
         "condition_scale": _optional_float(body, "condition_scale", at_least=0.0),
         "model": _optional_model(body.get("model")),
+        "keep_previews": _optional_bool(body, "keep_previews"),
     }
 
 
@@ -244,6 +245,16 @@ def _seed(value: Any) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise ValidationError("seed", f"must be between 0 and {MAX_SEED} (0 = random), not {seed}")
     return seed
+
+
+def _optional_bool(body: dict, field: str) -> bool:
+    """A JSON boolean, or a form's text for one; absent or empty: False."""
+    value = body.get(field)
+    if value is None or value == "" or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "on", "off"):
+        return value.strip().lower() in ("true", "1", "on")
+    raise ValidationError(field, f"must be true or false, not {_describe(value)}")
 
 
 def _optional_int(body: dict, field: str, minimum: int, maximum: int) -> int | None:

@@ -4,6 +4,7 @@
     library.json.lock              the lock every writer (scheduler, frontend) takes
     <queue_id>/job.json            the job's own entry, from which library.json can be rebuilt
     <queue_id>/<image-uuid>.png    the images
+    <queue_id>/<uuid>.webp         each image's reveal (its previews, animated), when kept
     .staging/<queue_id>.<claim>/   an attempt's result until its commit is known (add_job)
 
 Every write of a JSON file goes to a temporary file that then replaces the old one, so a
@@ -37,7 +38,7 @@ COMMITTED, LOST, PENDING = "committed", "lost", "pending"
 JOB_FILE_NAME = "job.json"
 _UUID_RE = re.compile(UUID_PATTERN)
 _IMAGE_URL_RE = re.compile(rf"library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
-_IMAGE_NAME_RE = re.compile(rf"{UUID_PATTERN}\.png")
+_IMAGE_NAME_RE = re.compile(rf"{UUID_PATTERN}\.(png|webp)")
 _TOKEN_RE = re.compile(r"[0-9]{1,12}")
 REQUIRED_FIELDS = ("queue_id", "text_prompt", "creation_unixtime")
 
@@ -75,8 +76,9 @@ class Attempt(Protocol):
 
 
 def _image_names(entry: dict) -> list[str]:
-    """The file names of an entry's pictures: its images and the taller pictures it made."""
-    return [url.rsplit("/", 1)[1] for url in [*entry.get("generated_images", []), *entry.get("extended_images", [])]]
+    """The file names of an entry's pictures: its images, the taller pictures it made, the reveals."""
+    return [url.rsplit("/", 1)[1] for url in [*entry.get("generated_images", []), *entry.get("extended_images", []),
+                                               *entry.get("reveal_images", [])]]
 
 
 def _created(entry: dict) -> float:
@@ -182,9 +184,10 @@ class LibraryStore:
     # -- writing -------------------------------------------------------------------------
 
     def add_job(self, entry: dict, images: list[bytes], extended: list[bytes] = (),
-                attempt: Attempt | None = None) -> dict | None:
+                attempt: Attempt | None = None, reveals: list[bytes] = ()) -> dict | None:
         """Store a finished job's PNGs and entry; returns the entry with `generated_images`
-        (and with `extended_images`, the taller pictures of a job that extended a picture).
+        (and with `extended_images`, the taller pictures of a job that extended a picture, and
+        `reveal_images`, each image's previews as an animated WebP, when they were kept).
 
         With `attempt`, only the attempt that really finishes the job reaches the library: the
         PNGs are first written to `.staging/<queue_id>.<attempt.token>/`, out of sight; then,
@@ -203,10 +206,14 @@ class LibraryStore:
             raise ValueError(f"an attempt's token must be digits, got {token!r}")
         staging = self.root / STAGING_DIR / f"{queue_id}.{token}"
         pngs = {f"{uuid.uuid4()}.png": png for png in [*images, *extended]}
+        pngs.update({f"{uuid.uuid4()}.webp": webp for webp in reveals})
         urls = [f"library/{queue_id}/{name}" for name in pngs]
         entry = {**entry, "generated_images": urls[:len(images)]}
         if extended:
-            entry["extended_images"] = urls[len(images):]
+            entry["extended_images"] = urls[len(images):len(images) + len(extended)]
+        entry.pop("reveal_images", None)  # only the reveals written now: none of an entry given again
+        if reveals:
+            entry["reveal_images"] = urls[len(images) + len(extended):]
         staging.mkdir(parents=True, exist_ok=True)
         in_doubt = False  # whether the staged folder may describe a published or committed job
         try:

@@ -118,3 +118,19 @@ def stitch_below(top: Image.Image, tile: Image.Image, keep_rows: int) -> Image.I
     taller.paste(top, (0, 0))
     taller.paste(tile.convert("RGB").crop((0, cut, tile.width, tile.height)), (0, top.height))
     return taller
+
+
+REVEAL_FRAME_MS = 200
+REVEAL_LAST_FRAME_MS = 2000
+
+
+def reveal_webp(previews: list[bytes], final: bytes) -> bytes:
+    """An animated WebP of one image forming: its previews (JPEGs, oldest first), then the
+    finished picture at their size, held a while before the loop starts again."""
+    frames = [Image.open(io.BytesIO(data)).convert("RGB") for data in previews]
+    size = frames[0].size if frames else (256, 256)
+    frames.append(Image.open(io.BytesIO(final)).convert("RGB").resize(size, Image.LANCZOS))
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], loop=0, quality=80,
+                   duration=[REVEAL_FRAME_MS] * (len(frames) - 1) + [REVEAL_LAST_FRAME_MS])
+    return buffer.getvalue()

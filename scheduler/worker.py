@@ -33,6 +33,10 @@ CLAIM_TIMEOUT_SECS = 1.0
 HEALTH_RECHECK_SECS = 2.0
 LOADING_POLL_SECS = 1.0
 SWEEP_EVERY_HEARTBEATS = 2
+# A preview picture is a small JPEG (about 3 kB at 128 pixels); a bigger one is not stored.
+MAX_PREVIEW_BYTES = 64 * 1024
+# A job that keeps its previews (for its reveal) holds them in memory until it ends: bounded.
+MAX_KEPT_PREVIEWS = 64
 
 
 def worker_id_for(backend_url: str) -> str:
@@ -63,6 +67,7 @@ class Worker:
         self.backend_loading: dict | None = None  # stage and downloads while the model loads
         self.model: str | None = None
         self._ready_checked_at = 0.0
+        self._kept_previews: list[list[bytes]] = []  # the running job's, when it keeps them
 
     @property
     def worker_id(self) -> str:
@@ -182,6 +187,7 @@ class Worker:
     def run_job(self, job: Job) -> None:
         """Run a claimed job on the backend and record how it ended."""
         started = time.monotonic()
+        self._kept_previews = []
         log.info("job %s (attempt %d, claim %d) -> %s", job.id, job.attempts, job.claim, self.backend_url)
         try:
             with self.backend.generate(job.params()) as stream:
@@ -234,6 +240,9 @@ class Worker:
                             stream.close()
                             self._ended(job, self.queue.finish_cancelled(job))
                             return
+            elif kind == "preview":
+                if not cancelling:
+                    self._preview(job, event)
             elif kind == "done":
                 if cancelling:
                     self._ended(job, self.queue.finish_cancelled(job))  # too late to stop: discard the images
@@ -249,6 +258,24 @@ class Worker:
             elif kind == "error":
                 self._ended(job, self.queue.finish_failed(job, f"backend error: {event.get('error') or 'unknown'}"))
                 return
+
+    def _preview(self, job: Job, event: dict) -> None:
+        """Keep the newest preview in Redis (fenced by the claim, as progress). A malformed or
+        oversized one is skipped: a preview never fails a job."""
+        try:
+            tokens = int(event["tokens_done"])
+            images = [base64.b64decode(data, validate=True) for data in event["images"]]
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            log.warning("job %s: skipped a malformed preview: %r", job.id, exc)
+            return
+        if not 0 < len(images) <= job.num_images or max(map(len, images)) > MAX_PREVIEW_BYTES:
+            log.warning("job %s: skipped a preview of %d pictures, the largest %d bytes", job.id, len(images),
+                        max(map(len, images), default=0))
+            return
+        if self.queue.preview(job, tokens, images) == "lost":
+            raise _ClaimLost()
+        if job.keep_previews and len(self._kept_previews) < MAX_KEPT_PREVIEWS:
+            self._kept_previews.append(images)
 
     @staticmethod
     def _ended(job: Job, outcome: tuple[str, float] | None) -> None:
@@ -283,7 +310,17 @@ class Worker:
                 extended = self._taller_pictures(job, start.get("codes") or [], images, codes)
         fields = {"seed": entry["seed"], "model": entry["model"] or "", "codes": codes,
                   "process_time_secs": entry["process_time_secs"]}
-        if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields)) is None:
+        reveals = []
+        if job.keep_previews:
+            entry["keep_previews"] = True  # the option, in the job's folder with its reveals
+            try:
+                reveals = [pictures.reveal_webp([kept[index] for kept in self._kept_previews if index < len(kept)], png)
+                           for index, png in enumerate(images)]
+            except (OSError, ValueError) as exc:  # a preview that was no picture: the images count, not it
+                log.warning("job %s: no reveal: %r", job.id, exc)
+                reveals = []
+        if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields),
+                                reveals=reveals) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
         self.queue.record_speed(entry["secs_per_image"])

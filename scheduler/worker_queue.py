@@ -24,6 +24,7 @@ from playground.queue import (
     DEFAULT_PREFIX,
     DONE,
     FAILED,
+    PREVIEW_TTL_SECS,
     RUNNING,
     Job,
     Keys,
@@ -81,6 +82,7 @@ class WorkerQueue:
         self.worker_key = self.keys.worker(worker_id)
         self._start = redis_client.register_script(scripts.START)
         self._progress = redis_client.register_script(scripts.PROGRESS)
+        self._preview = redis_client.register_script(scripts.PREVIEW)
         self._finish = redis_client.register_script(scripts.FINISH)
         self._put_back = redis_client.register_script(scripts.PUT_BACK)
         self._take_identity = redis_client.register_script(scripts.TAKE_IDENTITY)
@@ -164,6 +166,13 @@ class WorkerQueue:
         outcome = self._progress(keys=[self.processing, self.keys.job(job.id)], args=[job.claim, *flat])
         return {1: "cancel", 0: "ok"}.get(outcome, "lost")
 
+    def preview(self, job: Job, tokens_done: int, images: list[bytes]) -> str:
+        """Replace the job's preview (one picture per image) with this one: "ok", "cancel" or
+        "lost", as `progress`."""
+        outcome = self._preview(keys=[self.processing, self.keys.job(job.id), self.keys.preview(job.id)],
+                                args=[job.claim, PREVIEW_TTL_SECS, tokens_done, *images])
+        return {1: "cancel", 0: "ok"}.get(outcome, "lost")
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == b"1"
 
@@ -183,7 +192,8 @@ class WorkerQueue:
 
     def _finish_as(self, job: Job, status: str, **fields) -> tuple[str, float] | None:
         flat = [str(item) for pair in fields.items() for item in pair]
-        outcome = self._finish(keys=[self.processing, self.keys.job(job.id), self.worker_key],
+        outcome = self._finish(keys=[self.processing, self.keys.job(job.id), self.worker_key,
+                                     self.keys.preview(job.id)],
                                args=[job.id, job.claim, self.finished_ttl_secs, status, *flat])
         if not outcome:
             return None
@@ -203,7 +213,7 @@ class WorkerQueue:
     def _put_back_from(self, worker_id: str, job_id: str, reason: str, count_attempt: bool,
                        only_if_dead: bool, claim: str = "") -> str:
         status = self._put_back(
-            keys=[self.keys.processing(worker_id), self.keys.job(job_id), self.keys.queue,
+            keys=[self.keys.processing(worker_id), self.keys.job(job_id), self.keys.preview(job_id),
                   self.keys.worker(worker_id), self.keys.alive(worker_id)],
             args=[job_id, reason, "1" if count_attempt else "0", self.max_attempts,
                   claim, self.finished_ttl_secs, "1" if only_if_dead else "0", self.keys.prefix])

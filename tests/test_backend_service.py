@@ -146,6 +146,46 @@ def test_generate_streams_progress_then_pngs_with_metadata(client):
     assert all(0 <= e["tokens_done"] <= 256 for e in progress)
 
 
+@pytest.mark.parametrize("every", [32, 0])
+def test_previews_stream_between_progress_events_until_the_pictures(engine, every):
+    engine.preview_every = every
+    try:
+        app = create_app(Config(progress_interval_secs=0.02, test_chunk_delay_secs=0.03),
+                         loader=lambda _progress: engine)
+        assert app.extensions["model_holder"].wait(30)
+        events = events_of(app.test_client().post("/generate", json=job(num_images=3)))
+    finally:
+        engine.preview_every = None
+    previews = [e for e in events if e["event"] == "preview"]
+    assert events[-1]["event"] == "done"
+    if not every:
+        assert previews == []
+        return
+    assert len(previews) >= 2
+    tokens = [e["tokens_done"] for e in previews]
+    assert tokens == sorted(set(tokens)) and set(tokens) <= set(range(32, 256, 32))
+    for event in previews:
+        assert event["total_tokens"] == 256 and event["format"] == "jpeg" and len(event["images"]) == 3
+        for encoded in event["images"]:
+            picture = Image.open(io.BytesIO(base64.b64decode(encoded)))
+            assert picture.format == "JPEG" and picture.size == (event["width"], event["height"]) == (128, 128)
+    assert len({tuple(e["images"]) for e in previews}) == len(previews)  # each shows more
+
+
+def test_a_preview_that_fails_never_fails_the_job(engine, client, monkeypatch):
+    def broken(codes):
+        raise MemoryError("no room for a preview")
+
+    engine.preview_every = 64
+    monkeypatch.setattr(engine, "preview_pictures", broken)
+    try:
+        events = events_of(client.post("/generate", json=job()))
+    finally:
+        engine.preview_every = None
+    assert events[-1]["event"] == "done" and len(events[-1]["images"]) == 2
+    assert not [e for e in events if e["event"] == "preview"]
+
+
 def test_seed_zero_is_replaced_and_reported(client):
     events = events_of(client.post("/generate", json=job(seed=0)))
     assert 1 <= events[0]["seed"] <= 2**32

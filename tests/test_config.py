@@ -37,8 +37,15 @@ def test_the_device_setting_defaults_to_auto_and_takes_any_case():
     assert BackendConfig.from_env({"DALLE_DEVICE": " GPU "}).device == "gpu"
 
 
+def test_previews_are_spaced_by_their_cost_unless_told():
+    assert BackendConfig.from_env({}).preview_every_tokens is None
+    assert BackendConfig.from_env({"PREVIEW_EVERY_TOKENS": "0"}).preview_every_tokens == 0
+    assert BackendConfig.from_env({"PREVIEW_EVERY_TOKENS": " 32 "}).preview_every_tokens == 32
+
+
 @pytest.mark.parametrize("env", [{"BACKEND_PORT": "eighty"}, {"BACKEND_WARMUP_BATCH_SIZES": "2,x"},
-                                 {"DALLE_DEVICE": "cuda"}])
+                                 {"DALLE_DEVICE": "cuda"}, {"PREVIEW_EVERY_TOKENS": "-1"},
+                                 {"PREVIEW_EVERY_TOKENS": "often"}])
 def test_bad_backend_settings_are_named(env):
     name = next(iter(env))
     with pytest.raises(ValueError, match=name):

@@ -139,3 +139,11 @@ def _shipped_vqgan():
     folder = DEMO_FOLDER / "vqgan"
     cfg = vqgan.VQGANConfig.from_dict(json.loads((folder / "config.json").read_text()))
     return cfg, jax.tree_util.tree_map(jnp.asarray, checkpoint.read_checkpoint(folder / "flax_model.msgpack"))
+
+
+def test_preview_colours_look_like_the_finished_pictures(engine):
+    engine.prepare_colour_table()
+    result = engine.generate(GenerationRequest("a blue square", 4, seed=1))
+    real = np.stack([np.asarray(image.resize((128, 128))) for image in result.images]).astype(float)
+    error = np.abs(engine.preview_pictures(result.codes).astype(float) - real).mean()
+    assert error < 10, error  # of 255; a table of shuffled colours is off by about 80

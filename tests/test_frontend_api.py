@@ -5,6 +5,8 @@ states a job really goes through, driven by the scheduler's own queue operations
 """
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import time
@@ -244,6 +246,56 @@ def test_cancel_a_running_job_asks_its_worker_to_stop(url, worker):
     assert response.status_code == 200
     assert response.json()["cancel_requested"] is True
     assert worker.cancel_requested(job_id)
+
+
+def jpeg_bytes(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128), color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_a_running_jobs_newest_preview_is_served_until_it_ends(url, worker, redis_client):
+    job_id = submit(url, text="x", num_images=2, seed=1)
+    preview = f"{url}/jobs/{job_id}/preview"
+    assert requests.get(preview).status_code == 404  # queued
+    claimed = worker.claim(timeout=1, model="tiny")
+    assert requests.get(preview).status_code == 404  # running, no preview yet
+    assert requests.get(f"{url}/jobs/{job_id}").json()["preview_tokens"] is None
+
+    first, second = jpeg_bytes((200, 0, 0)), jpeg_bytes((0, 0, 200))
+    assert worker.preview(claimed, 64, [first, second]) == "ok"
+    response = requests.get(preview, params={"image": 1})
+    assert response.status_code == 200 and response.content == second
+    assert response.headers["Content-Type"] == "image/jpeg" and response.headers["X-Preview-Tokens"] == "64"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert requests.get(preview).content == first  # image 0 by default
+    assert requests.get(f"{url}/jobs/{job_id}").json()["preview_tokens"] == 64
+    assert requests.get(f"{url}/queue_status").json()[0]["preview_tokens"] == 64
+    assert requests.get(preview, params={"image": 2}).status_code == 404
+    assert requests.get(preview, params={"image": "one"}).status_code == 400
+    assert requests.get(f"{url}/jobs/{uuid.uuid4()}/preview").status_code == 404
+
+    # Only the newest is kept, and only the current claim may write one.
+    assert worker.preview(claimed, 128, [second, first]) == "ok"
+    assert requests.get(preview).content == second
+    stale = dataclasses.replace(claimed, claim=claimed.claim - 1)
+    assert worker.preview(stale, 192, [first, first]) == "lost"
+    assert requests.get(preview).headers["X-Preview-Tokens"] == "128"
+    assert redis_client.ttl(f"dalle:preview:{job_id}") > 0  # a safety net, should the end never come
+
+    worker.finish_failed(claimed, "out of memory")
+    assert requests.get(preview).status_code == 404
+    assert requests.get(f"{url}/jobs/{job_id}").json()["preview_tokens"] is None
+    assert not redis_client.keys("*preview*")
+
+    # A job put back (its backend lost) loses its attempt's preview too.
+    job_id = submit(url, text="y", num_images=2, seed=1)
+    claimed = worker.claim(timeout=1, model="tiny")
+    worker.preview(claimed, 32, [first, second])
+    assert worker.put_back(claimed, "backend lost") == "queued"
+    assert requests.get(f"{url}/jobs/{job_id}/preview").status_code == 404
+    assert requests.get(f"{url}/jobs/{job_id}").json()["preview_tokens"] is None
+    assert not redis_client.keys("*preview*")
 
 
 def test_delete_job_removes_its_images_and_entry(url, store, config, queue):
@@ -543,6 +595,9 @@ def test_responses_match_the_documented_schemas(url, server, worker, store):
     check(requests.get(f"{url}/queue_status"), "/queue_status")
     check(requests.post(f"{url}/prompt", json={"text": ""}), "/prompt", "post")
     claimed = worker.claim(timeout=1, model="tiny")
+    worker.preview(claimed, 16, [png_bytes(), png_bytes()])
+    check(requests.get(f"{url}/jobs/{job_id}"), "/jobs/{job_id}")
+    check(requests.get(f"{url}/queue_status"), "/queue_status")
     entry = store.add_job(library_entry(queue_id=job_id), [png_bytes(), png_bytes()])
     worker.finish_done(claimed, seed=5, model="tiny", images=entry["generated_images"], process_time_secs=1.0)
     check(requests.get(f"{url}/jobs/{job_id}"), "/jobs/{job_id}")

@@ -77,7 +77,7 @@ prompt_values = st.one_of(json_values, st.sampled_from(["2", "4", "6", "8", "0",
                           st.integers(min_value=-10, max_value=2**33))
 prompt_bodies = st.fixed_dictionaries({}, optional={
     name: prompt_values for name in ("text", "num_images", "seed", "gen_top_k", "gen_top_p",
-                                     "temperature", "condition_scale", "model", "path")})
+                                     "temperature", "condition_scale", "model", "path", "keep_previews")})
 bodies = st.one_of(
     st.none(),
     st.binary(max_size=300),
@@ -114,7 +114,8 @@ def test_every_route_answers_below_500(world, data):
             choice = data.draw(st.one_of(st.sampled_from(world["job_ids"] + [i.split("/")[2][:-4] for i in world["images"]]),
                                          segments), label=name)
             path = path.replace("{" + name + "}", quote(choice, safe="%"))
-    query = data.draw(st.dictionaries(st.sampled_from(["offset", "limit", "q", "x"]), st.text(max_size=20), max_size=3))
+    query = data.draw(st.dictionaries(st.sampled_from(["offset", "limit", "q", "x", "image"]), st.text(max_size=20),
+                                      max_size=3))
     if query:
         path += "?" + urlencode(query)
     method = data.draw(st.sampled_from([route.method, route.method, "GET", "HEAD", "POST", "DELETE", "PUT", "PATCH"]))
@@ -158,7 +159,8 @@ def _multipart(parts, boundary: str) -> bytes:
 
 
 multipart_parts = st.lists(st.tuples(
-    st.sampled_from(["text", "num_images", "seed", "keep_rows", "extend", "init_image", "init_image_data", ""])
+    st.sampled_from(["text", "num_images", "seed", "keep_rows", "extend", "init_image", "init_image_data",
+                     "keep_previews", ""])
     | st.text(max_size=10),
     st.sampled_from([b"x", b"2", b"8", b"down", OUR_PNG, OUR_PNG[:40], b"\xff\xfe"]) | st.binary(max_size=60),
     st.none() | st.sampled_from(["a.png", "", "\"q\""])), max_size=6)

@@ -124,6 +124,10 @@ BAD_BODIES = [
     (json.dumps({**GOOD, "model": "mini\n"}).encode(), "model"),
     # No backend serves it (none has reported yet, and the server's default is not this).
     (json.dumps({**GOOD, "model": "mega"}).encode(), "model"),
+    # Keeping the previews for a reveal (issue 17).
+    (json.dumps({**GOOD, "keep_previews": "maybe"}).encode(), "keep_previews"),
+    (json.dumps({**GOOD, "keep_previews": 1}).encode(), "keep_previews"),
+    (json.dumps({**GOOD, "keep_previews": [True]}).encode(), "keep_previews"),
     # A continuation's start (issue 16).
     (json.dumps({**GOOD, "init_image": MISSING}).encode(), "init_image"),
     (json.dumps({**GOOD, "init_image": "library/../../etc/passwd.png"}).encode(), "init_image"),
@@ -178,6 +182,10 @@ GOOD_BODIES = [
     ({"text": "x", "num_images": 2, "gen_top_k": 16384, "gen_top_p": 1, "temperature": 1e-3,
       "condition_scale": 0}, {"top_k": 16384, "top_p": 1.0, "temperature": 0.001, "condition_scale": 0.0}),
     ({"text": "x", "num_images": 2, "keep_rows": None, "extend": ""}, {"keep_rows": None, "init_source": None}),
+    ({"text": "x", "num_images": 2}, {"keep_previews": False}),
+    ({"text": "x", "num_images": 2, "keep_previews": True}, {"keep_previews": True}),
+    ({"text": "x", "num_images": 2, "keep_previews": "on"}, {"keep_previews": True}),
+    ({"text": "x", "num_images": 2, "keep_previews": "false"}, {"keep_previews": False}),
     ({"text": "x", "num_images": 2, "init_image_data": PICTURE}, {"keep_rows": 8, "init_source": "encoded"}),
     ({"text": "x", "num_images": 2, "init_image_data": "data:image/jpeg;base64," + _jpeg(), "keep_rows": "15"},
      {"keep_rows": 15, "init_source": "encoded", "init_image": None}),

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -166,6 +167,86 @@ def test_progress_and_cancel(engine):
     assert calls and max(calls) < 256
     result = engine.generate(GenerationRequest(PROMPT, 2, seed=4))  # still usable afterwards
     assert len(result.images) == 2
+
+
+@pytest.fixture
+def previews_every(engine):
+    """Set the engine's preview spacing for one test."""
+    def set_every(every):
+        engine.preview_every = every
+    yield set_every
+    engine.preview_every = None
+
+
+def test_previews_hand_out_the_first_codes_of_the_result(engine, previews_every):
+    previews_every(16)
+    seen = []
+    result = engine.generate(GenerationRequest(PROMPT, 2, seed=3),
+                             on_preview=lambda done, codes: seen.append((done, np.array(codes))))
+    # Every 16 tokens but the last (the finished pictures come at once then).
+    assert [done for done, _ in seen] == list(range(16, 256, 16))
+    for done, codes in seen:
+        np.testing.assert_array_equal(codes, result.codes[:, :done])
+    assert result.timings["previews"] == len(seen)
+
+    # A continuation hands out its kept rows with the new ones, from its first new row on.
+    keep = tuple(int(c) for c in result.codes[1])
+    seen.clear()
+    again = engine.generate(GenerationRequest(PROMPT, 1, seed=9, init_codes=keep, keep_rows=10),
+                            on_preview=lambda done, codes: seen.append((done, np.array(codes))))
+    assert [done for done, _ in seen] == [176, 192, 208, 224, 240]
+    for done, codes in seen:
+        np.testing.assert_array_equal(codes, again.codes[:, :done])
+
+    previews_every(0)
+    calls = []
+    engine.generate_codes(GenerationRequest(PROMPT, 2, seed=3), on_preview=lambda *args: calls.append(args))
+    assert calls == []
+
+
+def test_preview_pictures_show_the_drawn_rows_and_grey_below(engine):
+    codes = engine.generate_codes(GenerationRequest(PROMPT, 2, seed=3))[0]
+    pictures = engine.preview_pictures(codes[:, :64])  # four of the 16 rows
+    assert pictures.shape == (2, 128, 128, 3) and pictures.dtype == np.uint8
+    assert (pictures[:, 40:] == 128).all()  # below the 4th row of cells (8 px each) and its blur
+    full = engine.preview_pictures(codes)
+    assert not (full[:, 40:] == 128).all()
+
+
+def test_decoded_previews_as_on_an_accelerator(engine):
+    # The accelerator's method, run on the CPU: the VQGAN's own picture, grey where not drawn.
+    from PIL import Image
+
+    engine.preview_method = "decode"
+    try:
+        result = engine.generate(GenerationRequest(PROMPT, 2, seed=3))
+        whole = engine.preview_pictures(result.codes)
+        part = engine.preview_pictures(result.codes[:, :100])  # 6 rows and 4 cells
+    finally:
+        engine.preview_method = "table"
+    scaled = np.stack([np.asarray(image.resize((128, 128), Image.BILINEAR)) for image in result.images])
+    np.testing.assert_array_equal(whole, scaled)
+    assert (part[:, 57:] == 128).all() and (part[:, 49:55, 33:] == 128).all()  # one blended pixel apart
+    assert not (part[:, :48] == 128).all()
+
+
+def test_adaptive_previews_stay_within_their_budget(engine, previews_every):
+    from backend.engine.preview import BUDGET
+
+    previews_every(None)
+    cost = 0.05
+
+    def slow_preview(done, codes):
+        time.sleep(cost)  # a slow machine's preview
+
+    result = engine.generate(GenerationRequest(PROMPT, 2, seed=3), on_preview=slow_preview)
+    count, spent = result.timings["previews"], result.timings["preview_secs"]
+    assert count >= 1
+    # The first one's cost is not known before it is paid; after it, the budget holds.
+    assert spent - cost <= BUDGET * result.timings["tokens_secs"] + 0.01, result.timings
+    previews_every(16)
+    fixed = engine.generate(GenerationRequest(PROMPT, 2, seed=3), on_preview=slow_preview).timings
+    assert fixed["previews"] == 15 > count  # a fixed spacing is not held to the budget
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -56,6 +56,20 @@ def test_readding_a_job_replaces_it(tmp_path):
         ["job.json"] + [u.split("/")[-1] for u in again["generated_images"]])
 
 
+def test_a_jobs_reveals_live_and_go_with_it(tmp_path):
+    store = LibraryStore(tmp_path)
+    stored = store.add_job(entry(keep_previews=True), [PNG, PNG], reveals=[b"RIFF one", b"RIFF two"])
+    folder = tmp_path / stored["queue_id"]
+    assert [u.rsplit(".", 1)[1] for u in stored["reveal_images"]] == ["webp", "webp"]
+    assert [(folder / u.split("/")[-1]).read_bytes() for u in stored["reveal_images"]] == [b"RIFF one", b"RIFF two"]
+    assert json.loads((folder / "job.json").read_bytes())["keep_previews"] is True
+    # Stored again (a later attempt) without reveals: the old ones go.
+    again = store.add_job({**stored, "keep_previews": False}, [PNG])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["job.json", again["generated_images"][0].split("/")[-1]])
+    store.add_job(stored, [PNG], reveals=[b"RIFF"])
+    assert store.delete_job(stored["queue_id"]) and not folder.exists()
+
+
 def test_add_job_rejects_bad_queue_id_and_missing_fields(tmp_path):
     store = LibraryStore(tmp_path)
     with pytest.raises(ValueError):

@@ -8,10 +8,11 @@ import itertools
 import time
 
 import pytest
+from PIL import Image
 
 from playground.library import LibraryStore
 from playground.queue import JobQueue
-from playground.testing.standin_backend import PICKED_SEED, StandInBackend
+from playground.testing.standin_backend import PICKED_SEED, PREVIEW_JPEG, StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
 
@@ -180,3 +181,21 @@ def test_the_scheduler_rides_out_a_redis_crash(backend, tmp_path):
         assert service.join(timeout=15)
         client.close()
         server.stop()
+
+
+def test_previews_are_kept_while_the_job_runs_and_bad_ones_skipped(backend, scheduler, redis_client, tmp_path):
+    queue = JobQueue(redis_client)
+    submitted = queue.submit({**job("previews"), "keep_previews": True})
+    wait_until(lambda: queue.preview(submitted.id, 0) is not None, timeout=10)
+    # Only the good one got through (each bad one would have been stored, or failed the job).
+    assert queue.preview(submitted.id, 1) == (128, PREVIEW_JPEG)
+    assert queue.preview(submitted.id, 2) is None
+    running = queue.get(submitted.id)
+    assert running.status == "running" and running.preview_tokens == 128
+    backend.release.set()
+    (done,) = wait_finished(queue, [submitted.id])
+    assert done.status == "done" and done.preview_tokens is None
+    assert queue.preview(submitted.id, 0) is None and redis_client.keys("*preview*") == []
+    (entry,) = LibraryStore(tmp_path / "library").entries()
+    reveal = Image.open(tmp_path / "library" / entry["reveal_images"][0].removeprefix("library/"))
+    assert reveal.format == "WEBP" and reveal.n_frames == 2  # the one good preview, then the picture

@@ -37,7 +37,7 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
     source = page.request.get(f"{demo_stack.frontend.url}/jobs/{finished}").json()["images"][0]
     variation = page.request.post(f"{demo_stack.frontend.url}/prompt", data={
         "text": "a blue square at the bottom", "num_images": 4, "seed": 99, "init_image": source,
-        "keep_rows": 8}).json()["queue_id"]
+        "keep_rows": 8, "keep_previews": True}).json()["queue_id"]
     page.wait_for_function("async ([url]) => (await (await fetch(url)).json()).status === 'done'",
                            arg=[f"{demo_stack.frontend.url}/jobs/{variation}"], timeout=150_000, polling=500)
     # Four more, so that one is generating and others wait while the pictures are taken: 8
@@ -45,8 +45,11 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
     unfinished = [submit_prompt(page, text, num_images=8) for text in (
         "a small blue square in the top left", "a large green triangle on a white background",
         "an orange circle to the left of a blue square", "a yellow square at the bottom")]
-    page.wait_for_function("() => document.querySelector('#queue .queue-item.running progress')?.value > 0",
-                           timeout=60_000)
+    # The running job's pictures forming (live previews) in its card and under "Your images".
+    page.wait_for_function("() => document.querySelector('#queue .queue-item.running progress')?.value > 0"
+                           " && document.querySelector('#queue .queue-item.running .previews img')?.naturalWidth > 0"
+                           " && document.querySelector('#results .forming img')?.naturalWidth > 0",
+                           timeout=60_000, polling=50)
     page.fill("#text", "")
     saved = save_screenshots(page, "create", screenshot_dir)
 
@@ -62,6 +65,7 @@ def test_screenshots_of_every_page(page, demo_stack, screenshot_dir):
                            ".every(img => img.complete && img.naturalWidth > 0)")
 
     expect(page.locator(f'article.job[data-queue-id="{variation}"] .lineage')).to_contain_text("8 of 16 rows kept")
+    expect(page.locator(f'article.job[data-queue-id="{variation}"] a.reveal')).to_have_count(4)
     saved += save_screenshots(page, "library", screenshot_dir)
 
     entry.locator(".thumb").first.click()

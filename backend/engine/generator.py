@@ -22,6 +22,11 @@ same program for any number of kept rows) fills the self-attention cache of the 
 positions, and the chunks start at the first position after them. As the random keys depend
 on the position only, continuing image i of a job with its prompt, values and seed draws
 exactly the codes that job drew.
+
+Previews: each chunk also hands back a copy of the codes drawn so far (the state itself is
+donated to the next chunk), so between chunks the host can give the first K codes to an
+`on_preview` callback, as often as `preview.PreviewSchedule` allows; `preview_pictures`
+draws them (preview.py: a VQGAN decode on an accelerator, a colour table on a CPU).
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from PIL import Image
 from playground import pictures
 from playground.limits import random_seed
 
-from . import checkpoint, dallebart
+from . import checkpoint, dallebart, preview
 from .dallebart import DalleBartConfig
 from .models import resolve_model
 from .progress import LoadProgress
@@ -179,6 +184,13 @@ class Engine:
         self._vqgan_file = vqgan_file
         self._vqgan_encoder: tuple[dict, Callable] | None = None
         self._lock = threading.Lock()
+        # Previews: None picks the spacing by their cost (preview.py), 0 turns them off, N
+        # hands out the codes every N tokens (rounded up to whole chunks).
+        self.preview_every: int | None = None
+        # A VQGAN pass per preview is cheap on an accelerator only; a CPU looks colours up.
+        self.preview_method = "decode" if self.on_accelerator else "table"
+        self.colours = preview.ColourTable(np.asarray(vqgan_params["quantize"]["embedding"]["embedding"]))
+        self._colour_table_ready = False
         self.uncond_tokens = tokenizer.encode([""], max_length=config.max_text_length)
 
     # -- shapes and shardings
@@ -242,8 +254,9 @@ class Engine:
         # A trip count known when compiling: with run-time bounds a GPU waits for the host at
         # every step (Mega on an H100: 0.67 s against 0.59 s for 256 steps at 8 images).
         state = jax.lax.fori_loop(0, steps, lambda i, state: step(start + i, state), state)
-        # A small separate output the host can wait on while the state is donated onward.
-        return state, state.tokens + 0
+        # A small separate output the host can wait on (and read the codes so far from, for
+        # previews) while the state is donated onward.
+        return state, state.codes + 0
 
     def _prefill_fn(self, params, cross_kv, encoder_mask, state, init_codes, kept):
         """Continue from init_codes [B, T]: cache the positions before `kept` (a run-time
@@ -291,7 +304,7 @@ class Engine:
             sampling = {"top_k": scalar(jnp.int32), "top_p": scalar(jnp.float32),
                         "temperature": scalar(jnp.float32), "condition_scale": scalar(jnp.float32)}
             chunk = jax.jit(functools.partial(self._chunk_fn, steps=steps), donate_argnames="state",
-                            out_shardings=(self._state_shardings(), self._batch_sharding(1)))
+                            out_shardings=(self._state_shardings(), self._batch_sharding(2)))
             programs.chunks[steps] = chunk.lower(self.params, cross_kv, text, state, scalar(jnp.int32),
                                                  sampling).compile()
         return programs.chunks[steps]
@@ -367,6 +380,43 @@ class Engine:
                     self._compile_prefill(programs)
                 for rows in self._vqgan_pieces(size):
                     self._vqgan_program(rows)
+            if self.preview_every != 0 and self.preview_method == "table":
+                self.prepare_colour_table()
+
+    # -- previews
+
+    def prepare_colour_table(self) -> None:
+        """The previews' colours (preview.ColourTable): every code decoded on its own for a
+        small codebook, a few random grids for a large one (finished jobs teach it the rest)."""
+        if self._colour_table_ready:
+            return
+        started = time.perf_counter()
+        if self.num_codes <= preview.EXACT_TABLE_CODES:
+            decode = jax.jit(self._vqgan_grid_fn, static_argnums=2)
+            self.colours.learn_exact(lambda codes, side: decode(self.vqgan_params, codes, side))
+        else:
+            rng = np.random.default_rng(0)
+            codes = rng.integers(0, self.num_codes, (preview.SEED_GRIDS, self.total_tokens), dtype=np.int32)
+            self.colours.learn(codes, self.decode_images(codes))
+        self._colour_table_ready = True
+        log.info("preview colours ready in %.1f s", time.perf_counter() - started)
+
+    def _vqgan_grid_fn(self, vqgan_params, codes, side):
+        from .vqgan import decode_codes
+
+        return decode_codes(vqgan_params, self.vqgan_config, codes, side)
+
+    def preview_pictures(self, codes: np.ndarray) -> np.ndarray:
+        """uint8 [B, PREVIEW_SIZE, PREVIEW_SIZE, 3] from each image's first K codes [B, K],
+        the cells not drawn yet grey. Called from an `on_preview` callback (the engine's lock
+        is held then), or under the caller's own care."""
+        codes = np.asarray(codes, np.int32)
+        done = codes.shape[1]
+        if self.preview_method == "table":
+            return preview.table_previews(self.colours.table(), codes, self.row_length)
+        grid = np.zeros((len(codes), self.total_tokens), np.int32)
+        grid[:, :done] = codes
+        return preview.decoded_previews(self.decode_images(grid), done, self.row_length)
 
     # -- generation
 
@@ -379,15 +429,17 @@ class Engine:
                 np.concatenate([mask, self.uncond_tokens[1]]).astype(np.int32))
 
     def generate_codes(self, request: GenerationRequest, on_progress=None, cancel=None,
-                       steps_per_chunk: int | None = None) -> tuple[np.ndarray, int, dict]:
+                       steps_per_chunk: int | None = None, on_preview=None) -> tuple[np.ndarray, int, dict]:
         """Image tokens only: codes int32 [num_images, 256], the seed used, the sampling values.
 
         `steps_per_chunk` overrides the chunk length (the benchmark compares one 256-step call;
-        the first call with a new length compiles it).
+        the first call with a new length compiles it). `on_preview(K, codes [num_images, K])`
+        hears the first K codes of each image now and then (see `generate`).
         """
         request.validate()
         with self._lock:
-            codes, seed, sampling, _ = self._generate_codes(request, on_progress, cancel, steps_per_chunk)
+            codes, seed, sampling, _ = self._generate_codes(request, on_progress, cancel, steps_per_chunk,
+                                                            on_preview)
         return np.asarray(codes)[:request.num_images], seed, sampling
 
     def check_continuation(self, request: GenerationRequest) -> None:
@@ -401,7 +453,7 @@ class Engine:
         if max(request.init_codes) >= self.num_codes:
             raise ValueError(f"init_codes must be below {self.num_codes}, the model's codebook")
 
-    def _generate_codes(self, request, on_progress, cancel, steps_per_chunk):
+    def _generate_codes(self, request, on_progress, cancel, steps_per_chunk, on_preview=None):
         self.check_continuation(request)
         seed = request.seed or random_seed()
         sampling = request.sampling()
@@ -433,6 +485,11 @@ class Engine:
             state.tokens.block_until_ready()
             timings["prefill_secs"] = time.perf_counter() - started
         total = self.total_tokens
+        previews = None
+        if on_preview is not None and self.preview_every != 0:
+            every = self.preview_every and _round_up(self.preview_every, steps)
+            previews = preview.PreviewSchedule(on_preview, total, request.num_images, every,
+                                               min_spacing=self.row_length, first=first)
         in_flight: list[tuple[int, jax.Array]] = []
         for start in range(first, total, steps):
             if cancel is not None and cancel.is_set():
@@ -440,29 +497,39 @@ class Engine:
             state, marker = chunk(self.params, cross_kv, encoder_mask, state, put(np.int32(start)), device_sampling)
             in_flight.append((start + steps, marker))
             if len(in_flight) > 1:
-                self._report(in_flight.pop(0), on_progress, total)
+                self._report(in_flight.pop(0), on_progress, total, previews)
         while in_flight:
-            self._report(in_flight.pop(0), on_progress, total)
+            self._report(in_flight.pop(0), on_progress, total, previews)
+        if previews is not None:
+            timings["previews"] = previews.count
+            timings["preview_secs"] = previews.spent
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled()
         return state.codes, seed, sampling, timings
 
     @staticmethod
-    def _report(done_marker, on_progress, total):
-        done, marker = done_marker
+    def _report(done_marker, on_progress, total, previews=None):
+        done, marker = done_marker  # marker: the codes after `done` tokens
         marker.block_until_ready()
         if on_progress is not None:
             on_progress(done, total)
+        if previews is not None:
+            previews.offer(done, marker)
 
-    def generate(self, request: GenerationRequest, on_progress=None, cancel: threading.Event | None = None
-                 ) -> GenerationResult:
+    def generate(self, request: GenerationRequest, on_progress=None, cancel: threading.Event | None = None,
+                 on_preview=None) -> GenerationResult:
+        """`on_preview(K, codes)`: now and then between chunks (`preview_every`), the first K
+        codes of each image [num_images, K], exactly those the result will start with; it
+        runs on the generating thread, which may call `preview_pictures`."""
         request.validate()
         with self._lock:
             started = time.perf_counter()
-            codes, seed, sampling, timings = self._generate_codes(request, on_progress, cancel, None)
+            codes, seed, sampling, timings = self._generate_codes(request, on_progress, cancel, None, on_preview)
             codes = np.asarray(codes)[:request.num_images]  # waits for the last chunk
             tokens_done = time.perf_counter()
             pixels = self.decode_images(codes)
+            if self.preview_method == "table":  # the colours of the codes used, for later previews
+                self.colours.learn(codes, pixels)
             vqgan_done = time.perf_counter()
         images = [Image.fromarray(np.round(p * 255).astype(np.uint8), "RGB") for p in pixels]
         return GenerationResult(

@@ -307,13 +307,15 @@ def _encoder(images: jax.Array, p: Params, cfg: VQGANConfig) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # Public entry points.
 
-def decode_codes(params: Params, config: VQGANConfig, codes: jax.Array) -> jax.Array:
+def decode_codes(params: Params, config: VQGANConfig, codes: jax.Array, side: int | None = None) -> jax.Array:
     """Codebook indices int [B, h*w] -> RGB float32 [B, H, W, 3] in [0, 1].
 
+    `side`: the code grid's side, when not the model's (the decoder takes any grid: the
+    previews' colour table decodes each code as a small grid of itself).
     Out-of-range indices are clamped (this runs under jit, where values cannot be checked).
     """
     codes = jnp.asarray(codes)
-    side = config.latent_size
+    side = side or config.latent_size
     if codes.ndim != 2 or codes.shape[1] != side * side:
         raise ValueError(f"codes must have shape [batch, {side * side}], got {tuple(codes.shape)}")
     embedding = params["quantize"]["embedding"]["embedding"]

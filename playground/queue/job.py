@@ -61,6 +61,10 @@ class Job:
     tokens_done: int = 0
     total_tokens: int = IMAGE_TOKENS  # until the backend's `started` event gives its model's count
     cancel_requested: bool = False
+    # Keep the previews: the library stores each image's reveal (an animated WebP of them).
+    keep_previews: bool = False
+    # The tokens the newest live preview shows (GET /jobs/<id>/preview); None when there is none.
+    preview_tokens: int | None = None
     images: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)  # each image's codes (pictures.pack_codes), once done
     process_time_secs: float | None = None
@@ -100,6 +104,8 @@ class Job:
             tokens_done=int(h.get("tokens_done") or 0),
             total_tokens=int(h.get("total_tokens") or IMAGE_TOKENS),
             cancel_requested=h.get("cancel_requested") == "1",
+            preview_tokens=_int_or_none(h.get("preview_tokens")),
+            keep_previews=h.get("keep_previews") == "1",
             images=json.loads(h.get("images") or "[]"),
             codes=json.loads(h.get("codes") or "[]"),
             process_time_secs=_float_or_none(h.get("process_time_secs")),
@@ -143,6 +149,8 @@ class Job:
             "status": self.status,
             "position": self.position,
             "progress": {"tokens_done": self.tokens_done, "total_tokens": self.total_tokens},
+            "preview_tokens": self.preview_tokens,
+            "keep_previews": self.keep_previews,
             "eta_secs": None if self.eta_secs is None else round(self.eta_secs, 1),
             "created_at": self.created_at,
             "started_at": self.started_at,
@@ -171,4 +179,5 @@ def encode_job_fields(job: Job) -> dict[str, str]:
         "tokens_done": "0",
         "total_tokens": str(IMAGE_TOKENS),
         **{name: str(getattr(job, name)) for name in START_FIELDS if getattr(job, name) is not None},
+        **({"keep_previews": "1"} if job.keep_previews else {}),
     }

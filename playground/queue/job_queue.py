@@ -52,6 +52,7 @@ class JobQueue:
             **{name: None if params.get(name) is None else float(params[name])
                for name in ("top_p", "temperature", "condition_scale")},
             model=params.get("model") or None,
+            keep_previews=bool(params.get("keep_previews")),
             **{name: params.get(name) for name in START_FIELDS},
         )
         flat = [item for pair in encode_job_fields(job).items() for item in pair]
@@ -68,6 +69,14 @@ class JobQueue:
         """The job's own record without position and ETA: one read, whatever the queue's length."""
         raw = self.redis.hgetall(self.keys.job(job_id))
         return Job.from_hash(raw) if raw else None
+
+    def preview(self, job_id: str, image: int) -> tuple[int, bytes] | None:
+        """The newest live preview of image `image` of a running job: (the tokens it shows,
+        its JPEG), or None when there is none (not started, finished, no such image)."""
+        tokens, picture = self.redis.hmget(self.keys.preview(job_id), "tokens_done", str(image))
+        if tokens is None or picture is None:
+            return None
+        return int(tokens), picture
 
     def get(self, job_id: str) -> Job | None:
         """The job with its position and ETA, or None when unknown."""

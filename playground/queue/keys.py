@@ -8,6 +8,8 @@
     <prefix>:worker:<wid>          hash: backend_url, backend_status, model, job_id, heartbeat
     <prefix>:worker:<wid>:alive    string with a TTL, renewed by the worker's heartbeat
     <prefix>:processing:<wid>      list holding the job the worker is running (0 or 1 id)
+    <prefix>:preview:<id>          hash, only while the job runs (with a TTL as a safety net):
+                                   tokens_done and "0", "1", … the newest preview JPEG of each image
     <prefix>:speed                 hash: worker id -> measured seconds per image (moving average)
     <prefix>:backends              set of the URLs of backends that announce themselves
     <prefix>:backend:<url>         string with a TTL: that backend's last /health report (JSON)
@@ -19,6 +21,9 @@ from __future__ import annotations
 DEFAULT_PREFIX = "dalle"
 # How long a finished job's hash is kept (the library keeps its result for good).
 DEFAULT_FINISHED_TTL_SECS = 7 * 24 * 3600
+# A running job's preview is deleted when the job ends; the TTL (renewed by every preview)
+# only cleans up after a scheduler that died in the middle.
+PREVIEW_TTL_SECS = 300
 
 
 class Keys:
@@ -47,6 +52,9 @@ class Keys:
 
     def processing(self, worker_id: str) -> str:
         return f"{self.prefix}:processing:{worker_id}"
+
+    def preview(self, job_id: str) -> str:
+        return f"{self.prefix}:preview:{job_id}"
 
     def backend(self, url: str) -> str:
         return f"{self.prefix}:backend:{url}"

@@ -148,6 +148,7 @@ if status ~= QUEUED then
 end
 redis.call('HSET', KEYS[2], 'status', RUNNING, 'started_at', now(), 'worker', ARGV[2],
            'backend', ARGV[3], 'tokens_done', '0', 'cancel_requested', '0')
+redis.call('HDEL', KEYS[2], 'preview_tokens')
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HINCRBY', KEYS[2], 'claim', 1)
 redis.call('HSET', KEYS[3], 'job_id', ARGV[1])
@@ -164,14 +165,37 @@ if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return 1 end
 return 0
 """
 
+# Replace a running job's preview with a newer one: the tokens it shows and one picture per
+# image, in the preview hash (with a TTL, should the job's end never delete it) and the
+# tokens in the job's hash too (/queue_status shows them). Returns as PROGRESS does.
+# KEYS: processing list (unused), job hash, preview hash. ARGV: claim, ttl, tokens_done,
+# then each image's picture.
+PREVIEW = _STATUSES + _STILL_MINE + """
+if not still_mine(ARGV[1]) then return -1 end
+local fields = {'tokens_done', ARGV[3]}
+for i = 4, #ARGV do
+  table.insert(fields, tostring(i - 4))
+  table.insert(fields, ARGV[i])
+end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+redis.call('HSET', KEYS[2], 'preview_tokens', ARGV[3])
+if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return 1 end
+return 0
+"""
+
 # Record how a running job ended (the fields include its finished status). A job finishing
 # as done whose cancel was asked for meanwhile ends cancelled instead. Returns the status
 # recorded with the finish time ("done 1732612345.123456"), or '' when the claim is no
 # longer the job's: nothing is changed then (the caller's result is late and is dropped).
-# KEYS: processing list, job hash, worker hash. ARGV: job id, claim, ttl, status, field, value, ...
+# Its preview goes with it.
+# KEYS: processing list, job hash, worker hash, preview hash. ARGV: job id, claim, ttl, status, field, value, ...
 FINISH = _STATUSES + _NOW + _STILL_MINE + """
 if not still_mine(ARGV[2]) then return '' end
 redis.call('LREM', KEYS[1], 0, ARGV[1])
+redis.call('DEL', KEYS[4])
+redis.call('HDEL', KEYS[2], 'preview_tokens')
 redis.call('HSET', KEYS[3], 'job_id', '')
 local status = ARGV[4]
 local finished = now()
@@ -189,8 +213,8 @@ return status .. ' ' .. finished
 # cancel it when that was asked. Returns the new status, '' when nothing was done.
 # The worker putting back its own job names its claim (refused, '', when no longer the
 # job's); recovery of a dead worker's job names none: the job is in that worker's
-# processing list, which nobody else can have claimed it into.
-# KEYS: processing list, job hash, unused, worker hash, the worker's alive key.
+# processing list, which nobody else can have claimed it into. The attempt's preview goes.
+# KEYS: processing list, job hash, preview hash, worker hash, the worker's alive key.
 # ARGV: job id, reason, count_attempt (1/0), max attempts, claim ('' = recovery), ttl,
 #       only_if_dead (1/0: leave it alone if that worker has come back), prefix.
 PUT_BACK = _STATUSES + _NOW + _STILL_MINE + _QUEUES + """
@@ -198,7 +222,9 @@ if ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return '' end
 if ARGV[5] ~= '' and not still_mine(ARGV[5]) then return '' end
 if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return '' end
 redis.call('HSET', KEYS[4], 'job_id', '')
+redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[2]) == 0 then return '' end
+redis.call('HDEL', KEYS[2], 'preview_tokens')
 local finish = function(status, err)
   redis.call('HSET', KEYS[2], 'status', status, 'finished_at', now(), 'error', err)
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))

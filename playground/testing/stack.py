@@ -25,7 +25,8 @@ class Stack:
 
     def __init__(self, workdir: Path, model_cache_dir: Path, *, model: str = "tiny",
                  warm_up_batch_sizes: str = "2,4", frontend_env: dict[str, str] | None = None,
-                 redis_appendonly: bool = False, library_tmpfs_mb: int | None = None):
+                 redis_appendonly: bool = False, library_tmpfs_mb: int | None = None,
+                 backend_env: dict[str, str] | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs = self.workdir / "logs"
@@ -38,7 +39,7 @@ class Stack:
         self.frontend_env = {"PYTHONUNBUFFERED": "1", **(frontend_env or {})}
         self.redis = RedisServer(self.workdir / "redis", appendonly=redis_appendonly)
         self.backend = backend_process(self.logs, model_cache_dir, model=model, extra_env={
-            "BACKEND_WARMUP_BATCH_SIZES": warm_up_batch_sizes, "PYTHONUNBUFFERED": "1"})
+            "BACKEND_WARMUP_BATCH_SIZES": warm_up_batch_sizes, "PYTHONUNBUFFERED": "1", **(backend_env or {})})
         self.scheduler = scheduler_process(self.logs, self.redis.url, [self.backend.url], self.library_dir,
                                            extra_env={"PYTHONUNBUFFERED": "1"})
         self.frontend = frontend_process(self.logs, self.redis.url, self.library_dir, extra_env=self.frontend_env)

@@ -10,6 +10,9 @@ cannot produce on demand:
   early, with "cancelled", once /cancel is called;
 - "steady": the same, ending done (a job long enough to be interrupted);
 - "hang": headers and one line, then silence until `release` is set (or 10 s);
+- "previews": one good preview (`PREVIEW_JPEG` for each image, at 128 tokens), then three
+  the scheduler must skip (malformed, too big, more pictures than images), then done once
+  `release` is set (or after 10 s);
 - anything else: done, with `num_images` copies of `png` (after `step_secs` × 4 of progress).
 
     with StandInBackend() as backend:
@@ -32,6 +35,15 @@ from PIL import Image
 
 # The seed the stand-in picks when a job asks for seed 0 ("any").
 PICKED_SEED = 5
+
+
+def solid_jpeg(colour: str = "blue", size: int = 128) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+PREVIEW_JPEG = solid_jpeg()
 
 
 def solid_png(colour: str = "red") -> bytes:
@@ -127,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream_slowly(started, ending=self._done(body, seed) if body["text"] == "steady" else None)
         elif body["text"] == "hang":
             return self._hang(started)
+        elif body["text"] == "previews":
+            return self._previews(started, body["num_images"], self._done(body, seed))
         elif self.server.step_secs:
             return self._stream_slowly(started, self._done(body, seed), steps=4, pause=self.server.step_secs,
                                        job_id=body["job_id"])
@@ -156,6 +170,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk({"event": "progress", "tokens_done": step * 256 // steps, "total_tokens": 256})
         else:
             self._chunk(ending or {"event": "error", "error": "the test should have cancelled this job"})
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _previews(self, started: dict, num_images: int, ending: dict) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._chunk(started)
+        good = base64.b64encode(PREVIEW_JPEG).decode()
+        huge = base64.b64encode(b"\xff" * 100_000).decode()
+        # The good one first: a bad one let through would replace it.
+        for images in ([good] * num_images, ["not base64!"] * num_images, [huge] * num_images,
+                       [good] * (num_images + 1)):
+            self._chunk({"event": "preview", "tokens_done": 128, "total_tokens": 256, "format": "jpeg",
+                         "width": 128, "height": 128, "images": images})
+        self._chunk({"event": "progress", "tokens_done": 128, "total_tokens": 256})
+        self.server.release.wait(10)
+        self._chunk(ending)
         self.wfile.write(b"0\r\n\r\n")
 
     def _hang(self, started: dict) -> None:

@@ -105,6 +105,9 @@ function jobCard(entry) {
     taller.length > 0 && el("div", { class: "thumbs taller" }, taller),
     el("div", { class: "card-actions" },
       el("a", { class: "button", href: settingsLink(entry) }, "Use these settings again"),
+      (entry.reveal_images ?? []).map((src, index) => el("a", {
+        class: "button reveal", href: src, download: `reveal-${entry.queue_id.slice(0, 8)}-${index + 1}.webp`,
+      }, `Reveal ${index + 1}`)),
       el("button", { type: "button", class: "danger", onclick: removeJob }, "Delete job")));
   return card;
 }

@@ -110,6 +110,8 @@ async function submit(event) {
     return;
   }
   Object.assign(params, start?.params());
+  const keepPreviews = document.getElementById("keep_previews");
+  if (keepPreviews?.checked) params.keep_previews = true;
   submitButton.disabled = true;
   setStatus("Sending…");
   try {

@@ -5,7 +5,8 @@ import { cancelJob, jobStatus, queueStatus } from "./api.js";
 import { el } from "./dom.js";
 import { formatEta } from "./format.js";
 import { forgetJob, isMine, myJobs } from "./myjobs.js";
-import { resultCard } from "./results.js";
+import { previewPictures } from "./previews.js";
+import { formingCard, resultCard } from "./results.js";
 
 const FAST_POLL_MS = 1000;
 const SLOW_POLL_MS = 5000;
@@ -22,6 +23,7 @@ function queueRow(queueId, onCancel) {
   const progress = el("progress", { max: 256, "aria-label": "Image tokens generated" });
   const tokens = el("span", { class: "tokens" });
   const progressLine = el("div", { class: "progress-line" }, progress, tokens);
+  const previews = previewPictures("queue-previews");
   const cancel = el("button", { type: "button", class: "cancel" }, "Cancel");
   const mine = isMine(queueId);
   cancel.addEventListener("click", () => {
@@ -31,7 +33,7 @@ function queueRow(queueId, onCancel) {
   });
   const node = el("li", { class: mine ? "queue-item mine" : "queue-item", "data-queue-id": queueId },
     el("div", { class: "queue-head" }, badge, mine && el("span", { class: "mine-tag" }, "yours")),
-    prompt, meta, progressLine, mine && cancel);
+    prompt, meta, progressLine, previews.node, mine && cancel);
 
   function update(job, index) {
     const running = job.status === "running";
@@ -53,6 +55,7 @@ function queueRow(queueId, onCancel) {
       progress.removeAttribute("value"); // indeterminate until the first tokens
       tokens.textContent = "starting…";
     }
+    previews.update(job);
   }
   return { node, update };
 }
@@ -60,14 +63,18 @@ function queueRow(queueId, onCancel) {
 export function startQueue({ list, empty, more, connection, results, resultsEmpty, resultsStatus }) {
   const rows = new Map();
   const pending = new Set(); // my jobs last seen queued or running
+  const forming = new Map(); // my running jobs' cards in the results, while they have previews
   let timer = null;
   let polling = false;
   let pollAgain = false;
 
   function showResult(job, { prepend }) {
-    results.querySelector(`[data-queue-id="${CSS.escape(job.queue_id)}"]`)?.remove();
+    forming.delete(job.queue_id);
     const card = resultCard(job);
-    if (prepend) results.prepend(card);
+    // In the place of its forming card (or an earlier card of it), if there is one.
+    const old = results.querySelector(`[data-queue-id="${CSS.escape(job.queue_id)}"]`);
+    if (old) old.replaceWith(card);
+    else if (prepend) results.prepend(card);
     else results.append(card);
     resultsEmpty.hidden = true;
   }
@@ -107,6 +114,30 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
     more.textContent = `and ${allJobs.length - jobs.length} more waiting`;
   }
 
+  // My running jobs' pictures forming in the results, where the finished ones will be.
+  function renderForming(jobs) {
+    const running = new Set();
+    for (const job of jobs) {
+      if (!isMine(job.queue_id) || job.status !== "running" || !Number.isFinite(job.preview_tokens)) continue;
+      running.add(job.queue_id);
+      let card = forming.get(job.queue_id);
+      if (!card) {
+        card = formingCard(job);
+        forming.set(job.queue_id, card);
+        results.prepend(card.node);
+        resultsEmpty.hidden = true;
+      }
+      card.update(job);
+    }
+    // Put back in the queue (its backend was lost): its pictures start again.
+    for (const [queueId, card] of forming) {
+      if (!running.has(queueId) && jobs.some((job) => job.queue_id === queueId)) {
+        card.node.remove();
+        forming.delete(queueId);
+      }
+    }
+  }
+
   // A job of mine that left the queue: find out how it ended.
   async function settle(queueId) {
     try {
@@ -121,6 +152,8 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
       if (error.status !== 404) throw error;
       pending.delete(queueId);
       forgetJob(queueId);
+      forming.get(queueId)?.node.remove();
+      forming.delete(queueId);
     }
   }
 
@@ -134,6 +167,7 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
     try {
       const jobs = await queueStatus();
       renderQueue(jobs);
+      renderForming(jobs);
       const inQueue = new Set(jobs.map((job) => job.queue_id));
       // Jobs submitted from another tab of this browser are mine too.
       for (const job of jobs) if (isMine(job.queue_id)) pending.add(job.queue_id);

@@ -1,6 +1,7 @@
 // A finished job of mine on the prompt pages: its images, or why there are none.
 import { el } from "./dom.js";
 import { formatSeconds } from "./format.js";
+import { previewPictures } from "./previews.js";
 import { thumbnail } from "./viewer.js";
 
 function doneDetails(entry) {
@@ -27,4 +28,21 @@ export function resultCard(job) {
   return el("article", { class: "card result", "data-queue-id": job.queue_id, "data-status": job.status },
     el("h3", { class: "prompt" }, job.text ?? job.result?.text_prompt ?? ""),
     details(job));
+}
+
+// A running job of mine: its pictures as far as they are drawn, until the finished card
+// (same data-queue-id) replaces this one.
+export function formingCard(job) {
+  const meta = el("p", { class: "meta" });
+  const previews = previewPictures("forming-previews");
+  const node = el("article", { class: "card result forming", "data-queue-id": job.queue_id, "data-status": "running" },
+    el("h3", { class: "prompt" }, job.text ?? ""), meta, previews.node);
+  return {
+    node,
+    update(current) {
+      const total = current.progress?.total_tokens ?? 256;
+      meta.textContent = `Drawing… ${current.preview_tokens} of ${total} tokens shown`;
+      previews.update(current);
+    },
+  };
 }
