@@ -31,6 +31,9 @@ class Config:
     device: str = "auto"
     # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
     cache_host_path: str = ""
+    # CLIP, which ranks a job's candidates: "demo", a hub repository, a folder, "none"; ""
+    # picks by model (backend.engine.models.default_clip: the demo's CLIP with the demo model).
+    clip_model: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -55,4 +58,5 @@ class Config:
             advertise_url=get_str(env, "BACKEND_ADVERTISE_URL", "").rstrip("/") or None,
             device=device,
             cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
+            clip_model=get_str(env, "CLIP_MODEL", ""),
         )

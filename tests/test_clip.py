@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from backend.engine import checkpoint, clip
 
@@ -53,8 +54,6 @@ def test_a_wrong_shape_names_the_parameter(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_weights_rank_like_float32(dtype):
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     pictures = [Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)) for _ in range(3)]
     full = clip.load_clip(TINY, dtype="float32")
@@ -69,3 +68,36 @@ def test_random_params_match_the_config():
     config = clip.read_config(TINY)
     params = clip.random_params(config, seed=1)
     assert checkpoint.tree_shapes(params) == clip.expected_param_shapes(config)
+
+
+def test_clip_model_choices(tmp_path):
+    from backend.engine import models
+
+    assert models.resolve_clip("none", tmp_path) is None and models.resolve_clip("", tmp_path) is None
+    assert models.resolve_clip("demo", tmp_path) == ("demo", models.DEMO_FOLDER / "clip")
+    assert models.resolve_clip(str(TINY), tmp_path) == ("model", TINY)
+    assert models.default_clip("demo") == "demo" and models.default_clip("mini") == "none"
+    with pytest.raises(models.ModelUnavailableError, match="unknown CLIP model"):
+        models.resolve_clip("no-such-thing", tmp_path)
+    with pytest.raises(models.ModelUnavailableError, match="lacks tokenizer.json"):
+        (tmp_path / "half").mkdir()
+        for name in ("config.json", "flax_model.msgpack"):
+            shutil.copy(TINY / name, tmp_path / "half" / name)
+        models.resolve_clip(str(tmp_path / "half"), tmp_path)
+
+
+def test_a_hub_clip_is_downloaded_into_the_cache_like_the_models(tmp_path):
+    from backend.engine import models
+    from backend.engine.progress import LoadProgress
+    from playground.testing.fake_hub import FakeHub
+
+    with FakeHub({"openai/clip-vit-base-patch32": TINY}) as hub:
+        progress = LoadProgress()
+        name, folder = models.resolve_clip("openai/clip-vit-base-patch32", tmp_path, progress, hub.url)
+        assert name == "openai/clip-vit-base-patch32"
+        assert folder.is_relative_to(tmp_path / "huggingface" / "models--openai--clip-vit-base-patch32")
+        assert any(entry["name"].endswith("flax_model.msgpack") for entry in progress.snapshot()["files"])
+        picture = Image.new("RGB", (40, 40))
+        assert clip.load_clip(folder, name).score("a red circle", [picture]).shape == (1,)
+    with pytest.raises(models.ModelUnavailableError, match="set CLIP_MODEL to that folder"):
+        models.resolve_clip("openai/clip-vit-large-patch14", tmp_path / "offline", endpoint="http://127.0.0.1:9")

@@ -52,6 +52,8 @@ class JobQueue:
             **{name: None if params.get(name) is None else float(params[name])
                for name in ("top_p", "temperature", "condition_scale")},
             model=params.get("model") or None,
+            candidates=None if params.get("candidates") is None else int(params["candidates"]),
+            rank=params.get("rank"),
             **{name: params.get(name) for name in START_FIELDS},
         )
         flat = [item for pair in encode_job_fields(job).items() for item in pair]
