@@ -25,6 +25,7 @@ SHARPEN_STEPS = 1500  # the decoder again, edges weighted more
 DALLE_STEPS = 1000
 DALLE_GUIDED_STEPS = 300  # then with the guided loss (train_dallebart.GUIDED_SCALE)
 CLIP_STEPS = 1500  # 128 captioned scenes a step
+CLIP_FINE_TUNE_STEPS = 600  # then half of each batch hard pairs (train_clip.fine_tune)
 
 
 def score() -> dict:
@@ -71,6 +72,9 @@ def main(argv=None) -> None:
         report = train_clip.train(DEMO_FOLDER / "clip", CLIP_STEPS)
         print(json.dumps({"clip_minutes": round(report["minutes"], 1), "clip_loss": round(report["final_loss"], 3)}),
               flush=True)
+        report = train_clip.fine_tune(DEMO_FOLDER / "clip", CLIP_FINE_TUNE_STEPS)
+        print(json.dumps({"clip_fine_tune_minutes": round(report["minutes"], 1),
+                          "clip_fine_tune_loss": round(report["final_loss"], 3)}), flush=True)
     if "score" in stages:
         print(json.dumps(score(), indent=1), flush=True)
     if "adherence" in stages:

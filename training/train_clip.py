@@ -34,6 +34,15 @@ TOKENIZER_VOCAB = 300
 TOKENIZER_CAPTIONS = 4000
 ALL_PAIRS = tuple((c, s) for c in shapes_dataset.COLOURS for s in shapes_dataset.SHAPES)
 MAX_LOGIT_SCALE = math.log(100.0)  # as CLIP clamps it
+# The second phase (`fine_tune`): half of each batch are pairs of one-shape scenes with full
+# captions that differ in one named attribute, mostly the place or the background. Random
+# scenes teach CLIP what a picture holds, not which of two nearly equal pictures fits a caption
+# better, which is the question ranking asks of it. Shapes there sit up to JITTER pixels off
+# the caption's place (still nearest to it), as the DalleBart often draws them, so "on the
+# right" means what the classifier reads: the nearest of the nine places.
+TWIN_SHARE = 0.5
+TWIN_ATTRIBUTES = ("place", "place", "background", "colour", "shape")
+JITTER = 14  # < half the 32 pixels between places
 
 # The measurement: prompts naming all four attributes (colour, shape, place, background).
 ADHERENCE_PROMPTS = (
@@ -95,30 +104,56 @@ def write_tokenizer(path: Path, captions: list[str], vocab_size: int) -> None:
     tokenizer.save(str(path))
 
 
-def _batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer):
-    scenes = [shapes_dataset.random_scene(rng, ALL_PAIRS) for _ in range(size)]
-    captions = [shapes_dataset.caption(scene, rng) for scene in scenes]
+def _single(rng: random.Random, named: dict | None = None) -> tuple[dict, shapes_dataset.Scene]:
+    """A one-shape scene and the four attributes a full caption names (`named` fixes some),
+    its shape up to JITTER pixels off the named place."""
+    named = {"colour": rng.choice(list(shapes_dataset.COLOURS)), "shape": rng.choice(shapes_dataset.SHAPES),
+             "place": rng.choice(list(shapes_dataset.PLACES)),
+             "background": rng.choice(list(shapes_dataset.BACKGROUNDS)), **(named or {})}
+    x, y = shapes_dataset.PLACES[named["place"]]
+    centre = (x + rng.randint(-JITTER, JITTER), y + rng.randint(-JITTER, JITTER))
+    item = shapes_dataset.Item(named["colour"], named["shape"], rng.choice(list(shapes_dataset.SIZES)), centre)
+    return named, shapes_dataset.Scene(named["background"], (item,))
+
+
+def _full_caption(named: dict, scene: shapes_dataset.Scene, rng: random.Random) -> str:
+    words = ([scene.items[0].size] if rng.random() < 0.5 else []) + [named["colour"], named["shape"]]
+    return (f"{'an' if words[0][0] in 'aeiou' else 'a'} {' '.join(words)} {named['place']} "
+            f"on a {named['background']} background")
+
+
+def _twins(rng: random.Random, count: int) -> tuple[list, list[str]]:
+    """`count` one-shape scenes with full captions, in pairs that differ in one named
+    attribute: each is the other's hard negative, as the candidates of one prompt are."""
+    scenes, captions = [], []
+    while len(scenes) < count:
+        named, scene = _single(rng)
+        attribute = rng.choice(TWIN_ATTRIBUTES)
+        while True:
+            other, twin = _single(rng, {k: v for k, v in named.items() if k != attribute})
+            if other[attribute] != named[attribute]:
+                break
+        for these, this in ((named, scene), (other, twin)):
+            scenes.append(this)
+            captions.append(_full_caption(these, this, rng))
+    return scenes[:count], captions[:count]
+
+
+def _batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer, twin_share: float = 0.0):
+    scenes, captions = _twins(rng, int(size * twin_share) // 2 * 2)
+    if twin_share:  # (the order the shipped weights' second phase drew its random half in)
+        while len(scenes) < size:
+            scenes.append(shapes_dataset.random_scene(rng, ALL_PAIRS))
+            captions.append(shapes_dataset.caption(scenes[-1], rng))
+    else:
+        rest = [shapes_dataset.random_scene(rng, ALL_PAIRS) for _ in range(size)]
+        scenes, captions = rest, [shapes_dataset.caption(scene, rng) for scene in rest]
     pixels = np.stack([clip.preprocess(shapes_dataset.render(scene), IMAGE_SIZE) for scene in scenes])
     ids, mask = tokenizer.encode(captions)
     return ids, mask, pixels
 
 
-def train(folder: Path, steps: int, batch: int = 128, seed: int = 0, learning_rate: float = 2e-3) -> dict:
-    started = time.monotonic()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    captions = [shapes_dataset.caption(shapes_dataset.random_scene(rng, ALL_PAIRS), rng)
-                for _ in range(TOKENIZER_CAPTIONS)]
-    write_tokenizer(folder / "tokenizer.json", captions, TOKENIZER_VOCAB)
-    tokenizer = clip.ClipTokenizer(folder / "tokenizer.json", 77)
-    config = model_config(tokenizer.vocab_size)
-    params = jax.tree_util.tree_map(jnp.asarray, clip.random_params(config, seed))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(200, steps // 10), steps, learning_rate / 20)
-    optimiser = optax.adamw(schedule, weight_decay=1e-4)
-    state = optimiser.init(params)
-    end_id = tokenizer.end_id
-
+def _loss_and_step(config: clip.ClipConfig, end_id: int, optimiser):
     def loss_fn(params, ids, mask, pixels):
         scores = clip.logits(params, clip.text_features(params, config, ids, mask, end_id),
                              clip.image_features(params, config, pixels))
@@ -134,14 +169,56 @@ def train(folder: Path, steps: int, batch: int = 128, seed: int = 0, learning_ra
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)
         return params, state, loss
 
+    return step
+
+
+def _run(params, config, tokenizer, rng, steps: int, batch: int, learning_rate: float, twin_share: float,
+         label: str) -> tuple[dict, list[float]]:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(200, steps // 10), steps, learning_rate / 20)
+    optimiser = optax.adamw(schedule, weight_decay=1e-4)
+    state = optimiser.init(params)
+    step = _loss_and_step(config, tokenizer.end_id, optimiser)
     losses = []
     for index in range(steps):
-        params, state, loss = step(params, state, *_batch(rng, batch, tokenizer))
+        params, state, loss = step(params, state, *_batch(rng, batch, tokenizer, twin_share))
         losses.append(float(loss))
         if index % 100 == 0 or index == steps - 1:
-            print(json.dumps({"clip_step": index, "loss": round(float(np.mean(losses[-100:])), 4)}), flush=True)
+            print(json.dumps({label: index, "loss": round(float(np.mean(losses[-100:])), 4)}), flush=True)
+    return params, losses
+
+
+def _save(folder: Path, config: clip.ClipConfig, params) -> None:
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     checkpoint.write_checkpoint(folder / "flax_model.msgpack", jax.tree_util.tree_map(np.asarray, params))
+
+
+def train(folder: Path, steps: int, batch: int = 128, seed: int = 0, learning_rate: float = 2e-3) -> dict:
+    """Phase one: the tokenizer, then `steps` steps on random captioned scenes, from scratch."""
+    started = time.monotonic()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    captions = [shapes_dataset.caption(shapes_dataset.random_scene(rng, ALL_PAIRS), rng)
+                for _ in range(TOKENIZER_CAPTIONS)]
+    write_tokenizer(folder / "tokenizer.json", captions, TOKENIZER_VOCAB)
+    tokenizer = clip.ClipTokenizer(folder / "tokenizer.json", 77)
+    config = model_config(tokenizer.vocab_size)
+    params = jax.tree_util.tree_map(jnp.asarray, clip.random_params(config, seed))
+    params, losses = _run(params, config, tokenizer, rng, steps, batch, learning_rate, 0.0, "clip_step")
+    _save(folder, config, params)
+    return {"minutes": (time.monotonic() - started) / 60, "final_loss": float(np.mean(losses[-100:]))}
+
+
+def fine_tune(folder: Path, steps: int, batch: int = 128, seed: int = 1, learning_rate: float = 5e-4) -> dict:
+    """Phase two, on the folder phase one wrote: `steps` steps with TWIN_SHARE hard pairs."""
+    started = time.monotonic()
+    folder = Path(folder)
+    tokenizer = clip.ClipTokenizer(folder / "tokenizer.json", 77)
+    config = clip.read_config(folder)
+    params = jax.tree_util.tree_map(jnp.asarray, clip.read_params(folder, config, "float32"))
+    params, losses = _run(params, config, tokenizer, random.Random(seed), steps, batch, learning_rate, TWIN_SHARE,
+                          "clip_fine_tune_step")
+    _save(folder, config, params)
     return {"minutes": (time.monotonic() - started) / 60, "final_loss": float(np.mean(losses[-100:]))}
 
 
