@@ -3,7 +3,8 @@
 A job asks for `num_images` pictures out of `candidates` (default: as many). With ranking (the
 default when the backend has CLIP; `rank: false` turns it off) every candidate is generated in
 one batched pass, scored by CLIP against the prompt, and the best `num_images` are kept, best
-first. Without ranking the first `num_images` are kept, so only those are generated: candidate
+first. A job without extra candidates keeps its pictures in their order, each with its score:
+picture i stays candidate i, which continuations and variations of "image i" rely on. Without ranking the first `num_images` are kept, so only those are generated: candidate
 i depends only on (prompt, values, seed, i), never on how many are made alongside it. Either
 way each kept picture is known by its candidate index, which with the seed makes it again.
 
@@ -40,10 +41,13 @@ class Choice:
 
 
 def choose(engine: Any, the_plan: Plan, text: str, images: list) -> Choice:
-    """The candidates kept: the best `keep` by CLIP score (ties: the lower index first)."""
+    """The candidates kept: the best `keep` by CLIP score (ties: the lower index first); all
+    of them in order when there are no more candidates than that."""
     if not the_plan.ranked:
         return Choice(list(range(the_plan.keep)), None)
     started = time.perf_counter()
     scores = np.asarray(engine.clip.score(text, images), np.float64)
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:the_plan.keep]
+    order = list(range(len(scores)))
+    if the_plan.generate > the_plan.keep:
+        order = sorted(order, key=lambda i: (-scores[i], i))[:the_plan.keep]
     return Choice(order, [round(float(scores[i]), 4) for i in order], time.perf_counter() - started)

@@ -78,6 +78,15 @@ def test_the_best_candidates_are_kept_best_first_with_scores_and_indices(client,
         assert Image.open(io.BytesIO(data)).tobytes() == everything.images[index].tobytes()
 
 
+def test_a_job_without_extra_candidates_is_scored_in_its_order(client, engine):
+    from backend.engine import GenerationRequest
+
+    done = done_of(client.post("/generate", json=job(num_images=4)))
+    assert done["ranked"] is True and done["candidate_indices"] == [0, 1, 2, 3]
+    plain = engine.generate(GenerationRequest("a red circle", 4, seed=11))
+    np.testing.assert_allclose(done["clip_scores"], engine.clip.score("a red circle", plain.images), atol=1e-3)
+
+
 def test_a_kept_image_is_made_again_from_its_seed_and_candidate_index(client):
     ranked = done_of(client.post("/generate", json=job(candidates=8, seed=5)))
     best = ranked["candidate_indices"][0]
@@ -138,3 +147,6 @@ def test_plan_and_choice():
     assert plan == ranking.Plan(4, 2, True) and ranking.plan(Engine(), 2, None, None) == ranking.Plan(2, 2, True)
     choice = ranking.choose(Engine(), plan, "x", [None] * 4)
     assert choice.indices == [1, 2] and choice.scores == [2.0, 2.0]  # ties: the lower index first
+    # No extra candidates: every picture scored, none moved (picture i stays candidate i).
+    choice = ranking.choose(Engine(), ranking.Plan(4, 4, True), "x", [None] * 4)
+    assert choice.indices == [0, 1, 2, 3] and choice.scores == [0.5, 2.0, 2.0, -1.0]
