@@ -22,7 +22,7 @@ from backend.generate_request import BadRequest, parse_generate_body
 from backend.generation_run import GenerationRun
 from backend.model_holder import ModelHolder
 from playground.backend_registry import Announcer, BackendRegistry
-from playground.limits import random_seed
+from playground.limits import MAX_CANDIDATES, random_seed
 from playground.writable import ensure_writable
 
 
@@ -39,9 +39,33 @@ def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
         engine.preview_every = config.preview_every_tokens
         progress.set_stage("compiling")
         engine.warm_up(config.warm_up_batch_sizes)
+        engine.clip = load_ranker(config, engine, progress)
+        if engine.clip is not None and getattr(engine, "on_accelerator", False):
+            # Best of N: up to 16 candidates share one 16-row program there (9 … 16 images),
+            # compiled now so the first ranked job does not wait for it.
+            engine.warm_up((MAX_CANDIDATES,))
         return engine
 
     return load
+
+
+def load_ranker(config: Config, engine: Any, progress: LoadProgress) -> Any:
+    """The CLIP model that ranks candidates (CLIP_MODEL), on the engine's first device in
+    half precision on an accelerator, float32 on a CPU; None for none."""
+    from backend.engine.clip import load_clip
+    from backend.engine.models import default_clip, resolve_clip
+
+    found = resolve_clip(config.clip_model or default_clip(config.model), config.cache_dir, progress,
+                         config.hub_endpoint)
+    if found is None:
+        return None
+    name, folder = found
+    progress.set_stage("reading")
+    device = engine.devices[0]
+    clip = load_clip(folder, name, dtype="float32" if device.platform == "cpu" else "float16", device=device)
+    progress.set_stage("compiling")
+    clip.warm_up()
+    return clip
 
 
 def ndjson(run: GenerationRun):
@@ -95,7 +119,14 @@ class BackendApi:
             # codebook that limits top-k.
             image_tokens=holder.engine.total_tokens,
             image_codes=holder.engine.num_codes,
+            # Best of N: whether this backend ranks candidates with CLIP, and which CLIP.
+            ranks=self.clip is not None,
+            clip_model=self.clip.name if self.clip is not None else None,
         )
+
+    @property
+    def clip(self) -> Any:
+        return getattr(self.holder.engine, "clip", None)
 
     def generate(self) -> Response:
         if self.holder.status != "ready":

@@ -37,6 +37,9 @@ class Config:
     test_chunk_delay_secs: float = 0.0
     # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
     cache_host_path: str = ""
+    # CLIP, which ranks a job's candidates: "demo", a hub repository, a folder, "none"; ""
+    # picks by model (backend.engine.models.default_clip: the demo's CLIP with the demo model).
+    clip_model: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -66,4 +69,5 @@ class Config:
             cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
             preview_every_tokens=int(every) if every else None,
             test_chunk_delay_secs=get_float(env, "BACKEND_TEST_CHUNK_DELAY_SECS", 0.0),
+            clip_model=get_str(env, "CLIP_MODEL", ""),
         )

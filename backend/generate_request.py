@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from playground import pictures
-from playground.limits import MAX_IMAGES, MAX_SEED, MAX_TEXT_LENGTH, MAX_KEEP_ROWS, MAX_START_ROWS
+from playground.limits import MAX_CANDIDATES, MAX_IMAGES, MAX_SEED, MAX_TEXT_LENGTH, MAX_KEEP_ROWS, MAX_START_ROWS
 
 
 class BadRequest(ValueError):
@@ -33,6 +33,10 @@ class GenerateBody:
     init_picture: Image.Image | None = None
     keep_rows: int | None = None
     extend: str | None = None
+    # Best of N: how many candidates to generate (num_images … MAX_CANDIDATES), and whether
+    # CLIP keeps the best num_images (None: when this backend has CLIP).
+    candidates: int | None = None
+    rank: bool | None = None
 
 
 def _integer(body: dict, name: str) -> int:
@@ -81,8 +85,16 @@ def parse_generate_body(body: Any) -> GenerateBody:
     condition_scale = _optional_number(body, "condition_scale")
     if condition_scale is not None and condition_scale < 0:
         raise BadRequest("condition_scale must be at least 0")
+    candidates = body.get("candidates")
+    if candidates is not None:
+        candidates = _integer(body, "candidates")
+        if not num_images <= candidates <= MAX_CANDIDATES:
+            raise BadRequest(f"candidates must be between num_images ({num_images}) and {MAX_CANDIDATES}")
+    rank = body.get("rank")
+    if rank is not None and not isinstance(rank, bool):
+        raise BadRequest("rank must be true, false or null")
     return GenerateBody(job_id, text, num_images, seed, top_k, top_p, temperature, condition_scale,
-                        *_start(body))
+                        *_start(body), candidates=candidates, rank=rank)
 
 
 def _start(body: dict) -> tuple:

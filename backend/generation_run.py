@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image
 
+from backend import ranking
 from backend.engine import GenerationCancelled, GenerationRequest
 from backend.generate_request import GenerateBody
 from backend.png import encode_pngs
@@ -22,7 +23,8 @@ PREVIEW_QUALITY = 80  # JPEG: a 128-pixel preview is about 3 kB
 
 
 def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int,
-                 codes=None, size: tuple[int, int] | None = None, steps: int = 256) -> dict[str, str]:
+                 codes=None, size: tuple[int, int] | None = None, steps: int = 256,
+                 clip_score: float | None = None, candidates: int | None = None) -> dict[str, str]:
     """What a PNG says about itself, so the file alone tells how to make it again: our own
     fields, its codes (`dalle_codes`, to start new work from it exactly) and an A1111-style
     `parameters` text that the PNG-info readers of other image tools show."""
@@ -39,6 +41,8 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
     }
     if body.keep_rows is not None:
         metadata.update(keep_rows=str(body.keep_rows), extend=body.extend or "")
+    if clip_score is not None:  # `image_index` is then the candidate's index among `candidates`
+        metadata.update(clip_score=str(clip_score), candidates=str(candidates))
     if codes is not None:
         metadata[pictures.CODES_KEY] = pictures.pack_codes(codes)
     values = [f"Steps: {steps}", "Sampler: DALL-E top-k/top-p", f"Seed: {seed}",
@@ -47,6 +51,9 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
     if size is not None:
         values.append(f"Size: {size[0]}x{size[1]}")
     values.append(f"Model: {model}")
+    if clip_score is not None:
+        values.append(f"CLIP score: {clip_score}")
+        values.append(f"Best of: {candidates}")
     if body.keep_rows is not None:
         values.append(f"Kept rows: {body.keep_rows}")
     metadata["parameters"] = f"{body.text}\n{', '.join(values)}"
@@ -105,9 +112,10 @@ class GenerationRun:
         started = time.monotonic()
         try:
             start = self._start()
+            plan = ranking.plan(self.engine, self.body.num_images, self.body.candidates, self.body.rank)
             request = GenerationRequest(
                 text=self.body.text,
-                num_images=self.body.num_images,
+                num_images=plan.generate,
                 seed=self.seed,
                 top_k=self.body.top_k,
                 top_p=self.body.top_p,
@@ -119,12 +127,18 @@ class GenerationRun:
             )
             result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel,
                                           on_preview=self._on_preview)
+            choice = ranking.choose(self.engine, plan, self.body.text, result.images)
             png_started = time.monotonic()
+            scores = choice.scores or [None] * len(choice.indices)
             metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index,
-                                     result.codes[index], result.images[index].size, self.engine.total_tokens)
-                        for index in range(len(result.images))]
-            images = [base64.b64encode(png).decode("ascii") for png in encode_pngs(result.images, metadata)]
+                                     result.codes[index], result.images[index].size, self.engine.total_tokens,
+                                     score, plan.generate)
+                        for index, score in zip(choice.indices, scores)]
+            kept = [result.images[index] for index in choice.indices]
+            images = [base64.b64encode(png).decode("ascii") for png in encode_pngs(kept, metadata)]
             timings = dict(result.timings)
+            if plan.ranked:
+                timings["rank_secs"] = choice.secs
             timings["png_secs"] = time.monotonic() - png_started
             timings["total_secs"] = time.monotonic() - started
             self._outcome = {
@@ -133,8 +147,13 @@ class GenerationRun:
                 "model": self.engine.model_name,
                 "params": result.params,
                 "images": images,
-                "codes": [pictures.pack_codes(row) for row in result.codes],
+                "codes": [pictures.pack_codes(result.codes[index]) for index in choice.indices],
                 "timings": timings,
+                # Best of N: how many were generated, which were kept (best first), their scores.
+                "candidates": plan.generate,
+                "ranked": plan.ranked,
+                "candidate_indices": choice.indices,
+                "clip_scores": choice.scores,
             }
             if start is not None:
                 self._outcome["start"] = start

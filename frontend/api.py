@@ -144,7 +144,7 @@ class Api:
 
     def get_library(self, request: Request) -> Response:
         fields = _query_fields(request.query)
-        if not fields.keys() & {"offset", "limit", "q"}:
+        if not fields.keys() & {"offset", "limit", "q", "sort"}:
             page = self.library.whole(gzipped=_accepts_gzip(request.headers.get("Accept-Encoding", "")))
         else:
             offset = _int_field(fields, "offset", 0, 10**9) or 0
@@ -152,7 +152,10 @@ class Api:
             query = fields.get("q", "")
             if len(query) > MAX_TEXT_LENGTH:
                 raise ValidationError("q", f"is longer than {MAX_TEXT_LENGTH} characters")
-            page = self.library.page(offset, limit, query)
+            sort = fields.get("sort", "") or "newest"
+            if sort not in ("newest", "score"):
+                raise ValidationError("sort", f"must be newest or score, not {sort[:40]!r}")
+            page = self.library.page(offset, limit, query, sort)
         headers = {"X-Total-Count": str(page.total), "Vary": "Accept-Encoding"}
         if page.gzipped:
             headers["Content-Encoding"] = "gzip"

@@ -30,6 +30,7 @@ class _Snapshot:
     source: list  # the store's entries list these were made from
     encoded: list[bytes]
     prompts: list[str]  # lower-cased text_prompt, for the case-insensitive filter
+    by_score: list[int]  # entry positions, best CLIP score first, unscored ones last (newest first)
     by_id: dict[str, dict]
 
 
@@ -52,14 +53,14 @@ class LibraryView:
                 self._gzipped = (data, gzip.compress(data, compresslevel=1, mtime=0))
             return LibraryPage(self._gzipped[1], total, gzipped=True)
 
-    def page(self, offset: int = 0, limit: int | None = None, query: str = "") -> LibraryPage:
-        """Entries matching `query` (case-insensitive substring of the prompt), newest first,
-        from `offset`, at most `limit` of them; `total` counts all that match."""
+    def page(self, offset: int = 0, limit: int | None = None, query: str = "", sort: str = "newest") -> LibraryPage:
+        """Entries matching `query` (case-insensitive substring of the prompt), newest first
+        (or, with sort "score", by their best picture's CLIP score), from `offset`, at most
+        `limit` of them; `total` counts all that match."""
         snapshot = self._current()
-        encoded = snapshot.encoded
-        if query:
-            needle = query.casefold()
-            encoded = [item for item, prompt in zip(encoded, snapshot.prompts) if needle in prompt]
+        order = snapshot.by_score if sort == "score" else range(len(snapshot.encoded))
+        needle = query.casefold()
+        encoded = [snapshot.encoded[i] for i in order if not needle or needle in snapshot.prompts[i]]
         end = None if limit is None else offset + limit
         return LibraryPage(b"[" + b",".join(encoded[offset:end]) + b"]", len(encoded))
 
@@ -77,6 +78,15 @@ class LibraryView:
                     source=entries,
                     encoded=[json_bytes(entry) for entry in entries],
                     prompts=[str(entry.get("text_prompt", "")).casefold() for entry in entries],
+                    by_score=sorted(range(len(entries)), key=lambda i: _score_key(entries[i], i)),
                     by_id={entry.get("queue_id"): entry for entry in entries},
                 )
             return self._snapshot
+
+
+def _score_key(entry: dict, position: int) -> tuple:
+    """Sort key: the entry's best CLIP score, highest first; entries without one after all
+    scored ones, in library order."""
+    scores = entry.get("clip_scores")
+    numbers = [s for s in scores if isinstance(s, (int, float)) and not isinstance(s, bool)] if isinstance(scores, list) else []
+    return (0, -max(numbers), position) if numbers else (1, 0.0, position)

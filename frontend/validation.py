@@ -21,6 +21,7 @@ from playground.limits import (
     DEFAULT_KEEP_ROWS,
     IMAGE_CODES,
     IMAGE_COUNTS,
+    MAX_CANDIDATES,
     MAX_KEEP_ROWS,
     MAX_SEED,
     MAX_START_ROWS,
@@ -85,12 +86,16 @@ def parse_form_data(body: bytes, content_type: str) -> dict[str, Any]:
 
 def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dict[str, Any]:
     """Job parameters from a /prompt body: text, num_images, seed, top_k, top_p, temperature,
-    condition_scale, model (None: not asked for; see route_model). Unknown keys are ignored,
+    condition_scale, model (None: not asked for; see route_model), candidates and rank (Best
+    of N; None: not asked for, the backend decides). Unknown keys are ignored,
     as the original server did. `image_codes` is the largest served codebook: a top-k beyond
     it means nothing."""
+    num_images = _num_images(body.get("num_images"))
     return {
         "text": _text(body.get("text"), MAX_TEXT_LENGTH),
-        "num_images": _num_images(body.get("num_images")),
+        "num_images": num_images,
+        "candidates": _candidates(body.get("candidates"), num_images),
+        "rank": _optional_bool(body.get("rank"), "rank"),
         "seed": _seed(body.get("seed", 0)),
         "top_k": _optional_int(body, "gen_top_k", minimum=1, maximum=image_codes),
         "top_p": _optional_float(body, "gen_top_p", above=0.0, at_most=1.0),
@@ -236,6 +241,28 @@ def _num_images(value: Any) -> int:
     if number not in IMAGE_COUNTS:
         raise ValidationError("num_images", f"must be {_IMAGE_COUNT_CHOICES}, not {_describe(value)}")
     return number
+
+
+def _candidates(value: Any, num_images: int) -> int | None:
+    """How many candidates to generate (num_images … MAX_CANDIDATES); None: num_images."""
+    if value is None or value == "":
+        return None
+    number = _as_int(value, "candidates")
+    if not num_images <= number <= MAX_CANDIDATES:
+        raise ValidationError("candidates", f"must be between num_images ({num_images}) and {MAX_CANDIDATES}, "
+                                            f"not {number}")
+    return None if number == num_images else number
+
+
+def _optional_bool(value: Any, field: str) -> bool | None:
+    """true/false (or, from a form, "true"/"false"); null or "" for the default."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValidationError(field, f"must be true or false, not {_describe(value)}")
 
 
 def _seed(value: Any) -> int:

@@ -43,6 +43,9 @@ _TOKEN_RE = re.compile(r"[0-9]{1,12}")
 REQUIRED_FIELDS = ("queue_id", "text_prompt", "creation_unixtime")
 
 
+# An entry's lists with one element per generated image, in the same order.
+PER_IMAGE_FIELDS = ("clip_scores", "candidate_indices")
+
 def _check_uuid(value: str, what: str) -> str:
     if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
         raise ValueError(f"{what} must be a lowercase uuid, got {value!r}")
@@ -324,6 +327,13 @@ class LibraryStore:
                              for name in ("generated_images", "extended_images") if name in entry}
                 if not any(remaining.values()):
                     return self._delete_job_locked(queue_id, entries)
+                # Lists that run along generated_images (Best of N) lose the same place.
+                generated = entry.get("generated_images") or []
+                if relative_url in generated:
+                    at = generated.index(relative_url)
+                    for name in PER_IMAGE_FIELDS:
+                        if isinstance(entry.get(name), list) and len(entry[name]) == len(generated):
+                            remaining[name] = entry[name][:at] + entry[name][at + 1:]
                 # A new dict: the cached entries stay as they were until the file is replaced.
                 entries[index] = {**entry, **remaining}
                 _write_atomically(self.root / queue_id / JOB_FILE_NAME, _dump(entries[index]))

@@ -6,6 +6,9 @@ import secrets
 
 IMAGE_COUNTS = (2, 4, 6, 8)  # what POST /prompt accepts for num_images, as the original UI offered
 MAX_IMAGES = max(IMAGE_COUNTS)  # the most one generation makes (the backend and the engine)
+# Best of N: a job may generate up to this many candidates in one batched pass, of which CLIP
+# keeps the best num_images (2× or 4× in the UI). The engine's batch is up to this size.
+MAX_CANDIDATES = 16
 MAX_SEED = 2**32  # inclusive, as the original README says; 0 asks for a random seed
 MAX_TEXT_LENGTH = 1000  # characters in a prompt (and in a library search)
 # The published models' image: 16×16 VQGAN codes from a codebook of 16384. The model a backend

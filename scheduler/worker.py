@@ -308,8 +308,13 @@ class Worker:
                          keep_rows=job.keep_rows, extend=job.extend)
             if job.extend:
                 extended = self._taller_pictures(job, start.get("codes") or [], images, codes)
+        if event.get("candidate_indices") is not None:  # Best of N: which candidates, their scores
+            entry.update(candidates=event.get("candidates"), ranked=bool(event.get("ranked")),
+                         candidate_indices=event["candidate_indices"], clip_scores=event.get("clip_scores"))
         fields = {"seed": entry["seed"], "model": entry["model"] or "", "codes": codes,
                   "process_time_secs": entry["process_time_secs"]}
+        if event.get("candidate_indices") is not None:
+            fields["best_of"] = {name: event.get(name) for name in ("ranked", "candidate_indices", "clip_scores")}
         reveals = []
         if job.keep_previews:
             entry["keep_previews"] = True  # the option, in the job's folder with its reveals

@@ -177,12 +177,19 @@ class WorkerQueue:
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == b"1"
 
     def finish_done(self, job: Job, seed: int, model: str, images: list[str],
-                    process_time_secs: float, codes: list[str] = ()) -> tuple[str, float] | None:
+                    process_time_secs: float, codes: list[str] = (), best_of: dict | None = None
+                    ) -> tuple[str, float] | None:
         """Mark the job done (or cancelled, if that was asked meanwhile); returns the status
-        recorded and Redis's time of it, or None when the claim was lost."""
+        recorded and Redis's time of it, or None when the claim was lost. `best_of`: the
+        backend's ranked, candidate_indices and clip_scores."""
+        ranking = {}
+        if best_of:
+            ranking = {"ranked": "1" if best_of.get("ranked") else "0",
+                       "candidate_indices": json.dumps(best_of.get("candidate_indices")),
+                       "clip_scores": json.dumps(best_of.get("clip_scores")) if best_of.get("clip_scores") else ""}
         return self._finish_as(job, DONE, seed=seed, model=model, images=json.dumps(images),
                                codes=json.dumps(list(codes)), process_time_secs=repr(process_time_secs),
-                               error="")
+                               error="", **ranking)
 
     def finish_failed(self, job: Job, error: str) -> tuple[str, float] | None:
         return self._finish_as(job, FAILED, error=error)

@@ -395,7 +395,10 @@ def test_getlibrary_pages_and_filters(url, store):
     assert [e["text_prompt"] for e in paged.json()] == ["Squirrel number 15", "Squirrel number 10"]
     assert paged.headers["X-Total-Count"] == "5"
     assert requests.get(f"{url}/getlibrary", params={"offset": 100}).json() == []
-    for bad in ({"limit": 0}, {"limit": "ten"}, {"offset": -1}, {"limit": 100000}, {"q": "x" * 1001}):
+    by_score = requests.get(f"{url}/getlibrary", params={"sort": "score", "limit": 3})  # none ranked: newest first
+    assert by_score.json() == everything[:3]
+    for bad in ({"limit": 0}, {"limit": "ten"}, {"offset": -1}, {"limit": 100000}, {"q": "x" * 1001},
+                {"sort": "best"}):
         response = requests.get(f"{url}/getlibrary", params=bad)
         assert response.status_code == 400, bad
         assert next(iter(bad)) in response.json()["error"]

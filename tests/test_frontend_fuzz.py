@@ -77,7 +77,8 @@ prompt_values = st.one_of(json_values, st.sampled_from(["2", "4", "6", "8", "0",
                           st.integers(min_value=-10, max_value=2**33))
 prompt_bodies = st.fixed_dictionaries({}, optional={
     name: prompt_values for name in ("text", "num_images", "seed", "gen_top_k", "gen_top_p",
-                                     "temperature", "condition_scale", "model", "path", "keep_previews")})
+                                     "temperature", "condition_scale", "model", "path", "keep_previews",
+                                     "candidates", "rank")})
 bodies = st.one_of(
     st.none(),
     st.binary(max_size=300),
@@ -114,8 +115,8 @@ def test_every_route_answers_below_500(world, data):
             choice = data.draw(st.one_of(st.sampled_from(world["job_ids"] + [i.split("/")[2][:-4] for i in world["images"]]),
                                          segments), label=name)
             path = path.replace("{" + name + "}", quote(choice, safe="%"))
-    query = data.draw(st.dictionaries(st.sampled_from(["offset", "limit", "q", "x", "image"]), st.text(max_size=20),
-                                      max_size=3))
+    query = data.draw(st.dictionaries(st.sampled_from(["offset", "limit", "q", "x", "image", "sort"]),
+                                      st.text(max_size=20), max_size=3))
     if query:
         path += "?" + urlencode(query)
     method = data.draw(st.sampled_from([route.method, route.method, "GET", "HEAD", "POST", "DELETE", "PUT", "PATCH"]))

@@ -153,6 +153,16 @@ BAD_BODIES = [
     (json.dumps({**GOOD, "init_image_data": PICTURE, "extend": "up"}).encode(), "extend"),
     (json.dumps({**GOOD, "init_image_data": PICTURE, "extend": True}).encode(), "extend"),
     (json.dumps({**GOOD, "extend": "down"}).encode(), "extend"),
+    # Best of N: candidates from num_images (6 here) to 16; rank a boolean.
+    (json.dumps({**GOOD, "candidates": 5}).encode(), "candidates"),
+    (json.dumps({**GOOD, "candidates": 17}).encode(), "candidates"),
+    (json.dumps({**GOOD, "candidates": "16x"}).encode(), "candidates"),
+    (json.dumps({**GOOD, "candidates": 12.5}).encode(), "candidates"),
+    (json.dumps({**GOOD, "candidates": True}).encode(), "candidates"),
+    (json.dumps({**GOOD, "candidates": [12]}).encode(), "candidates"),
+    (json.dumps({**GOOD, "rank": "maybe"}).encode(), "rank"),
+    (json.dumps({**GOOD, "rank": 1}).encode(), "rank"),
+    (json.dumps({**GOOD, "rank": {}}).encode(), "rank"),
 ]
 
 
@@ -181,6 +191,10 @@ GOOD_BODIES = [
     ({"text": "x", "num_images": 2, "seed": None, "unknown_field": [1, 2]}, {"seed": 0}),
     ({"text": "x", "num_images": 2, "gen_top_k": 16384, "gen_top_p": 1, "temperature": 1e-3,
       "condition_scale": 0}, {"top_k": 16384, "top_p": 1.0, "temperature": 0.001, "condition_scale": 0.0}),
+    ({"text": "x", "num_images": 4, "candidates": 16}, {"candidates": 16, "rank": None}),
+    ({"text": "x", "num_images": "8", "candidates": "16", "rank": "true"}, {"candidates": 16, "rank": True}),
+    ({"text": "x", "num_images": 2, "candidates": 2, "rank": False}, {"candidates": None, "rank": False}),
+    ({"text": "x", "num_images": 2, "candidates": "", "rank": ""}, {"candidates": None, "rank": None}),
     ({"text": "x", "num_images": 2, "keep_rows": None, "extend": ""}, {"keep_rows": None, "init_source": None}),
     ({"text": "x", "num_images": 2}, {"keep_previews": False}),
     ({"text": "x", "num_images": 2, "keep_previews": True}, {"keep_previews": True}),

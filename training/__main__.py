@@ -1,7 +1,9 @@
-"""Build the demo model: python -m training [--stages vqgan,sharpen,dalle,score].
+"""Build the demo model: python -m training [--stages vqgan,sharpen,dalle,clip,score,adherence].
 
-Writes backend/engine/demo_model/vqgan (config.json, flax_model.msgpack) and .../dalle (the
-same plus the tokenizer files), then scores the engine's `demo` model with `evaluate`. The
+Writes backend/engine/demo_model/vqgan (config.json, flax_model.msgpack), .../dalle (the
+same plus the tokenizer files) and .../clip (the small CLIP that ranks candidates, with its
+tokenizer.json), then scores the engine's `demo` model with `evaluate` and measures what
+ranking with the CLIP gains (`train_clip.adherence`, the table of docs/demo-model.md). The
 two networks train independently (the DalleBart's codes come from `patch_codes`, not from
 the VQGAN), so the stages can run in either order. Run it under `nice`: it keeps both cores
 busy for most of an hour.
@@ -15,13 +17,15 @@ from pathlib import Path
 
 from backend.engine.models import DEMO_FOLDER
 
-from . import train_dallebart, train_vqgan
+from . import train_clip, train_dallebart, train_vqgan
 
 VQGAN_DECODER_STEPS = 3600  # one whole picture a step
 VQGAN_ENCODER_STEPS = 600  # four pictures a step
 SHARPEN_STEPS = 1500  # the decoder again, edges weighted more
 DALLE_STEPS = 1000
 DALLE_GUIDED_STEPS = 300  # then with the guided loss (train_dallebart.GUIDED_SCALE)
+CLIP_STEPS = 1500  # 128 captioned scenes a step
+CLIP_FINE_TUNE_STEPS = 600  # then half of each batch hard pairs (train_clip.fine_tune)
 
 
 def score() -> dict:
@@ -40,9 +44,19 @@ def score() -> dict:
         return {"pairs": pairs, "a red circle by condition_scale": scales}
 
 
+def adherence() -> dict:
+    """Best 4 of 16 by the demo CLIP against the first 4, on prompts naming all attributes."""
+    from backend.engine import load_engine
+    from backend.engine.clip import load_clip
+
+    with tempfile.TemporaryDirectory() as cache:
+        engine = load_engine("demo", Path(cache))
+        return train_clip.adherence(engine, load_clip(DEMO_FOLDER / "clip", "demo"))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stages", default="vqgan,sharpen,dalle,score")
+    parser.add_argument("--stages", default="vqgan,sharpen,dalle,clip,score,adherence")
     args = parser.parse_args(argv)
     stages = args.stages.split(",")
     if "vqgan" in stages:
@@ -54,8 +68,17 @@ def main(argv=None) -> None:
     if "dalle" in stages:
         report = train_dallebart.train(DEMO_FOLDER / "dalle", DALLE_STEPS, DALLE_GUIDED_STEPS)
         print(json.dumps({"dalle_minutes": round(report["minutes"], 1)}), flush=True)
+    if "clip" in stages:
+        report = train_clip.train(DEMO_FOLDER / "clip", CLIP_STEPS)
+        print(json.dumps({"clip_minutes": round(report["minutes"], 1), "clip_loss": round(report["final_loss"], 3)}),
+              flush=True)
+        report = train_clip.fine_tune(DEMO_FOLDER / "clip", CLIP_FINE_TUNE_STEPS)
+        print(json.dumps({"clip_fine_tune_minutes": round(report["minutes"], 1),
+                          "clip_fine_tune_loss": round(report["final_loss"], 3)}), flush=True)
     if "score" in stages:
         print(json.dumps(score(), indent=1), flush=True)
+    if "adherence" in stages:
+        print(json.dumps(adherence(), indent=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .shapes_dataset import COLOURS
+from .shapes_dataset import BACKGROUNDS, COLOURS, IMAGE_SIZE, PLACES
 
 _BORDER = 8
 _FOREGROUND_DISTANCE = 70  # RGB distance from the background (purple on gray is 94 away)
@@ -21,20 +21,47 @@ _SQUARE_FILL, _CIRCLE_FILL = 0.89, 0.64  # fill ratios above which a region is a
 
 def classify(image) -> tuple[str | None, str | None]:
     """(colour name, shape name) of the largest shape, or (None, None) when there is none."""
-    pixels = np.asarray(image, dtype=np.int32)[..., :3]
+    found = describe(image)
+    return found["colour"], found["shape"]
+
+
+def describe(image) -> dict[str, str | None]:
+    """The largest shape's colour, shape and place (the nearest of the captions' nine box
+    centres to its bounding box's centre) and the background (the nearest background colour
+    to the border's median); None for what is not there."""
+    return _describe(np.asarray(image, dtype=np.int32)[..., :3])
+
+
+def _describe(pixels) -> dict[str, str | None]:
     border = np.concatenate([pixels[:_BORDER].reshape(-1, 3), pixels[-_BORDER:].reshape(-1, 3),
                              pixels[:, :_BORDER].reshape(-1, 3), pixels[:, -_BORDER:].reshape(-1, 3)])
     background = np.median(border, axis=0)
+    backgrounds = np.array(list(BACKGROUNDS.values()))
+    found = {"colour": None, "shape": None, "place": None,
+             "background": list(BACKGROUNDS)[int(np.argmin(((backgrounds - background) ** 2).sum(-1)))]}
+    kind_and_box = _main_shape(pixels, background)
+    if kind_and_box is not None:
+        colour, kind, (top, left, bottom, right) = kind_and_box
+        scale = pixels.shape[0] / IMAGE_SIZE
+        centre = np.array([(left + right + 1) / 2, (top + bottom + 1) / 2]) / scale
+        places = np.array(list(PLACES.values()))
+        found.update(colour=colour, shape=kind,
+                     place=list(PLACES)[int(np.argmin(((places - centre) ** 2).sum(-1)))])
+    return found
+
+
+def _main_shape(pixels, background):
+    """(colour, kind, (top, left, bottom, right)) of the largest shape, or None."""
     foreground = np.sqrt(((pixels - background) ** 2).sum(-1)) > _FOREGROUND_DISTANCE
     palette = np.array(list(COLOURS.values()))
     nearest = np.argmin(((pixels[..., None, :] - palette) ** 2).sum(-1), axis=-1)
     regions, count = ndimage.label(foreground)
     if not count:
-        return None, None
+        return None
     sizes = ndimage.sum_labels(foreground, regions, index=np.arange(1, count + 1))
     largest = regions == 1 + int(np.argmax(sizes))
     if largest.sum() < _MIN_PIXELS:
-        return None, None
+        return None
     index = int(np.bincount(nearest[largest], minlength=len(palette)).argmax())
     nearer = ((pixels - palette[index]) ** 2).sum(-1) < ((pixels - background) ** 2).sum(-1)
     outlines, _ = ndimage.label(nearer)
@@ -44,7 +71,7 @@ def classify(image) -> tuple[str | None, str | None]:
     rows, cols = np.nonzero(shape)
     fill = shape.sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))
     kind = "square" if fill > _SQUARE_FILL else "circle" if fill > _CIRCLE_FILL else "triangle"
-    return list(COLOURS)[index], kind
+    return list(COLOURS)[index], kind, (rows.min(), cols.min(), rows.max(), cols.max())
 
 
 def match_rate(engine, colour: str, shape: str, seeds, batch: int = 8, **sampling) -> dict:

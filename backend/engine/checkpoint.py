@@ -203,7 +203,7 @@ def tree_shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
 
 
 def _pack_leaf(packer: msgpack.Packer, array: np.ndarray) -> bytes:
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # not ascontiguousarray: it makes a scalar 1-D
     inner = msgpack.packb((list(array.shape), array.dtype.name, array.tobytes()), use_bin_type=True)
     return packer.pack(msgpack.ExtType(NDARRAY_EXT, inner))
 

@@ -56,6 +56,16 @@ DEMO_FOLDER = Path(__file__).resolve().parent / "demo_model"
 MODEL_CHOICES = (DEMO, TINY, *PUBLISHED_MODELS)
 
 
+# CLIP, which ranks a job's candidates (clip.py): CLIP_MODEL names one of these, a hub
+# repository ("openai/clip-vit-base-patch32"), a folder, or none.
+CLIP_FILES = ("config.json", "flax_model.msgpack", "tokenizer.json")
+CLIP_NONE = "none"
+CLIP_DEMO_SUBFOLDER = "clip"  # the demo model's small CLIP, trained on the same shapes
+# Without CLIP_MODEL: the demo's CLIP with the demo (and tiny) model; no ranking with the
+# published models unless asked for (their CLIP is a 600 MB download).
+CLIP_DEFAULTS = {DEMO: DEMO, TINY: DEMO}
+
+
 class ModelUnavailableError(RuntimeError):
     """The model's files are neither present nor downloadable; the message says how to provide them."""
 
@@ -106,6 +116,34 @@ def resolve_model(model: str, cache_dir: Path, progress: LoadProgress | None = N
     return ModelFiles(folder.name, folder, vqgan_dir, None)
 
 
+def default_clip(model: str) -> str:
+    """The CLIP_MODEL used when none is set, for the DalleBart model `model`."""
+    return CLIP_DEFAULTS.get(model, CLIP_NONE)
+
+
+def resolve_clip(choice: str, cache_dir: Path, progress: LoadProgress | None = None,
+                 endpoint: str | None = None) -> tuple[str, Path] | None:
+    """(name, folder) of the CLIP model `choice`: "demo", "none" (None), a folder, or a hub
+    repository "<org>/<name>[@revision]" (downloaded like the DalleBart models)."""
+    choice = choice.strip()
+    if choice.lower() in (CLIP_NONE, ""):
+        return None
+    if choice == DEMO:
+        return DEMO, DEMO_FOLDER / CLIP_DEMO_SUBFOLDER
+    folder = Path(choice).expanduser()
+    if folder.is_dir():
+        _require_files(folder, CLIP_FILES, f"CLIP folder {folder}")
+        return folder.name, folder
+    repo, _, revision = choice.partition("@")
+    if repo.count("/") != 1 or choice.startswith((".", "/", "~")):
+        raise ModelUnavailableError(
+            f"unknown CLIP model {choice!r}: use demo, none, a Hugging Face repository such as "
+            f"openai/clip-vit-base-patch32, or the path of a folder holding {', '.join(CLIP_FILES)}")
+    folder = download(repo, revision or None, CLIP_FILES, cache_dir, choice, progress=progress, endpoint=endpoint,
+                      setting="CLIP_MODEL")
+    return choice, folder
+
+
 def _require_files(folder: Path, names, what: str) -> None:
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
@@ -113,7 +151,8 @@ def _require_files(folder: Path, names, what: str) -> None:
 
 
 def download(repo: str, revision: str | None, files, cache_dir: Path, model: str, optional=(),
-             progress: LoadProgress | None = None, endpoint: str | None = None) -> Path:
+             progress: LoadProgress | None = None, endpoint: str | None = None,
+             setting: str = "DALLE_MODEL") -> Path:
     """The folder of `repo` at `revision` in the cache with `files`, downloading what is missing."""
     from .download import DownloadError, download_repo
 
@@ -130,7 +169,7 @@ def download(repo: str, revision: str | None, files, cache_dir: Path, model: str
             f"Connect this machine to the internet once (the files stay in MODEL_CACHE_DIR; an "
             f"interrupted download resumes), put the files in the cache with `hf download` (see "
             f"docs/engine.md), or put them in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' "
-            f"subfolder) and set DALLE_MODEL to that folder.") from error
+            f"subfolder) and set {setting} to that folder.") from error
     _require_files(folder, files, f"the download of {at}")
     return folder
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from playground.limits import MAX_IMAGES, MAX_SEED
+from playground.limits import MAX_CANDIDATES, MAX_SEED
 
 DEFAULT_SAMPLING = {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0}
 
@@ -28,7 +28,7 @@ class GenerationRequest:
     init_codes: tuple[int, ...] | None = None
     keep_rows: int | None = None
 
-    def validate(self, max_images: int = MAX_IMAGES) -> None:
+    def validate(self, max_images: int = MAX_CANDIDATES) -> None:
         """Raise ValueError naming the first bad field."""
         if not isinstance(self.text, str):
             raise ValueError("text must be a string")  # noqa: TRY004 - every bad field is a ValueError

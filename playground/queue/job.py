@@ -9,6 +9,7 @@ from playground.pictures import unpack_codes
 from playground.queue.states import FINISHED, QUEUED
 
 SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "condition_scale")
+BEST_OF_FIELDS = ("candidates", "rank", "ranked", "candidate_indices", "clip_scores")
 # A continuation's fields, stored only when set: "" in the hash is None.
 PUBLIC_START_FIELDS = ("init_image", "init_source", "keep_rows", "extend")
 START_FIELDS = ("init_image", "init_source", "init_codes", "init_picture", "keep_rows", "extend")
@@ -22,6 +23,10 @@ def _float_or_none(raw: str | None) -> float | None:
 
 def _int_or_none(raw: str | None) -> int | None:
     return int(raw) if raw not in (None, "") else None
+
+
+def _bool_or_none(raw: str | None) -> bool | None:
+    return None if raw in (None, "") else raw == "1"
 
 
 @dataclass
@@ -47,6 +52,13 @@ class Job:
     init_picture: str | None = None
     keep_rows: int | None = None
     extend: str | None = None
+    # Best of N (None: not asked for): candidates to generate, whether CLIP ranks them; once
+    # done, whether it did, the kept pictures' candidate indices and their CLIP scores.
+    candidates: int | None = None
+    rank: bool | None = None
+    ranked: bool | None = None
+    candidate_indices: list[int] | None = None
+    clip_scores: list[float] | None = None
     status: str = QUEUED
     created_at: float = 0.0
     started_at: float | None = None
@@ -90,6 +102,11 @@ class Job:
             init_picture=h.get("init_picture") or None,
             keep_rows=_int_or_none(h.get("keep_rows")),
             extend=h.get("extend") or None,
+            candidates=_int_or_none(h.get("candidates")),
+            rank=_bool_or_none(h.get("rank")),
+            ranked=_bool_or_none(h.get("ranked")),
+            candidate_indices=json.loads(h["candidate_indices"]) if h.get("candidate_indices") else None,
+            clip_scores=json.loads(h["clip_scores"]) if h.get("clip_scores") else None,
             status=h.get("status", QUEUED),
             created_at=float(h.get("created_at") or 0),
             started_at=_float_or_none(h.get("started_at")),
@@ -125,6 +142,10 @@ class Job:
         """The generation request as the backend protocol names it."""
         params = {"job_id": self.attempt_id, "text": self.text, "num_images": self.num_images, "seed": self.seed,
                   **{name: getattr(self, name) for name in SAMPLING_PARAMS}}
+        if self.candidates is not None:
+            params["candidates"] = self.candidates
+        if self.rank is not None:
+            params["rank"] = self.rank
         if self.keep_rows is not None:  # a fresh job's body stays as it always was
             params.update(keep_rows=self.keep_rows, extend=self.extend)
             if self.init_codes is not None:
@@ -163,6 +184,7 @@ class Job:
             "images": self.images,
             "codes": self.codes,
             **{name: getattr(self, name) for name in PUBLIC_START_FIELDS},
+            **{name: getattr(self, name) for name in BEST_OF_FIELDS},
         }
 
 
@@ -180,4 +202,6 @@ def encode_job_fields(job: Job) -> dict[str, str]:
         "total_tokens": str(IMAGE_TOKENS),
         **{name: str(getattr(job, name)) for name in START_FIELDS if getattr(job, name) is not None},
         **({"keep_previews": "1"} if job.keep_previews else {}),
+        **({"candidates": str(job.candidates)} if job.candidates is not None else {}),
+        **({"rank": "1" if job.rank else "0"} if job.rank is not None else {}),
     }

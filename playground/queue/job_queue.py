@@ -53,6 +53,8 @@ class JobQueue:
                for name in ("top_p", "temperature", "condition_scale")},
             model=params.get("model") or None,
             keep_previews=bool(params.get("keep_previews")),
+            candidates=None if params.get("candidates") is None else int(params["candidates"]),
+            rank=params.get("rank"),
             **{name: params.get(name) for name in START_FIELDS},
         )
         flat = [item for pair in encode_job_fields(job).items() for item in pair]

@@ -78,9 +78,10 @@ export async function deleteImage(path) {
   await request("DELETE", path);
 }
 
-export async function getLibrary({ offset, limit, q }) {
+export async function getLibrary({ offset, limit, q, sort }) {
   const query = new URLSearchParams({ offset, limit });
   if (q) query.set("q", q);
+  if (sort && sort !== "newest") query.set("sort", sort);
   const response = await request("GET", `getlibrary?${query}`);
   const entries = await response.json();
   const total = Number.parseInt(response.headers.get("X-Total-Count") ?? "", 10);

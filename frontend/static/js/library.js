@@ -15,7 +15,8 @@ const filterInput = document.getElementById("filter");
 const loadMore = document.getElementById("load-more");
 
 // `failed`: the last page did not load; only the button (not scrolling) tries again.
-const state = { q: "", offset: 0, total: 0, loading: false, failed: false, generation: 0 };
+const sortSelect = document.getElementById("sort");
+const state = { q: "", sort: "newest", offset: 0, total: 0, loading: false, failed: false, generation: 0 };
 
 function showCount() {
   const jobs = state.total === 1 ? "1 job" : `${state.total.toLocaleString()} jobs`;
@@ -73,6 +74,14 @@ function jobCard(entry) {
 
   const picture = (src, tall) => {
     const node = libraryPicture({ src, alt: entry.text_prompt, entry, tall, onDelete: () => removeImage(src, node) });
+    // Best of N: the picture's CLIP score (and which candidate it was), on the picture.
+    const at = tall ? -1 : images.indexOf(src);
+    const score = at >= 0 ? entry.clip_scores?.[at] : undefined;
+    if (typeof score === "number") {
+      const candidate = entry.candidate_indices?.[at];
+      node.prepend(el("span", { class: "clip-score", title: `CLIP score; candidate ${candidate + 1} of ${entry.candidates}` },
+        `CLIP ${score.toFixed(1)}`));
+    }
     return node; // named first: its own delete handler removes it
   };
 
@@ -118,7 +127,7 @@ async function loadNextPage() {
   state.failed = false;
   const generation = state.generation;
   try {
-    const { entries, total } = await getLibrary({ offset: state.offset, limit: PAGE_SIZE, q: state.q });
+    const { entries, total } = await getLibrary({ offset: state.offset, limit: PAGE_SIZE, q: state.q, sort: state.sort });
     if (generation !== state.generation) return; // the filter changed meanwhile
     loadMore.textContent = "Load more";
     libraryNode.append(...entries.map(jobCard));
@@ -149,12 +158,14 @@ function isNearViewport(node) {
 
 function restart(q) {
   state.generation += 1;
-  Object.assign(state, { q, offset: 0, total: 0, loading: false, failed: false });
+  Object.assign(state, { q, sort: sortSelect.value, offset: 0, total: 0, loading: false, failed: false });
   libraryNode.replaceChildren();
   loadMore.hidden = true;
   const url = new URL(window.location.href);
   if (q) url.searchParams.set("q", q);
   else url.searchParams.delete("q");
+  if (state.sort === "score") url.searchParams.set("sort", "score");
+  else url.searchParams.delete("sort");
   history.replaceState(null, "", url);
   loadNextPage();
 }
@@ -169,10 +180,12 @@ document.getElementById("filter-form").addEventListener("submit", (event) => {
   clearTimeout(filterTimer);
   restart(filterInput.value.trim());
 });
+sortSelect.addEventListener("change", () => restart(filterInput.value.trim()));
 loadMore.addEventListener("click", loadNextPage);
 new IntersectionObserver((observed) => {
   if (!state.failed && observed.some((entry) => entry.isIntersecting)) loadNextPage();
 }, { rootMargin: "800px" }).observe(loadMore);
 
 filterInput.value = new URLSearchParams(window.location.search).get("q") ?? "";
+sortSelect.value = new URLSearchParams(window.location.search).get("sort") === "score" ? "score" : "newest";
 restart(filterInput.value.trim());

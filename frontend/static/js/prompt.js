@@ -7,7 +7,7 @@ import { startQueue } from "./queue.js";
 import { startPicture } from "./start.js";
 import { SAMPLING_FIELDS, validatePrompt } from "./validation.js";
 
-const FIELDS = ["text", "num_images", "seed", "model", ...SAMPLING_FIELDS];
+const FIELDS = ["text", "num_images", "best_of", "seed", "model", ...SAMPLING_FIELDS];
 
 const form = document.getElementById("prompt-form");
 const textInput = document.getElementById("text");

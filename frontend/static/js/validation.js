@@ -3,6 +3,7 @@
 export const MAX_PROMPT_CHARS = 1000;
 export const MAX_SEED = 4294967296;
 export const SAMPLING_FIELDS = ["gen_top_k", "gen_top_p", "temperature", "condition_scale"];
+export const MAX_CANDIDATES = 16;
 
 const INTEGER = /^\d+$/;
 
@@ -38,6 +39,14 @@ export function validatePrompt(form) {
   const numImages = Number(form.num_images);
   if ([2, 4, 6, 8].includes(numImages)) params.num_images = numImages;
   else errors.num_images = "Choose 2, 4, 6 or 8 images.";
+
+  // Best of N: 2× or 4× the images as candidates (at most 16); CLIP keeps the best.
+  const bestOf = Number(form.best_of ?? "1");
+  if (![1, 2, 4].includes(bestOf)) errors.best_of = "Choose Off, 2× or 4×.";
+  else if (bestOf > 1 && params.num_images) {
+    params.candidates = Math.min(MAX_CANDIDATES, params.num_images * bestOf);
+    params.rank = true;
+  }
 
   const seed = (form.seed ?? "").trim() || "0";
   if (INTEGER.test(seed) && Number(seed) <= MAX_SEED) params.seed = Number(seed);

@@ -1,0 +1,254 @@
+"""Train the demo's small CLIP on the shapes data set, and measure what ranking with it gains.
+
+The model is the engine's own (`backend.engine.clip`: `text_features`, `image_features`,
+`logits` on checkpoint-layout parameters), trained with CLIP's symmetric contrastive loss on
+(rendered scene, caption) batches; the pictures go through the same `preprocess` as at run
+time. Every (colour, shape) pair is used, the held-out ones too: CLIP is a separate judge, it
+must know what a purple triangle is even if the DalleBart never saw one. Saved in the official
+format (config.json, flax_model.msgpack, tokenizer.json) as backend/engine/demo_model/clip.
+
+`adherence` is the demo's figure for docs/demo-model.md: for prompts that name a colour, a
+shape, a place and a background, 16 candidates a seed, the share of kept pictures the project's
+classifier (`evaluate.describe`) finds right in all four, best 4 by CLIP against the first 4.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from backend.engine import checkpoint, clip
+
+from . import evaluate, shapes_dataset
+
+IMAGE_SIZE = 64  # CLIP's input: the demo's 128-pixel pictures halved
+PATCH = 8
+TOKENIZER_VOCAB = 300
+TOKENIZER_CAPTIONS = 4000
+ALL_PAIRS = tuple((c, s) for c in shapes_dataset.COLOURS for s in shapes_dataset.SHAPES)
+MAX_LOGIT_SCALE = math.log(100.0)  # as CLIP clamps it
+# The second phase (`fine_tune`): half of each batch are pairs of one-shape scenes with full
+# captions that differ in one named attribute, mostly the place or the background. Random
+# scenes teach CLIP what a picture holds, not which of two nearly equal pictures fits a caption
+# better, which is the question ranking asks of it. Shapes there sit up to JITTER pixels off
+# the caption's place (still nearest to it), as the DalleBart often draws them, so "on the
+# right" means what the classifier reads: the nearest of the nine places.
+TWIN_SHARE = 0.5
+TWIN_ATTRIBUTES = ("place", "place", "background", "colour", "shape")
+JITTER = 14  # < half the 32 pixels between places
+
+# The measurement: prompts naming all four attributes (colour, shape, place, background).
+ADHERENCE_PROMPTS = (
+    "a red circle in the top left on a white background",
+    "a blue square at the bottom on a black background",
+    "a yellow triangle on the right on a gray background",
+    "a green square in the center on a white background",
+    "an orange circle in the bottom right on a black background",
+    "a purple square at the top on a gray background",
+    "a red triangle on the left on a black background",
+    "a blue circle in the top right on a white background",
+    "a yellow square in the bottom left on a gray background",
+    "a green triangle in the center on a black background",
+    "an orange triangle at the top on a white background",
+    "a purple circle on the right on a white background",
+)
+ADHERENCE_SEEDS = (1, 2, 3)
+CANDIDATES, KEPT = 16, 4
+
+
+def model_config(vocab_size: int) -> clip.ClipConfig:
+    text = clip.TowerConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=vocab_size, max_position_embeddings=77)
+    vision = clip.TowerConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+                              image_size=IMAGE_SIZE, patch_size=PATCH)
+    return clip.ClipConfig(text, vision, projection_dim=64, logit_scale_init_value=math.log(1 / 0.07))
+
+
+def write_tokenizer(path: Path, captions: list[str], vocab_size: int) -> None:
+    """A byte-level BPE in the layout of openai's CLIP tokenizer.json (NFC, whitespace folded,
+    lower case; `</w>` ends a word; the start and end tokens last), trained on `captions`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    def fresh(model) -> Tokenizer:
+        tokenizer = Tokenizer(model)
+        tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                                     normalizers.Lowercase()])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"),
+                                 behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tokenizer.decoder = decoders.ByteLevel()
+        return tokenizer
+
+    options = {"continuing_subword_prefix": "", "end_of_word_suffix": "</w>"}
+    learner = fresh(models.BPE(**options))
+    learner.train_from_iterator(captions, trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=1, end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    learnt = json.loads(learner.to_str())["model"]
+    vocab = dict(learnt["vocab"])
+    vocab.update({clip.START_TOKEN: len(vocab), clip.END_TOKEN: len(vocab) + 1})
+    merges = [tuple(pair) if not isinstance(pair, str) else tuple(pair.split(" ")) for pair in learnt["merges"]]
+    tokenizer = fresh(models.BPE(vocab, merges, unk_token=clip.END_TOKEN, **options))
+    tokenizer.add_special_tokens([clip.START_TOKEN, clip.END_TOKEN])
+    tokenizer.post_processor = processors.RobertaProcessing(
+        (clip.END_TOKEN, vocab[clip.END_TOKEN]), (clip.START_TOKEN, vocab[clip.START_TOKEN]),
+        trim_offsets=False, add_prefix_space=False)
+    tokenizer.save(str(path))
+
+
+def _single(rng: random.Random, named: dict | None = None) -> tuple[dict, shapes_dataset.Scene]:
+    """A one-shape scene and the four attributes a full caption names (`named` fixes some),
+    its shape up to JITTER pixels off the named place."""
+    named = {"colour": rng.choice(list(shapes_dataset.COLOURS)), "shape": rng.choice(shapes_dataset.SHAPES),
+             "place": rng.choice(list(shapes_dataset.PLACES)),
+             "background": rng.choice(list(shapes_dataset.BACKGROUNDS)), **(named or {})}
+    x, y = shapes_dataset.PLACES[named["place"]]
+    centre = (x + rng.randint(-JITTER, JITTER), y + rng.randint(-JITTER, JITTER))
+    item = shapes_dataset.Item(named["colour"], named["shape"], rng.choice(list(shapes_dataset.SIZES)), centre)
+    return named, shapes_dataset.Scene(named["background"], (item,))
+
+
+def _full_caption(named: dict, scene: shapes_dataset.Scene, rng: random.Random) -> str:
+    words = ([scene.items[0].size] if rng.random() < 0.5 else []) + [named["colour"], named["shape"]]
+    return (f"{'an' if words[0][0] in 'aeiou' else 'a'} {' '.join(words)} {named['place']} "
+            f"on a {named['background']} background")
+
+
+def _twins(rng: random.Random, count: int) -> tuple[list, list[str]]:
+    """`count` one-shape scenes with full captions, in pairs that differ in one named
+    attribute: each is the other's hard negative, as the candidates of one prompt are."""
+    scenes, captions = [], []
+    while len(scenes) < count:
+        named, scene = _single(rng)
+        attribute = rng.choice(TWIN_ATTRIBUTES)
+        while True:
+            other, twin = _single(rng, {k: v for k, v in named.items() if k != attribute})
+            if other[attribute] != named[attribute]:
+                break
+        for these, this in ((named, scene), (other, twin)):
+            scenes.append(this)
+            captions.append(_full_caption(these, this, rng))
+    return scenes[:count], captions[:count]
+
+
+def _batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer, twin_share: float = 0.0):
+    scenes, captions = _twins(rng, int(size * twin_share) // 2 * 2)
+    if twin_share:  # (the order the shipped weights' second phase drew its random half in)
+        while len(scenes) < size:
+            scenes.append(shapes_dataset.random_scene(rng, ALL_PAIRS))
+            captions.append(shapes_dataset.caption(scenes[-1], rng))
+    else:
+        rest = [shapes_dataset.random_scene(rng, ALL_PAIRS) for _ in range(size)]
+        scenes, captions = rest, [shapes_dataset.caption(scene, rng) for scene in rest]
+    pixels = np.stack([clip.preprocess(shapes_dataset.render(scene), IMAGE_SIZE) for scene in scenes])
+    ids, mask = tokenizer.encode(captions)
+    return ids, mask, pixels
+
+
+def _loss_and_step(config: clip.ClipConfig, end_id: int, optimiser):
+    def loss_fn(params, ids, mask, pixels):
+        scores = clip.logits(params, clip.text_features(params, config, ids, mask, end_id),
+                             clip.image_features(params, config, pixels))
+        labels = jnp.arange(scores.shape[0])
+        return (optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
+                + optax.softmax_cross_entropy_with_integer_labels(scores.T, labels).mean()) / 2
+
+    @jax.jit
+    def step(params, state, ids, mask, pixels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, ids, mask, pixels)
+        updates, state = optimiser.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)
+        return params, state, loss
+
+    return step
+
+
+def _run(params, config, tokenizer, rng, steps: int, batch: int, learning_rate: float, twin_share: float,
+         label: str) -> tuple[dict, list[float]]:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(200, steps // 10), steps, learning_rate / 20)
+    optimiser = optax.adamw(schedule, weight_decay=1e-4)
+    state = optimiser.init(params)
+    step = _loss_and_step(config, tokenizer.end_id, optimiser)
+    losses = []
+    for index in range(steps):
+        params, state, loss = step(params, state, *_batch(rng, batch, tokenizer, twin_share))
+        losses.append(float(loss))
+        if index % 100 == 0 or index == steps - 1:
+            print(json.dumps({label: index, "loss": round(float(np.mean(losses[-100:])), 4)}), flush=True)
+    return params, losses
+
+
+def _save(folder: Path, config: clip.ClipConfig, params) -> None:
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    checkpoint.write_checkpoint(folder / "flax_model.msgpack", jax.tree_util.tree_map(np.asarray, params))
+
+
+def train(folder: Path, steps: int, batch: int = 128, seed: int = 0, learning_rate: float = 2e-3) -> dict:
+    """Phase one: the tokenizer, then `steps` steps on random captioned scenes, from scratch."""
+    started = time.monotonic()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    captions = [shapes_dataset.caption(shapes_dataset.random_scene(rng, ALL_PAIRS), rng)
+                for _ in range(TOKENIZER_CAPTIONS)]
+    write_tokenizer(folder / "tokenizer.json", captions, TOKENIZER_VOCAB)
+    tokenizer = clip.ClipTokenizer(folder / "tokenizer.json", 77)
+    config = model_config(tokenizer.vocab_size)
+    params = jax.tree_util.tree_map(jnp.asarray, clip.random_params(config, seed))
+    params, losses = _run(params, config, tokenizer, rng, steps, batch, learning_rate, 0.0, "clip_step")
+    _save(folder, config, params)
+    return {"minutes": (time.monotonic() - started) / 60, "final_loss": float(np.mean(losses[-100:]))}
+
+
+def fine_tune(folder: Path, steps: int, batch: int = 128, seed: int = 1, learning_rate: float = 5e-4) -> dict:
+    """Phase two, on the folder phase one wrote: `steps` steps with TWIN_SHARE hard pairs."""
+    started = time.monotonic()
+    folder = Path(folder)
+    tokenizer = clip.ClipTokenizer(folder / "tokenizer.json", 77)
+    config = clip.read_config(folder)
+    params = jax.tree_util.tree_map(jnp.asarray, clip.read_params(folder, config, "float32"))
+    params, losses = _run(params, config, tokenizer, random.Random(seed), steps, batch, learning_rate, TWIN_SHARE,
+                          "clip_fine_tune_step")
+    _save(folder, config, params)
+    return {"minutes": (time.monotonic() - started) / 60, "final_loss": float(np.mean(losses[-100:]))}
+
+
+def all_right(found: dict, prompt: str) -> bool:
+    """Whether the classifier's reading of a picture has every attribute `prompt` names."""
+    named = {"colour": next(c for c in shapes_dataset.COLOURS if f" {c} " in f" {prompt} "),
+             "shape": next(s for s in shapes_dataset.SHAPES if f" {s} " in f" {prompt} "),
+             "place": next(p for p in shapes_dataset.PLACES if f" {p} " in f" {prompt} "),
+             "background": next(b for b in shapes_dataset.BACKGROUNDS if f"on a {b} background" in prompt)}
+    return all(found[key] == value for key, value in named.items())
+
+
+def adherence(engine, ranker, prompts=ADHERENCE_PROMPTS, seeds=ADHERENCE_SEEDS, candidates: int = CANDIDATES,
+              kept: int = KEPT) -> dict:
+    """Per prompt and overall: the share of kept pictures right in all named attributes, the
+    first `kept` of `candidates` (unranked) against the best `kept` by CLIP (ranked)."""
+    from backend.engine import GenerationRequest
+
+    rows = {}
+    for prompt in prompts:
+        first, best = [], []
+        for seed in seeds:
+            images = engine.generate(GenerationRequest(prompt, candidates, seed=seed)).images
+            right = [all_right(evaluate.describe(image), prompt) for image in images]
+            scores = ranker.score(prompt, images)
+            order = sorted(range(len(images)), key=lambda i: (-scores[i], i))
+            first += right[:kept]
+            best += [right[i] for i in order[:kept]]
+        rows[prompt] = {"unranked": float(np.mean(first)), "ranked": float(np.mean(best))}
+    unranked = float(np.mean([row["unranked"] for row in rows.values()]))
+    ranked = float(np.mean([row["ranked"] for row in rows.values()]))
+    return {"prompts": rows, "unranked": unranked, "ranked": ranked, "gain_points": 100 * (ranked - unranked),
+            "seeds": list(seeds), "candidates": candidates, "kept": kept}
