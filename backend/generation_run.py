@@ -104,7 +104,9 @@ class GenerationRun:
     def _on_preview(self, done: int, codes) -> None:
         # The engine times this call against its previews' budget, so the encoding counts too.
         try:
-            self._preview = preview_event(self.engine, done, codes, self._total_tokens)
+            # Best of N: the first num_images candidates stand for the job (which are kept is
+            # known only once CLIP has scored them at the end).
+            self._preview = preview_event(self.engine, done, codes[:self.body.num_images], self._total_tokens)
         except Exception:  # a preview that cannot be drawn must not cost the job its pictures
             log.exception("job %s: no preview at %d tokens", self.job_id, done)
 
