@@ -102,7 +102,7 @@ def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dic
         "temperature": _optional_float(body, "temperature", above=0.0),
         "condition_scale": _optional_float(body, "condition_scale", at_least=0.0),
         "model": _optional_model(body.get("model")),
-        "keep_previews": _optional_bool(body, "keep_previews"),
+        "keep_previews": _flag(body, "keep_previews"),
     }
 
 
@@ -274,8 +274,8 @@ def _seed(value: Any) -> int:
     return seed
 
 
-def _optional_bool(body: dict, field: str) -> bool:
-    """A JSON boolean, or a form's text for one; absent or empty: False."""
+def _flag(body: dict, field: str) -> bool:
+    """An option that is off unless set: a JSON boolean, or a form's text for one."""
     value = body.get(field)
     if value is None or value == "" or isinstance(value, bool):
         return bool(value)
