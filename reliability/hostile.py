@@ -626,37 +626,48 @@ def script_prompt(cluster: Cluster) -> ScenarioResult:
         cluster.scheduler.kill()
         queued_ids = [client.submit(text, seed=8) for text in SCRIPT_PROMPTS[:2]]
         findings, rendered = [], {}
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-            try:
-                for page_path, marker in (("/library.html", SCRIPT_PROMPTS[0]), ("/", SCRIPT_PROMPTS[0])):
-                    context = browser.new_context()
-                    page = context.new_page()
-                    dialogs, errors = [], []
-                    page.on("dialog", lambda dialog, seen=dialogs: (seen.append(dialog.message), dialog.dismiss()))
-                    page.on("console", lambda message, seen=errors: seen.append(message.text)
-                            if message.type == "error" else None)
-                    page.on("pageerror", lambda error, seen=errors: seen.append(str(error)))
-                    page.goto(cluster.frontend.url + page_path, wait_until="load")
-                    try:
-                        page.wait_for_function("t => document.body.innerText.includes(t)", arg=marker, timeout=15000)
-                        rendered[page_path] = True
-                    except PlaywrightTimeout:
-                        rendered[page_path] = False
-                    page.wait_for_timeout(1500)
-                    pwned = page.evaluate("window.__pwned ?? null")
-                    injected = page.evaluate(
-                        "[...document.querySelectorAll('script')].filter(s => s.textContent.includes('__pwned')).length"
-                        " + document.querySelectorAll('img[src=\"x\"], svg[onload], iframe[srcdoc], "
-                        "a[href^=\"javascript\"]').length")
-                    if pwned is not None or dialogs:
-                        findings.append(f"{page_path}: script ran ({pwned}, dialogs {dialogs})")
-                    if injected:
-                        findings.append(f"{page_path}: {injected} injected elements in the page")
-                    result.figures[f"{page_path} console errors"] = len(errors)
-                    context.close()
-            finally:
-                browser.close()
+
+        def look() -> None:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+                try:
+                    for page_path, marker in (("/library.html", SCRIPT_PROMPTS[0]), ("/", SCRIPT_PROMPTS[0])):
+                        context = browser.new_context()
+                        page = context.new_page()
+                        dialogs, errors = [], []
+                        page.on("dialog", lambda dialog, seen=dialogs: (seen.append(dialog.message), dialog.dismiss()))
+                        page.on("console", lambda message, seen=errors: seen.append(message.text)
+                                if message.type == "error" else None)
+                        page.on("pageerror", lambda error, seen=errors: seen.append(str(error)))
+                        page.goto(cluster.frontend.url + page_path, wait_until="load")
+                        try:
+                            page.wait_for_function("t => document.body.innerText.includes(t)", arg=marker, timeout=15000)
+                            rendered[page_path] = True
+                        except PlaywrightTimeout:
+                            rendered[page_path] = False
+                        page.wait_for_timeout(1500)
+                        pwned = page.evaluate("window.__pwned ?? null")
+                        injected = page.evaluate(
+                            "[...document.querySelectorAll('script')].filter(s => s.textContent.includes('__pwned')).length"
+                            " + document.querySelectorAll('img[src=\"x\"], svg[onload], iframe[srcdoc], "
+                            "a[href^=\"javascript\"]').length")
+                        if pwned is not None or dialogs:
+                            findings.append(f"{page_path}: script ran ({pwned}, dialogs {dialogs})")
+                        if injected:
+                            findings.append(f"{page_path}: {injected} injected elements in the page")
+                        result.figures[f"{page_path} console errors"] = len(errors)
+                        context.close()
+                finally:
+                    browser.close()
+
+        # In a thread of its own: Playwright's sync API refuses to start where an asyncio loop
+        # runs (the test session's own browser, when browser tests ran first in this process).
+        failed: list[BaseException] = []
+        looker = threading.Thread(target=lambda: _capture(look, failed), name="script-prompt browser")
+        looker.start()
+        looker.join()
+        if failed:
+            raise failed[0]
         for job_id in queued_ids:
             client.cancel(job_id)
         cluster.scheduler.start()
@@ -671,6 +682,13 @@ def script_prompt(cluster: Cluster) -> ScenarioResult:
                  accounting.done == len(done_ids) and accounting.cancelled == len(queued_ids),
                  str(accounting.as_dict()))
     return finish(result, recorder, accounting, cluster.library_check())
+
+
+def _capture(run, failed: list) -> None:
+    try:
+        run()
+    except BaseException as exc:  # noqa: BLE001 - handed to the scenario's thread
+        failed.append(exc)
 
 
 # -- the API token ---------------------------------------------------------------------------
