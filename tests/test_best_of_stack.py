@@ -4,7 +4,6 @@ pictures ordered by score, a kept picture made again from its seed and candidate
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 import requests
@@ -24,17 +23,7 @@ def stack(tmp_path_factory, model_cache_dir):
 
 
 def run(stack: Stack, **body) -> dict:
-    response = requests.post(stack.frontend.url + "/prompt", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    job_id = response.json()["queue_id"]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        status = requests.get(f"{stack.frontend.url}/jobs/{job_id}", timeout=10).json()
-        if status["status"] not in ("queued", "running"):
-            assert status["status"] == "done", (status, stack.logs_tail())
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish\n{stack.logs_tail()}")
+    return stack.run_prompt(body, timeout=180)
 
 
 def png_text(stack: Stack, path: str) -> dict:

@@ -31,18 +31,7 @@ def stack(request, tmp_path_factory, model_cache_dir):
 
 
 def run(stack: Stack, **body) -> dict:
-    """Submit a prompt and wait for it: its finished status (with the library entry)."""
-    response = requests.post(stack.frontend.url + "/prompt", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    job_id = response.json()["queue_id"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = requests.get(f"{stack.frontend.url}/jobs/{job_id}", timeout=10).json()
-        if status["status"] not in ("queued", "running"):
-            assert status["status"] == "done", (status, stack.logs_tail())
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish\n{stack.logs_tail()}")
+    return stack.run_prompt(body, timeout=120)
 
 
 def png(stack: Stack, path: str) -> Image.Image:

@@ -11,6 +11,7 @@ full" and "read-only" can be real.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import requests
@@ -85,6 +86,21 @@ class Stack:
             except requests.RequestException:
                 return False
         self.frontend.wait_until(healthy, timeout, "200 from /health (every part ready)", interval=0.3)
+
+    def run_prompt(self, body: dict, timeout: float = 180) -> dict:
+        """POST /prompt and wait for the job: its finished status (with the library entry),
+        which must be done."""
+        response = requests.post(self.frontend.url + "/prompt", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        job_id = response.json()["queue_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = requests.get(f"{self.frontend.url}/jobs/{job_id}", timeout=10).json()
+            if status["status"] not in ("queued", "running"):
+                assert status["status"] == "done", (status, self.logs_tail())
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not finish\n{self.logs_tail()}")
 
     def restart_redis(self) -> None:
         self.redis.start()
