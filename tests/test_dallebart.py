@@ -129,10 +129,10 @@ def test_prefill_caches_what_the_steps_cache_and_decoding_goes_on_from_it():
     filled = jax.jit(lambda tokens, cache: dallebart.prefill_cache(params, SMALL, tokens, cache, cross_kv, mask))(
         previous[:, :kept + 3], dallebart.empty_cache(SMALL, 2, jnp.float32))
     # It filled 3 positions past `kept` too: the steps below must overwrite them to match.
-    assert np.abs(np.asarray(filled[0][0][:, :, :, kept:kept + 3])).sum() > 0
+    assert np.abs(np.asarray(filled[0][0][:, :, kept:kept + 3])).sum() > 0
     for (keys, values), (want_keys, want_values) in zip(filled, stepped):
-        np.testing.assert_allclose(keys[:, :, :, :kept], want_keys[:, :, :, :kept], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(values[:, :, :, :kept], want_values[:, :, :, :kept], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(keys[:, :, :kept], want_keys[:, :, :kept], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(values[:, :, :kept], want_values[:, :, :kept], rtol=1e-5, atol=1e-5)
     # Position `kept` on, after the prefill (its extra positions are overwritten by the steps).
     logits_after, logits_all = [], []
     for t in range(kept, kept + 4):

@@ -8,11 +8,16 @@ is once `unstack_layers` has split the stacks into per-layer views. Two decoder 
   self-attention and cross-attention keys/values computed once per prompt. Rows are laid
   out [B, 2, ...] (image, conditional/unconditional), so the two encoder rows are never
   copied per image. Layers are unrolled, each with its own cache arrays, which the
-  decoding loop updates in place.
+  decoding loop updates in place. The cache keeps each image's two rows next to each other on
+  one axis ([2B, H, T, hd]): with a separate axis of size B, one image's cache has a unit axis
+  that keeps XLA from updating it in place (it copied every layer's cache at every step).
 * `decode_full`, the plain full-sequence forward pass the fast path is tested against.
 
 Activations, layer norms and softmaxes are float32; matrix products take the weights in
-their stored dtype (float16 for Mega) and accumulate in float32.
+their stored dtype (float16 for Mega) and accumulate in float32. `unstack_layers` stores every
+dense kernel transposed, [out, in]: a decoding step multiplies a few rows by each weight
+matrix, and XLA's CPU matrix product streams a [out, in] matrix against them about twice as
+fast as an [in, out] one (docs/engine.md, "Where a decoding step's time goes").
 """
 from __future__ import annotations
 
@@ -180,16 +185,22 @@ def unstack_layers(params) -> dict:
 
     Each layer stack is split into a list of layers: slicing a stack inside the decoding loop
     would copy every weight at every step on some backends, while numpy slices on the host are
-    views (no copy). And the checkpoint's generic names (`LayerNorm_2`, `FlaxBartAttention_1`,
-    `GLU_0/Dense_0`) become what each piece is; they appear only here and in
-    `expected_param_shapes`. Traceable, so training can differentiate through it.
+    views (no copy). Kernels become [out, in] (`_dense`); on numpy that is a view too, made
+    contiguous when placed on a device. And the checkpoint's generic names (`LayerNorm_2`,
+    `FlaxBartAttention_1`, `GLU_0/Dense_0`) become what each piece is; they appear only here and
+    in `expected_param_shapes`. Traceable, so training can differentiate through it.
     """
     model = params["model"]
     return {
         "encoder": _side(model["encoder"], ENCODER_LAYERS, _encoder_layer),
         "decoder": _side(model["decoder"], DECODER_LAYERS, _decoder_layer),
-        "lm_head": params["lm_head"]["kernel"],
+        "lm_head": _out_in(params["lm_head"]["kernel"]),
     }
+
+
+def _out_in(kernel):
+    """A checkpoint kernel [in, out] as `_dense` takes it, [out, in]."""
+    return kernel.swapaxes(-1, -2)
 
 
 def _side(tree, stack_name: str, name_layer) -> dict:
@@ -205,12 +216,13 @@ def _side(tree, stack_name: str, name_layer) -> dict:
 
 
 def _attention_weights(tree) -> dict:
-    return {name: tree[f"{name}_proj"]["kernel"] for name in ("q", "k", "v", "out")}
+    return {name: _out_in(tree[f"{name}_proj"]["kernel"]) for name in ("q", "k", "v", "out")}
 
 
 def _glu_weights(tree) -> dict:
-    return {"norm": tree["LayerNorm_0"], "gate": tree["Dense_0"]["kernel"], "up": tree["Dense_1"]["kernel"],
-            "mid_norm": tree["LayerNorm_1"], "down": tree["Dense_2"]["kernel"]}
+    return {"norm": tree["LayerNorm_0"], "gate": _out_in(tree["Dense_0"]["kernel"]),
+            "up": _out_in(tree["Dense_1"]["kernel"]), "mid_norm": tree["LayerNorm_1"],
+            "down": _out_in(tree["Dense_2"]["kernel"])}
 
 
 def _encoder_layer(tree) -> dict:
@@ -241,8 +253,13 @@ def _layer_norm(x, norm):
 
 
 def _dense(x, kernel):
-    """x @ kernel with the weight's dtype as input and a float32 result."""
-    return jnp.einsum("...i,io->...o", x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32)
+    """x [..., in] times a kernel stored [out, in]: [..., out], the weight's dtype as input and
+    a float32 result. Computed as kernel @ rowsᵀ, the product XLA's CPU backend runs fastest
+    for a few rows (the transposes of the small activations cost next to nothing)."""
+    rows = x.reshape(-1, x.shape[-1]).astype(kernel.dtype)
+    product = jax.lax.dot_general(kernel, rows, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    product = jax.lax.optimization_barrier(product)
+    return product.T.reshape(x.shape[:-1] + (kernel.shape[0],))
 
 
 def _project_heads(x, kernel, heads: int):
@@ -287,6 +304,11 @@ def _mask_bias(mask):
     return jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
 
 
+def _rows(x):
+    """[B, 2, ...] → [2B, ...]: each image's conditional and unconditional row, as the cache holds them."""
+    return x.reshape((-1,) + x.shape[2:])
+
+
 # ---------------------------------------------------------------- encoder
 # All functions below take the `unstack_layers` layout. Einsum letters: r rows, b images,
 # c conditional/unconditional, q and k query and key positions, t cached positions, s text
@@ -325,9 +347,10 @@ def cross_attention_kv(params, config: DalleBartConfig, encoder_states):
 
 
 def empty_cache(config: DalleBartConfig, batch: int, dtype):
-    """Per layer, the self-attention keys and values [B, 2, H, T, hd] (positions next to each other)."""
+    """Per layer, the self-attention keys and values [2B, H, T, hd]: the rows of image b are 2b
+    (conditional) and 2b + 1 (unconditional); positions next to each other."""
     heads = config.decoder_attention_heads
-    shape = (batch, 2, heads, config.image_length, config.d_model // heads)
+    shape = (2 * batch, heads, config.image_length, config.d_model // heads)
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.decoder_layers)]
 
 
@@ -348,25 +371,39 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
         attn = layer["self_attn"]
         hidden = _layer_norm(x, layer["pre_self_attn_norm"])
         queries = _queries(attn, hidden, heads)
-        keys, values = _keys_values(attn, hidden, heads)
-        at = (0, 0, 0, position, 0)
-        cached_keys = jax.lax.dynamic_update_slice(cached_keys, keys.astype(cached_keys.dtype)[:, :, :, None], at)
-        cached_values = jax.lax.dynamic_update_slice(cached_values, values.astype(cached_values.dtype)[:, :, :, None], at)
+        keys, values = (_rows(a)[:, :, None].astype(cached_keys.dtype) for a in _keys_values(attn, hidden, heads))
+        at = (0, 0, position, 0)
+        cached_keys = jax.lax.dynamic_update_slice(cached_keys, keys, at)
+        cached_values = jax.lax.dynamic_update_slice(cached_values, values, at)
         new_cache.append((cached_keys, cached_values))
-        scores = jnp.einsum("bchd,bchtd->bcht", queries.astype(cached_keys.dtype), cached_keys,
-                            preferred_element_type=jnp.float32)
-        attended = _softmax_attend(scores, causal_bias, cached_values, "bcht,bchtd->bchd")
+        attended = attend_cache(queries, cached_keys, cached_values, causal_bias)
         x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])
 
         attn = layer["cross_attn"]
         queries = _queries(attn, _layer_norm(x, layer["pre_cross_attn_norm"]), heads)
-        scores = jnp.einsum("bchd,cshd->bchs", queries.astype(cross_keys.dtype), cross_keys,
-                            preferred_element_type=jnp.float32)
-        attended = _softmax_attend(scores, cross_bias, cross_values, "bchs,cshd->bchd")
+        attended = attend_text(queries, cross_keys, cross_values, cross_bias)
         x = _attention_output(attn, attended, x, layer["post_cross_attn_norm"])
         x = x + _glu(layer["glu"], x)
     x = _layer_norm(x, decoder["final_norm"])
     return _dense(x, params["lm_head"]), new_cache
+
+
+def attend_cache(queries, cached_keys, cached_values, causal_bias):
+    """One step's self-attention: queries [B, 2, H, hd] over a layer's cache [2B, H, T, hd]
+    (bias [T]: 0 for the positions so far, -inf after) → [B, 2, H, hd]."""
+    scores = jnp.einsum("rhd,rhtd->rht", _rows(queries).astype(cached_keys.dtype), cached_keys,
+                        preferred_element_type=jnp.float32)
+    attended = _softmax_attend(scores, causal_bias, cached_values, "rht,rhtd->rhd")
+    return attended.reshape(queries.shape)
+
+
+def attend_text(queries, cross_keys, cross_values, cross_bias):
+    """One step's cross-attention: queries [B, 2, H, hd] over the two encoder rows' keys and
+    values [2, S, H, hd] (bias [2, 1, S]), the conditional row of each image to the prompt's,
+    the unconditional to the empty prompt's → [B, 2, H, hd]."""
+    scores = jnp.einsum("bchd,cshd->bchs", queries.astype(cross_keys.dtype), cross_keys,
+                        preferred_element_type=jnp.float32)
+    return _softmax_attend(scores, cross_bias, cross_values, "bchs,cshd->bchd")
 
 
 def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, encoder_mask):
@@ -392,8 +429,8 @@ def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, enco
         keys, values = _keys_values(attn, hidden, heads)  # [B, 2, Q, H, hd]
         # Cast as the cache holds them, so later positions attend to exactly these values.
         keys, values = keys.astype(cached_keys.dtype), values.astype(cached_values.dtype)
-        new_cache.append((jax.lax.dynamic_update_slice(cached_keys, keys.transpose(0, 1, 3, 2, 4), (0,) * 5),
-                          jax.lax.dynamic_update_slice(cached_values, values.transpose(0, 1, 3, 2, 4), (0,) * 5)))
+        new_cache.append(tuple(jax.lax.dynamic_update_slice(cached, _rows(new.transpose(0, 1, 3, 2, 4)), (0,) * 4)
+                               for cached, new in ((cached_keys, keys), (cached_values, values))))
         scores = jnp.einsum("bcqhd,bckhd->bchqk", queries.astype(keys.dtype), keys, preferred_element_type=jnp.float32)
         attended = _softmax_attend(scores, causal_bias, values, "bchqk,bckhd->bcqhd")
         x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])

@@ -127,7 +127,7 @@ def _nucleus(ranked, k, top_p):
 
 class DecodingState(NamedTuple):
     """What the token loop carries from step to step (a pytree; the batch axis comes first)."""
-    cache: list  # per decoder layer, self-attention (keys, values) [B, 2, H, T, hd]
+    cache: list  # per decoder layer, self-attention (keys, values) [2B, H, T, hd]
     tokens: jax.Array  # [B] int32: the code each image drew last (the start token at first)
     codes: jax.Array  # [B, T] int32: the codes drawn so far
     keys: jax.Array  # [B, 2] uint32: each image's random key
@@ -135,7 +135,7 @@ class DecodingState(NamedTuple):
     @staticmethod
     def shardings(batch_sharding: Callable[[int], NamedSharding], decoder_layers: int) -> DecodingState:
         """Where each part lives: every array split along its batch axis over the devices."""
-        cache = [(batch_sharding(5), batch_sharding(5))] * decoder_layers
+        cache = [(batch_sharding(4), batch_sharding(4))] * decoder_layers
         return DecodingState(cache, batch_sharding(1), batch_sharding(2), batch_sharding(2))
 
 

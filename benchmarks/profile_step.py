@@ -1,0 +1,212 @@
+"""Where one decoding step's time goes, at a published size, piece by piece.
+
+    python benchmarks/profile_step.py                    # mini, float32, 8 and 1 images
+    python benchmarks/profile_step.py --images 8,16 --cache-dir cache
+
+Times the engine's own decoding step (its compiled chunk program, per step) and then each
+piece of it alone, built from `dallebart`'s and the generator's own functions on the same
+weights and shapes, each jitted on its own and the fastest of several runs kept:
+
+  * the weight matrix products: every matrix of a step (self-attention q/k/v/out,
+    cross-attention q/out, the GLU's three, the lm_head) times the step's rows, nothing else.
+    Both layouts: [out, in] as the engine stores them, and [in, out] as the checkpoint does.
+    The faster is the step's floor (what bench_engine reports the step against);
+  * self-attention over the cache (scores, softmax, weighted sum at every position);
+  * the cache update (the new keys/values written in place);
+  * cross-attention over the encoder states;
+  * layer norms, GELU and residual adds (the elementwise rest);
+  * sampling (super-conditioning, top-k among 16,384 scores, top-p, one draw per row);
+  * reading the step's weights once (memory bandwidth: a lower bound for the products).
+
+The pieces do not add up to the step exactly: XLA fuses across them in the step. The table
+in docs/engine.md ("Where a decoding step's time goes") comes from this script.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def fastest(fn, *args, runs: int = 7) -> float:
+    """The fastest of `runs` calls after one untimed call (compilation)."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def step_matrices(params) -> list:
+    """Every weight matrix one decoding step multiplies by, [out, in], in the step's order."""
+    matrices = []
+    for layer in params["decoder"]["layers"]:
+        matrices += [layer["self_attn"][name] for name in ("q", "k", "v", "out")]
+        matrices += [layer["cross_attn"][name] for name in ("q", "out")]
+        matrices += [layer["glu"][name] for name in ("gate", "up", "down")]
+    return matrices + [params["lm_head"]]
+
+
+def weight_products(matrices, rows: int, layout: str) -> float:
+    """Seconds for one product of `rows` rows with every matrix, in `layout`: "out_in" as
+    `dallebart._dense` computes it, "in_out" as jnp.dot on the checkpoint's [in, out]."""
+    import jax
+    import jax.numpy as jnp
+
+    from backend.engine import dallebart
+
+    if layout == "in_out":
+        matrices = [jnp.asarray(m.T) for m in matrices]  # a copy in the checkpoint's layout
+        product = lambda x, m: jnp.dot(x.astype(m.dtype), m, preferred_element_type=jnp.float32)  # noqa: E731
+        width = lambda m: m.shape[0]  # noqa: E731
+    else:
+        product = dallebart._dense
+        width = lambda m: m.shape[1]  # noqa: E731
+    inputs = {}
+    for m in matrices:
+        inputs.setdefault(width(m), jnp.ones((rows, width(m)), jnp.float32))
+    # Each product's input is the same small array: only the matrices stream from memory.
+    run = jax.jit(lambda ms, xs: [product(xs[width(m)], m) for m in ms])
+    return fastest(run, matrices, inputs)
+
+
+def read_bandwidth(matrices) -> float:
+    """Seconds to read every matrix once (a sum each): the memory floor of the products."""
+    import jax
+
+    return fastest(jax.jit(lambda ms: [m.sum() for m in ms]), matrices)
+
+
+def profile(engine, images: int, position: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from backend.engine import GenerationRequest, dallebart
+    from backend.engine.generator import _sample
+
+    config, params = engine.config, engine.params
+    heads = config.decoder_attention_heads
+    rows, layers = 2 * images, params["decoder"]["layers"]
+    head_size = config.d_model // heads
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((images, 2, config.d_model), np.float32))
+    report: dict = {"images": images, "rows": rows}
+
+    # The engine's step: a generation's tokens time over its 256 steps, the best of three.
+    request = GenerationRequest("a lighthouse on a cliff at sunset", images, seed=3)
+    engine.generate_codes(request)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        engine.generate_codes(request)
+        times.append(time.perf_counter() - started)
+    report["step_ms"] = 1e3 * min(times) / config.image_length
+
+    matrices = step_matrices(params)
+    report["weights_out_in_ms"] = 1e3 * weight_products(matrices, rows, "out_in")
+    report["weights_in_out_ms"] = 1e3 * weight_products(matrices, rows, "in_out")
+    report["read_weights_once_ms"] = 1e3 * read_bandwidth(matrices)
+    report["weight_bytes"] = sum(m.size * m.dtype.itemsize for m in matrices)
+
+    cache = dallebart.empty_cache(config, images, engine.cache_dtype)
+    cache = [(k + 1e-3, v + 1e-3) for k, v in cache]  # real arrays, not broadcast zeros
+    queries = jnp.asarray(rng.standard_normal((images, 2, heads, head_size), np.float32))
+    causal_bias = dallebart._mask_bias(jnp.arange(config.image_length) <= position)
+    self_attention = jax.jit(lambda cache, queries: [dallebart.attend_cache(queries, k, v, causal_bias)
+                                                     for k, v in cache])
+    report["self_attention_ms"] = 1e3 * fastest(self_attention, cache, queries)
+
+    def cache_update(cache, new, position):
+        return [tuple(jax.lax.dynamic_update_slice(c, new, (0, 0, position, 0)) for c in pair) for pair in cache]
+
+    update = jax.jit(cache_update, donate_argnums=0)
+    new = queries.reshape(rows, heads, 1, head_size).astype(engine.cache_dtype)
+    cache = update(cache, new, jnp.int32(position))  # compiles; the cache is donated from here on
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        cache = update(cache, new, jnp.int32(position))
+        jax.block_until_ready(cache)
+        times.append(time.perf_counter() - started)
+    report["cache_update_ms"] = 1e3 * min(times)
+
+    text_ids, text_mask = (jnp.asarray(a) for a in engine.encode_text(request.text))
+    cross_kv = dallebart.cross_attention_kv(params, config, dallebart.encode(params, config, text_ids, text_mask))
+    cross_bias = dallebart._mask_bias(text_mask > 0)[:, None, :]
+    cross_attention = jax.jit(lambda cross_kv, queries: [dallebart.attend_text(queries, k, v, cross_bias)
+                                                         for k, v in cross_kv])
+    report["cross_attention_ms"] = 1e3 * fastest(cross_attention, cross_kv, queries)
+
+    def elementwise(layers, x, wide):
+        # Per layer: the six layer norms, GELU on the GLU's width, the residual adds.
+        for layer in layers:
+            for name in ("pre_self_attn_norm", "post_self_attn_norm", "pre_cross_attn_norm", "post_cross_attn_norm"):
+                x = x + dallebart._layer_norm(x, layer[name])
+            x = x + dallebart._layer_norm(x, layer["glu"]["norm"])
+            wide = dallebart._layer_norm(jax.nn.gelu(wide, approximate=False) * wide, layer["glu"]["mid_norm"])
+        return x, wide
+
+    wide = jnp.asarray(rng.standard_normal((images, 2, config.decoder_ffn_dim), np.float32))
+    report["norms_gelu_adds_ms"] = 1e3 * fastest(jax.jit(elementwise), layers, x, wide)
+
+    logits = jnp.asarray(rng.standard_normal((images, 2, config.image_vocab_size + 1), np.float32))
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(0), jnp.arange(images))
+    sampling = {"top_k": jnp.int32(64), "top_p": jnp.float32(1.0), "temperature": jnp.float32(1.0),
+                "condition_scale": jnp.float32(10.0)}
+    sample = jax.jit(functools.partial(_sample, num_codes=engine.num_codes))
+    report["sampling_ms"] = 1e3 * fastest(sample, logits, keys, sampling)
+    report["floor_ms"] = min(report["weights_out_in_ms"], report["weights_in_out_ms"])
+    report["step_over_floor"] = report["step_ms"] / report["floor_ms"]
+    return report
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mini", help="a published size (random weights) or a model folder")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--images", default="8,1", help="comma-separated image counts")
+    parser.add_argument("--position", type=int, default=128, help="the step's position for the attention pieces")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from backend.engine import load_engine
+    from benchmarks.bench_engine import SIZES, write_random_model
+
+    folder = args.model
+    if args.model in SIZES:
+        folder = write_random_model(args.cache_dir / f"bench-{args.model}-{args.dtype}", args.model, args.dtype)
+    engine = load_engine(str(folder), args.cache_dir, dtype=args.dtype)
+    report = {"model": args.model, "dtype": args.dtype, "devices": [str(d) for d in jax.devices()],
+              "load_average": os.getloadavg(), "position": args.position, "per_images": []}
+    for images in (int(n) for n in args.images.split(",")):
+        entry = profile(engine, images, args.position)
+        report["per_images"].append(entry)
+        print(f"{images} images ({entry['rows']} rows): step {entry['step_ms']:.1f} ms = "
+              f"{entry['step_over_floor']:.2f}x the weight products alone ({entry['floor_ms']:.1f} ms)", flush=True)
+        for name, value in entry.items():
+            if name.endswith("_ms"):
+                print(f"  {name[:-3]:<24} {value:8.2f} ms", flush=True)
+    report["load_average_after"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
