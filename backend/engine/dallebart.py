@@ -16,8 +16,8 @@ is once `unstack_layers` has split the stacks into per-layer views. Two decoder 
 Activations, layer norms and softmaxes are float32; matrix products take the weights in
 their stored dtype (float16 for Mega) and accumulate in float32. `unstack_layers` stores every
 dense kernel transposed, [out, in]: a decoding step multiplies a few rows by each weight
-matrix, and XLA's CPU matrix product streams a [out, in] matrix against them about twice as
-fast as an [in, out] one (docs/engine.md, "Where a decoding step's time goes").
+matrix, and on a CPU XLA streams a [out, in] matrix against them (kernel @ rowsᵀ) about twice
+as fast as an [in, out] one (docs/engine.md, "Where a decoding step's time goes").
 """
 from __future__ import annotations
 
@@ -254,12 +254,21 @@ def _layer_norm(x, norm):
 
 def _dense(x, kernel):
     """x [..., in] times a kernel stored [out, in]: [..., out], the weight's dtype as input and
-    a float32 result. Computed as kernel @ rowsᵀ, the product XLA's CPU backend runs fastest
-    for a few rows (the transposes of the small activations cost next to nothing)."""
+    a float32 result."""
     rows = x.reshape(-1, x.shape[-1]).astype(kernel.dtype)
+    product = jax.lax.platform_dependent(kernel, rows, cpu=_cpu_product, default=_product)
+    return product.reshape(x.shape[:-1] + (kernel.shape[0],))
+
+
+def _product(kernel, rows):
+    return jax.lax.dot_general(rows, kernel, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _cpu_product(kernel, rows):
+    """kernel @ rowsᵀ, transposed: the form XLA's CPU backend runs fastest for a few rows. The
+    barrier keeps XLA from folding the transpose back into the product (rows @ kernelᵀ, slower)."""
     product = jax.lax.dot_general(kernel, rows, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    product = jax.lax.optimization_barrier(product)
-    return product.T.reshape(x.shape[:-1] + (kernel.shape[0],))
+    return jax.lax.optimization_barrier(product).T
 
 
 def _project_heads(x, kernel, heads: int):
