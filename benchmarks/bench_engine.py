@@ -152,43 +152,79 @@ def ready_child(folder: Path, cache_dir: Path, dtype: str, batch_sizes) -> None:
 # ---------------------------------------------------------------- the machine's floor
 
 
-def machine_floor(config, batch_sizes, dtype: str) -> dict:
-    """Measured matmul rate at the decoder's row counts and memory bandwidth, against the model."""
+def fastest(fn, *args, runs: int = 7) -> float:
+    """The fastest of `runs` calls after one untimed call (compilation)."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def step_matrices(params) -> list:
+    """Every weight matrix one decoding step multiplies by, [out, in] as the engine holds them."""
+    matrices = []
+    for layer in params["decoder"]["layers"]:
+        matrices += [layer["self_attn"][name] for name in ("q", "k", "v", "out")]
+        matrices += [layer["cross_attn"][name] for name in ("q", "out")]
+        matrices += [layer["glu"][name] for name in ("gate", "up", "down")]
+    return matrices + [params["lm_head"]]
+
+
+def weight_products(matrices, rows: int, layout: str) -> float:
+    """Seconds for one product of `rows` rows with every matrix and nothing else: "out_in" as
+    the engine computes it (`dallebart._dense`), "in_out" as jnp.dot on the checkpoint's
+    [in, out] layout. Every product takes the same small input: only the weights stream."""
     import jax
     import jax.numpy as jnp
 
-    d, ffn, layers = config.d_model, config.decoder_ffn_dim, config.decoder_layers
-    jdtype = jnp.dtype(_numpy_dtype(dtype))
-    # One layer's matrices per step: q, k, v, out (self), q, out (cross), and the GLU's three.
-    weights_per_layer = 6 * d * d + 3 * d * ffn
-    step_weights = layers * weights_per_layer + d * (config.image_vocab_size + 1)
-    # Separate matrices as in the decoder, more than the caches hold: the rate is for
-    # weights streamed from memory, as at every decoding step.
-    rng = np.random.default_rng(0)
-    kernels = [jnp.asarray(rng.standard_normal((d, ffn), np.float32), jdtype) for _ in range(layers)]
-    per_call = layers * d * ffn
+    from backend.engine import dallebart
 
-    def rate(rows: int) -> float:
-        x = jnp.ones((rows, d), jdtype)
-        f = jax.jit(lambda x, ws: [jnp.dot(x, w, preferred_element_type=jnp.float32) for w in ws])
-        jax.block_until_ready(f(x, kernels))
-        best = min(timed(lambda: jax.block_until_ready(f(x, kernels))) for _ in range(5))
-        return 2 * rows * per_call / best
+    if layout == "in_out":
+        matrices = [jnp.asarray(m.T) for m in matrices]  # a copy in the checkpoint's layout
+        product = lambda x, m: jnp.dot(x.astype(m.dtype), m, preferred_element_type=jnp.float32)  # noqa: E731
+        width = lambda m: m.shape[0]  # noqa: E731
+    else:
+        product = dallebart._dense
+        width = lambda m: m.shape[1]  # noqa: E731
+    inputs = {}
+    for m in matrices:
+        inputs.setdefault(width(m), jnp.ones((rows, width(m)), jnp.float32))
+    run = jax.jit(lambda ms, xs: [product(xs[width(m)], m) for m in ms])
+    return fastest(run, matrices, inputs)
 
+
+def machine_floor(engine, batch_sizes) -> dict:
+    """A decoding step's floor: every weight matrix of the step times the step's rows, alone,
+    in whichever of the two layouts this machine multiplies faster; and the memory bandwidth,
+    with the floor it gives (the weights and the half-full cache read once)."""
+    import jax
+    import jax.numpy as jnp
+
+    config = engine.config
+    matrices = step_matrices(engine.params)
+    step_weights = sum(m.size for m in matrices)
+    itemsize = engine.cache_dtype.itemsize
     big = jnp.ones((256, 2**20), jnp.float32)  # 1 GiB
     total = jax.jit(lambda a: a.sum())
-    total(big).block_until_ready()
-    bandwidth = big.nbytes / min(timed(lambda: total(big).block_until_ready()) for _ in range(3))
+    bandwidth = big.nbytes / fastest(total, big, runs=3)
+    del big
     report = {"bandwidth_gb_s": bandwidth / 1e9, "step_weight_params": step_weights, "per_images": {}}
     for images in batch_sizes:
         rows = 2 * images
-        flops_rate = rate(rows)
-        cache_bytes = 2 * layers * config.image_length * rows * d * jdtype.itemsize / 2  # half full on average
-        step_bytes = step_weights * jdtype.itemsize + cache_bytes
-        step_secs = max(2 * rows * step_weights / flops_rate, step_bytes / bandwidth)
+        layouts = {layout: weight_products(matrices, rows, layout) for layout in ("out_in", "in_out")}
+        step_secs = min(layouts.values())
+        cache_bytes = 2 * config.decoder_layers * config.image_length * rows * config.d_model * itemsize / 2
+        step_bytes = step_weights * itemsize + cache_bytes
         report["per_images"][images] = {
-            "rows": rows, "matmul_gflop_s": flops_rate / 1e9,
+            "rows": rows, "weights_out_in_ms": 1e3 * layouts["out_in"], "weights_in_out_ms": 1e3 * layouts["in_out"],
+            "matmul_gflop_s": 2 * rows * step_weights / step_secs / 1e9,
             "step_gflop": 2 * rows * step_weights / 1e9, "step_gbytes": step_bytes / 1e9,
+            "bandwidth_floor_ms": 1e3 * step_bytes / bandwidth,
             "floor_step_ms": 1e3 * step_secs,
             "floor_tokens_secs_per_image": step_secs * config.image_length / images,
         }
@@ -235,6 +271,47 @@ def bench_generation(engine, batch_sizes, repeats: int) -> dict:
         print(f"{images} images: {best['total_secs'] / images:.2f} s/image "
               f"(tokens {best['tokens_secs'] / images:.2f}, VQGAN {best['vqgan_secs'] / images:.2f}, "
               f"PNG {best['png_secs'] / images:.3f})", flush=True)
+    return report
+
+
+def previous_engine(revision: str, into: Path):
+    """The engine package as of a git revision, imported as `previous_engine` (its own
+    modules; the rest of the project is today's)."""
+    import importlib
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "backend/engine"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    shutil.move(str(into / "backend" / "engine"), str(into / "previous_engine"))
+    sys.path.insert(0, str(into))
+    return importlib.import_module("previous_engine")
+
+
+def bench_against(engines: dict, batch_sizes, rounds: int) -> dict:
+    """Engines (name → (engine, its package's GenerationRequest)) on the same model, run
+    alternately (a slow moment hits all alike), the fastest of `rounds` each: tokens and VQGAN
+    seconds per image, and whether all drew the same codes."""
+    report = {"rounds": rounds, "per_images": {}}
+    for images in batch_sizes:
+        best = {name: {"tokens_secs": math.inf, "vqgan_secs": math.inf} for name in engines}
+        codes = {}
+        for _ in range(rounds):
+            for name, (engine, request) in engines.items():
+                result = engine.generate(request(PROMPT, images, seed=11))
+                codes[name] = result.codes
+                for key in best[name]:
+                    best[name][key] = min(best[name][key], result.timings[key] / images)
+        (new, _), (old, _) = best.items()
+        entry = {**best, "tokens_speedup": best[old]["tokens_secs"] / best[new]["tokens_secs"],
+                 "vqgan_speedup": best[old]["vqgan_secs"] / best[new]["vqgan_secs"],
+                 "same_codes": all((c == codes[new]).all() for c in codes.values())}
+        report["per_images"][images] = entry
+        print(f"{images} images, s per image, {old} -> {new}: tokens {best[old]['tokens_secs']:.2f} -> "
+              f"{best[new]['tokens_secs']:.2f} (x{entry['tokens_speedup']:.2f}), VQGAN {best[old]['vqgan_secs']:.2f}"
+              f" -> {best[new]['vqgan_secs']:.2f} (x{entry['vqgan_speedup']:.2f}); same codes: {entry['same_codes']}",
+              flush=True)
     return report
 
 
@@ -361,6 +438,10 @@ def main(argv=None) -> None:
     parser.add_argument("--previews", action="store_true", help="time generation with previews on and off")
     parser.add_argument("--preview-rounds", type=int, default=2)
     parser.add_argument("--previews-only", action="store_true", help="only the previews' cost (largest image count)")
+    parser.add_argument("--against", metavar="REVISION",
+                        help="also time the engine of this git revision (e.g. HEAD~1), alternately with this one")
+    parser.add_argument("--against-rounds", type=int, default=3)
+    parser.add_argument("--against-only", action="store_true", help="only the comparison with --against")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--ready-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -390,6 +471,25 @@ def main(argv=None) -> None:
         if args.json:
             args.json.write_text(text)
         return None
+    if args.against:
+        scratch = tempfile.TemporaryDirectory()
+        previous = previous_engine(args.against, Path(scratch.name))
+        from backend.engine import GenerationRequest
+
+        engines = {"new": (load_engine(str(folder), args.cache_dir, dtype=dtype), GenerationRequest),
+                   args.against: (previous.load_engine(str(folder), args.cache_dir, dtype=dtype),
+                                  previous.GenerationRequest)}
+        for engine, _ in engines.values():
+            engine.warm_up(batch_sizes)
+        report["against"] = bench_against(engines, batch_sizes, args.against_rounds)
+        del engines, engine
+        if args.against_only:
+            report["load_average_after"] = os.getloadavg()
+            text = json.dumps(report, indent=2)
+            print(text)
+            if args.json:
+                args.json.write_text(text)
+            return None
     if args.continuation_only:
         engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
         engine.warm_up(batch_sizes[-1:])
@@ -413,7 +513,7 @@ def main(argv=None) -> None:
     engine.warm_up(batch_sizes)
     # The floor is measured before and after the runs and the better rate kept: on a shared
     # machine other work slows the measurement down as much as the generation.
-    floor_before = machine_floor(engine.config, batch_sizes, dtype)
+    floor_before = machine_floor(engine, batch_sizes)
     report["generation"] = bench_generation(engine, batch_sizes, args.repeats)
     if not args.skip_chunking:
         # The fewest images: the shortest steps, where per-chunk host work weighs most.
@@ -427,7 +527,7 @@ def main(argv=None) -> None:
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_in_use" in stats:
         report["device_memory"] = {k: stats[k] for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats}
-    report["floor"] = _best_floor(floor_before, machine_floor(engine.config, batch_sizes, dtype))
+    report["floor"] = _best_floor(floor_before, machine_floor(engine, batch_sizes))
     for images, floor in report["floor"]["per_images"].items():
         measured = report["generation"][images]["tokens_secs"] * 1e3 / engine.config.image_length
         floor["measured_step_ms"] = measured

@@ -211,7 +211,7 @@ def stage_bench(work: Path, dry_run: bool, model: str, dtype: str, profile: str 
     report["generation"] = bench_engine.bench_generation(engine, IMAGE_COUNTS, repeats=2)
     report["device_peak_bytes"] = _memory()["peak_bytes_in_use"]
     report["programs"] = program_costs(engine, max(IMAGE_COUNTS))
-    floor = bench_engine.machine_floor(engine.config, IMAGE_COUNTS, dtype)
+    floor = bench_engine.machine_floor(engine, IMAGE_COUNTS)
     report["floor"] = step_floors(engine, floor, report["generation"])
     if profile:
         request = GenerationRequest(PROMPT, max(IMAGE_COUNTS), seed=7)

@@ -18,14 +18,20 @@ weights and shapes, each jitted on its own and the fastest of several runs kept:
   * sampling (super-conditioning, top-k among 16,384 scores, top-p, one draw per row);
   * reading the step's weights once (memory bandwidth: a lower bound for the products).
 
-The pieces do not add up to the step exactly: XLA fuses across them in the step. The table
-in docs/engine.md ("Where a decoding step's time goes") comes from this script.
+The pieces do not add up to the step exactly: XLA fuses across them in the step.
+
+With --vqgan, the VQGAN decoder the same way: its time per image (at the engine's VQGAN
+batch) against its floor, each of its convolutions and matrix products timed alone at its
+own shapes (their FLOPs at the rate this machine reaches for that shape), summed.
+
+The tables in docs/engine.md ("Where a decoding step's time goes") come from this script.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -35,51 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def fastest(fn, *args, runs: int = 7) -> float:
-    """The fastest of `runs` calls after one untimed call (compilation)."""
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def step_matrices(params) -> list:
-    """Every weight matrix one decoding step multiplies by, [out, in], in the step's order."""
-    matrices = []
-    for layer in params["decoder"]["layers"]:
-        matrices += [layer["self_attn"][name] for name in ("q", "k", "v", "out")]
-        matrices += [layer["cross_attn"][name] for name in ("q", "out")]
-        matrices += [layer["glu"][name] for name in ("gate", "up", "down")]
-    return matrices + [params["lm_head"]]
-
-
-def weight_products(matrices, rows: int, layout: str) -> float:
-    """Seconds for one product of `rows` rows with every matrix, in `layout`: "out_in" as
-    `dallebart._dense` computes it, "in_out" as jnp.dot on the checkpoint's [in, out]."""
-    import jax
-    import jax.numpy as jnp
-
-    from backend.engine import dallebart
-
-    if layout == "in_out":
-        matrices = [jnp.asarray(m.T) for m in matrices]  # a copy in the checkpoint's layout
-        product = lambda x, m: jnp.dot(x.astype(m.dtype), m, preferred_element_type=jnp.float32)  # noqa: E731
-        width = lambda m: m.shape[0]  # noqa: E731
-    else:
-        product = dallebart._dense
-        width = lambda m: m.shape[1]  # noqa: E731
-    inputs = {}
-    for m in matrices:
-        inputs.setdefault(width(m), jnp.ones((rows, width(m)), jnp.float32))
-    # Each product's input is the same small array: only the matrices stream from memory.
-    run = jax.jit(lambda ms, xs: [product(xs[width(m)], m) for m in ms])
-    return fastest(run, matrices, inputs)
+from benchmarks.bench_engine import fastest, step_matrices, weight_products  # noqa: E402
 
 
 def read_bandwidth(matrices) -> float:
@@ -172,6 +134,52 @@ def profile(engine, images: int, position: int) -> dict:
     return report
 
 
+def vqgan_profile(engine) -> dict:
+    """The VQGAN decoder per image against its products alone (convolutions and matrix
+    products, each at its own shapes, timed alone), at the engine's VQGAN batch."""
+    import jax
+    import jax.numpy as jnp
+
+    images = engine.vqgan_batch
+    codes = jnp.asarray(np.random.default_rng(0).integers(0, engine.num_codes, (images, engine.total_tokens)),
+                        jnp.int32)
+    decode = jax.jit(engine._vqgan_fn)
+    measured = fastest(decode, engine.vqgan_params, codes, runs=3)
+    products: dict = {}
+
+    def collect(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                shapes = tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars)
+                key = (eqn.primitive.name, shapes, repr(sorted(eqn.params.items())))
+                entry = products.setdefault(key, {"eqn": eqn, "count": 0})
+                entry["count"] += 1
+            for value in eqn.params.values():  # the jaxprs inside jit, cond and the like
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        collect(inner)
+
+    collect(jax.make_jaxpr(engine._vqgan_fn)(engine.vqgan_params, codes).jaxpr)
+    floor, flops = 0.0, 0
+    for entry in products.values():
+        eqn = entry["eqn"]
+        operands = [jnp.full(v.aval.shape, 0.01, v.aval.dtype) for v in eqn.invars]
+        alone = fastest(jax.jit(lambda *a, eqn=eqn: eqn.primitive.bind(*a, **eqn.params)), *operands, runs=3)
+        out = math.prod(eqn.outvars[0].aval.shape)
+        if eqn.primitive.name == "conv_general_dilated":
+            kernel = eqn.invars[1].aval.shape  # HWIO
+            per_output = math.prod(kernel[:-1])
+        else:
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            per_output = math.prod(eqn.invars[0].aval.shape[d] for d in contracting)
+        floor += entry["count"] * alone
+        flops += entry["count"] * 2 * out * per_output
+    return {"images": images, "measured_secs_per_image": measured / images, "floor_secs_per_image": floor / images,
+            "gflop_per_image": flops / images / 1e9, "products": sum(e["count"] for e in products.values()),
+            "distinct_shapes": len(products), "measured_over_floor": measured / floor}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mini", help="a published size (random weights) or a model folder")
@@ -179,6 +187,7 @@ def main(argv=None) -> None:
     parser.add_argument("--images", default="8,1", help="comma-separated image counts")
     parser.add_argument("--position", type=int, default=128, help="the step's position for the attention pieces")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    parser.add_argument("--vqgan", action="store_true", help="also the VQGAN decoder against its floor")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
 
@@ -201,6 +210,11 @@ def main(argv=None) -> None:
         for name, value in entry.items():
             if name.endswith("_ms"):
                 print(f"  {name[:-3]:<24} {value:8.2f} ms", flush=True)
+    if args.vqgan:
+        report["vqgan"] = vqgan = vqgan_profile(engine)
+        print(f"VQGAN, {vqgan['images']} images a call: {vqgan['measured_secs_per_image']:.2f} s per image = "
+              f"{vqgan['measured_over_floor']:.2f}x its {vqgan['products']} products alone "
+              f"({vqgan['floor_secs_per_image']:.2f} s, {vqgan['gflop_per_image']:.0f} GFLOP)", flush=True)
     report["load_average_after"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(text)
