@@ -11,7 +11,8 @@ weights and shapes, each jitted on its own and the fastest of several runs kept:
     cross-attention q/out, the GLU's three, the lm_head) times the step's rows, nothing else.
     Both layouts: [out, in] as the engine stores them, and [in, out] as the checkpoint does.
     The faster is the step's floor (what bench_engine reports the step against);
-  * self-attention over the cache (scores, softmax, weighted sum at every position);
+  * self-attention over the cache (scores, softmax, weighted sum at every position), and
+    reading the cache once (its memory floor: every position is read at every step);
   * the cache update (the new keys/values written in place);
   * cross-attention over the encoder states;
   * layer norms, GELU and residual adds (the elementwise rest);
@@ -44,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_engine import fastest, step_matrices, weight_products  # noqa: E402
 
 
-def read_bandwidth(matrices) -> float:
-    """Seconds to read every matrix once (a sum each): the memory floor of the products."""
+def read_bandwidth(arrays) -> float:
+    """Seconds to read every array once (a sum each): what streaming them from memory costs."""
     import jax
 
-    return fastest(jax.jit(lambda ms: [m.sum() for m in ms]), matrices)
+    return fastest(jax.jit(lambda arrays: [a.sum() for a in arrays]), arrays)
 
 
 def profile(engine, images: int, position: int) -> dict:
@@ -89,6 +90,8 @@ def profile(engine, images: int, position: int) -> dict:
     self_attention = jax.jit(lambda cache, queries: [dallebart.attend_cache(queries, k, v, causal_bias)
                                                      for k, v in cache])
     report["self_attention_ms"] = 1e3 * fastest(self_attention, cache, queries)
+    report["read_cache_once_ms"] = 1e3 * read_bandwidth([a for pair in cache for a in pair])
+    report["cache_bytes"] = sum(a.nbytes for pair in cache for a in pair)
 
     def cache_update(cache, new, position):
         return [tuple(jax.lax.dynamic_update_slice(c, new, (0, 0, position, 0)) for c in pair) for pair in cache]
