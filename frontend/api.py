@@ -41,13 +41,15 @@ SERVED_MODELS_RECHECK_SECS = 5.0
 
 
 def backend_report(worker: dict) -> dict:
-    """One backend as its worker last saw it; while it loads, also what it is doing."""
+    """One backend as its worker last saw it; while it loads, also what it is doing; once ready,
+    whether it ranks Best of N candidates with CLIP."""
     alive = worker["alive"]
     status = worker["backend_status"] if alive else "unknown"
     loading = (worker.get("loading") or {}) if status == "loading" else {}
     return {"url": worker["backend_url"], "status": status, "model": worker["model"],
             "error": worker["backend_error"], "worker": worker["id"],
-            "stage": loading.get("stage"), "files": loading.get("files") or []}
+            "stage": loading.get("stage"), "files": loading.get("files") or [],
+            "ranks": worker.get("ranks") if alive else None}
 
 
 class Api:

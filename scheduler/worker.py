@@ -65,6 +65,7 @@ class Worker:
         self.image_codes: int | None = None  # the served model's codebook: the top-k limit
         self.backend_error: str | None = None
         self.backend_loading: dict | None = None  # stage and downloads while the model loads
+        self.ranks: bool | None = None  # whether the ready backend ranks Best of N with CLIP
         self.model: str | None = None
         self._ready_checked_at = 0.0
         self._kept_previews: list[list[bytes]] = []  # the running job's, when it keeps them
@@ -138,7 +139,7 @@ class Worker:
         while not self.stop.wait(self.config.heartbeat_interval_secs if beats else 0):
             try:
                 if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes,
-                                            loading=self.backend_loading):
+                                            loading=self.backend_loading, ranks=self.ranks):
                     log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
                     self.stop.set()
                     return
@@ -167,6 +168,8 @@ class Worker:
             self.image_codes = health.get("image_codes") or self.image_codes
             self.backend_error = health.get("error")
             self.backend_loading = loading_state(health) if status == "loading" else None
+            # Said by a ready backend only (None while it loads, or from one that predates it).
+            self.ranks = health["ranks"] if isinstance(health.get("ranks"), bool) else None
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")

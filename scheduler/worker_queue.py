@@ -110,10 +110,11 @@ class WorkerQueue:
 
     def heartbeat(self, backend_status: str, model: str | None = None,
                   backend_error: str | None = None, image_codes: int | None = None,
-                  loading: dict | None = None) -> bool:
+                  loading: dict | None = None, ranks: bool | None = None) -> bool:
         """Renew the alive key and publish the backend's state; False if the identity was lost.
 
         `loading`: while the backend loads, what it is doing ({"stage", "files"}), for the UI.
+        `ranks`: whether the backend ranks Best of N candidates with CLIP (None: not known).
         """
         beat_at = self._take_identity(keys=[self.keys.alive(self.worker_id)],
                                       args=[self.owner, self.heartbeat_ttl_secs, ""])
@@ -123,6 +124,7 @@ class WorkerQueue:
             "backend_url": self.backend_url, "backend_status": backend_status, "model": model or "",
             "backend_error": backend_error or "", "image_codes": image_codes or "",
             "backend_loading": json.dumps(loading, separators=(",", ":")) if loading else "",
+            "ranks": "" if ranks is None else "1" if ranks else "0",
             "heartbeat": beat_at})
         return True
 

@@ -324,7 +324,7 @@ def test_delete_one_image_restfully(url, store, config):
 def test_health_reports_each_part(url, worker, redis_client):
     response = requests.get(f"{url}/health")
     assert response.status_code == 503  # registered, but no heartbeat from the backend yet
-    worker.heartbeat("ready", "tiny")
+    worker.heartbeat("ready", "tiny", ranks=True)  # a backend with CLIP
     response = requests.get(f"{url}/health")
     assert response.status_code == 200, response.text
     health = response.json()
@@ -332,14 +332,17 @@ def test_health_reports_each_part(url, worker, redis_client):
     assert health["frontend"] == {"status": "ok"} and health["redis"] == {"status": "ok"}
     assert health["scheduler"]["alive_workers"] == 1
     assert health["backends"] == [{"url": "http://127.0.0.1:8080", "status": "ready", "model": "tiny",
-                                   "error": None, "worker": "worker-1", "stage": None, "files": []}]
+                                   "error": None, "worker": "worker-1", "stage": None, "files": [],
+                                   "ranks": True}]
+    worker.heartbeat("ready", "tiny", ranks=False)  # CLIP_MODEL=none
+    assert requests.get(f"{url}/health").json()["backends"][0]["ranks"] is False
     download = {"name": "dalle-mini/dalle-mega/flax_model.msgpack", "bytes_done": 5, "bytes_total": 10}
     worker.heartbeat("loading", "mega", loading={"stage": "downloading", "files": [download]})
     response = requests.get(f"{url}/health")
     assert response.status_code == 503
     assert response.json()["backends"][0] | {"worker": None} == {
         "url": "http://127.0.0.1:8080", "status": "loading", "model": "mega", "error": None, "worker": None,
-        "stage": "downloading", "files": [download]}
+        "stage": "downloading", "files": [download], "ranks": None}
     # Ready again: the loading details are gone.
     worker.heartbeat("ready", "mega", loading={"stage": "compiling", "files": [download]})
     assert requests.get(f"{url}/health").json()["backends"][0]["files"] == []

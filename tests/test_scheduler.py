@@ -238,6 +238,7 @@ def test_health_shows_each_worker_its_backend_and_heartbeat(backends, processes,
         assert worker["alive"] and worker["backend_status"] == "ready" and worker["model"] == "tiny"
         assert worker["heartbeat_age_secs"] < 3 and worker["job_id"] is None
         assert worker["image_codes"] == 1024  # the tiny model's codebook: the frontend's top-k limit
+        assert worker["ranks"] is True  # the tiny model's backends rank with the demo CLIP by default
 
 
 def test_kill_9_of_the_backend_reruns_the_job_and_fails_it_after_three(

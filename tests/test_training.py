@@ -35,6 +35,7 @@ def test_the_clip_stage_runs_and_writes_a_clip_the_backend_loads(tmp_path):
     report = train_clip.train(tmp_path / "clip", steps=3, batch=8)
     assert math.isfinite(report["final_loss"])
     assert math.isfinite(train_clip.fine_tune(tmp_path / "clip", steps=2, batch=8)["final_loss"])
+    assert math.isfinite(train_clip.learn_places(tmp_path / "clip", steps=2, batch=8)["final_loss"])
     ranker = load_clip(tmp_path / "clip")
     pictures = [shapes_dataset.render(shapes_dataset.random_scene(random.Random(i))) for i in range(3)]
     scores = ranker.score("a red circle", pictures)

@@ -26,6 +26,7 @@ DALLE_STEPS = 1000
 DALLE_GUIDED_STEPS = 300  # then with the guided loss (train_dallebart.GUIDED_SCALE)
 CLIP_STEPS = 1500  # 128 captioned scenes a step
 CLIP_FINE_TUNE_STEPS = 600  # then half of each batch hard pairs (train_clip.fine_tune)
+CLIP_PLACE_STEPS = 600  # then the same batches with the place heads (train_clip.learn_places)
 
 
 def score() -> dict:
@@ -75,6 +76,9 @@ def main(argv=None) -> None:
         report = train_clip.fine_tune(DEMO_FOLDER / "clip", CLIP_FINE_TUNE_STEPS)
         print(json.dumps({"clip_fine_tune_minutes": round(report["minutes"], 1),
                           "clip_fine_tune_loss": round(report["final_loss"], 3)}), flush=True)
+        report = train_clip.learn_places(DEMO_FOLDER / "clip", CLIP_PLACE_STEPS)
+        print(json.dumps({"clip_place_minutes": round(report["minutes"], 1),
+                          "clip_place_loss": round(report["final_loss"], 3)}), flush=True)
     if "score" in stages:
         print(json.dumps(score(), indent=1), flush=True)
     if "adherence" in stages:

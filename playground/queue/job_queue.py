@@ -168,6 +168,7 @@ class JobQueue:
                 "model": info.get("model") or None,
                 "image_codes": int(info["image_codes"]) if info.get("image_codes") else None,
                 "loading": _json_or_none(info.get("backend_loading")),
+                "ranks": {"1": True, "0": False}.get(info.get("ranks", "")),
                 "job_id": info.get("job_id") or None,
                 "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
                 "secs_per_image": None if speed is None else round(float(speed), 3),
