@@ -420,6 +420,15 @@ def bench_previews(engine, images: int, rounds: int) -> dict:
     return report
 
 
+def finish(report: dict, json_path: Path | None) -> None:
+    """The load average now, then the whole report as JSON: printed, and written to json_path."""
+    report["load_average_after"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if json_path:
+        json_path.write_text(text)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SIZES) + ["demo", "tiny"], default="mini",
@@ -466,11 +475,7 @@ def main(argv=None) -> None:
         engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
         engine.warm_up(batch_sizes[-1:])
         report["previews"] = bench_previews(engine, batch_sizes[-1], args.preview_rounds)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.json:
-            args.json.write_text(text)
-        return None
+        return finish(report, args.json)
     if args.against:
         scratch = tempfile.TemporaryDirectory()
         previous = previous_engine(args.against, Path(scratch.name))
@@ -484,21 +489,12 @@ def main(argv=None) -> None:
         report["against"] = bench_against(engines, batch_sizes, args.against_rounds)
         del engines, engine
         if args.against_only:
-            report["load_average_after"] = os.getloadavg()
-            text = json.dumps(report, indent=2)
-            print(text)
-            if args.json:
-                args.json.write_text(text)
-            return None
+            return finish(report, args.json)
     if args.continuation_only:
         engine = load_engine(str(folder), args.cache_dir, dtype=dtype)
         engine.warm_up(batch_sizes[-1:])
         report["continuation"] = bench_continuation(engine, batch_sizes[-1], keep_rows_list, args.continuation_rounds)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.json:
-            args.json.write_text(text)
-        return None
+        return finish(report, args.json)
     if not args.skip_ready:
         with tempfile.TemporaryDirectory(dir=args.cache_dir) as fresh:
             report["ready_cold"] = time_to_ready(folder, Path(fresh), dtype, batch_sizes[-1:])
@@ -535,11 +531,7 @@ def main(argv=None) -> None:
         print(f"{images} images: step {measured:.0f} ms, floor {floor['floor_step_ms']:.0f} ms "
               f"({floor['matmul_gflop_s']:.0f} GFLOP/s at {floor['rows']} rows, "
               f"{report['floor']['bandwidth_gb_s']:.1f} GB/s) -> x{floor['measured_over_floor']:.2f}", flush=True)
-    report["load_average_after"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_engine import fastest, step_matrices, weight_products  # noqa: E402
+from benchmarks.bench_engine import fastest, finish, step_matrices, weight_products  # noqa: E402
 
 
 def read_bandwidth(arrays) -> float:
@@ -218,11 +217,7 @@ def main(argv=None) -> None:
         print(f"VQGAN, {vqgan['images']} images a call: {vqgan['measured_secs_per_image']:.2f} s per image = "
               f"{vqgan['measured_over_floor']:.2f}x its {vqgan['products']} products alone "
               f"({vqgan['floor_secs_per_image']:.2f} s, {vqgan['gflop_per_image']:.0f} GFLOP)", flush=True)
-    report["load_average_after"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    finish(report, args.json)
 
 
 if __name__ == "__main__":
