@@ -216,8 +216,8 @@ def stage_bench(work: Path, dry_run: bool, model: str, dtype: str, profile: str 
     if profile:
         request = GenerationRequest(PROMPT, max(IMAGE_COUNTS), seed=7)
         report["profile"] = profile_tokens(engine, request, work / "profile")
-        report["hlo"] = hlo_counts(engine.programs(max(IMAGE_COUNTS)).chunks[engine.chunk_steps],
-                                   work / "chunk-hlo.txt")
+        chunk = engine.chunk_program(max(IMAGE_COUNTS), start=0)
+        report["hlo"] = hlo_counts(chunk, work / "chunk-hlo.txt")
     del engine
     if dtype == FILE_DTYPE[model]:  # a restart: load + warm-up from the warm compilation cache, 8 images
         report["ready_cached"] = bench_engine.time_to_ready(folder, work / "cache", dtype, IMAGE_COUNTS)
@@ -234,15 +234,15 @@ def _memory() -> dict:
 
 def program_costs(engine, images: int) -> dict:
     """XLA's own count of the chunk program: its FLOPs, bytes and buffers, per decoding step."""
-    programs = engine.programs(images)
+    chunk = engine.chunk_program(images, start=0)
     costs = {}
     with contextlib.suppress(Exception):  # cost and memory analyses are best effort on every backend
-        cost = programs.chunk.cost_analysis()
+        cost = chunk.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         costs["chunk_flops"] = cost.get("flops")
         costs["chunk_bytes_accessed"] = cost.get("bytes accessed")
     with contextlib.suppress(Exception):
-        memory = programs.chunk.memory_analysis()
+        memory = chunk.memory_analysis()
         costs["chunk_temp_bytes"] = memory.temp_size_in_bytes
         costs["chunk_argument_bytes"] = memory.argument_size_in_bytes
         costs["chunk_alias_bytes"] = memory.alias_size_in_bytes

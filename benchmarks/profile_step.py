@@ -11,8 +11,9 @@ weights and shapes, each jitted on its own and the fastest of several runs kept:
     cross-attention q/out, the GLU's three, the lm_head) times the step's rows, nothing else.
     Both layouts: [out, in] as the engine stores them, and [in, out] as the checkpoint does.
     The faster is the step's floor (what bench_engine reports the step against);
-  * self-attention over the cache (scores, softmax, weighted sum at every position), and
-    reading the cache once (its memory floor: every position is read at every step);
+  * self-attention over the cache (scores, softmax, weighted sum) as the engine's chunks run
+    it, over the cache blocks filled so far, averaged over a generation; also over all
+    positions, and reading the whole cache once (the memory floor of the latter);
   * the cache update (the new keys/values written in place);
   * cross-attention over the encoder states;
   * layer norms, GELU and residual adds (the elementwise rest);
@@ -20,6 +21,10 @@ weights and shapes, each jitted on its own and the fastest of several runs kept:
   * reading the step's weights once (memory bandwidth: a lower bound for the products).
 
 The pieces do not add up to the step exactly: XLA fuses across them in the step.
+
+With --attention-formulations, the self-attention over all positions written other ways
+(products with the cache as the left operand, multiply and sum, two query rows a product, all
+heads in one product, rows in two arrays), each timed alone: what XLA could run faster.
 
 With --vqgan, the VQGAN decoder the same way: its time per image (at the engine's VQGAN
 batch) against its floor, each of its convolutions and matrix products timed alone at its
@@ -82,26 +87,43 @@ def profile(engine, images: int, position: int) -> dict:
     report["read_weights_once_ms"] = 1e3 * read_bandwidth(matrices)
     report["weight_bytes"] = sum(m.size * m.dtype.itemsize for m in matrices)
 
-    cache = dallebart.empty_cache(config, images, engine.cache_dtype)
-    cache = [(k + 1e-3, v + 1e-3) for k, v in cache]  # real arrays, not broadcast zeros
+    # The self-attention as the engine's chunks run it: over the cache blocks filled so far,
+    # averaged over the blocks (a generation spends as many steps in each), layer after layer
+    # (each layer's queries wait for the one before, as in the step).
+    blocks = engine.cache_blocks
+    cache = [tuple((k + 1e-3, v + 1e-3) for k, v in layer)  # real arrays, not broadcast zeros
+             for layer in dallebart.empty_cache(config, images, engine.cache_dtype, blocks)]
     queries = jnp.asarray(rng.standard_normal((images, 2, heads, head_size), np.float32))
-    causal_bias = dallebart._mask_bias(jnp.arange(config.image_length) <= position)
-    self_attention = jax.jit(lambda cache, queries: [dallebart.attend_cache(queries, k, v, causal_bias)
-                                                     for k, v in cache])
-    report["self_attention_ms"] = 1e3 * fastest(self_attention, cache, queries)
-    report["read_cache_once_ms"] = 1e3 * read_bandwidth([a for pair in cache for a in pair])
-    report["cache_bytes"] = sum(a.nbytes for pair in cache for a in pair)
+    block_size = config.image_length // blocks
+    per_block = []
+    for last in range(blocks):
+        read = [layer[:last + 1] for layer in cache]
+        bias = dallebart._mask_bias(jnp.arange((last + 1) * block_size) <= last * block_size + block_size // 2)
+        def attention(read, queries, bias=bias):
+            for layer in read:
+                queries = queries + 1e-3 * dallebart.attend_cache(queries, layer, bias)
+            return queries
+
+        attention = jax.jit(attention)
+        per_block.append(fastest(attention, read, queries))
+    report["self_attention_ms"] = 1e3 * sum(per_block) / blocks
+    report["self_attention_all_positions_ms"] = 1e3 * per_block[-1]
+    arrays = [a for layer in cache for pair in layer for a in pair]
+    report["read_cache_once_ms"] = 1e3 * read_bandwidth(arrays)
+    report["cache_bytes"] = sum(a.nbytes for a in arrays)
 
     def cache_update(cache, new, position):
-        return [tuple(jax.lax.dynamic_update_slice(c, new, (0, 0, position, 0)) for c in pair) for pair in cache]
+        block = position // block_size  # as in the engine's chunk: the one block written to
+        return [dallebart.write_position(layer[:block + 1], new, new, position, block) + layer[block + 1:]
+                for layer in cache]
 
-    update = jax.jit(cache_update, donate_argnums=0)
+    update = jax.jit(cache_update, donate_argnums=0, static_argnums=2)
     new = queries.reshape(rows, heads, 1, head_size).astype(engine.cache_dtype)
-    cache = update(cache, new, jnp.int32(position))  # compiles; the cache is donated from here on
+    cache = update(cache, new, position)  # compiles; the cache is donated from here on
     times = []
     for _ in range(7):
         started = time.perf_counter()
-        cache = update(cache, new, jnp.int32(position))
+        cache = update(cache, new, position)
         jax.block_until_ready(cache)
         times.append(time.perf_counter() - started)
     report["cache_update_ms"] = 1e3 * min(times)
@@ -109,8 +131,12 @@ def profile(engine, images: int, position: int) -> dict:
     text_ids, text_mask = (jnp.asarray(a) for a in engine.encode_text(request.text))
     cross_kv = dallebart.cross_attention_kv(params, config, dallebart.encode(params, config, text_ids, text_mask))
     cross_bias = dallebart._mask_bias(text_mask > 0)[:, None, :]
-    cross_attention = jax.jit(lambda cross_kv, queries: [dallebart.attend_text(queries, k, v, cross_bias)
-                                                         for k, v in cross_kv])
+    def cross_attention(cross_kv, queries):
+        for keys, values in cross_kv:
+            queries = queries + 1e-3 * dallebart.attend_text(queries, keys, values, cross_bias)
+        return queries
+
+    cross_attention = jax.jit(cross_attention)
     report["cross_attention_ms"] = 1e3 * fastest(cross_attention, cross_kv, queries)
 
     def elementwise(layers, x, wide):
@@ -133,6 +159,71 @@ def profile(engine, images: int, position: int) -> dict:
     report["sampling_ms"] = 1e3 * fastest(sample, logits, keys, sampling)
     report["floor_ms"] = min(report["weights_out_in_ms"], report["weights_in_out_ms"])
     report["step_over_floor"] = report["step_ms"] / report["floor_ms"]
+    return report
+
+
+def attention_formulations(engine, images: int) -> dict:
+    """The self-attention over all positions of every layer, written the ways XLA could run it
+    faster, each timed alone (ms); the first is the engine's. On this project's CPU none beats
+    it: XLA runs a product with a batch axis on one core, and nothing else comes out faster."""
+    import jax
+    import jax.numpy as jnp
+
+    config = engine.config
+    heads = config.decoder_attention_heads
+    rows, length, size = 2 * images, config.image_length, config.d_model // heads
+    rng = np.random.default_rng(1)
+    layers = config.decoder_layers
+    keys = [jnp.asarray(rng.standard_normal((rows, heads, length, size), np.float32)) for _ in range(layers)]
+    values = [jnp.asarray(rng.standard_normal((rows, heads, length, size), np.float32)) for _ in range(layers)]
+    queries = jnp.asarray(rng.standard_normal((rows, heads, size), np.float32))
+    bias = jnp.where(jnp.arange(length) <= length // 2, 0.0, -jnp.inf)
+    eye = jnp.eye(heads, dtype=jnp.float32)
+
+    def batched(q, k, v):  # the engine's: products with a (row, head) batch axis
+        weights = jax.nn.softmax(jnp.einsum("rhd,rhtd->rht", q, k) + bias, axis=-1)
+        return jnp.einsum("rht,rhtd->rhd", weights, v)
+
+    def multiply_sum(q, k, v):  # one loop fusion each, no product
+        weights = jax.nn.softmax((q[:, :, None] * k).sum(-1) + bias, axis=-1)
+        return (weights[..., None] * v).sum(-2)
+
+    def keys_left(q, k, v):  # the cache as the left operand: [t, d] times [d]
+        weights = jax.nn.softmax(jax.lax.dot_general(k, q, (((3,), (2,)), ((0, 1), (0, 1)))) + bias, axis=-1)
+        return jax.lax.dot_general(v, weights, (((2,), (2,)), ((0, 1), (0, 1))))
+
+    def two_queries(q, k, v):  # two query rows per product: XLA hands these to YNNPACK
+        pair = jnp.stack([q, q], 2)
+        weights = jax.nn.softmax(jnp.einsum("rhqd,rhtd->rhqt", pair, k) + bias, axis=-1)
+        return jnp.einsum("rhqt,rhtd->rhqd", weights, v)[:, :, 0]
+
+    def all_heads(q, k, v):  # one product per row over every head: block-diagonal queries
+        flat_k, flat_v = (a.transpose(0, 2, 1, 3).reshape(rows, length, heads * size) for a in (k, v))
+        diagonal = (q[:, :, :, None] * eye[:, None, :]).reshape(rows, heads * size, heads)
+        weights = jax.nn.softmax(jnp.einsum("rtk,rkh->rht", flat_k, diagonal) + bias, axis=-1)
+        every = jnp.einsum("rht,rtk->rhk", weights, flat_v).reshape(rows, heads, heads, size)
+        return jnp.einsum("rhgd,hg->rhd", every, eye)
+
+    def run(formulation, split_rows=False):
+        def chain(keys, values, q):
+            for k, v in zip(keys, values):
+                if split_rows:  # two independent products XLA could run side by side
+                    half = rows // 2
+                    out = jnp.concatenate([formulation(q[:half], k[0], v[0]), formulation(q[half:], k[1], v[1])])
+                else:
+                    out = formulation(q, k, v)
+                q = q + 1e-3 * out
+            return q
+        return jax.jit(chain)
+
+    report = {}
+    for name, formulation in (("batched products (the engine)", batched), ("multiply and sum", multiply_sum),
+                              ("cache as the left operand", keys_left), ("two query rows a product", two_queries),
+                              ("all heads of a row in one product", all_heads)):
+        report[name] = 1e3 * fastest(run(formulation), keys, values, queries, runs=5)
+    if rows > 1:
+        halves = [(k[:rows // 2], k[rows // 2:]) for k in keys], [(v[:rows // 2], v[rows // 2:]) for v in values]
+        report["rows in two separate arrays"] = 1e3 * fastest(run(batched, split_rows=True), *halves, queries, runs=5)
     return report
 
 
@@ -190,6 +281,8 @@ def main(argv=None) -> None:
     parser.add_argument("--position", type=int, default=128, help="the step's position for the attention pieces")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--vqgan", action="store_true", help="also the VQGAN decoder against its floor")
+    parser.add_argument("--attention-formulations", action="store_true",
+                        help="also the self-attention written other ways, each timed alone")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
 
@@ -212,6 +305,11 @@ def main(argv=None) -> None:
         for name, value in entry.items():
             if name.endswith("_ms"):
                 print(f"  {name[:-3]:<24} {value:8.2f} ms", flush=True)
+        if args.attention_formulations:
+            entry["attention_formulations_ms"] = formulations = attention_formulations(engine, images)
+            print("  self-attention over every position, written other ways:", flush=True)
+            for name, value in formulations.items():
+                print(f"    {name:<36} {value:8.2f} ms", flush=True)
     if args.vqgan:
         report["vqgan"] = vqgan = vqgan_profile(engine)
         print(f"VQGAN, {vqgan['images']} images a call: {vqgan['measured_secs_per_image']:.2f} s per image = "

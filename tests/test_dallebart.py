@@ -60,12 +60,13 @@ def _inputs(rng, batch):
     return ids, mask, images
 
 
-def _cached_logits(params, ids, mask, images):
-    """Teacher-forced logits [B, 2, T, V] from the fast path, one position at a time."""
+def _cached_logits(params, ids, mask, images, blocks=1):
+    """Teacher-forced logits [B, 2, T, V] from the fast path, one position at a time, the cache
+    in `blocks` blocks of positions (every step reads and may write any of them)."""
     encoder_states = dallebart.encode(params, SMALL, ids, mask)
     cross_kv = dallebart.cross_attention_kv(params, SMALL, encoder_states)
     batch = images.shape[0]
-    cache = dallebart.empty_cache(SMALL, batch, jax.tree_util.tree_leaves(params)[0].dtype)
+    cache = dallebart.empty_cache(SMALL, batch, jax.tree_util.tree_leaves(params)[0].dtype, blocks)
     previous = np.concatenate([np.full((batch, 1), SMALL.decoder_start_token_id), images[:, :-1]], 1)
     step = jax.jit(lambda params, tokens, t, cache: dallebart.decode_step(params, SMALL, tokens, t, cache, cross_kv, mask))
     steps = []
@@ -88,11 +89,12 @@ def _full_logits(params, ids, mask, images):
     return np.stack(rows, axis=1)
 
 
-def test_cached_decoder_equals_full_forward():
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_cached_decoder_equals_full_forward(blocks):
     rng = np.random.default_rng(1)
     params = dallebart.unstack_layers(dallebart.random_params(SMALL, seed=1, std=0.2))
     ids, mask, images = _inputs(rng, batch=3)
-    fast = _cached_logits(params, ids, mask, images)
+    fast = _cached_logits(params, ids, mask, images, blocks)
     full = _full_logits(params, ids, mask, images)
     assert fast.shape == (3, 2, SMALL.image_length, SMALL.image_vocab_size + 1)
     np.testing.assert_allclose(fast, full, rtol=1e-4, atol=1e-4)
@@ -112,7 +114,13 @@ def test_half_precision_weights_stay_half_and_agree():
     assert np.abs(approx - exact).mean() < 0.05 * scale
 
 
-def test_prefill_caches_what_the_steps_cache_and_decoding_goes_on_from_it():
+def _positions(layer):
+    """A layer's cache blocks joined: (keys, values) [2B, H, T, hd]."""
+    return tuple(np.concatenate([np.asarray(pair[i]) for pair in layer], axis=2) for i in range(2))
+
+
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_prefill_caches_what_the_steps_cache_and_decoding_goes_on_from_it(blocks):
     """`prefill_cache` over the first Q positions gives every layer the keys and values the
     steps would have cached; steps after it give the logits of steps all the way."""
     rng = np.random.default_rng(4)
@@ -123,14 +131,14 @@ def test_prefill_caches_what_the_steps_cache_and_decoding_goes_on_from_it():
     previous = np.concatenate([np.full((2, 1), SMALL.decoder_start_token_id), images[:, :-1]], 1)
     step = jax.jit(lambda tokens, t, cache: dallebart.decode_step(params, SMALL, tokens, t, cache, cross_kv, mask))
     kept = SMALL.image_length // 2
-    stepped = dallebart.empty_cache(SMALL, 2, jnp.float32)
+    stepped = dallebart.empty_cache(SMALL, 2, jnp.float32, blocks)
     for t in range(kept):
         _, stepped = step(np.repeat(previous[:, t:t + 1], 2, axis=1), t, stepped)
     filled = jax.jit(lambda tokens, cache: dallebart.prefill_cache(params, SMALL, tokens, cache, cross_kv, mask))(
-        previous[:, :kept + 3], dallebart.empty_cache(SMALL, 2, jnp.float32))
+        previous[:, :kept + 3], dallebart.empty_cache(SMALL, 2, jnp.float32, blocks))
     # It filled 3 positions past `kept` too: the steps below must overwrite them to match.
-    assert np.abs(np.asarray(filled[0][0][:, :, kept:kept + 3])).sum() > 0
-    for (keys, values), (want_keys, want_values) in zip(filled, stepped):
+    assert np.abs(_positions(filled[0])[0][:, :, kept:kept + 3]).sum() > 0
+    for (keys, values), (want_keys, want_values) in zip(map(_positions, filled), map(_positions, stepped)):
         np.testing.assert_allclose(keys[:, :, :kept], want_keys[:, :, :kept], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(values[:, :, :kept], want_values[:, :, :kept], rtol=1e-5, atol=1e-5)
     # Position `kept` on, after the prefill (its extra positions are overwritten by the steps).

@@ -21,6 +21,7 @@ from backend.engine import (
     dallebart,
     load_engine,
 )
+from backend.engine import generator
 from backend.engine.generator import seed_key
 from playground.limits import MAX_SEED
 
@@ -112,6 +113,21 @@ def test_requests_share_a_padded_program_without_changing_images(engine, model_c
     assert len(three.images) == 3
 
 
+def test_a_cache_in_blocks_draws_the_same_codes(engine, model_cache_dir):
+    """The cache in four blocks (as on a CPU for a large model) gives the codes of one block:
+    chunks inside a block (reading the blocks so far), chunks spanning blocks (every block
+    they may write rewrites its own entry or the new one) and a continuation's prefill."""
+    assert engine.cache_blocks == 1  # tiny's cache is small: one block by default
+    blocks = load_engine("tiny", model_cache_dir, cache_blocks=4)
+    request = GenerationRequest(PROMPT, 2, seed=31, top_p=0.9)
+    want = np.asarray(engine.generate_codes(request)[0])
+    np.testing.assert_array_equal(blocks.generate_codes(request)[0], want)
+    np.testing.assert_array_equal(blocks.generate_codes(request, steps_per_chunk=128)[0], want)
+    assert sorted(blocks.programs(2).chunks) == [(8, 0, 0), (8, 1, 1), (8, 2, 2), (8, 3, 3), (128, 0, 1), (128, 2, 3)]
+    continued = GenerationRequest(PROMPT, 2, seed=31, top_p=0.9, init_codes=want[1], keep_rows=5)
+    np.testing.assert_array_equal(blocks.generate_codes(continued)[0], engine.generate_codes(continued)[0])
+
+
 def test_sampling_values_never_recompile(engine):
     compiles = []
     recording = threading.Event()
@@ -147,6 +163,29 @@ def test_sampling_values_change_the_result(engine):
     assert not np.array_equal(base, codes(condition_scale=0.0))
     narrow = codes(top_p=1e-6)  # keeps only the best token: greedy again
     np.testing.assert_array_equal(narrow, greedy)
+
+
+@pytest.mark.parametrize("top_k,top_p,partitionable", [(64, 0.9, True), (64, 0.9, False), (65, 1.0, True),
+                                                       (1024, 0.95, True), (1025, 1.0, True)])
+def test_every_top_k_tier_draws_what_one_full_ranking_draws(monkeypatch, top_k, top_p, partitionable):
+    """The partial sort is picked by k (TOP_K_TIERS), yet the codes are those one tier of 1024
+    (as before the tiers) draws: same ranks, same random numbers, at the real vocabulary size,
+    with either of JAX's ways to generate random bits (only one gives a longer draw the same
+    numbers at the start)."""
+    rng = np.random.default_rng(top_k)
+    logits = jnp.asarray(rng.standard_normal((16, 2, 16385), np.float32))
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(top_k), jnp.arange(16))
+
+    def draw(tiers, k):
+        monkeypatch.setattr(generator, "TOP_K_TIERS", tiers)
+        sampling = {"top_k": jnp.int32(k), "top_p": jnp.float32(top_p), "temperature": jnp.float32(1.0),
+                    "condition_scale": jnp.float32(3.0)}
+        with jax.threefry_partitionable(partitionable):
+            # A new function each time: jit would reuse the program traced with the other tiers.
+            return np.asarray(jax.jit(lambda *args: generator._sample(*args, 16384))(logits, keys, sampling))
+
+    np.testing.assert_array_equal(draw((64, 1024), top_k), draw((1024,), top_k))
+    assert not np.array_equal(draw((1024,), top_k), draw((1024,), 1))  # random draws, not the best code
 
 
 def test_progress_and_cancel(engine):

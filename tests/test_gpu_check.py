@@ -27,6 +27,7 @@ def test_dry_run_benchmarks_and_serves_over_http(tmp_path):
     assert sorted(bench["generation"], key=int) == ["1", "2", "4", "8"]
     assert all(g["total_secs"] >= g["tokens_secs"] > 0 for g in bench["generation"].values())
     assert bench["floor"]["per_images"]["8"]["floor_weights_ms"] > 0
+    assert bench["programs"]["chunk_flops"] > 0 and bench["programs"]["chunk_argument_bytes"] > 0
     assert bench["ready_cached"]["ready_secs"] > 0
     for backend in stages["http"]["backends"].values():
         assert backend["health"]["status"] == "ready" and backend["alone"]["best_secs"] > 0

@@ -11,6 +11,9 @@ is once `unstack_layers` has split the stacks into per-layer views. Two decoder 
   decoding loop updates in place. The cache keeps each image's two rows next to each other on
   one axis ([2B, H, T, hd]): with a separate axis of size B, one image's cache has a unit axis
   that keeps XLA from updating it in place (it copied every layer's cache at every step).
+  The positions may be split into blocks, separate arrays, so that a step reads only the
+  blocks filled so far (a CPU's step is bound by these reads; XLA copies a slice of one array
+  before a product, so a slice would not save them).
 * `decode_full`, the plain full-sequence forward pass the fast path is tested against.
 
 Activations, layer norms and softmaxes are float32; matrix products take the weights in
@@ -345,47 +348,54 @@ def encode(params, config: DalleBartConfig, input_ids, attention_mask):
 
 
 def cross_attention_kv(params, config: DalleBartConfig, encoder_states):
-    """Per layer, the cross-attention keys and values [R, S, H, hd]: computed once per prompt."""
+    """Per layer, the cross-attention keys and values [R, H, S, hd]: computed once per prompt, in
+    the layout the step's products read (as [R, S, H, hd], XLA transposes them per call)."""
     heads = config.decoder_attention_heads
     result = []
     for layer in params["decoder"]["layers"]:
         attn = layer["cross_attn"]
         keys, values = _keys_values(attn, encoder_states, heads)
-        result.append((keys.astype(attn["k"].dtype), values.astype(attn["v"].dtype)))
+        result.append((keys.swapaxes(1, 2).astype(attn["k"].dtype), values.swapaxes(1, 2).astype(attn["v"].dtype)))
     return result
 
 
-def empty_cache(config: DalleBartConfig, batch: int, dtype):
-    """Per layer, the self-attention keys and values [2B, H, T, hd]: the rows of image b are 2b
-    (conditional) and 2b + 1 (unconditional); positions next to each other."""
+def empty_cache(config: DalleBartConfig, batch: int, dtype, blocks: int = 1):
+    """Per layer, the self-attention cache as `blocks` blocks of positions, each a (keys, values)
+    pair [2B, H, T / blocks, hd]: the rows of image b are 2b (conditional) and 2b + 1
+    (unconditional); positions next to each other."""
     heads = config.decoder_attention_heads
-    shape = (2 * batch, heads, config.image_length, config.d_model // heads)
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.decoder_layers)]
+    if config.image_length % blocks:
+        raise ValueError(f"{blocks} cache blocks do not divide {config.image_length} positions")
+    shape = (2 * batch, heads, config.image_length // blocks, config.d_model // heads)
+    return [tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(blocks))
+            for _ in range(config.decoder_layers)]
 
 
-def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_kv, encoder_mask):
+def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_kv, encoder_mask,
+                first_written: int = 0):
     """One decoder position for every row.
 
     tokens [B, 2] int32 (the previous token of each conditional/unconditional row), position a
-    scalar, cache from `empty_cache`, cross_kv from `cross_attention_kv` on the two encoder rows
-    (conditional, unconditional), encoder_mask [2, S]. Returns logits [B, 2, V] and the cache.
+    scalar, cache from `empty_cache` or its first blocks: those up to the one holding the
+    position (attended to), where blocks from `first_written` on may hold it. cross_kv from
+    `cross_attention_kv` on the two encoder rows (conditional, unconditional), encoder_mask
+    [2, S]. Returns logits [B, 2, V] and the blocks given, updated.
     """
     decoder = params["decoder"]
     heads = config.decoder_attention_heads
     x = _embed(decoder, tokens, position)  # [B, 2, D]
-    causal_bias = _mask_bias(jnp.arange(config.image_length) <= position)  # [T]
+    attended_positions = sum(keys.shape[2] for keys, _ in cache[0])
+    causal_bias = _mask_bias(jnp.arange(attended_positions) <= position)  # [T read]
     cross_bias = _mask_bias(encoder_mask > 0)[:, None, :]  # [2, 1, S]
     new_cache = []
-    for layer, (cached_keys, cached_values), (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
+    for layer, blocks, (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
         attn = layer["self_attn"]
         hidden = _layer_norm(x, layer["pre_self_attn_norm"])
         queries = _queries(attn, hidden, heads)
-        keys, values = (_rows(a)[:, :, None].astype(cached_keys.dtype) for a in _keys_values(attn, hidden, heads))
-        at = (0, 0, position, 0)
-        cached_keys = jax.lax.dynamic_update_slice(cached_keys, keys, at)
-        cached_values = jax.lax.dynamic_update_slice(cached_values, values, at)
-        new_cache.append((cached_keys, cached_values))
-        attended = attend_cache(queries, cached_keys, cached_values, causal_bias)
+        keys, values = (_rows(a)[:, :, None] for a in _keys_values(attn, hidden, heads))
+        blocks = write_position(blocks, keys, values, position, first_written)
+        new_cache.append(blocks)
+        attended = attend_cache(queries, blocks, causal_bias)
         x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])
 
         attn = layer["cross_attn"]
@@ -397,22 +407,50 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
     return _dense(x, params["lm_head"]), new_cache
 
 
-def attend_cache(queries, cached_keys, cached_values, causal_bias):
-    """One step's self-attention: queries [B, 2, H, hd] over a layer's cache [2B, H, T, hd]
-    (bias [T]: 0 for the positions so far, -inf after) → [B, 2, H, hd]."""
-    scores = jnp.einsum("rhd,rhtd->rht", _rows(queries).astype(cached_keys.dtype), cached_keys,
-                        preferred_element_type=jnp.float32)
-    attended = _softmax_attend(scores, causal_bias, cached_values, "rht,rhtd->rhd")
+def write_position(blocks, keys, values, position, first_written: int = 0):
+    """One layer's cache blocks with keys/values [2B, H, 1, hd] written, in place, at `position`
+    of the block from `first_written` on that holds it. With one candidate block that is a
+    plain update; with several, every candidate rewrites its own entry unless it holds the
+    position (the index is clamped into each block, so the others write back what they had)."""
+    size = blocks[0][0].shape[2]
+    candidates = range(first_written, len(blocks))
+    written = list(blocks[:first_written])
+    for index, pair in zip(candidates, blocks[first_written:]):
+        at = (0, 0, position - index * size, 0)
+        if len(candidates) > 1:
+            holds = (position >= index * size) & (position < (index + 1) * size)
+            new_pair = tuple(jnp.where(holds, new.astype(cached.dtype), jax.lax.dynamic_slice(cached, at, new.shape))
+                             for cached, new in zip(pair, (keys, values)))
+        else:
+            new_pair = tuple(new.astype(cached.dtype) for cached, new in zip(pair, (keys, values)))
+        written.append(tuple(jax.lax.dynamic_update_slice(cached, new, at) for cached, new in zip(pair, new_pair)))
+    return tuple(written)
+
+
+def attend_cache(queries, blocks, causal_bias):
+    """One step's self-attention: queries [B, 2, H, hd] over a layer's cache blocks, each
+    [2B, H, T_block, hd] (bias [T read]: 0 for the positions so far, -inf after) → [B, 2, H, hd]."""
+    dtype = blocks[0][0].dtype
+    rows = _rows(queries).astype(dtype)
+    scores = jnp.concatenate([jnp.einsum("rhd,rhtd->rht", rows, keys, preferred_element_type=jnp.float32)
+                              for keys, _ in blocks], axis=-1)
+    weights = jax.nn.softmax(scores + causal_bias, axis=-1).astype(dtype)
+    size = blocks[0][0].shape[2]
+    attended = None
+    for index, (_, values) in enumerate(blocks):
+        part = jnp.einsum("rht,rhtd->rhd", weights[..., index * size:(index + 1) * size], values,
+                          preferred_element_type=jnp.float32)
+        attended = part if attended is None else attended + part
     return attended.reshape(queries.shape)
 
 
 def attend_text(queries, cross_keys, cross_values, cross_bias):
     """One step's cross-attention: queries [B, 2, H, hd] over the two encoder rows' keys and
-    values [2, S, H, hd] (bias [2, 1, S]), the conditional row of each image to the prompt's,
+    values [2, H, S, hd] (bias [2, 1, S]), the conditional row of each image to the prompt's,
     the unconditional to the empty prompt's → [B, 2, H, hd]."""
-    scores = jnp.einsum("bchd,cshd->bchs", queries.astype(cross_keys.dtype), cross_keys,
+    scores = jnp.einsum("bchd,chsd->bchs", queries.astype(cross_keys.dtype), cross_keys,
                         preferred_element_type=jnp.float32)
-    return _softmax_attend(scores, cross_bias, cross_values, "bchs,cshd->bchd")
+    return _softmax_attend(scores, cross_bias, cross_values, "bchs,chsd->bchd")
 
 
 def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, encoder_mask):
@@ -431,27 +469,41 @@ def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, enco
     causal_bias = _mask_bias(jnp.tril(jnp.ones((length, length), bool)))  # [Q, K]
     cross_bias = _mask_bias(encoder_mask > 0)[:, None, None, :]  # [2, 1, 1, S]
     new_cache = []
-    for layer, (cached_keys, cached_values), (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
+    dtype = cache[0][0][0].dtype
+    for layer, blocks, (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
         attn = layer["self_attn"]
         hidden = _layer_norm(x, layer["pre_self_attn_norm"])
         queries = _queries(attn, hidden, heads)
         keys, values = _keys_values(attn, hidden, heads)  # [B, 2, Q, H, hd]
         # Cast as the cache holds them, so later positions attend to exactly these values.
-        keys, values = keys.astype(cached_keys.dtype), values.astype(cached_values.dtype)
-        new_cache.append(tuple(jax.lax.dynamic_update_slice(cached, _rows(new.transpose(0, 1, 3, 2, 4)), (0,) * 4)
-                               for cached, new in ((cached_keys, keys), (cached_values, values))))
+        keys, values = keys.astype(dtype), values.astype(dtype)
+        new_cache.append(_fill_blocks(blocks, _rows(keys.transpose(0, 1, 3, 2, 4)), _rows(values.transpose(0, 1, 3, 2, 4))))
         scores = jnp.einsum("bcqhd,bckhd->bchqk", queries.astype(keys.dtype), keys, preferred_element_type=jnp.float32)
         attended = _softmax_attend(scores, causal_bias, values, "bchqk,bckhd->bcqhd")
         x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])
 
         attn = layer["cross_attn"]
         queries = _queries(attn, _layer_norm(x, layer["pre_cross_attn_norm"]), heads)
-        scores = jnp.einsum("bcqhd,cshd->bchqs", queries.astype(cross_keys.dtype), cross_keys,
+        scores = jnp.einsum("bcqhd,chsd->bchqs", queries.astype(cross_keys.dtype), cross_keys,
                             preferred_element_type=jnp.float32)
-        attended = _softmax_attend(scores, cross_bias, cross_values, "bchqs,cshd->bcqhd")
+        attended = _softmax_attend(scores, cross_bias, cross_values, "bchqs,chsd->bcqhd")
         x = _attention_output(attn, attended, x, layer["post_cross_attn_norm"])
         x = x + _glu(layer["glu"], x)
     return new_cache
+
+
+def _fill_blocks(blocks, keys, values):
+    """A layer's cache blocks with keys/values [2B, H, Q, hd] written at positions 0..Q-1."""
+    size = blocks[0][0].shape[2]
+    filled = []
+    for index, pair in enumerate(blocks):
+        part = slice(index * size, min((index + 1) * size, keys.shape[2]))
+        if part.start >= keys.shape[2]:
+            filled.append(pair)
+            continue
+        filled.append(tuple(jax.lax.dynamic_update_slice(cached, new[:, :, part], (0,) * 4)
+                            for cached, new in zip(pair, (keys, values))))
+    return tuple(filled)
 
 
 # ---------------------------------------------------------------- decoder, plain reference
