@@ -22,6 +22,10 @@ device memory is counted per model:
   numerics  the engine's numerical tests (pytest) on the GPU at JAX's default matrix-product
             precision (TF32 for float32 weights) and at full float32; greedy mini tokens on
             the GPU against the CPU, and where they part, the two best scores on each
+  features  what runs only on an accelerator, mini float32 at 8 images: previews drawn by a
+            VQGAN pass (with and without, alternately), the first continuation after warm-up
+            (its prefill compiled there) against a fresh job, CLIP ranking 16 candidates in
+            float16 (a random ViT-B/32; the demo CLIP in the dry run) against generating them
 
 Writes report.json and report.txt (the summary table) into --out after every stage; the
 stages' logs, the profile and the compiled loop's HLO stay in --work.
@@ -136,6 +140,7 @@ def main_parent(args) -> None:
     run.stage("http", ["http"], 180)
     run.stage("numerics", ["numerics"], 240)
     run.stage("numerics-float32", ["numerics", "float32"], 180)
+    run.stage("features", ["features"], 240)
     for model, dtype in rest:
         run.stage(f"bench-{model}-{dtype}", ["bench", model, dtype], 240)
     run.report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -379,6 +384,44 @@ def hlo_counts(compiled, keep: Path) -> dict:
                                                          "copy", "dynamic-update-slice", "all-reduce")}
     counts["lines"] = text.count("\n")
     return counts
+
+
+def stage_features(work: Path, dry_run: bool) -> dict:
+    from backend.engine import GenerationRequest, load_engine
+    from backend.engine.clip import load_clip
+    from backend.engine.models import CLIP_DEMO_SUBFOLDER, DEMO_FOLDER
+    from bench_clip import write_random_clip
+
+    images = max(IMAGE_COUNTS)
+    engine = load_engine(str(model_folder(work, "mini", dry_run)), work / "cache", dtype="float32")
+    report: dict = {"images": images, "preview_method": engine.preview_method}
+    started = time.perf_counter()
+    engine.warm_up((images,))
+    report["warm_up_secs"] = time.perf_counter() - started
+    fresh = GenerationRequest(PROMPT, images, seed=11)
+    codes = engine.generate_codes(fresh)[0]
+    report["fresh_secs"] = bench_engine.timed(lambda: engine.generate(fresh))
+    # The first continuation after warm-up: on an accelerator its prefill is compiled already.
+    continued = GenerationRequest(PROMPT, images, seed=11, init_codes=tuple(int(c) for c in codes[0]), keep_rows=8)
+    report["first_continuation_secs"] = bench_engine.timed(lambda: engine.generate(continued))
+    report["continuation_secs"] = bench_engine.timed(lambda: engine.generate(continued))
+    report["previews"] = bench_engine.bench_previews(engine, images, rounds=2)
+
+    if dry_run:
+        clip_folder, clip_name = DEMO_FOLDER / CLIP_DEMO_SUBFOLDER, "demo"
+    else:
+        clip_folder, clip_name = write_random_clip(work / "cache" / "random-clip"), "clip_vit_base_patch32"
+    ranker = load_clip(clip_folder, clip_name, dtype="float16")
+    candidates = 2 * images
+    started = time.perf_counter()
+    pictures = [picture for seed in (1, 2)
+                for picture in engine.generate(GenerationRequest(PROMPT, images, seed=seed)).images]
+    generate_secs = time.perf_counter() - started
+    ranker.score(PROMPT, pictures)  # compiles
+    rank_secs = min(bench_engine.timed(lambda: ranker.score(PROMPT, pictures)) for _ in range(3))
+    report["clip"] = {"model": clip_name, "dtype": "float16", "candidates": candidates, "rank_secs": rank_secs,
+                      "generate_secs": generate_secs, "rank_share_percent": 100 * rank_secs / generate_secs}
+    return report
 
 
 def stage_http(work: Path, dry_run: bool) -> dict:
@@ -625,6 +668,17 @@ def summary(report: dict) -> str:
             lines.append(f"{name}: {p.get('tests')} tests, {p.get('failures')} failed, {p.get('errors')} errors"
                          + (f"; greedy vs CPU: {numerics['greedy_vs_cpu']}" if "greedy_vs_cpu" in numerics else ""))
             lines.extend(f"  FAILED {f}" for f in p.get("failed", []))
+    features = stages.get("features", {})
+    if "clip" in features:
+        f, previews, clip = features, features["previews"], features["clip"]
+        lines.append("")
+        lines.append(f"features, mini float32, {f['images']} images: warm-up {f['warm_up_secs']:.1f} s; fresh job "
+                     f"{f['fresh_secs']:.3f} s, first continuation (keep 8 rows) {f['first_continuation_secs']:.3f} s, "
+                     f"then {f['continuation_secs']:.3f} s")
+        lines.append(f"  previews ({previews['method']}): {previews['previews_per_job']} a job, "
+                     f"{previews['overhead_wall_percent']:+.1f}% wall time; CLIP {clip['model']} {clip['dtype']}: "
+                     f"{clip['candidates']} candidates in {clip['rank_secs']:.3f} s, {clip['rank_share_percent']:.1f}% "
+                     f"of generating them")
     for name, stage in stages.items():
         if "error" in stage:
             lines.append(f"{name} ERROR: {stage['error']}")
@@ -653,7 +707,7 @@ def main(argv=None) -> None:
         return main_parent(args)
     name, *rest = args.stage
     stages = {"device": stage_device, "bench": stage_bench, "previous": stage_previous, "http": stage_http,
-              "numerics": stage_numerics}
+              "numerics": stage_numerics, "features": stage_features}
     result = stages[name](args.work, args.dry_run, *rest)
     print(json.dumps(result, default=str))
 

@@ -17,11 +17,11 @@ def test_dry_run_benchmarks_and_serves_over_http(tmp_path):
     out = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out),
-         "--work", str(tmp_path / "work"), "--only", "device,bench-mini-float32,http"],
-        capture_output=True, text=True, timeout=500, check=False)
+         "--work", str(tmp_path / "work"), "--only", "device,bench-mini-float32,http,features"],
+        capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     stages = json.loads((out / "report.json").read_text())["stages"]
-    assert [name for name, stage in stages.items() if stage] == ["device", "bench-mini-float32", "http"]
+    assert [name for name, stage in stages.items() if stage] == ["device", "bench-mini-float32", "http", "features"]
     assert not [name for name, stage in stages.items() if "error" in stage]
     bench = stages["bench-mini-float32"]
     assert sorted(bench["generation"], key=int) == ["1", "2", "4", "8"]
@@ -31,7 +31,11 @@ def test_dry_run_benchmarks_and_serves_over_http(tmp_path):
     assert bench["ready_cached"]["ready_secs"] > 0
     for backend in stages["http"]["backends"].values():
         assert backend["health"]["status"] == "ready" and backend["alone"]["best_secs"] > 0
-    assert "mini   float32     8" in (out / "report.txt").read_text()
+    features = stages["features"]
+    assert features["first_continuation_secs"] > 0 and features["previews"]["previews_per_job"][0] > 0
+    assert features["clip"]["candidates"] == 16 and features["clip"]["rank_secs"] > 0
+    text = (out / "report.txt").read_text()
+    assert "mini   float32     8" in text and "first continuation (keep 8 rows)" in text
 
 
 def test_trace_summary_counts_busy_time_once_where_kernels_overlap():
