@@ -150,7 +150,8 @@ def _twins(rng: random.Random, count: int) -> tuple[list, list[str]]:
     return scenes[:count], captions[:count]
 
 
-def _batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer, twin_share: float = 0.0):
+def _scenes(rng: random.Random, size: int, twin_share: float = 0.0) -> tuple[list, list[str]]:
+    """A batch's scenes and captions: `twin_share` of them hard pairs (`_twins`), the rest random."""
     scenes, captions = _twins(rng, int(size * twin_share) // 2 * 2)
     if twin_share:  # (the order the shipped weights' second phase drew its random half in)
         while len(scenes) < size:
@@ -159,28 +160,49 @@ def _batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer, twin_sh
     else:
         rest = [shapes_dataset.random_scene(rng, ALL_PAIRS) for _ in range(size)]
         scenes, captions = rest, [shapes_dataset.caption(scene, rng) for scene in rest]
+    return scenes, captions
+
+
+def _batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer, twin_share: float = 0.0):
+    return _encode(tokenizer, *_scenes(rng, size, twin_share))
+
+
+def _encode(tokenizer: clip.ClipTokenizer, scenes, captions) -> tuple:
     pixels = np.stack([clip.preprocess(shapes_dataset.render(scene), IMAGE_SIZE) for scene in scenes])
     ids, mask = tokenizer.encode(captions)
     return ids, mask, pixels
 
 
-def _loss_and_step(config: clip.ClipConfig, end_id: int, optimiser):
-    def loss_fn(params, ids, mask, pixels):
-        scores = clip.logits(params, clip.text_features(params, config, ids, mask, end_id),
-                             clip.image_features(params, config, pixels))
-        labels = jnp.arange(scores.shape[0])
-        return (optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
-                + optax.softmax_cross_entropy_with_integer_labels(scores.T, labels).mean()) / 2
+def _contrastive(params, config: clip.ClipConfig, end_id: int, ids, mask, pixels):
+    """CLIP's symmetric loss, and the two towers' features it was computed from."""
+    texts = clip.text_features(params, config, ids, mask, end_id)
+    images = clip.image_features(params, config, pixels)
+    scores = clip.logits(params, texts, images)
+    labels = jnp.arange(scores.shape[0])
+    loss = (optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
+            + optax.softmax_cross_entropy_with_integer_labels(scores.T, labels).mean()) / 2
+    return loss, texts, images
 
+
+def _step(loss_fn, optimiser):
+    """One jitted optimiser step of `loss_fn(params, *batch)` → (loss, {name: part})."""
     @jax.jit
-    def step(params, state, ids, mask, pixels):
-        loss, grads = jax.value_and_grad(loss_fn)(params, ids, mask, pixels)
+    def step(params, state, *batch):
+        (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch)
         updates, state = optimiser.update(grads, state, params)
         params = optax.apply_updates(params, updates)
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)
-        return params, state, loss
+        return params, state, parts
 
     return step
+
+
+def _loss_and_step(config: clip.ClipConfig, end_id: int, optimiser):
+    def loss_fn(params, ids, mask, pixels):
+        loss, _, _ = _contrastive(params, config, end_id, ids, mask, pixels)
+        return loss, {"loss": loss}
+
+    return _step(loss_fn, optimiser)
 
 
 _PLACE_NAMES = tuple(shapes_dataset.PLACES)
@@ -197,15 +219,10 @@ def _place_labels(scenes, captions) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pictures, np.int32), np.array(texts, np.int32)
 
 
-def _place_batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer):
-    """As the second phase's batches, with the place labels of pictures and captions."""
-    scenes, captions = _twins(rng, int(size * TWIN_SHARE) // 2 * 2)
-    while len(scenes) < size:
-        scenes.append(shapes_dataset.random_scene(rng, ALL_PAIRS))
-        captions.append(shapes_dataset.caption(scenes[-1], rng))
-    pixels = np.stack([clip.preprocess(shapes_dataset.render(scene), IMAGE_SIZE) for scene in scenes])
-    ids, mask = tokenizer.encode(captions)
-    return (ids, mask, pixels, *_place_labels(scenes, captions))
+def _place_batch(rng: random.Random, size: int, tokenizer: clip.ClipTokenizer, twin_share: float):
+    """As `_batch`, with the place labels of pictures and captions."""
+    scenes, captions = _scenes(rng, size, twin_share)
+    return (*_encode(tokenizer, scenes, captions), *_place_labels(scenes, captions))
 
 
 def _place_loss_and_step(config: clip.ClipConfig, end_id: int, optimiser):
@@ -219,27 +236,13 @@ def _place_loss_and_step(config: clip.ClipConfig, end_id: int, optimiser):
         return jnp.sum(jnp.where(known, losses, 0.0)) / jnp.maximum(known.sum(), 1)
 
     def loss_fn(params, ids, mask, pixels, picture_places, caption_places):
-        texts = clip.text_features(params, config, ids, mask, end_id)
-        images = clip.image_features(params, config, pixels)
-        scores = clip.logits(params, texts, images)
-        labels = jnp.arange(scores.shape[0])
-        contrastive = (optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
-                       + optax.softmax_cross_entropy_with_integer_labels(scores.T, labels).mean()) / 2
+        contrastive, texts, images = _contrastive(params, config, end_id, ids, mask, pixels)
         heads = params["place_heads"]
         places = (masked_cross_entropy(images, heads["image"], picture_places)
                   + masked_cross_entropy(texts, heads["text"], caption_places))
-        return contrastive + PLACE_WEIGHT * places, (contrastive, places)
+        return contrastive + PLACE_WEIGHT * places, {"loss": contrastive, "place_loss": places}
 
-    @jax.jit
-    def step(params, state, ids, mask, pixels, picture_places, caption_places):
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, ids, mask, pixels, picture_places, caption_places)
-        updates, state = optimiser.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)
-        return params, state, parts
-
-    return step
+    return _step(loss_fn, optimiser)
 
 
 def _run(params, config, tokenizer, rng, steps: int, batch: int, learning_rate: float, twin_share: float,
@@ -247,25 +250,17 @@ def _run(params, config, tokenizer, rng, steps: int, batch: int, learning_rate: 
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(200, steps // 10), steps, learning_rate / 20)
     optimiser = optax.adamw(schedule, weight_decay=1e-4)
     state = optimiser.init(params)
-    if places:
-        step = _place_loss_and_step(config, tokenizer.end_id, optimiser)
-        losses, place_losses = [], []
-        for index in range(steps):
-            params, state, (loss, place_loss) = step(params, state, *_place_batch(rng, batch, tokenizer))
-            losses.append(float(loss))
-            place_losses.append(float(place_loss))
-            if index % 100 == 0 or index == steps - 1:
-                print(json.dumps({label: index, "loss": round(float(np.mean(losses[-100:])), 4),
-                                  "place_loss": round(float(np.mean(place_losses[-100:])), 4)}), flush=True)
-        return params, losses
-    step = _loss_and_step(config, tokenizer.end_id, optimiser)
-    losses = []
+    make_step, make_batch = (_place_loss_and_step, _place_batch) if places else (_loss_and_step, _batch)
+    step = make_step(config, tokenizer.end_id, optimiser)
+    history: dict[str, list[float]] = {}
     for index in range(steps):
-        params, state, loss = step(params, state, *_batch(rng, batch, tokenizer, twin_share))
-        losses.append(float(loss))
+        params, state, parts = step(params, state, *make_batch(rng, batch, tokenizer, twin_share))
+        for name, value in parts.items():
+            history.setdefault(name, []).append(float(value))
         if index % 100 == 0 or index == steps - 1:
-            print(json.dumps({label: index, "loss": round(float(np.mean(losses[-100:])), 4)}), flush=True)
-    return params, losses
+            print(json.dumps({label: index, **{name: round(float(np.mean(values[-100:])), 4)
+                                               for name, values in history.items()}}), flush=True)
+    return params, history["loss"]
 
 
 def _save(folder: Path, config: clip.ClipConfig, params) -> None:
