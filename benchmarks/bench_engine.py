@@ -205,6 +205,8 @@ def machine_floor(engine, batch_sizes) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from backend.engine import dallebart
+
     config = engine.config
     matrices = step_matrices(engine.params)
     step_weights = sum(m.size for m in matrices)
@@ -218,7 +220,7 @@ def machine_floor(engine, batch_sizes) -> dict:
         rows = 2 * images
         layouts = {layout: weight_products(matrices, rows, layout) for layout in ("out_in", "in_out")}
         step_secs = min(layouts.values())
-        cache_bytes = 2 * config.decoder_layers * config.image_length * rows * config.d_model * itemsize / 2
+        cache_bytes = dallebart.cache_bytes(config, images, itemsize) / 2  # half full on average
         step_bytes = step_weights * itemsize + cache_bytes
         report["per_images"][images] = {
             "rows": rows, "weights_out_in_ms": 1e3 * layouts["out_in"], "weights_in_out_ms": 1e3 * layouts["in_out"],

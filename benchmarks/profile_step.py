@@ -49,6 +49,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_engine import fastest, finish, step_matrices, weight_products  # noqa: E402
 
 
+def chained(attend):
+    """`attend(queries, layer)` over every layer, jitted, each layer's queries waiting for the
+    one before (as in the step: an attention timed over independent layers runs them at once)."""
+    import jax
+
+    def run(layers, queries):
+        for layer in layers:
+            queries = queries + 1e-3 * attend(queries, layer)
+        return queries
+
+    return jax.jit(run)
+
+
 def read_bandwidth(arrays) -> float:
     """Seconds to read every array once (a sum each): what streaming them from memory costs."""
     import jax
@@ -88,8 +101,7 @@ def profile(engine, images: int, position: int) -> dict:
     report["weight_bytes"] = sum(m.size * m.dtype.itemsize for m in matrices)
 
     # The self-attention as the engine's chunks run it: over the cache blocks filled so far,
-    # averaged over the blocks (a generation spends as many steps in each), layer after layer
-    # (each layer's queries wait for the one before, as in the step).
+    # averaged over the blocks (a generation spends as many steps in each).
     blocks = engine.cache_blocks
     cache = [tuple((k + 1e-3, v + 1e-3) for k, v in layer)  # real arrays, not broadcast zeros
              for layer in dallebart.empty_cache(config, images, engine.cache_dtype, blocks)]
@@ -99,12 +111,7 @@ def profile(engine, images: int, position: int) -> dict:
     for last in range(blocks):
         read = [layer[:last + 1] for layer in cache]
         bias = dallebart._mask_bias(jnp.arange((last + 1) * block_size) <= last * block_size + block_size // 2)
-        def attention(read, queries, bias=bias):
-            for layer in read:
-                queries = queries + 1e-3 * dallebart.attend_cache(queries, layer, bias)
-            return queries
-
-        attention = jax.jit(attention)
+        attention = chained(lambda queries, layer, bias=bias: dallebart.attend_cache(queries, layer, bias))
         per_block.append(fastest(attention, read, queries))
     report["self_attention_ms"] = 1e3 * sum(per_block) / blocks
     report["self_attention_all_positions_ms"] = 1e3 * per_block[-1]
@@ -131,12 +138,7 @@ def profile(engine, images: int, position: int) -> dict:
     text_ids, text_mask = (jnp.asarray(a) for a in engine.encode_text(request.text))
     cross_kv = dallebart.cross_attention_kv(params, config, dallebart.encode(params, config, text_ids, text_mask))
     cross_bias = dallebart._mask_bias(text_mask > 0)[:, None, :]
-    def cross_attention(cross_kv, queries):
-        for keys, values in cross_kv:
-            queries = queries + 1e-3 * dallebart.attend_text(queries, keys, values, cross_bias)
-        return queries
-
-    cross_attention = jax.jit(cross_attention)
+    cross_attention = chained(lambda queries, layer: dallebart.attend_text(queries, *layer, cross_bias))
     report["cross_attention_ms"] = 1e3 * fastest(cross_attention, cross_kv, queries)
 
     def elementwise(layers, x, wide):
@@ -169,20 +171,20 @@ def attention_formulations(engine, images: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from backend.engine import dallebart
+
     config = engine.config
     heads = config.decoder_attention_heads
     rows, length, size = 2 * images, config.image_length, config.d_model // heads
     rng = np.random.default_rng(1)
-    layers = config.decoder_layers
-    keys = [jnp.asarray(rng.standard_normal((rows, heads, length, size), np.float32)) for _ in range(layers)]
-    values = [jnp.asarray(rng.standard_normal((rows, heads, length, size), np.float32)) for _ in range(layers)]
+    keys, values = ([jnp.asarray(rng.standard_normal((rows, heads, length, size), np.float32))
+                     for _ in range(config.decoder_layers)] for _ in range(2))
     queries = jnp.asarray(rng.standard_normal((rows, heads, size), np.float32))
     bias = jnp.where(jnp.arange(length) <= length // 2, 0.0, -jnp.inf)
     eye = jnp.eye(heads, dtype=jnp.float32)
 
-    def batched(q, k, v):  # the engine's: products with a (row, head) batch axis
-        weights = jax.nn.softmax(jnp.einsum("rhd,rhtd->rht", q, k) + bias, axis=-1)
-        return jnp.einsum("rht,rhtd->rhd", weights, v)
+    def batched(q, k, v):  # the engine's own, one block: products with a (row, head) batch axis
+        return dallebart.attend_cache(q.reshape(-1, 2, heads, size), ((k, v),), bias).reshape(q.shape)
 
     def multiply_sum(q, k, v):  # one loop fusion each, no product
         weights = jax.nn.softmax((q[:, :, None] * k).sum(-1) + bias, axis=-1)
@@ -204,26 +206,19 @@ def attention_formulations(engine, images: int) -> dict:
         every = jnp.einsum("rht,rtk->rhk", weights, flat_v).reshape(rows, heads, heads, size)
         return jnp.einsum("rhgd,hg->rhd", every, eye)
 
-    def run(formulation, split_rows=False):
-        def chain(keys, values, q):
-            for k, v in zip(keys, values):
-                if split_rows:  # two independent products XLA could run side by side
-                    half = rows // 2
-                    out = jnp.concatenate([formulation(q[:half], k[0], v[0]), formulation(q[half:], k[1], v[1])])
-                else:
-                    out = formulation(q, k, v)
-                q = q + 1e-3 * out
-            return q
-        return jax.jit(chain)
+    def split_rows(q, k, v):  # k, v: two arrays of half the rows each, two independent products
+        half = rows // 2
+        return jnp.concatenate([batched(q[:half], k[0], v[0]), batched(q[half:], k[1], v[1])])
 
+    layers = list(zip(keys, values))
+    halves = [((k[:rows // 2], k[rows // 2:]), (v[:rows // 2], v[rows // 2:])) for k, v in layers]
     report = {}
-    for name, formulation in (("batched products (the engine)", batched), ("multiply and sum", multiply_sum),
-                              ("cache as the left operand", keys_left), ("two query rows a product", two_queries),
-                              ("all heads of a row in one product", all_heads)):
-        report[name] = 1e3 * fastest(run(formulation), keys, values, queries, runs=5)
-    if rows > 1:
-        halves = [(k[:rows // 2], k[rows // 2:]) for k in keys], [(v[:rows // 2], v[rows // 2:]) for v in values]
-        report["rows in two separate arrays"] = 1e3 * fastest(run(batched, split_rows=True), *halves, queries, runs=5)
+    for name, formulation, inputs in (
+            ("batched products (the engine)", batched, layers), ("multiply and sum", multiply_sum, layers),
+            ("cache as the left operand", keys_left, layers), ("two query rows a product", two_queries, layers),
+            ("all heads of a row in one product", all_heads, layers), ("rows in two separate arrays", split_rows, halves)):
+        attention = chained(lambda q, layer, formulation=formulation: formulation(q, *layer))
+        report[name] = 1e3 * fastest(attention, inputs, queries, runs=5)
     return report
 
 
@@ -278,7 +273,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="mini", help="a published size (random weights) or a model folder")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--images", default="8,1", help="comma-separated image counts")
-    parser.add_argument("--position", type=int, default=128, help="the step's position for the attention pieces")
+    parser.add_argument("--position", type=int, default=128, help="the step's position for the cache update")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--vqgan", action="store_true", help="also the VQGAN decoder against its floor")
     parser.add_argument("--attention-formulations", action="store_true",

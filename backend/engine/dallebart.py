@@ -371,6 +371,11 @@ def empty_cache(config: DalleBartConfig, batch: int, dtype, blocks: int = 1):
             for _ in range(config.decoder_layers)]
 
 
+def cache_bytes(config: DalleBartConfig, batch: int, itemsize: int) -> int:
+    """The size of `batch` images' self-attention cache: keys and values, both rows, every position."""
+    return 2 * config.decoder_layers * 2 * batch * config.image_length * config.d_model * itemsize
+
+
 def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_kv, encoder_mask,
                 first_written: int = 0):
     """One decoder position for every row.

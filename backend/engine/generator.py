@@ -215,8 +215,7 @@ class Engine:
 
     def _default_cache_blocks(self) -> int:
         config = self.config
-        rows = 2 * ACCELERATOR_BATCH
-        cache_bytes = 2 * config.decoder_layers * rows * config.image_length * config.d_model * self.cache_dtype.itemsize
+        cache_bytes = dallebart.cache_bytes(config, ACCELERATOR_BATCH, self.cache_dtype.itemsize)
         large = cache_bytes >= CPU_BLOCKS_FROM_BYTES and config.image_length % CPU_CACHE_BLOCKS == 0
         return CPU_CACHE_BLOCKS if large and not self.on_accelerator else 1
 
