@@ -3,42 +3,33 @@ FlaxCLIPModel, CLIPTokenizerFast and CLIPImageProcessor (tests/reference/make_cl
 in a virtual environment of its own), loaded and run here by backend/engine/clip.py."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from backend.engine import clip
+from reference_data import DATA, assert_close, full_float32_matmuls, load_inputs, load_vectors
 
-REFERENCE = Path(__file__).parent / "data" / "reference_clip"
+REFERENCE = DATA / "reference_clip"
 MODEL = REFERENCE / "model"
-RELATIVE = 1e-4  # float32 on both sides: what is left is summation order
 PIXELS = 1e-3  # preprocessing: the same PIL resize, float32 arithmetic in another order
 
 
-def assert_close(actual, expected, relative=RELATIVE):
-    expected = np.asarray(expected)
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=0, atol=relative * np.abs(expected).max())
-
-
 @pytest.fixture(autouse=True)
-def full_float32_matmuls():
-    with jax.default_matmul_precision("float32"):
+def float32_matmuls():
+    with full_float32_matmuls():
         yield
 
 
 @pytest.fixture(scope="module")
 def vectors():
-    with np.load(REFERENCE / "vectors.npz") as data:
-        return dict(data)
+    return load_vectors(REFERENCE)
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    return json.loads((REFERENCE / "inputs.json").read_text(encoding="utf-8"))
+    return load_inputs(REFERENCE)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import io
 import random
-import threading
-
-import jax
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from PIL import Image
 
 from backend.engine import GenerationRequest, load_engine
 from backend.engine.models import DEMO
+from jax_compiles import recorded_compiles
 from training import evaluate, shapes_dataset
 from training.patch_codes import PatchCodebook
 
@@ -62,22 +60,11 @@ def test_kept_rows_stay_and_the_rows_below_follow_the_seed(engine, fresh):
 
 
 def test_one_prefill_program_serves_every_keep_rows(engine, fresh):
-    compiles = []
-    recording = threading.Event()
-
-    def listen(event, duration, **_):
-        if recording.is_set() and event.startswith("/jax/core/compile"):
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
     engine.generate(continuation(fresh.codes[1], 1))
     prefill = engine.programs(3).prefill
-    recording.set()
-    try:
+    with recorded_compiles() as compiles:
         for keep_rows in (4, 15, 8):
             engine.generate(continuation(fresh.codes[1], keep_rows))
-    finally:
-        recording.clear()
     assert compiles == [] and engine.programs(3).prefill is prefill
 
 

@@ -24,6 +24,15 @@ def entry(job_id: str) -> dict:
     return {"queue_id": job_id, "text_prompt": "a red circle", "creation_unixtime": 0.0}
 
 
+def claimed_job(redis_client) -> tuple[JobQueue, WorkerQueue, object, object]:
+    """A job submitted and claimed by the worker "stale": (queue, stale, job, its claim)."""
+    queue = JobQueue(redis_client)
+    stale = WorkerQueue(redis_client, "stale", "http://127.0.0.1:1")
+    assert stale.register()
+    job = queue.submit(params())
+    return queue, stale, job, stale.claim(timeout=1)
+
+
 def take_over(queue: JobQueue, redis_client, stale: WorkerQueue) -> tuple[WorkerQueue, object]:
     """`stale` misses its heartbeats; another worker sweeps its job back and claims it."""
     redis_client.delete(stale.keys.alive(stale.worker_id))
@@ -34,11 +43,7 @@ def take_over(queue: JobQueue, redis_client, stale: WorkerQueue) -> tuple[Worker
 
 
 def test_a_worker_that_lost_its_job_can_change_nothing(redis_client):
-    queue = JobQueue(redis_client)
-    stale = WorkerQueue(redis_client, "stale", "http://127.0.0.1:1")
-    assert stale.register()
-    job = queue.submit(params())
-    mine = stale.claim(timeout=1)
+    queue, stale, job, mine = claimed_job(redis_client)
     assert stale.progress(mine, 10, 256) == "ok"
     other, theirs = take_over(queue, redis_client, stale)
     assert theirs.id == job.id and theirs.claim == mine.claim + 1 and theirs.attempts == 2
@@ -78,12 +83,8 @@ def staged(library_dir):
 
 
 def test_the_late_result_never_reaches_the_library(redis_client, tmp_path):
-    queue = JobQueue(redis_client)
+    queue, stale, job, mine = claimed_job(redis_client)
     library = LibraryStore(tmp_path / "library")
-    stale = WorkerQueue(redis_client, "stale", "http://127.0.0.1:1")
-    assert stale.register()
-    job = queue.submit(params())
-    mine = stale.claim(timeout=1)
     other, theirs = take_over(queue, redis_client, stale)
 
     stored = library.add_job(entry(job.id), [PNG], attempt=Claimed(other, theirs))
@@ -99,12 +100,8 @@ def test_the_late_result_never_reaches_the_library(redis_client, tmp_path):
 def test_a_commit_refused_after_publishing_takes_the_job_out_again(redis_client, tmp_path):
     """The attempt was still current when it published, then lost the job before its
     commit (paused in between): the library ends as if it had never written."""
-    queue = JobQueue(redis_client)
+    queue, stale, job, mine = claimed_job(redis_client)
     library = LibraryStore(tmp_path / "library")
-    stale = WorkerQueue(redis_client, "stale", "http://127.0.0.1:1")
-    assert stale.register()
-    job = queue.submit(params())
-    mine = stale.claim(timeout=1)
 
     class LosesBeforeCommit(Claimed):
         def commit(self, urls):

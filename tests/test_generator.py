@@ -23,6 +23,7 @@ from backend.engine import (
 )
 from backend.engine import generator
 from backend.engine.generator import seed_key
+from jax_compiles import recorded_compiles
 from playground.limits import MAX_SEED
 
 PROMPT = "a red cube on a blue sphere"
@@ -129,24 +130,13 @@ def test_a_cache_in_blocks_draws_the_same_codes(engine, model_cache_dir):
 
 
 def test_sampling_values_never_recompile(engine):
-    compiles = []
-    recording = threading.Event()
-
-    def listen(event, duration, **_):
-        if recording.is_set() and event.startswith("/jax/core/compile"):
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
     engine.generate_codes(GenerationRequest(PROMPT, 2, seed=1))
     before = engine.compiled_batches
-    recording.set()
-    try:
+    with recorded_compiles() as compiles:
         for top_k, top_p, temperature, scale in ((1, 1.0, 1.0, 10.0), (7, 0.5, 0.3, 0.0), (None, 0.99, 2.5, 3.5),
                                                  (10_000, None, None, 1.0)):
             engine.generate_codes(GenerationRequest(PROMPT, 2, seed=3, top_k=top_k, top_p=top_p,
                                                     temperature=temperature, condition_scale=scale))
-    finally:
-        recording.clear()
     assert compiles == []
     assert engine.compiled_batches == before
 

@@ -12,43 +12,32 @@ lm_head scores the start token 0, below every greedy choice.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from backend.engine import GenerationRequest, checkpoint, dallebart, load_engine
 from backend.engine.vqgan import decode_codes
+from reference_data import DATA, assert_close, full_float32_matmuls, load_inputs, load_vectors
 
-REFERENCE = Path(__file__).parent / "data" / "reference"
+REFERENCE = DATA / "reference"
 MODEL = REFERENCE / "model"
-# float32 on both sides; what is left is summation order (XLA versions, fused vs separate ops).
-RELATIVE = 1e-4
-
-
-def assert_close(actual, expected):
-    """Within RELATIVE of the expected values' largest magnitude, element by element."""
-    expected = np.asarray(expected)
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=0, atol=RELATIVE * np.abs(expected).max())
 
 
 @pytest.fixture(autouse=True)
-def full_float32_matmuls():
-    # The reference ran on a CPU; on a GPU, float32 matmuls may otherwise run in TF32.
-    with jax.default_matmul_precision("float32"):
+def float32_matmuls():
+    with full_float32_matmuls():
         yield
 
 
 @pytest.fixture(scope="module")
 def vectors():
-    with np.load(REFERENCE / "vectors.npz") as data:
-        return dict(data)
+    return load_vectors(REFERENCE)
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    return json.loads((REFERENCE / "inputs.json").read_text(encoding="utf-8"))
+    return load_inputs(REFERENCE)
 
 
 @pytest.fixture(scope="module")
