@@ -66,3 +66,15 @@ def test_ranking_raises_adherence(ranker, tmp_path):
     engine = load_engine("demo", tmp_path)
     figure = train_clip.adherence(engine, ranker)
     assert figure["gain_points"] >= MIN_GAIN, figure
+
+
+def test_the_clip_tokenizer_comes_out_the_same_every_time(tmp_path):
+    # The BPE trainer numbers word-final characters in hash order; write_tokenizer fixes
+    # their ids, without which a retrained demo CLIP would differ from run to run.
+    captions = ["a red circle on the left", "two blue squares, gray background", "a yellow star at the top"] * 20
+    written = []
+    for attempt in range(3):
+        path = tmp_path / f"tokenizer-{attempt}.json"
+        train_clip.write_tokenizer(path, captions, 300)
+        written.append(path.read_bytes())
+    assert written[0] == written[1] == written[2]

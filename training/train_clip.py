@@ -100,11 +100,19 @@ def write_tokenizer(path: Path, captions: list[str], vocab_size: int) -> None:
 
     options = {"continuing_subword_prefix": "", "end_of_word_suffix": "</w>"}
     learner = fresh(models.BPE(**options))
+    # The trainer numbers the word-final characters ("e</w>", ...) in the order it meets them
+    # in a hash map, and breaks ties between equally frequent pairs by those numbers, so two
+    # runs could learn different merges. Given as special tokens after the characters, all
+    # sorted, they are numbered in order: the same captions then give the same tokenizer.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    words = [word for caption in captions
+             for word, _ in learner.pre_tokenizer.pre_tokenize_str(learner.normalizer.normalize_str(caption))]
+    word_final = sorted({word[-1] + "</w>" for word in words})
     learner.train_from_iterator(captions, trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=1, end_of_word_suffix="</w>",
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        vocab_size=vocab_size, min_frequency=1, end_of_word_suffix="</w>", special_tokens=[*alphabet, *word_final],
+        show_progress=False))
     learnt = json.loads(learner.to_str())["model"]
-    vocab = dict(learnt["vocab"])
+    vocab = dict(learnt["vocab"])  # the characters, the word-final characters, then each merge's result
     vocab.update({clip.START_TOKEN: len(vocab), clip.END_TOKEN: len(vocab) + 1})
     merges = [tuple(pair) if not isinstance(pair, str) else tuple(pair.split(" ")) for pair in learnt["merges"]]
     tokenizer = fresh(models.BPE(vocab, merges, unk_token=clip.END_TOKEN, **options))
