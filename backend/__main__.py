@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from gunicorn.app.base import BaseApplication
 
 from backend.app import create_app
 from backend.config import Config
 from backend.device import apply_device_setting
-from playground.settings import environment
+from playground.settings import BAD_CONFIGURATION_EXIT, LOG_FORMAT, environment, get_log_level
 
 
 class BackendServer(BaseApplication):
-    def __init__(self, config: Config):
-        self.config = config
+    def __init__(self, config: Config, log_level: str):
+        self.config, self.log_level = config, log_level
         super().__init__()
 
     def load_config(self) -> None:
@@ -30,7 +31,7 @@ class BackendServer(BaseApplication):
             "graceful_timeout": 10,
             "keepalive": 5,
             "errorlog": "-",
-            "loglevel": "info",
+            "loglevel": self.log_level.lower(),
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
@@ -39,14 +40,21 @@ class BackendServer(BaseApplication):
         return create_app(self.config)
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def main() -> int:
+    env = environment()
+    try:
+        log_level = get_log_level(env)
+        config = Config.from_env(env)
+    except ValueError as exc:
+        print(f"backend: bad configuration: {exc}", file=sys.stderr)
+        return BAD_CONFIGURATION_EXIT
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
     # Let JAX take GPU memory as it needs it, so two backends can share one card.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    config = Config.from_env(environment())
     apply_device_setting(config.device, os.environ)  # before anything imports JAX
-    BackendServer(config).run()
+    BackendServer(config, log_level).run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,9 +4,10 @@ A job asks for `num_images` pictures out of `candidates` (default: as many). Wit
 default when the backend has CLIP; `rank: false` turns it off) every candidate is generated in
 one batched pass, scored by CLIP against the prompt, and the best `num_images` are kept, best
 first. A job without extra candidates keeps its pictures in their order, each with its score:
-picture i stays candidate i, which continuations and variations of "image i" rely on. Without ranking the first `num_images` are kept, so only those are generated: candidate
-i depends only on (prompt, values, seed, i), never on how many are made alongside it. Either
-way each kept picture is known by its candidate index, which with the seed makes it again.
+picture i stays candidate i, which continuations and variations of "image i" rely on. Without
+ranking the first `num_images` are kept, so only those are generated: candidate i depends
+only on (prompt, values, seed, i), never on how many are made alongside it. Either way each
+kept picture is known by its candidate index, which with the seed makes it again.
 
 A job that asks for ranking on a backend without CLIP is made unranked (`ranked: false` in
 its result), not refused: which backend takes a job is decided after it is queued.

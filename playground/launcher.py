@@ -1,7 +1,8 @@
 """The local launcher: Redis, backend, scheduler and frontend as child processes, no Docker.
 
-Each service's output is shown with a prefix; a service that dies is restarted; SIGINT/SIGTERM
-stops everything and leaves no process behind.
+Each service's output is shown with a prefix; a service that dies is restarted, unless it
+exited for a bad setting (then everything stops, as SIGINT/SIGTERM stops it, leaving no
+process behind).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from playground.redis_server import RedisServer
-from playground.settings import get_int, get_str
+from playground.settings import BAD_CONFIGURATION_EXIT, get_int, get_str
 
 SERVICES = ("backend", "scheduler", "frontend")
 RESTART_DELAY_SECS = 2.0
@@ -35,11 +36,16 @@ class Service:
 
 class Launcher:
     def __init__(self, env: Mapping[str, str], out=sys.stdout):
+        """Raises ValueError for a bad setting of its own (ports)."""
         self.env = dict(env)
         self.out = out
+        self.redis_port = get_int(env, "LOCAL_REDIS_PORT", 0) or None
+        self.backend_port = get_int(env, "BACKEND_PORT", 8080)
+        self.frontend_url = f"http://{get_str(env, 'FRONTEND_HOST', '127.0.0.1')}:{get_int(env, 'FRONTEND_PORT', 8000)}/"
         self.redis: RedisServer | None = None
         self.services: list[Service] = []
         self.stopping = threading.Event()
+        self.misconfigured: str | None = None  # the service that exited for a bad setting
         self._print_lock = threading.Lock()
 
     def say(self, prefix: str, line: str) -> None:
@@ -53,12 +59,10 @@ class Launcher:
         if not env.get("REDIS_URL"):
             data_dir = Path(get_str(env, "LOCAL_DATA_DIR", "data")) / "redis"
             # "always", as in Docker: no acknowledged job is lost if Redis is killed.
-            self.redis = RedisServer(data_dir, port=get_int(env, "LOCAL_REDIS_PORT", 0) or None,
-                                     appendfsync="always").start()
+            self.redis = RedisServer(data_dir, port=self.redis_port, appendfsync="always").start()
             env["REDIS_URL"] = self.redis.url
             self.say("redis", f"embedded redis-server on {self.redis.url} (data in {data_dir})")
-        backend_port = get_int(env, "BACKEND_PORT", 8080)
-        env.setdefault("BACKEND_URLS", f"http://127.0.0.1:{backend_port}")
+        env.setdefault("BACKEND_URLS", f"http://127.0.0.1:{self.backend_port}")
         return env
 
     def start(self) -> None:
@@ -86,14 +90,18 @@ class Launcher:
 
     def supervise(self) -> None:
         """Restart services that die until asked to stop."""
-        frontend_url = f"http://{get_str(self.env, 'FRONTEND_HOST', '127.0.0.1')}:{get_int(self.env, 'FRONTEND_PORT', 8000)}/"
         announced = False
         while not self.stopping.wait(0.5):
-            if not announced and _answers(frontend_url):
-                self.say("playground", f"ready: open {frontend_url} (the model may still be loading)")
+            if not announced and _answers(self.frontend_url):
+                self.say("playground", f"ready: open {self.frontend_url} (the model may still be loading)")
                 announced = True
             for service in self.services:
                 code = service.process.poll() if service.process else None
+                if code == BAD_CONFIGURATION_EXIT and not self.stopping.is_set():
+                    self.misconfigured = service.name
+                    self.say(service.name, "exited for a bad setting (its message is above): fix it in .env "
+                                           "or the environment, then start again; stopping")
+                    return
                 if code is not None and not self.stopping.is_set():
                     service.restarts += 1
                     self.say(service.name, f"exited with code {code}; restarting in {RESTART_DELAY_SECS:.0f} s")
@@ -140,7 +148,11 @@ def _answers(url: str) -> bool:
 
 
 def run(env: Mapping[str, str]) -> int:
-    launcher = Launcher(env)
+    try:
+        launcher = Launcher(env)
+    except ValueError as exc:
+        print(f"playground: bad configuration: {exc}", file=sys.stderr)
+        return BAD_CONFIGURATION_EXIT
 
     def on_signal(signum, _frame):
         launcher.stopping.set()
@@ -152,4 +164,4 @@ def run(env: Mapping[str, str]) -> int:
         launcher.supervise()
     finally:
         launcher.stop()
-    return 0
+    return BAD_CONFIGURATION_EXIT if launcher.misconfigured else 0

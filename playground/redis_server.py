@@ -46,8 +46,9 @@ class RedisServer:
         self.data_dir = Path(data_dir).resolve()  # redis-server changes into it before opening its log
         self.port = port or free_port()
         self.appendonly = appendonly
-        # "everysec" (as the compose file): a kill -9 may lose the last second of acknowledged
-        # writes; "always": nothing acknowledged is lost (each write is on disk before the reply).
+        # "everysec": a kill -9 may lose the last second of acknowledged writes; "always" (as
+        # the compose file and the launcher): nothing acknowledged is lost (each write is on
+        # disk before the reply).
         self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
 

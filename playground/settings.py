@@ -11,6 +11,12 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+# A service exits with this code when a setting is wrong: starting it again would fail again,
+# so the local launcher stops rather than restarting it.
+BAD_CONFIGURATION_EXIT = 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def environment(env_file: str | os.PathLike | None = ".env") -> dict[str, str]:
     """The process environment over the values of `env_file` (the environment wins)."""
@@ -51,3 +57,11 @@ def get_list(env: Mapping[str, str], name: str, default: list[str]) -> list[str]
     if not raw:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def get_log_level(env: Mapping[str, str]) -> str:
+    """LOG_LEVEL, one of LOG_LEVELS in any case; INFO when unset."""
+    level = get_str(env, "LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {env['LOG_LEVEL']!r}")
+    return level

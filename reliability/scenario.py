@@ -44,9 +44,6 @@ class ScenarioResult:
         found = [c for c in self.checks if c.name == name]
         return all(c.passed for c in found) if found else None
 
-    def status_count(self, predicate) -> int:
-        return sum(n for status, n in (self.http.get("statuses") or {}).items() if predicate(int(status)))
-
     def latency(self, route: str, q: float) -> float | None:
         return percentile((self.http.get("latencies") or {}).get(route, []), q)
 

@@ -164,10 +164,6 @@ def test_a_client_dribbling_its_body_is_cut_off_at_the_deadline(server, queue):
     assert queue.unfinished() == []
 
 
-def thread_names() -> set[str]:
-    return {thread.name for thread in threading.enumerate()}
-
-
 def test_a_silent_client_is_disconnected_and_its_thread_freed(server):
     baseline = threading.active_count()
     idle = connect(server)
