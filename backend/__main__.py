@@ -2,7 +2,6 @@
 /health and /cancel while a generation streams)."""
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -11,7 +10,7 @@ from gunicorn.app.base import BaseApplication
 from backend.app import create_app
 from backend.config import Config
 from backend.device import apply_device_setting
-from playground.settings import BAD_CONFIGURATION_EXIT, LOG_FORMAT, environment, get_log_level
+from playground.settings import environment, start_service
 
 
 class BackendServer(BaseApplication):
@@ -42,13 +41,7 @@ class BackendServer(BaseApplication):
 
 def main() -> int:
     env = environment()
-    try:
-        log_level = get_log_level(env)
-        config = Config.from_env(env)
-    except ValueError as exc:
-        print(f"backend: bad configuration: {exc}", file=sys.stderr)
-        return BAD_CONFIGURATION_EXIT
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    config, log_level = start_service("backend", Config.from_env, env)
     # Let JAX take GPU memory as it needs it, so two backends can share one card.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     apply_device_setting(config.device, os.environ)  # before anything imports JAX

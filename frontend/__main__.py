@@ -8,7 +8,7 @@ import threading
 
 from frontend.config import Config
 from frontend.server import create_server
-from playground.settings import BAD_CONFIGURATION_EXIT, LOG_FORMAT, environment, get_log_level
+from playground.settings import environment, start_service
 from playground.writable import FolderNotWritable, ensure_writable
 
 log = logging.getLogger("frontend")
@@ -16,13 +16,7 @@ log = logging.getLogger("frontend")
 
 def main() -> int:
     env = environment()
-    try:
-        log_level = get_log_level(env)
-        config = Config.from_env(env)
-    except ValueError as exc:
-        print(f"frontend: bad configuration: {exc}", file=sys.stderr)
-        return BAD_CONFIGURATION_EXIT
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    config, _ = start_service("frontend", Config.from_env, env)
     try:  # deleting pictures writes the library: say so now, not on the first click
         ensure_writable(config.library_dir, "LIBRARY_DIR", env)
     except FolderNotWritable as exc:

@@ -5,9 +5,12 @@ instead of touching `os.environ`.
 """
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from dotenv import dotenv_values
 
@@ -16,6 +19,7 @@ from dotenv import dotenv_values
 BAD_CONFIGURATION_EXIT = 2
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ConfigT = TypeVar("ConfigT")
 
 
 def environment(env_file: str | os.PathLike | None = ".env") -> dict[str, str]:
@@ -65,3 +69,17 @@ def get_log_level(env: Mapping[str, str]) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {env['LOG_LEVEL']!r}")
     return level
+
+
+def start_service(service: str, from_env: Callable[[Mapping[str, str]], ConfigT],
+                  env: Mapping[str, str]) -> tuple[ConfigT, str]:
+    """A service's `python -m` start: its config and log level, logging set up. A bad setting
+    ends the process with one line naming it and BAD_CONFIGURATION_EXIT, not a traceback."""
+    try:
+        log_level = get_log_level(env)
+        config = from_env(env)
+    except ValueError as exc:
+        print(f"{service}: bad configuration: {exc}", file=sys.stderr)
+        raise SystemExit(BAD_CONFIGURATION_EXIT) from None
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    return config, log_level

@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 
-from playground.settings import BAD_CONFIGURATION_EXIT, LOG_FORMAT, environment, get_log_level
+from playground.settings import environment, start_service
 from playground.writable import FolderNotWritable, ensure_writable
 from scheduler.config import Config
 from scheduler.service import Scheduler
@@ -19,13 +19,7 @@ SHUTDOWN_GRACE_SECS = 20
 
 def main() -> int:
     env = environment()
-    try:
-        log_level = get_log_level(env)
-        config = Config.from_env(env)
-    except ValueError as exc:
-        print(f"scheduler: bad configuration: {exc}", file=sys.stderr)
-        return BAD_CONFIGURATION_EXIT
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    config, _ = start_service("scheduler", Config.from_env, env)
     try:  # before any job is taken: a library that cannot be written fails jobs after generating
         ensure_writable(config.library_dir, "LIBRARY_DIR", env)
     except FolderNotWritable as exc:
