@@ -108,5 +108,10 @@ def test_the_model_choice_appears_when_backends_serve_two_models(page, frontend_
         expect(page.locator("#form-status")).to_have_text("Queued. Your job is highlighted in the queue.")
         [job] = JobQueue(redis_client).unfinished()
         assert job.model == "mini"
+
+        # A library link names its picture's model before the page knows the models served.
+        page.goto(f"{frontend_url}/advanced.html?text=again&model=mini")
+        expect(page.locator("#model-field")).to_be_visible(**POLL)
+        expect(page.locator("#model")).to_have_value("mini")
     finally:
         done.set()

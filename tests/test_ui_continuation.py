@@ -81,6 +81,7 @@ def test_variations_from_the_library_viewer(page, ui_stack, fresh):
     assert (body["init_image"], body["keep_rows"], body["extend"], body["seed"]) == (source, 5, None, 0)
     assert {k: body[k] for k in ("text", "num_images", "gen_top_k", "temperature")} == {
         k: SETTINGS[k] for k in ("text", "num_images", "gen_top_k", "temperature")}
+    assert body["model"] == fresh["result"]["model"] == "tiny"  # a variation runs on its picture's model
 
     queue_id = page.evaluate("JSON.parse(localStorage.getItem('dalle-playground.my-jobs'))[0].queue_id")
     done = wait_done(ui_stack.frontend.url, queue_id)
@@ -129,8 +130,11 @@ def test_use_as_start_then_upload_and_drop_on_the_advanced_page(page, ui_stack, 
     Image.new("RGB", (64, 64), (200, 20, 20)).save(plain, "PNG")
     drop_file(page, "#start-drop", plain.getvalue(), "red.png", "image/png")
     expect(page.locator("#start-source")).to_have_text("Uploaded: red.png")
+    drop_file(page, "#start-drop", b"GIF89a", "moving.gif", "image/gif")
+    expect(page.locator("#start-error")).to_have_text("Choose a PNG, JPEG or WebP picture.")
     page.click("#start-remove")
     expect(page.locator("#start-picker .row-frame")).to_have_count(0)
+    expect(page.locator("#start-error")).to_have_text("")  # no error left under an empty field
     sent.clear()
     page.fill("#text", "no start any more")
     page.click("#submit")
@@ -170,7 +174,7 @@ def _query(source: str) -> str:
     from urllib.parse import urlencode
 
     values = {"text": SETTINGS["text"], "num_images": 2, "gen_top_k": 33, "gen_top_p": 0.95, "temperature": 0.9,
-              "condition_scale": 4.5, "seed": 9876, "init_image": source, "keep_rows": 8}
+              "condition_scale": 4.5, "model": "tiny", "seed": 9876, "init_image": source, "keep_rows": 8}
     return urlencode(values)
 
 

@@ -108,7 +108,15 @@ def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
     expect(images).to_have_count(3)
     expect(viewer).to_have_count(0)
 
-    # Use these settings again: the advanced page, filled in.
+    # Deleting the whole job asks about the images left (declined here).
+    questions = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    card.get_by_role("button", name="Delete job").click()
+    expect(images).to_have_count(3)
+    assert questions == ["Delete all 3 images of this job? This cannot be undone."]
+
+    # Use these settings again: the advanced page, filled in (the model too).
+    assert "model=tiny" in card.get_by_role("link", name="Use these settings again").get_attribute("href")
     card.get_by_role("link", name="Use these settings again").click()
     page.wait_for_url("**/advanced.html?*")
     expect(page.locator("#text")).to_have_value(entry["text_prompt"])

@@ -12,6 +12,7 @@ from browser import submit_prompt
 from frontend.config import Config
 from frontend.threaded import serving
 from playground.queue import JobQueue
+from playground.redis_server import RedisServer
 from scheduler.worker_queue import WorkerQueue
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -71,12 +72,17 @@ def test_progress_then_a_failure_with_its_reason(page, frontend_url, redis_clien
 
 
 def test_polling_pauses_while_the_tab_is_hidden(page, frontend_url):
+    """The queue's poll and the servers' health poll (every 2 s here: no scheduler yet)."""
+    def is_poll(request) -> bool:
+        return request.url.endswith(("/queue_status", "/health"))
+
     polls = []
-    page.on("request", lambda request: polls.append(request.url) if "queue_status" in request.url else None)
+    page.on("request", lambda request: polls.append(request.url) if is_poll(request) else None)
     page.goto(frontend_url)
     submit_prompt(page, "a job that keeps the page polling every second", num_images=2)
-    page.wait_for_timeout(2500)
-    assert len(polls) >= 3, polls
+    for _ in range(3):  # a job of mine is waiting: the queue is asked every second
+        with page.expect_request(lambda request: request.url.endswith("/queue_status"), timeout=1500):
+            pass
 
     page.evaluate("""() => {
         Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
@@ -85,11 +91,44 @@ def test_polling_pauses_while_the_tab_is_hidden(page, frontend_url):
     page.wait_for_timeout(300)  # a poll already on its way may still land
     hidden_count = len(polls)
     page.wait_for_timeout(2500)
-    assert len(polls) == hidden_count
+    assert len(polls) == hidden_count, polls[hidden_count:]
 
-    page.evaluate("""() => {
-        Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
-        document.dispatchEvent(new Event('visibilitychange'));
-    }""")
-    page.wait_for_timeout(500)
-    assert len(polls) > hidden_count
+    with page.expect_request(lambda request: request.url.endswith("/queue_status"), timeout=1000):
+        page.evaluate("""() => {
+            Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+
+
+def test_a_cancel_that_fails_says_so_in_its_row(page, tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()  # its own, to stop
+    try:
+        with serving(Config(port=0, redis_url=redis.url, library_dir=tmp_path / "library")) as server:
+            page.goto(server.url)
+            queue_id = submit_prompt(page, "a job whose cancel will not get through", num_images=2)
+            row = page.locator(f'#queue [data-queue-id="{queue_id}"]')
+            expect(row.get_by_role("button", name="Cancel")).to_be_visible()
+            redis.stop()
+            row.get_by_role("button", name="Cancel").click()
+            refusal = row.get_by_role("status")
+            expect(refusal).to_contain_text("Could not cancel: ")
+            expect(row.get_by_role("button", name="Cancel")).to_be_enabled()
+            # The polls that fail meanwhile say so in their own place and leave it there.
+            expect(page.locator("#connection")).to_contain_text("Trying again")
+            expect(refusal).to_contain_text("Could not cancel: ")
+    finally:
+        redis.stop()
+
+
+def test_a_job_another_tab_submitted_becomes_mine_here(page, frontend_url, redis_client):
+    page.goto(frontend_url)
+    job = JobQueue(redis_client).submit({"text": "sent from my other tab", "num_images": 2, "seed": 0, "model": "tiny"})
+    row = page.locator(f'#queue [data-queue-id="{job.id}"]')
+    expect(row.locator(".badge")).to_have_text("Next", timeout=10_000)
+    expect(row).not_to_have_class(re.compile(r"\bmine\b"))
+    # What the other tab's submit leaves in this browser's storage (myjobs.js).
+    page.evaluate("""id => localStorage.setItem('dalle-playground.my-jobs',
+                         JSON.stringify([{ queue_id: id, text: 'sent from my other tab' }]))""", job.id)
+    expect(row).to_have_class(re.compile(r"\bmine\b"), timeout=10_000)
+    expect(row.locator(".mine-tag")).to_be_visible()
+    expect(row.get_by_role("button", name="Cancel")).to_be_visible()

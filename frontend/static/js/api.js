@@ -1,7 +1,7 @@
 // Every call the pages make to the playground's HTTP API (see the API document).
 import { askForToken, savedToken } from "./token.js";
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, message) {
     super(message);
     this.status = status;

@@ -71,14 +71,16 @@ function describe(report) {
 
 // The model choice of the prompt form: shown when the backends serve more than one model,
 // the server's default first. A choice that is no longer served falls back to the default.
+// A model asked for before any was known (a library link's ?model=) waits in data-wanted.
 function offerModels(field, models) {
   const select = field.querySelector("select");
   const current = [...select.options].map((option) => option.value);
   if (current.join("\n") !== models.join("\n")) {
-    const chosen = select.value;
+    const chosen = select.dataset.wanted || select.value;
     setChildren(select, models.map((model) => el("option", { value: model }, model)));
     if (models.includes(chosen)) select.value = chosen;
   }
+  if (models.length > 0) delete select.dataset.wanted;
   field.hidden = models.length < 2;
   if (field.hidden) select.value = ""; // one model (or none yet): the server routes it
 }
@@ -109,7 +111,12 @@ export function startBackendStatus(panel, modelField) {
   }
 
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden && timer === null) poll();
+    if (document.hidden) {
+      clearTimeout(timer); // no polls while the tab is hidden
+      timer = null;
+    } else if (timer === null) {
+      poll();
+    }
   });
   poll();
 }

@@ -1,6 +1,7 @@
 // The library page: finished jobs newest first, fetched a page at a time as the
 // reader scrolls, filtered on the server, so a library of 10,000 jobs stays quick.
 import { deleteImage, deleteJob, getLibrary } from "./api.js";
+import { jobSettings } from "./continue.js";
 import { el, setChildren } from "./dom.js";
 import { formatDate, formatNumber, formatSeconds } from "./format.js";
 import { libraryPicture } from "./viewer.js";
@@ -24,12 +25,9 @@ function showCount() {
 }
 
 function settingsLink(entry) {
-  const query = new URLSearchParams({ text: entry.text_prompt, num_images: entry.num_images, seed: entry.seed });
-  const sampling = { gen_top_k: entry.gen_top_k, gen_top_p: entry.gen_top_p,
-                     temperature: entry.temperature, condition_scale: entry.condition_scale };
-  for (const [name, value] of Object.entries(sampling)) {
-    if (value !== null && value !== undefined) query.set(name, value);
-  }
+  const query = new URLSearchParams({ ...jobSettings(entry), seed: entry.seed ?? 0 });
+  const bestOf = entry.ranked && entry.candidates / (entry.num_images || 1);
+  if (bestOf === 2 || bestOf === 4) query.set("best_of", bestOf);
   return `advanced.html?${query}`;
 }
 
@@ -86,7 +84,8 @@ function jobCard(entry) {
   };
 
   async function removeJob() {
-    if (!window.confirm(`Delete all ${images.length} images of this job? This cannot be undone.`)) return;
+    const left = card.querySelectorAll(".thumbs:not(.taller) .thumb").length; // some may be deleted already
+    if (!window.confirm(`Delete all ${left} images of this job? This cannot be undone.`)) return;
     try {
       await deleteJob(entry.queue_id);
       removeCard(card);

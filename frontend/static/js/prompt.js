@@ -47,6 +47,8 @@ function prefillFromUrl() {
     const control = form.elements.namedItem(name);
     if (!control || !query.has(name)) continue;
     control.value = query.get(name); // on a radio group this checks the matching radio
+    // The model choice has no options until the servers' health arrives (backends.js).
+    if (control instanceof HTMLSelectElement && control.value !== query.get(name)) control.dataset.wanted = query.get(name);
   }
   // "Use as start" in the library: ?init_image=library/<queue_id>/<image>.png&keep_rows=8
   if (start && query.has("init_image")) {
@@ -118,6 +120,7 @@ async function submit(event) {
     const { queue_id: queueId } = await submitPrompt(params);
     rememberJob(queueId, params.text);
     queue.track(queueId);
+    start?.showError("");
     setStatus("Queued. Your job is highlighted in the queue.");
   } catch (error) {
     setStatus(error.message, true);

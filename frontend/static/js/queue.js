@@ -1,6 +1,7 @@
 // The live queue on the prompt pages, and the results of my own jobs.
-// One poll at a time: every second while one of my jobs is waiting or running,
-// every few seconds otherwise, and not at all while the tab is hidden.
+// One poll at a time (with the status of my jobs that left the queue): every second
+// while one of my jobs is waiting or running, every few seconds otherwise, and not at all
+// while the tab is hidden.
 import { cancelJob, jobStatus, queueStatus } from "./api.js";
 import { el } from "./dom.js";
 import { formatEta } from "./format.js";
@@ -25,18 +26,30 @@ function queueRow(queueId, onCancel) {
   const progressLine = el("div", { class: "progress-line" }, progress, tokens);
   const previews = previewPictures("queue-previews");
   const cancel = el("button", { type: "button", class: "cancel" }, "Cancel");
-  const mine = isMine(queueId);
-  cancel.addEventListener("click", () => {
+  const cancelError = el("p", { class: "field-error", role: "status" });
+  const mineTag = el("span", { class: "mine-tag" }, "yours");
+  cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     cancel.textContent = "Cancelling…";
-    onCancel(queueId, cancel);
+    cancelError.textContent = "";
+    try {
+      await onCancel(queueId);
+    } catch (error) {
+      cancelError.textContent = `Could not cancel: ${error.message}`;
+      cancel.disabled = false;
+      cancel.textContent = "Cancel";
+    }
   });
-  const node = el("li", { class: mine ? "queue-item mine" : "queue-item", "data-queue-id": queueId },
-    el("div", { class: "queue-head" }, badge, mine && el("span", { class: "mine-tag" }, "yours")),
-    prompt, meta, progressLine, previews.node, mine && cancel);
+  const node = el("li", { class: "queue-item", "data-queue-id": queueId },
+    el("div", { class: "queue-head" }, badge, mineTag), prompt, meta, progressLine, previews.node, cancel, cancelError);
 
   function update(job, index) {
     const running = job.status === "running";
+    // Asked at every poll: a job submitted here may show up in a poll before it is remembered.
+    const mine = isMine(queueId);
+    node.classList.toggle("mine", mine);
+    mineTag.hidden = !mine;
+    cancel.hidden = !mine;
     node.dataset.status = job.status;
     node.classList.toggle("running", running);
     const position = job.position ?? index; // 0 is the running job, 1 the next one
@@ -79,15 +92,12 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
     resultsEmpty.hidden = true;
   }
 
-  async function cancel(queueId, button) {
+  async function cancel(queueId) {
     try {
       await cancelJob(queueId);
-    } catch (error) {
-      connection.textContent = `Could not cancel: ${error.message}`;
-      button.disabled = false;
-      button.textContent = "Cancel";
+    } finally {
+      pollNow();
     }
-    pollNow();
   }
 
   function renderQueue(allJobs) {

@@ -3,7 +3,7 @@
 // rows below it, which become the top of a new picture (extend below).
 import { el } from "./dom.js";
 
-export const ROWS = 16;
+const ROWS = 16;
 export const DEFAULT_KEEP_ROWS = 8;
 
 export function rowPicker({ src, alt = "", mode = "top", keepRows = DEFAULT_KEEP_ROWS, square = false }) {

@@ -4,7 +4,7 @@ import { el, setChildren } from "./dom.js";
 import { pngText } from "./pnginfo.js";
 import { DEFAULT_KEEP_ROWS, rowPicker } from "./rows.js";
 
-export const MAX_UPLOAD_BYTES = 4 * 1024 * 1024; // the server's FRONTEND_MAX_UPLOAD_BYTES default
+const MAX_UPLOAD_BYTES = 4 * 1024 * 1024; // the server's FRONTEND_MAX_UPLOAD_BYTES default
 const TYPES = ["image/png", "image/jpeg", "image/webp"];
 
 function base64(buffer) {
@@ -31,7 +31,10 @@ export function startPicture() {
 
   function show(params, src, description, square) {
     const keepRows = start?.picker.keepRows() ?? DEFAULT_KEEP_ROWS;
-    if (previewUrl && previewUrl !== src) URL.revokeObjectURL(previewUrl);
+    if (previewUrl && previewUrl !== src) { // a library picture replaces an upload
+      URL.revokeObjectURL(previewUrl);
+      previewUrl = null;
+    }
     const picker = rowPicker({ src, alt: "The start picture", keepRows, square,
                                mode: extend.checked ? "bottom" : "top" });
     start = { params, picker };
@@ -52,6 +55,7 @@ export function startPicture() {
       return;
     }
     const buffer = await file.arrayBuffer();
+    if (previewUrl) URL.revokeObjectURL(previewUrl); // the picture this one replaces
     previewUrl = URL.createObjectURL(file);
     // Only a PNG of ours keeps its shape (its codes say how tall it is); any other picture
     // is centre-cropped to a square by the server, so the preview shows that square.
@@ -75,6 +79,7 @@ export function startPicture() {
     previewUrl = null;
     setChildren(holder);
     source.textContent = "";
+    error.textContent = "";
     fieldset.classList.remove("has-start");
     remove.hidden = true;
     fileInput.value = "";

@@ -11,13 +11,15 @@ export function savedToken() {
 
 function buildDialog(message) {
   const input = el("input", { id: "api-token", name: "token", type: "password", autocomplete: "off", required: true });
+  // Cancel is not a submit button: Enter in the field submits with the form's first one.
+  const cancel = el("button", { type: "button", onclick: () => dialog.close("cancel") }, "Cancel");
   const dialog = el("dialog", { class: "token-dialog", "aria-labelledby": "token-title" },
     el("form", { method: "dialog" },
       el("h2", { id: "token-title" }, "Access token needed"),
       el("p", {}, message),
       el("div", { class: "field" }, el("label", { for: "api-token" }, "Token"), input),
       el("div", { class: "dialog-actions" },
-        el("button", { type: "submit", value: "cancel", formnovalidate: true }, "Cancel"),
+        cancel,
         el("button", { type: "submit", value: "save", class: "primary" }, "Save token"))));
   return { dialog, input };
 }

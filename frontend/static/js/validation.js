@@ -1,9 +1,9 @@
 // The same input rules as the server's POST /prompt, checked before sending so
 // mistakes are shown next to their field at once.
-export const MAX_PROMPT_CHARS = 1000;
-export const MAX_SEED = 4294967296;
+const MAX_PROMPT_CHARS = 1000;
+const MAX_SEED = 4294967296;
 export const SAMPLING_FIELDS = ["gen_top_k", "gen_top_p", "temperature", "condition_scale"];
-export const MAX_CANDIDATES = 16;
+const MAX_CANDIDATES = 16;
 
 const INTEGER = /^\d+$/;
 

@@ -24,7 +24,7 @@ function buildViewer() {
 
 // `entry` (a library entry) adds the continuation actions; `mode` "variations" or
 // "extend" opens the view with the row slider over the picture.
-export function openViewer({ src, alt, onDelete, entry, mode = "view" }) {
+function openViewer({ src, alt, onDelete, entry, mode = "view" }) {
   viewer ??= buildViewer();
   const close = el("button", { type: "button", onclick: () => viewer.close() }, "Close");
   const remove = onDelete && el("button", {
