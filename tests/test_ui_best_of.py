@@ -44,3 +44,10 @@ def test_best_of_four_shows_scores_in_the_library(page, ui_stack):
     page.select_option("#sort", "score")
     expect(page).to_have_url(f"{ui_stack.frontend.url}/library.html?sort=score")
     expect(page.locator(f'.job[data-queue-id="{queue_id}"] .clip-score')).to_have_count(2)
+
+    # "Use these settings again" asks for Best of 4× again.
+    card = page.locator(f'.job[data-queue-id="{queue_id}"]')
+    card.get_by_role("link", name="Use these settings again").click()
+    page.wait_for_url("**/advanced.html?*")
+    expect(page.locator("#best-4")).to_be_checked()
+    expect(page.locator("#num-2")).to_be_checked()
