@@ -94,8 +94,10 @@ def test_the_model_choice_appears_when_backends_serve_two_models(page, frontend_
     threading.Thread(target=heartbeats, daemon=True).start()
     try:
         serve("gpu0", "mini")
-        page.goto(frontend_url)
-        expect(page.locator("#backends")).to_be_hidden(**POLL)
+        with page.expect_response(lambda response: response.url.endswith("/health")):
+            page.goto(frontend_url)  # both start hidden: look once the health has answered
+        expect(page.locator("#model option")).to_have_text(["mini"])
+        expect(page.locator("#backends")).to_be_hidden()
         expect(page.locator("#model-field")).to_be_hidden()
 
         serve("gpu1", "mega")
