@@ -140,11 +140,15 @@ class BackendApi:
             return error(409, "busy with another job")
         # A local name: a run that fails at once may have finished (and cleared self._run)
         # before its stream is built.
-        run = GenerationRun(self.holder.engine, body, body.seed or random_seed(),
-                            self.config.progress_interval_secs, self._finished,
-                            chunk_delay_secs=self.config.test_chunk_delay_secs)
-        self._run = run
-        run.start()
+        try:
+            run = GenerationRun(self.holder.engine, body, body.seed or random_seed(),
+                                self.config.progress_interval_secs, self._finished,
+                                chunk_delay_secs=self.config.test_chunk_delay_secs)
+            self._run = run
+            run.start()
+        except BaseException:
+            self._busy.release()  # else the backend would answer 409 for ever
+            raise
         return Response(ndjson(run), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
     def _finished(self) -> None:

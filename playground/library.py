@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+import filelock
 from filelock import FileLock
 
 from playground.queue import UUID_PATTERN
@@ -269,6 +270,15 @@ class LibraryStore:
             self._delete_job_locked(queue_id, entries)
         for name in _image_names(entry):
             (job_dir / name).unlink(missing_ok=True)
+        # A publish cut short after job.json, before the index: its job.json goes too, else a
+        # rebuild would list pictures that are gone.
+        job_file = job_dir / JOB_FILE_NAME
+        try:
+            written = json.loads(job_file.read_bytes())
+        except (OSError, ValueError):
+            written = None
+        if isinstance(written, dict) and written.get("generated_images") == entry["generated_images"]:
+            job_file.unlink(missing_ok=True)
         if job_dir.is_dir() and not job_dir.is_symlink() and not any(job_dir.iterdir()):
             job_dir.rmdir()
 
@@ -276,7 +286,11 @@ class LibraryStore:
         """Finish or undo what a crash left in `.staging`. `resolve(queue_id, token)` says
         what became of that attempt: COMMITTED (its job is in the library: the staging
         folder goes), LOST (it never will commit: whatever it published is taken out) or
-        PENDING (it may still commit: left alone). Returns how many were kept and undone."""
+        PENDING (it may still commit: left alone). Returns how many were kept and undone.
+
+        It never waits for the library's lock: it runs in a scheduler's heartbeat thread, which
+        a writer paused inside the lock (SIGSTOP, a slow disk) must not stall past the
+        heartbeat's time to live. What it could not look at waits for the next sweep."""
         counts = {"kept": 0, "undone": 0}
         folder = self.root / STAGING_DIR
         if not folder.is_dir():
@@ -285,7 +299,9 @@ class LibraryStore:
             queue_id, _, token = staging.name.partition(".")
             if not (_UUID_RE.fullmatch(queue_id) and _TOKEN_RE.fullmatch(token)) or staging.is_symlink():
                 continue
-            with self._locked():
+            with self._locked_if_free() as free:
+                if not free:
+                    break
                 if not staging.is_dir():
                     continue
                 outcome = resolve(queue_id, token)
@@ -409,3 +425,22 @@ class LibraryStore:
         # FileLock excludes other processes; the thread lock, this process's other threads.
         with self._thread_lock, self._file_lock:
             yield
+
+    @contextmanager
+    def _locked_if_free(self):
+        """_locked when nobody holds it; else yields False at once."""
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            try:
+                self._file_lock.acquire(timeout=0)
+            except filelock.Timeout:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                self._file_lock.release()
+        finally:
+            self._thread_lock.release()

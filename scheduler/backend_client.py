@@ -58,6 +58,8 @@ class GenerationStream:
                     event = json.loads(line)
                 except ValueError:
                     raise BackendLost(f"backend sent a line that is not JSON: {line[:200]!r}") from None
+                if not isinstance(event, dict):
+                    raise BackendLost(f"backend sent a line that is not an event object: {line[:200]!r}")
                 yield event
                 if event.get("event") in TERMINAL_EVENTS:
                     return

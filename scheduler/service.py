@@ -26,7 +26,11 @@ class Scheduler:
 
     def __init__(self, config: Config, redis_client: redis.Redis | None = None):
         self.config = config
-        self.redis = redis_client or redis.Redis.from_url(config.redis_url, health_check_interval=30)
+        # Bounded reads (well above the workers' 1 s BLMOVE) and keepalive: a Redis host that
+        # vanishes without a reset raises an error the workers back off from, never a hang.
+        self.redis = redis_client or redis.Redis.from_url(config.redis_url, health_check_interval=30,
+                                                          socket_connect_timeout=5, socket_timeout=10,
+                                                          socket_keepalive=True)
         self.library = LibraryStore(config.library_dir)
         self.registry = BackendRegistry(self.redis, config.redis_prefix)
         self._stopping = threading.Event()

@@ -104,6 +104,11 @@ class Worker:
                     interrupted = True
                     self.stop.wait(self.config.backoff_max_secs)
         finally:
+            # The heartbeat ends with the worker (one let go by its backend ends on its own):
+            # else it would keep this identity alive after the unregistering.
+            self.stop.set()
+            if heartbeat.is_alive():
+                heartbeat.join(timeout=self.config.heartbeat_ttl_secs)
             self._unregister()
             self.backend.close()
 
@@ -213,7 +218,7 @@ class Worker:
         except _Stopping:
             if not self.queue.put_back(job, "the scheduler stopped during the job", count_attempt=False):
                 _lost(job, "put-back")
-        except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
             # A broken answer or a library write that failed: count it, retry, fail after the last.
             log.exception("job %s failed in the worker", job.id)
             if not self.queue.put_back(job, f"worker error: {exc!r}"):
@@ -324,7 +329,7 @@ class Worker:
             try:
                 reveals = [pictures.reveal_webp([kept[index] for kept in self._kept_previews if index < len(kept)], png)
                            for index, png in enumerate(images)]
-            except (OSError, ValueError) as exc:  # a preview that was no picture: the images count, not it
+            except Exception as exc:  # a preview that was no picture (or a decompression bomb): the images count, not it
                 log.warning("job %s: no reveal: %r", job.id, exc)
                 reveals = []
         if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields),

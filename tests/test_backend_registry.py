@@ -13,6 +13,7 @@ from playground.testing.processes import backend_process, scheduler_process
 from playground.testing.standin_backend import StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
+from scheduler.worker import worker_id_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,6 +64,8 @@ def test_an_announced_backend_is_served_let_go_and_served_again(redis_client, re
 
             announcing.on.clear()  # the backend stops announcing (killed, or cut off from Redis)
             wait_until(lambda: queue.health()["workers"] == [], 10, "the worker to let go")
+            heartbeat = f"heartbeat {worker_id_for(backend.url)}"
+            wait_until(lambda: heartbeat not in {t.name for t in threading.enumerate()}, 5, "its heartbeat to end")
             later = queue.submit({"text": "while it is gone", "num_images": 2, "seed": 1})
             time.sleep(1.5)
             assert queue.get(later.id).status == "queued" and backend.calls == ["before any backend"]

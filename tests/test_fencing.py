@@ -3,9 +3,11 @@ refuses it once the job has been taken over, so a worker that was paused or cut 
 than its heartbeat can never change, finish or duplicate the job, nor reach the library."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
+from filelock import FileLock
 
 from playground.library import LibraryStore
 from playground.queue import JobQueue
@@ -143,6 +145,26 @@ def test_recovery_keeps_a_committed_result_and_undoes_a_lost_one(redis_client, t
     assert {e["queue_id"] for e in library.entries()} == {committed.id, lost.id, running.id}
     assert len(staged(tmp_path / "library")) == 3
 
+    # Another writer inside the library's lock (a paused process, say): the sweep, which runs
+    # in the heartbeat thread, does not wait for it.
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with FileLock(str(tmp_path / "library" / "library.json.lock")):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_lock, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    try:
+        started = time.monotonic()
+        assert library.recover_staged(worker.staged_outcome) == {"kept": 0, "undone": 0}
+        assert time.monotonic() - started < 1 and len(staged(tmp_path / "library")) == 3
+    finally:
+        release.set()
+        holder.join(5)
+
     assert library.recover_staged(worker.staged_outcome) == {"kept": 1, "undone": 1}
     assert {e["queue_id"] for e in library.entries()} == {committed.id, running.id}
     assert not (tmp_path / "library" / lost.id).exists()
@@ -183,3 +205,39 @@ def test_a_scheduler_paused_past_its_heartbeat_cannot_touch_the_job_when_resumed
         finally:
             first.stop()
             second.stop()
+
+
+def test_a_job_cancelled_between_its_move_and_its_start_stays_cancelled(redis_client):
+    queue = JobQueue(redis_client)
+    worker = WorkerQueue(redis_client, "w", "http://127.0.0.1:1")
+    assert worker.register()
+    job = queue.submit(params())
+    # The first half of a claim (the move into the worker's list); the cancel comes before
+    # the start, then the worker dies and its list is recovered.
+    assert redis_client.lmove(worker.keys.queue, worker.processing, "LEFT", "LEFT").decode() == job.id
+    assert queue.cancel(job.id).status == "cancelled"
+    assert worker.recover(worker.worker_id, "the worker died") == []
+    assert queue.get(job.id).status == "cancelled"
+    assert redis_client.llen(worker.keys.queue) == 0 and redis_client.llen(worker.processing) == 0
+
+
+def test_a_publish_cut_short_before_the_index_leaves_nothing_a_rebuild_could_list(redis_client, tmp_path):
+    queue, stale, job, mine = claimed_job(redis_client)
+    library = LibraryStore(tmp_path / "library")
+    earlier = library.add_job(entry("00000000-0000-4000-8000-000000000001"), [PNG])  # an index exists
+    write_index = library._write_index_locked
+
+    def disk_full(entries):
+        library._write_index_locked = write_index  # once
+        raise OSError(28, "No space left on device")
+
+    library._write_index_locked = disk_full  # job.json and the PNGs are in place by then
+    with pytest.raises(OSError):
+        library.add_job(entry(job.id), [PNG], attempt=Claimed(stale, mine))
+    assert (tmp_path / "library" / job.id / "job.json").is_file() and len(staged(tmp_path / "library")) == 1
+
+    take_over(queue, redis_client, stale)  # the attempt will never commit
+    assert library.recover_staged(stale.staged_outcome) == {"kept": 0, "undone": 1}
+    assert not (tmp_path / "library" / job.id).exists()
+    library.rebuild(force=True)
+    assert library.entries() == [earlier]

@@ -73,11 +73,12 @@ def test_a_silent_backend_counts_as_lost_and_the_job_fails_after_three_attempts(
     assert backend.calls.count("hang") == 3
 
 
-def test_a_garbled_stream_is_retried_then_failed(backend, scheduler, redis_client):
+@pytest.mark.parametrize("text,error", [("garbage", "not JSON"), ("not an event", "not an event object")])
+def test_a_garbled_stream_is_retried_then_failed(backend, scheduler, redis_client, text, error):
     queue = JobQueue(redis_client)
-    garbled, after = queue.submit(job("garbage")), queue.submit(job("fine"))
+    garbled, after = queue.submit(job(text)), queue.submit(job("fine"))
     garbled, after = wait_finished(queue, [garbled.id, after.id])
-    assert garbled.status == "failed" and "not JSON" in garbled.error and garbled.attempts == 3
+    assert garbled.status == "failed" and error in garbled.error and garbled.attempts == 3
     assert after.status == "done"
 
 

@@ -224,6 +224,9 @@ if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return '' end
 redis.call('HSET', KEYS[4], 'job_id', '')
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[2]) == 0 then return '' end
+-- Already finished: cancelled between a claim's move and its start. It stays so.
+local current = redis.call('HGET', KEYS[2], 'status')
+if current ~= QUEUED and current ~= RUNNING then return '' end
 redis.call('HDEL', KEYS[2], 'preview_tokens')
 local finish = function(status, err)
   redis.call('HSET', KEYS[2], 'status', status, 'finished_at', now(), 'error', err)

@@ -5,7 +5,7 @@ It answers at once, and behaves by the prompt text, so a test can ask for what t
 cannot produce on demand:
 
 - "oom": fails with the message of a GPU out of memory, after some progress;
-- "garbage": a line that is not JSON;
+- "garbage": a line that is not JSON; "not an event": JSON that is not an object;
 - "slow": progress every 0.1 s for 3 s, streamed in chunks as a WSGI server does; it ends
   early, with "cancelled", once /cancel is called;
 - "steady": the same, ending done (a job long enough to be interrupted);
@@ -135,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
                      {"event": "error", "error": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"}]
         elif body["text"] == "garbage":
             lines = [started, "this is not json"]
+        elif body["text"] == "not an event":
+            lines = [started, "[1, 2]"]
         elif body["text"] in ("slow", "steady"):
             return self._stream_slowly(started, ending=self._done(body, seed) if body["text"] == "steady" else None)
         elif body["text"] == "hang":
