@@ -123,7 +123,11 @@ class BackendClient:
             response.close()
         if response.status_code == 400:
             raise BackendRejected(f"backend refused the job: {message}")
-        raise BackendUnavailable(f"backend answered {response.status_code}: {message}")
+        if response.status_code in (409, 503):  # busy, or loading: it never took the job
+            raise BackendUnavailable(f"backend answered {response.status_code}: {message}")
+        # Any other answer (500, a proxy's 502 after the backend died of this job) counts as an
+        # attempt, so a job that breaks its backend fails after its last one, never loops.
+        raise BackendLost(f"backend answered {response.status_code}: {message}")
 
     def cancel(self, job_id: str) -> bool:
         """Ask the backend to stop `job_id`; False if it was not running it or cannot be reached."""

@@ -73,7 +73,8 @@ def test_a_silent_backend_counts_as_lost_and_the_job_fails_after_three_attempts(
     assert backend.calls.count("hang") == 3
 
 
-@pytest.mark.parametrize("text,error", [("garbage", "not JSON"), ("not an event", "not an event object")])
+@pytest.mark.parametrize("text,error", [("garbage", "not JSON"), ("not an event", "not an event object"),
+                                        ("server error", "backend answered 500")])
 def test_a_garbled_stream_is_retried_then_failed(backend, scheduler, redis_client, text, error):
     queue = JobQueue(redis_client)
     garbled, after = queue.submit(job(text)), queue.submit(job("fine"))

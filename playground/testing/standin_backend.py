@@ -6,6 +6,7 @@ cannot produce on demand:
 
 - "oom": fails with the message of a GPU out of memory, after some progress;
 - "garbage": a line that is not JSON; "not an event": JSON that is not an object;
+- "server error": a 500 answer, as a crashing WSGI app or a proxy in front of it gives;
 - "slow": progress every 0.1 s for 3 s, streamed in chunks as a WSGI server does; it ends
   early, with "cancelled", once /cancel is called;
 - "steady": the same, ending done (a job long enough to be interrupted);
@@ -128,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.log_calls:
             print(f"generate {body['job_id']} {time.time():.6f}", flush=True)
         self.server.calls.append(body["text"])
+        if body["text"] == "server error":
+            return self._send("text/html", b"<h1>Internal Server Error</h1>", status=500)
         seed = body["seed"] or PICKED_SEED
         started = {"event": "started", "seed": seed, "total_tokens": 256}
         if body["text"] == "oom":
