@@ -27,14 +27,15 @@ export function startPicture() {
   const error = document.getElementById("start-error");
   const source = document.getElementById("start-source");
   let start = null; // { init_image } or { init_image_data }, with its picker
-  let previewUrl = null;
+  let previewUrl = null; // the object URL of an uploaded start picture
+
+  function releaseUpload() {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+  }
 
   function show(params, src, description, square) {
     const keepRows = start?.picker.keepRows() ?? DEFAULT_KEEP_ROWS;
-    if (previewUrl && previewUrl !== src) { // a library picture replaces an upload
-      URL.revokeObjectURL(previewUrl);
-      previewUrl = null;
-    }
     const picker = rowPicker({ src, alt: "The start picture", keepRows, square,
                                mode: extend.checked ? "bottom" : "top" });
     start = { params, picker };
@@ -55,7 +56,7 @@ export function startPicture() {
       return;
     }
     const buffer = await file.arrayBuffer();
-    if (previewUrl) URL.revokeObjectURL(previewUrl); // the picture this one replaces
+    releaseUpload(); // the picture this one replaces
     previewUrl = URL.createObjectURL(file);
     // Only a PNG of ours keeps its shape (its codes say how tall it is); any other picture
     // is centre-cropped to a square by the server, so the preview shows that square.
@@ -65,6 +66,7 @@ export function startPicture() {
 
   function useLibraryImage(path, keepRows, extendDown) {
     extend.checked = Boolean(extendDown);
+    releaseUpload();
     show({ init_image: path }, path, "From the library", false);
     if (keepRows) {
       const slider = holder.querySelector(".row-slider");
@@ -75,8 +77,7 @@ export function startPicture() {
 
   function clear() {
     start = null;
-    if (previewUrl) URL.revokeObjectURL(previewUrl);
-    previewUrl = null;
+    releaseUpload();
     setChildren(holder);
     source.textContent = "";
     error.textContent = "";
