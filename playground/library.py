@@ -299,7 +299,7 @@ class LibraryStore:
             queue_id, _, token = staging.name.partition(".")
             if not (_UUID_RE.fullmatch(queue_id) and _TOKEN_RE.fullmatch(token)) or staging.is_symlink():
                 continue
-            with self._locked_if_free() as free:
+            with self._locked(wait=False) as free:
                 if not free:
                     break
                 if not staging.is_dir():
@@ -421,20 +421,16 @@ class LibraryStore:
         return entries
 
     @contextmanager
-    def _locked(self):
-        # FileLock excludes other processes; the thread lock, this process's other threads.
-        with self._thread_lock, self._file_lock:
-            yield
-
-    @contextmanager
-    def _locked_if_free(self):
-        """_locked when nobody holds it; else yields False at once."""
-        if not self._thread_lock.acquire(blocking=False):
+    def _locked(self, wait: bool = True):
+        """Holds the library (yields True). FileLock excludes other processes; the thread lock,
+        this process's other threads. With `wait=False` it yields False at once instead of
+        waiting for whoever holds it."""
+        if not self._thread_lock.acquire(blocking=wait):
             yield False
             return
         try:
             try:
-                self._file_lock.acquire(timeout=0)
+                self._file_lock.acquire(timeout=-1 if wait else 0)
             except filelock.Timeout:
                 yield False
                 return
