@@ -28,7 +28,7 @@ from frontend.validation import (
 )
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH
-from playground.queue import DONE, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
+from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
@@ -199,6 +199,8 @@ class Api:
     def job_status(self, request: Request) -> Response:
         job_id = request.params["job_id"]
         job = self.queue.get(job_id)
+        # Looked at before the entry: a publish lists the entry before its staging folder goes.
+        publishing = job is not None and job.status == DONE and self.library.store.publishing(job_id, str(job.claim))
         entry = self.library.entry(job_id) if job is None or job.status == DONE else None
         if job is None:
             if entry is None:
@@ -208,6 +210,10 @@ class Api:
         status = job.to_status()
         if entry is not None:  # done, and still in the library
             status["result"] = entry
+        elif publishing:
+            # Committed in the queue, its pictures not yet in the library: never "done" without
+            # them, so it shows as running, all its tokens drawn, until they are there.
+            status.update(status=RUNNING, finished_at=None, images=[], codes=[])
         return json_response(status)
 
     def job_preview(self, request: Request) -> Response:

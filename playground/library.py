@@ -5,7 +5,7 @@
     <queue_id>/job.json            the job's own entry, from which library.json can be rebuilt
     <queue_id>/<image-uuid>.png    the images
     <queue_id>/<uuid>.webp         each image's reveal (its previews, animated), when kept
-    .staging/<queue_id>.<claim>/   an attempt's result until its commit is known (add_job)
+    .staging/<queue_id>.<claim>/   an attempt's result until it is published (add_job)
 
 Every write of a JSON file goes to a temporary file that then replaces the old one, so a
 reader or a crash never sees half a file; every change of library.json happens under the
@@ -36,6 +36,7 @@ INDEX_NAME = "library.json"
 STAGING_DIR = ".staging"  # results written but not yet committed (add_job)
 # What became of a staged attempt (recover_staged).
 COMMITTED, LOST, PENDING = "committed", "lost", "pending"
+UNFENCED_TOKEN = "0"  # names the staging folder of a write made without a queue claim (no claim is 0)
 JOB_FILE_NAME = "job.json"
 _UUID_RE = re.compile(UUID_PATTERN)
 _IMAGE_URL_RE = re.compile(rf"library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
@@ -72,11 +73,10 @@ class Attempt(Protocol):
 
     token: str  # digits: names its staging folder
 
-    def still_current(self) -> float | None:
-        """The queue's time if the job is still this attempt's, else None."""
-
-    def commit(self, urls: list[str]) -> bool:
-        """Record the job as done with these images; False if it is no longer this attempt's."""
+    def commit(self, urls: list[str]) -> float | None:
+        """Record the job as done with these images, in one atomic step with the check that the
+        job is still this attempt's; the queue's time of it, or None if refused (taken over,
+        or cancelled at the last moment)."""
 
 
 def _image_names(entry: dict) -> list[str]:
@@ -193,19 +193,20 @@ class LibraryStore:
         (and with `extended_images`, the taller pictures of a job that extended a picture, and
         `reveal_images`, each image's previews as an animated WebP, when they were kept).
 
-        With `attempt`, only the attempt that really finishes the job reaches the library: the
-        PNGs are first written to `.staging/<queue_id>.<attempt.token>/`, out of sight; then,
-        under the library's lock, the attempt is asked whether the job is still its own (None
-        is returned if not, and nothing touched), the job is published, and the attempt
-        commits. A refused commit (the job was taken over meanwhile) takes the job out again.
-        The staging folder stays until the outcome is known, so `recover_staged` can finish
-        or undo what a crash interrupted. Adding a queue_id that is already there replaces it.
+        With `attempt`, the queue is the commit point: the PNGs are first written to
+        `.staging/<queue_id>.<attempt.token>/`, out of sight; then, under the library's lock,
+        the attempt commits (the claim check and "done" are one step in Redis) and only a
+        commit that went through is published, before the lock is let go. A refused commit
+        (the job was taken over, or cancelled) returns None with nothing ever visible, however
+        long the writer was paused anywhere on the way. A commit whose answer was lost, or a
+        publish cut short, leaves the staging folder for `recover_staged` to settle. Adding a
+        queue_id that is already there replaces it.
         """
         missing = [name for name in REQUIRED_FIELDS if name not in entry]
         if missing:
             raise ValueError(f"library entry lacks {', '.join(missing)}")
         queue_id = _check_uuid(entry["queue_id"], "queue_id")
-        token = attempt.token if attempt else "0"
+        token = attempt.token if attempt else UNFENCED_TOKEN
         if not _TOKEN_RE.fullmatch(token):
             raise ValueError(f"an attempt's token must be digits, got {token!r}")
         staging = self.root / STAGING_DIR / f"{queue_id}.{token}"
@@ -218,41 +219,65 @@ class LibraryStore:
         entry.pop("reveal_images", None)  # only the reveals written now: none of an entry given again
         if reveals:
             entry["reveal_images"] = urls[len(images) + len(extended):]
-        staging.mkdir(parents=True, exist_ok=True)
-        in_doubt = False  # whether the staged folder may describe a published or committed job
-        try:
-            for name, png in pngs.items():
-                _write_atomically(staging / name, png)
-            _write_atomically(staging / JOB_FILE_NAME, _dump(entry))
+        if attempt is None:
+            # Unfenced (tools, tests): staged inside the lock, so the staging sweep, which looks
+            # only while it holds the lock, never sees it half-written.
             with self._locked():
-                if attempt is not None:
-                    now = attempt.still_current()
-                    if now is None:
-                        return None
-                    entry["creation_unixtime"] = now
-                # From here on an error (Redis gone mid-commit, a full disk) leaves the folder
-                # staged: recover_staged asks the queue what became of the attempt.
-                in_doubt = True
-                self._publish_locked(staging, entry)
-                if attempt is not None and not attempt.commit(entry["generated_images"]):
-                    self._unpublish_locked(staging, entry)
-                    in_doubt = False
-                    return None
-                in_doubt = False
-                return entry
-        finally:
-            if not in_doubt:
+                self._stage(staging, pngs, entry)
+                return self._commit_and_publish_locked(staging, entry, None)
+        # Fenced: staged first, without holding up the other writers; the sweep leaves the
+        # folder alone while its claim still runs.
+        self._stage(staging, pngs, entry)
+        with self._locked():
+            return self._commit_and_publish_locked(staging, entry, attempt)
+
+    def _stage(self, staging: Path, files: dict[str, bytes], entry: dict) -> None:
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            for name, data in files.items():
+                _write_atomically(staging / name, data)
+            _write_atomically(staging / JOB_FILE_NAME, _dump(entry))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _commit_and_publish_locked(self, staging: Path, entry: dict, attempt: Attempt | None) -> dict | None:
+        """Commit, then publish. The staging folder goes before the lock is let go unless its
+        outcome is in doubt, so a sweep never takes a live writer's folder for a crash's."""
+        if attempt is not None:
+            # An error here leaves the folder: Redis may have committed with its answer lost.
+            committed_at = attempt.commit(entry["generated_images"])
+            if committed_at is None:
                 shutil.rmtree(staging, ignore_errors=True)
+                return None
+            entry["creation_unixtime"] = committed_at
+        try:
+            self._publish_locked(staging, entry)
+        except OSError:
+            if attempt is None:
+                raise
+            # Done in the queue: the result stays staged, and a sweep finishes publishing it.
+            log.exception("job %s: committed, but its publishing failed; a sweep will finish it", entry["queue_id"])
+            return entry
+        shutil.rmtree(staging, ignore_errors=True)
+        return entry
+
+    def publishing(self, queue_id: str, token: str) -> bool:
+        """Whether a result staged under this claim is still on its way into the library (a
+        committed one is published under the same lock hold, or by a later sweep)."""
+        return (self.root / STAGING_DIR / f"{queue_id}.{token}").is_dir()
 
     def _publish_locked(self, staging: Path, entry: dict) -> None:
-        """Move a staged job into its folder and the index (replacing an earlier attempt's)."""
+        """Move a staged job into its folder and the index (replacing what was there). Doing it
+        again after an interruption finishes it: what was moved already is not looked for."""
         queue_id = entry["queue_id"]
         job_dir = self.root / queue_id
         job_dir.mkdir(exist_ok=True)
         names = _image_names(entry)
         stale = [p for p in job_dir.iterdir() if _IMAGE_NAME_RE.fullmatch(p.name) and p.name not in names]
         for name in names:
-            os.replace(staging / name, job_dir / name)
+            if (staging / name).is_file() or not (job_dir / name).is_file():
+                os.replace(staging / name, job_dir / name)
         _write_atomically(job_dir / JOB_FILE_NAME, _dump(entry))
         entries = [e for e in self._read_index_locked() if e.get("queue_id") != queue_id]
         entries.append(entry)
@@ -260,33 +285,14 @@ class LibraryStore:
         for path in stale:
             path.unlink(missing_ok=True)
 
-    def _unpublish_locked(self, staging: Path, entry: dict) -> None:
-        """Take out whatever of `entry` a publish put in place (all of it, or part of it)."""
-        queue_id = entry["queue_id"]
-        job_dir = self.root / queue_id
-        entries = self._read_index_locked()
-        listed = next((e for e in entries if e.get("queue_id") == queue_id), None)
-        if listed is not None and listed.get("generated_images") == entry["generated_images"]:
-            self._delete_job_locked(queue_id, entries)
-        for name in _image_names(entry):
-            (job_dir / name).unlink(missing_ok=True)
-        # A publish cut short after job.json, before the index: its job.json goes too, else a
-        # rebuild would list pictures that are gone.
-        job_file = job_dir / JOB_FILE_NAME
-        try:
-            written = json.loads(job_file.read_bytes())
-        except (OSError, ValueError):
-            written = None
-        if isinstance(written, dict) and written.get("generated_images") == entry["generated_images"]:
-            job_file.unlink(missing_ok=True)
-        if job_dir.is_dir() and not job_dir.is_symlink() and not any(job_dir.iterdir()):
-            job_dir.rmdir()
-
     def recover_staged(self, resolve) -> dict[str, int]:
         """Finish or undo what a crash left in `.staging`. `resolve(queue_id, token)` says
-        what became of that attempt: COMMITTED (its job is in the library: the staging
-        folder goes), LOST (it never will commit: whatever it published is taken out) or
-        PENDING (it may still commit: left alone). Returns how many were kept and undone.
+        what became of that attempt, with the queue's time of its commit: COMMITTED (the
+        queue has it done: it is published, or its publishing finished, and the folder goes),
+        LOST (it never will commit: the folder goes) or PENDING (it may still commit: left
+        alone). An unfenced write's folder seen here was left by a crash (its writer holds the
+        lock from staging to the end); it is published if its staging was complete. Returns how
+        many were published and how many removed.
 
         It never waits for the library's lock: it runs in a scheduler's heartbeat thread, which
         a writer paused inside the lock (SIGSTOP, a slow disk) must not stall past the
@@ -304,21 +310,28 @@ class LibraryStore:
                     break
                 if not staging.is_dir():
                     continue
-                outcome = resolve(queue_id, token)
+                entry = self._staged_entry(staging, queue_id)
+                if token == UNFENCED_TOKEN:  # a complete staging is its own commit
+                    outcome, committed_at = (COMMITTED, entry["creation_unixtime"]) if entry else (LOST, None)
+                else:
+                    outcome, committed_at = resolve(queue_id, token)
                 if outcome == PENDING:
                     continue
-                if outcome == LOST:
-                    try:
-                        entry = json.loads((staging / JOB_FILE_NAME).read_bytes())
-                    except (OSError, ValueError):
-                        entry = None  # cut short while staging: nothing was published
-                    if isinstance(entry, dict) and entry.get("queue_id") == queue_id:
-                        self._unpublish_locked(staging, entry)
-                    counts["undone"] += 1
-                else:
+                if outcome == COMMITTED and entry is not None:
+                    self._publish_locked(staging, {**entry, "creation_unixtime": committed_at})
                     counts["kept"] += 1
+                else:
+                    counts["undone"] += 1
                 shutil.rmtree(staging, ignore_errors=True)
         return counts
+
+    @staticmethod
+    def _staged_entry(staging: Path, queue_id: str) -> dict | None:
+        try:
+            entry = json.loads((staging / JOB_FILE_NAME).read_bytes())
+        except (OSError, ValueError):
+            return None  # cut short while staging
+        return entry if isinstance(entry, dict) and entry.get("queue_id") == queue_id else None
 
     def delete_image(self, relative_url: str) -> bool:
         """Delete one image given as `library/<queue_id>/<image-uuid>.png`.

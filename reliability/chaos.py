@@ -1,8 +1,10 @@
 """Chaos (issue 19): three stand-in backends and two schedulers on one Redis, hundreds of jobs,
 while a seeded random loop kills (-9), pauses (SIGSTOP past the heartbeat, then SIGCONT) and
-restarts the services at random times, Redis included. At the end every job must have ended
-exactly once, the library must hold exactly the done jobs' images, and no backend may have
-been sent a job after it ended (in particular after a cancel).
+restarts the services at random times, Redis included; some pauses catch a scheduler while it
+stores a result (its staging folder exists). At the end every job must have ended exactly once,
+the library must hold exactly the done jobs' images, and no backend may have been sent a job
+after it ended (in particular after a cancel). A watcher reads the library all along: no result
+may be seen that is not its job's final one (a stale claim's, or one listed and taken out again).
 
 Both schedulers list all three backends, so they compete for each backend's worker identity
 and take over from each other whenever one dies or pauses. The stand-ins log each /generate
@@ -51,6 +53,13 @@ FENCED_LINE = "was taken over by another worker"
 _FENCED_RUN = re.compile(rf"job ({UUID_PATTERN}): claim (\d+) {FENCED_LINE}")
 CHECK_AFTER_CANCEL = "no job was sent to a backend after it was cancelled (stale claims fenced off apart)"
 CHECK_AFTER_END = "no job was sent to a backend after it ended (stale claims fenced off apart)"
+CHECK_VISIBLE = "every result seen in the library during the run is its done job's final one"
+STORING_PAUSE = "SIGSTOP while storing"
+FAULTS = ("kill -9", "SIGSTOP", STORING_PAUSE)
+STORING_SHARE = 0.25       # of the random faults: a scheduler paused while it stores a result
+STORING_WATCH_SECS = 3.0   # how long such a fault waits for a scheduler to store something
+WATCH_SECS = 0.02          # the library watcher's pace
+_UUID = re.compile(UUID_PATTERN)
 
 
 class _Redis:
@@ -113,23 +122,30 @@ class _FaultLoop(threading.Thread):
     each fault's recovery (restart, SIGCONT) is due after a seeded delay. `actions` is the
     log: (seconds since the start, action, target)."""
 
-    def __init__(self, services: list, rng: random.Random, started: float):
+    def __init__(self, services: list, rng: random.Random, started: float, storing):
         super().__init__(name="chaos faults", daemon=True)
         self.services, self.rng, self.started = services, rng, started
+        self.storing = storing  # () -> the scheduler now storing a result, or None
+        self.storing_until = 0.0  # while armed: pause the next scheduler seen storing
         self.stop_faults = threading.Event()
         self.actions: list[tuple[float, str, str]] = []
         self.wall: list[tuple[float, str, str]] = []   # the same with the host's clock (time.time())
         self.pending: list[tuple[float, str, object]] = []  # (due, action, service)
         self.error: BaseException | None = None
         self.first = [(kind, kill) for kind in ("redis", "scheduler", "backend") for kill in (True, False)]
+        self.first.append(("storing", False))
         rng.shuffle(self.first)
 
     def _do(self, action: str, service) -> None:
         at, wall = time.monotonic(), time.time()   # before: the service may act before we look again
         getattr(service, {"restart": "start", "SIGCONT": "resume", "kill -9": "kill",
-                          "SIGSTOP": "pause"}[action])()
+                          "SIGSTOP": "pause", STORING_PAUSE: "pause"}[action])()
         self.actions.append((round(at - self.started, 2), action, service.name))
         self.wall.append((wall, action, service.name))
+
+    def _pause(self, action: str, service, now: float) -> None:
+        self._do(action, service)
+        self.pending.append((now + HEARTBEAT_TTL + self.rng.uniform(0.5, 2.5), "SIGCONT", service))
 
     def run(self) -> None:
         try:
@@ -140,29 +156,97 @@ class _FaultLoop(threading.Thread):
                     if item[0] <= now or self.stop_faults.is_set():
                         self.pending.remove(item)
                         self._do(item[1], item[2])
+                busy = {service for _, _, service in self.pending}
+                if self.storing_until and not self.stop_faults.is_set():
+                    storing = self.storing()
+                    if storing is not None and storing not in busy:
+                        self._pause(STORING_PAUSE, storing, now)
+                        self.storing_until = 0.0
+                    elif now > self.storing_until:
+                        self.storing_until = 0.0
                 if not self.stop_faults.is_set() and now >= next_fault:
-                    busy = {service for _, _, service in self.pending}
                     free = [s for s in self.services if s not in busy]
                     # Every kind of fault comes at least once: first these, in a seeded order.
                     first = [(kind, kill) for kind, kill in self.first
-                             if any(s.name.startswith(kind) for s in free)]
+                             if kind == "storing" or any(s.name.startswith(kind) for s in free)]
                     if first:
                         kind, kill = first[0]
                         self.first.remove(first[0])
                         free = [s for s in free if s.name.startswith(kind)]
-                    if free:
+                    else:
+                        kind = ""
+                    if kind == "storing" or (not first and self.rng.random() < STORING_SHARE):
+                        # Armed until a scheduler is caught storing (the first time: until it is).
+                        self.storing_until = float("inf") if first else now + STORING_WATCH_SECS
+                    elif free:
                         service = self.rng.choice(free)
                         if (kill if first else self.rng.random() < 0.5):
                             self._do("kill -9", service)
                             self.pending.append((now + self.rng.uniform(0.3, 3.0), "restart", service))
                         else:
-                            self._do("SIGSTOP", service)
-                            self.pending.append((now + HEARTBEAT_TTL + self.rng.uniform(0.5, 2.5), "SIGCONT", service))
+                            self._pause("SIGSTOP", service, now)
                     next_fault = now + self.rng.uniform(0.6, 2.0)
-                time.sleep(0.05)
+                time.sleep(0.003 if self.storing_until else 0.05)
         except BaseException as exc:  # noqa: BLE001 - reported by the scenario
             self.error = exc
             log.exception("the fault loop broke")
+
+
+class _Storing:
+    """Which scheduler is storing a result now: a folder in the library's `.staging` names the
+    job and claim; the job's worker identity is held by a process (host:pid:…) in Redis."""
+
+    def __init__(self, redis_url: str, keys: Keys, library_dir: Path, schedulers: list):
+        # Short timeouts: Redis itself may be paused or down.
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        self.keys, self.staging, self.schedulers = keys, library_dir / STAGING_DIR, schedulers
+
+    def __call__(self):
+        try:
+            names = [p.name for p in self.staging.iterdir()]
+        except OSError:
+            return None
+        for name in names:
+            job_id, _, claim = name.partition(".")
+            try:
+                worker, current = self.client.hmget(self.keys.job(job_id), "worker", "claim")
+                holder = self.client.get(self.keys.alive(worker.decode())) if worker else None
+            except redis.RedisError:
+                return None
+            if holder is None or current is None or current.decode() != claim:
+                continue
+            pid = holder.decode().split(":")[1]
+            for scheduler in self.schedulers:
+                if scheduler.alive() and str(scheduler.process.pid) == pid:
+                    return scheduler
+        return None
+
+
+class _Visible(threading.Thread):
+    """What a reader of the library saw during the run: each job's images as library.json
+    listed them, and the pictures its folder held, read again and again."""
+
+    def __init__(self, library_dir: Path):
+        super().__init__(name="chaos library watcher", daemon=True)
+        self.library_dir = library_dir
+        self.listed: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+        self.files: dict[str, set[str]] = defaultdict(set)
+        self.looks = 0
+        self.stop_watching = threading.Event()
+
+    def run(self) -> None:
+        index = self.library_dir / "library.json"
+        while not self.stop_watching.wait(WATCH_SECS):
+            try:
+                entries = json.loads(index.read_bytes()) if index.exists() else []
+                for entry in entries:
+                    self.listed[entry["queue_id"]].add(tuple(entry.get("generated_images") or ()))
+                for folder in self.library_dir.iterdir():
+                    if _UUID.fullmatch(folder.name):
+                        self.files[folder.name].update(p.name for p in folder.iterdir() if p.suffix == ".png")
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a folder that went while read: the next look sees the rest
+            self.looks += 1
 
 
 def _retrying(what, call, deadline: float, counter: Counter):
@@ -186,7 +270,7 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
     submit_secs = submit_secs if submit_secs is not None else jobs * 0.12
     result = ScenarioResult("chaos", "faults", f"{jobs} jobs on {BACKENDS} stand-in backends and {SCHEDULERS} "
                             "schedulers sharing one Redis, while random services (Redis included) are killed "
-                            "(-9) and restarted, or paused past the heartbeat and resumed (seed "
+                            "(-9) and restarted, or paused past the heartbeat (some while storing a result) and resumed (seed "
                             f"{seed}; `python -m reliability --only chaos --seed {seed}` replays it)")
     rng = random.Random(seed)
     plan = random.Random(f"{seed}:jobs")   # the jobs and cancels, apart from the faults' draws
@@ -208,6 +292,7 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
     services = [*backends, *schedulers, redis_target]
     started = time.monotonic()
     faults: _FaultLoop | None = None
+    watcher = _Visible(library_dir)
     retries: Counter = Counter()
     submitted: list[str] = []
     cancels: list[tuple[float, str, str]] = []   # (seconds since the start, job id, status then)
@@ -219,8 +304,9 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
             backend.process.wait_healthy(30)
         client = redis.Redis.from_url(server.url, socket_timeout=15, socket_connect_timeout=2)
         queue = JobQueue(client, max_queued=jobs + 10)
-        faults = _FaultLoop(services, rng, started)
+        faults = _FaultLoop(services, rng, started, _Storing(server.url, queue.keys, library_dir, schedulers))
         faults.start()
+        watcher.start()
 
         cancel_at: list[tuple[float, str]] = []
         gap = submit_secs / jobs
@@ -276,12 +362,14 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
             time.sleep(0.5)
         drain_end = time.monotonic()
         time.sleep(SETTLE_SECS)   # the schedulers' sweeps settle what crashes left in `.staging`
-        _check(result, client, queue.keys, submitted, cancels, library_dir, logs, backends, faults.wall)
+        watcher.stop_watching.set()
+        watcher.join(10)
+        _check(result, client, queue.keys, submitted, cancels, library_dir, logs, backends, faults.wall, watcher)
         result.figures.update({
             "seed": seed,
-            "faults": sum(a in ("kill -9", "SIGSTOP") for _, a, _ in faults.actions),
+            "faults": sum(a in FAULTS for _, a, _ in faults.actions),
             "faults by kind and target": dict(sorted(Counter(f"{a} {t}" for _, a, t in faults.actions
-                                                             if a in ("kill -9", "SIGSTOP")).items())),
+                                                             if a in FAULTS).items())),
             "faults stopped at (s)": faults_secs,
             "all jobs ended at (s)": round(drain_end - started, 1),
             "cancels asked": len(cancels),
@@ -296,6 +384,7 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
         result.error = f"{exc.__class__.__name__}: {exc} (logs in the work folder's chaos/logs)"
         log.exception("chaos broke")
     finally:
+        watcher.stop_watching.set()
         if faults is not None:
             faults.stop_faults.set()
             faults.join(30)
@@ -310,7 +399,7 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
 
 def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: list[str],
            cancels: list[tuple[float, str, str]], library_dir: Path, logs: Path, backends: list,
-           fault_times: list[tuple[float, str, str]]) -> None:
+           fault_times: list[tuple[float, str, str]], watcher: _Visible) -> None:
     # Every job Redis knows, not only those whose submit answered: a submit cut off by a kill of
     # Redis may have been stored all the same, and must then end like any other.
     known = {key.decode().rsplit(":", 1)[1] for key in client.scan_iter(match=keys.job("*"), count=1000)}
@@ -392,7 +481,23 @@ def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: l
     left = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
     result.check("nothing left in .staging", not left, f"{len(left)}: {left[:5]}")
 
-    # 4. no backend was sent a job after it ended (in particular after a cancel), except stale
+    # 4. what a reader saw on the way: nothing but each done job's final result, ever.
+    final = {e.get("queue_id"): tuple(e.get("generated_images") or ()) for e in entries}
+    seen_wrong = []
+    for qid, seen in watcher.listed.items():
+        if qid not in done:
+            seen_wrong.append(f"{qid}: listed, though {records[qid].status if records.get(qid) else 'unknown'}")
+        elif seen != {final.get(qid)}:
+            seen_wrong.append(f"{qid}: {len(seen)} different results listed")
+    for qid, names in watcher.files.items():
+        stale = names - {url.rsplit("/", 1)[1] for url in final.get(qid, ())}
+        if stale:
+            seen_wrong.append(f"{qid}: {len(stale)} pictures in its folder that are not its result")
+    result.check(CHECK_VISIBLE, watcher.looks > 0 and not seen_wrong,
+                 f"{watcher.looks} looks; {len(seen_wrong)}: " + "; ".join(seen_wrong[:5]))
+    result.figures["library looks during the run"] = watcher.looks
+
+    # 5. no backend was sent a job after it ended (in particular after a cancel), except stale
     # claims, which fencing cuts off at once. Two ways a stale claim reaches a backend late:
     # - the backend was stopped (SIGSTOP) with the request in its socket; its worker gave up
     #   (stall timeout), the job was taken over and ended, and the resumed backend reads the
@@ -467,7 +572,7 @@ def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: l
                  f"{len(foreign)}: " + "; ".join(foreign[:5]))
     attempts = Counter({job_id: len(seen) for job_id, seen in arrivals.items()})
 
-    # 5. the figures.
+    # 6. the figures.
     fenced = 0
     for path in logs.glob("scheduler-*.log"):
         fenced += path.read_text(errors="replace").count(FENCED_LINE)

@@ -296,7 +296,7 @@ class Worker:
         entry = {
             "queue_id": job.id,
             "text_prompt": job.text,
-            "creation_unixtime": 0.0,  # set to Redis's time when stored
+            "creation_unixtime": 0.0,  # set to Redis's time of the commit
             "process_time_secs": round(process_time_secs, 3),
             "seed": int(event.get("seed", job.seed)),
             "num_images": len(images),
@@ -373,12 +373,10 @@ class _LibraryAttempt:
         self.queue, self.job, self.fields = queue, job, fields
         self.token = str(job.claim)
 
-    def still_current(self) -> float | None:
-        return self.queue.claim_time(self.job)
-
-    def commit(self, urls: list[str]) -> bool:
+    def commit(self, urls: list[str]) -> float | None:
         outcome = self.queue.finish_done(self.job, images=urls, **self.fields)
-        return outcome is not None and outcome[0] == DONE  # else lost, or cancelled at the last moment
+        # Else lost, or cancelled at the last moment.
+        return outcome[1] if outcome is not None and outcome[0] == DONE else None
 
 
 def _lost(job: Job, what: str) -> None:

@@ -1,8 +1,8 @@
 """A worker's side of the Redis job queue: claim the next job, report progress, finish it,
 put it back, and recover the job of a worker that died.
 
-A claimed job moves atomically (BLMOVE) from the queue into the worker's own processing
-list, so it is always in exactly one list until it finishes. A worker proves it is alive
+A claimed job moves atomically (one script) from the queue into the worker's own processing
+list, where it is marked running, so it is always in exactly one list until it finishes. A worker proves it is alive
 with a key that expires unless its heartbeat renews it; a worker whose key has expired
 gets its job put back at the front of the queue by whoever notices first (its own
 successor at start, or any other worker's periodic sweep). Key layout, statuses and the
@@ -80,7 +80,7 @@ class WorkerQueue:
         self.owner = owner or process_owner()
         self.processing = self.keys.processing(worker_id)
         self.worker_key = self.keys.worker(worker_id)
-        self._start = redis_client.register_script(scripts.START)
+        self._claim = redis_client.register_script(scripts.CLAIM)
         self._progress = redis_client.register_script(scripts.PROGRESS)
         self._preview = redis_client.register_script(scripts.PREVIEW)
         self._finish = redis_client.register_script(scripts.FINISH)
@@ -138,21 +138,22 @@ class WorkerQueue:
 
     def claim(self, timeout: float, model: str | None = None) -> Job | None:
         """Wait up to `timeout` seconds for the next job of `model` (or one naming no model,
-        taken first: queued before any backend said what it serves) and mark it running.
+        taken first: queued before any backend said which it serves) and mark it running.
 
-        BLMOVE wakes the moment a job is pushed, so an idle worker starts at once.
+        An idle worker blocks on its queue with a BLMOVE of the queue onto itself (it moves
+        nothing; it returns the moment a job is pushed), then claims in one script. None when
+        nothing came, or another worker was quicker.
         """
-        job_id = self.redis.lmove(self.keys.queue, self.processing, "LEFT", "LEFT") if model else None
-        if job_id is None:
-            job_id = self.redis.blmove(self.keys.queue_of(model), self.processing, timeout, "LEFT", "LEFT")
-        if job_id is None:
-            return None
-        job_id = job_id.decode()
-        flat = self._start(keys=[self.processing, self.keys.job(job_id), self.worker_key],
-                           args=[job_id, self.worker_id, self.backend_url])
-        if not flat:
-            return None
-        return Job.from_hash(dict(zip(flat[0::2], flat[1::2])))
+        queues = [self.keys.queue, self.keys.queue_of(model)] if model else [self.keys.queue]
+        job = self._claim_first(queues)
+        if job is None and self.redis.blmove(queues[-1], queues[-1], timeout, "LEFT", "LEFT") is not None:
+            job = self._claim_first(queues)
+        return job
+
+    def _claim_first(self, queues: list[str]) -> Job | None:
+        flat = self._claim(keys=[self.processing, self.worker_key],
+                           args=[self.worker_id, self.backend_url, self.keys.prefix, *queues])
+        return Job.from_hash(dict(zip(flat[0::2], flat[1::2]))) if flat else None
 
     # Every change below names the claim the job was taken under (`job.claim`); Redis refuses
     # it once the job has been taken over (put back by a sweep, claimed again), so a worker
@@ -255,23 +256,17 @@ class WorkerQueue:
                 recovered += self.recover(other, reason=f"worker {other} stopped responding during the job")
         return recovered
 
-    def claim_time(self, job: Job) -> float | None:
-        """Redis's time if `job` still runs under this claim, else None."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.job(job.id), "status", "claim")
-        pipe.time()
-        (status, claim), (seconds, micros) = pipe.execute()
-        current = status == RUNNING.encode() and claim == str(job.claim).encode()
-        return seconds + micros / 1e6 if current else None
-
-    def staged_outcome(self, job_id: str, token: str) -> str:
+    def staged_outcome(self, job_id: str, token: str) -> tuple[str, float | None]:
         """What became of the library result staged under claim `token` of a job (see
-        LibraryStore.recover_staged): committed when that claim finished it as done, pending
-        while the claim still runs, lost otherwise."""
-        status, claim = (v.decode() if v else None for v in self.redis.hmget(self.keys.job(job_id), "status", "claim"))
+        LibraryStore.recover_staged), with Redis's time of its commit: committed when that
+        claim finished it as done, pending while the claim still runs, lost otherwise."""
+        status, claim, finished_at = (v.decode() if v else None for v in self.redis.hmget(
+            self.keys.job(job_id), "status", "claim", "finished_at"))
         if claim != token:
-            return LOST
-        return COMMITTED if status == DONE else PENDING if status == RUNNING else LOST
+            return LOST, None
+        if status == DONE:
+            return COMMITTED, float(finished_at)
+        return (PENDING if status == RUNNING else LOST), None
 
     # -- speed -----------------------------------------------------------------------------
 

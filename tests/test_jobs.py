@@ -1,9 +1,11 @@
 """JobQueue against a real Redis server: submit, order, positions, ETAs, cancel, health."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
+import redis
 
 from playground.queue import Job, JobNotFound, JobQueue, Keys, QueueFull
 from scheduler.worker_queue import WorkerQueue
@@ -212,3 +214,29 @@ def test_a_job_cancelled_while_its_worker_was_dead_is_not_rerun(queue, redis_cli
     other.register()
     assert other.sweep_dead_workers() == [(job.id, "cancelled")]
     assert queue.get(job.id).status == "cancelled" and queue.unfinished() == []
+
+
+def test_workers_claiming_at_once_stamp_their_starts_in_queue_order(redis_url, redis_client):
+    """The claim moves the job and stamps `started_at` (Redis's time) in one step, so however
+    the workers' claims interleave, the order of the starts is the order of the queue."""
+    queue = JobQueue(redis_client, max_queued=200)
+    ids = [queue.submit(params(f"job {i}")).id for i in range(120)]
+    workers = [WorkerQueue(redis.Redis.from_url(redis_url), f"w{i}", f"http://127.0.0.1:{i + 1}") for i in range(4)]
+    for worker in workers:
+        assert worker.register()
+    go = threading.Barrier(len(workers))
+
+    def drain(worker):
+        go.wait()
+        while worker.claim(timeout=0.05) is not None:
+            worker.redis.delete(worker.processing)  # the next claim, at once: no run in between
+
+    threads = [threading.Thread(target=drain, args=(worker,)) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    starts = [queue.get(job_id).started_at for job_id in ids]
+    assert all(start is not None for start in starts)
+    assert starts == sorted(starts), [i for i, (a, b) in enumerate(zip(starts, starts[1:])) if a > b][:5]
+    assert {queue.get(job_id).worker for job_id in ids} == {w.worker_id for w in workers}

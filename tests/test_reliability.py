@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from reliability.chaos import CHECK_AFTER_CANCEL, CHECK_AFTER_END
+from reliability.chaos import CHECK_AFTER_CANCEL, CHECK_AFTER_END, CHECK_VISIBLE, STORING_PAUSE
 from reliability.report import FINDINGS, render
 from reliability.suite import NAMES, run_suite
 
@@ -173,10 +173,10 @@ def test_chaos_counts_every_invariant(suite):
     assert figures["library entries"] == a.done
     kinds = " ".join(figures["faults by kind and target"])
     for fault in ("kill -9 redis", "SIGSTOP redis", "kill -9 scheduler", "SIGSTOP scheduler", "kill -9 backend",
-                  "SIGSTOP backend"):
+                  "SIGSTOP backend", f"{STORING_PAUSE} scheduler"):
         assert fault in kinds, (fault, figures["faults by kind and target"])
     for check in ("every job ended (done, failed or cancelled)", "no folder in the library without an entry",
                   "library.json: exactly one entry per done job, none for any other", "nothing left in .staging",
-                  CHECK_AFTER_CANCEL, CHECK_AFTER_END):
+                  CHECK_AFTER_CANCEL, CHECK_AFTER_END, CHECK_VISIBLE):
         assert result.passed(check) is True, check
     assert f"chaos seed {suite.seed}" in render(suite)

@@ -14,6 +14,7 @@ from PIL import Image
 from playground.library import LibraryStore
 from playground.queue import JobQueue
 from playground.testing.processes import ServiceProcess, backend_process, scheduler_process
+from settled import ended
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -90,15 +91,15 @@ def generating_job(queue: JobQueue, job_id: str):
     return job if job.status == "running" and job.tokens_done > 0 else None
 
 
-def finished(queue: JobQueue, job_ids) -> bool:
-    return all(queue.get(job_id).finished for job_id in job_ids)
+def finished(queue: JobQueue, job_ids, library_dir) -> bool:
+    return all(ended(queue, library_dir, job_id) for job_id in job_ids)
 
 
 def test_fifo_order_progress_eta_and_library(backends, processes, tmp_path, redis_url, queue):
     scheduler = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], queue=queue)
     ids = [queue.submit(prompt(f"prompt {i}", seed=i + 1)).id for i in range(4)]
     progress_seen, etas_seen = set(), []
-    while not finished(queue, ids):
+    while not finished(queue, ids, tmp_path / "library"):
         for job in queue.unfinished():
             if job.status == "running":
                 progress_seen.add(job.tokens_done)
@@ -134,7 +135,7 @@ def test_two_backends_run_two_jobs_at_once(backends, processes, tmp_path, redis_
                             {j.backend for j in queue.unfinished() if j.status == "running"},
                             30, "two jobs running at once", scheduler)
     assert both_running == {b.url for b in backends}
-    wait_for(lambda: finished(queue, ids), 120, "all jobs done", scheduler)
+    wait_for(lambda: finished(queue, ids, tmp_path / "library"), 120, "all jobs done", scheduler)
     assert {queue.get(i).backend for i in ids} == {b.url for b in backends}
     assert all(queue.get(i).status == "done" for i in ids)
 
@@ -165,7 +166,7 @@ def test_cancel_queued_and_running_jobs(backends, processes, tmp_path, redis_url
     assert queue.cancel(running.id).cancel_requested
     wait_for(lambda: queue.get(running.id).status == "cancelled", 5, "the running job to stop", scheduler)
     stop_secs = time.monotonic() - asked
-    wait_for(lambda: queue.get(after.id).finished, 60, "the next job", scheduler)
+    wait_for(lambda: ended(queue, tmp_path / "library", after.id), 60, "the next job", scheduler)
     assert queue.get(after.id).status == "done"  # the backend was free for it
     assert queue.get(never.id).started_at is None
     assert [e["queue_id"] for e in LibraryStore(tmp_path / "library").entries()] == [after.id]
@@ -179,7 +180,7 @@ def test_a_job_the_backend_refuses_fails_with_its_reason_and_the_queue_moves_on(
     # The frontend would refuse this one; here it reaches the backend, which does.
     refused = queue.submit(prompt(num_images=9))
     good = queue.submit(prompt())
-    wait_for(lambda: finished(queue, [refused.id, good.id]), 60, "both jobs", scheduler)
+    wait_for(lambda: finished(queue, [refused.id, good.id], tmp_path / "library"), 60, "both jobs", scheduler)
     refused, good = queue.get(refused.id), queue.get(good.id)
     assert refused.status == "failed" and "num_images must be between 1 and 8" in refused.error
     assert refused.attempts == 1  # not retried: it would be refused again
@@ -195,9 +196,9 @@ def test_kill_9_of_the_scheduler_mid_job_reruns_the_job_first(backends, processe
     first.kill()
     assert queue.get(victim.id).status == "running"  # nobody has noticed yet
     second = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], name="second", wait_ready=False)
-    wait_for(lambda: finished(queue, [victim.id, behind.id]), 90, "both jobs", second)
+    wait_for(lambda: finished(queue, [victim.id, behind.id], tmp_path / "library"), 90, "both jobs", second)
     victim, behind = queue.get(victim.id), queue.get(behind.id)
-    assert victim.status == behind.status == "done"
+    assert victim.status == behind.status == "done", (victim.to_status(), behind.to_status(), second.log_tail())
     assert victim.attempts == 2 and behind.attempts == 1
     assert victim.started_at < behind.started_at  # re-run at the front of the queue
     assert "restarted" in (victim.last_error or "")
@@ -226,7 +227,7 @@ def test_sigterm_puts_the_running_job_back_at_the_front(backends, processes, tmp
     assert requeued.status == "queued" and requeued.position == 1 and requeued.attempts == 0
     assert queue.health()["workers"] == []  # a clean stop unregisters
     second = start_scheduler(processes, tmp_path, redis_url, [backends[0].url], name="second", wait_ready=False)
-    wait_for(lambda: finished(queue, [job.id, behind.id]), 60, "both jobs", second)
+    wait_for(lambda: finished(queue, [job.id, behind.id], tmp_path / "library"), 60, "both jobs", second)
     assert queue.get(job.id).status == queue.get(behind.id).status == "done"
 
 
@@ -326,7 +327,7 @@ def test_deletes_racing_job_completions_keep_the_library_valid(backends, process
     deleted_jobs: set[str] = set()
     deleted_images: set[str] = set()
     reads = 0
-    while not finished(queue, ids):
+    while not finished(queue, ids, tmp_path / "library"):
         assert scheduler.alive(), scheduler.log_tail()
         if store.index_path.exists():
             entries = json.loads(store.index_path.read_bytes())  # never half-written

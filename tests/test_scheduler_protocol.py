@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from playground.library import LibraryStore
+from settled import ended
 from playground.queue import JobQueue
 from playground.testing.standin_backend import PICKED_SEED, PREVIEW_JPEG, StandInBackend
 from scheduler.config import Config
@@ -35,9 +36,9 @@ def scheduler(backend, redis_url, tmp_path):
     assert service.join(timeout=15)
 
 
-def wait_finished(queue: JobQueue, job_ids, timeout: float = 30):
+def wait_finished(queue: JobQueue, job_ids, library_dir, timeout: float = 30):
     deadline = time.monotonic() + timeout
-    while not all(queue.get(job_id).finished for job_id in job_ids):
+    while not all(ended(queue, library_dir, job_id) for job_id in job_ids):
         assert time.monotonic() < deadline, [queue.get(job_id).to_status() for job_id in job_ids]
         time.sleep(0.02)
     return [queue.get(job_id) for job_id in job_ids]
@@ -57,17 +58,17 @@ def job(text: str) -> dict:
 def test_out_of_memory_in_the_backend_fails_the_job_with_its_message(backend, scheduler, redis_client, tmp_path):
     queue = JobQueue(redis_client)
     oom, after = queue.submit(job("oom")), queue.submit(job("fine"))
-    oom, after = wait_finished(queue, [oom.id, after.id])
+    oom, after = wait_finished(queue, [oom.id, after.id], tmp_path / "library")
     assert oom.status == "failed" and "RESOURCE_EXHAUSTED: Out of memory" in oom.error
     assert oom.attempts == 1 and backend.calls.count("oom") == 1  # not retried: it would fail again
     assert after.status == "done" and after.seed == PICKED_SEED  # the backend picked it for seed 0
     assert [e["queue_id"] for e in LibraryStore(tmp_path / "library").entries()] == [after.id]
 
 
-def test_a_silent_backend_counts_as_lost_and_the_job_fails_after_three_attempts(backend, scheduler, redis_client):
+def test_a_silent_backend_counts_as_lost_and_the_job_fails_after_three_attempts(backend, scheduler, redis_client, tmp_path):
     queue = JobQueue(redis_client)
     hung = queue.submit(job("hang"))
-    [hung] = wait_finished(queue, [hung.id])
+    [hung] = wait_finished(queue, [hung.id], tmp_path / "library")
     assert hung.status == "failed" and hung.attempts == 3
     assert "3 attempts" in hung.error and "connection lost" in hung.error
     assert backend.calls.count("hang") == 3
@@ -75,10 +76,10 @@ def test_a_silent_backend_counts_as_lost_and_the_job_fails_after_three_attempts(
 
 @pytest.mark.parametrize("text,error", [("garbage", "not JSON"), ("not an event", "not an event object"),
                                         ("server error", "backend answered 500")])
-def test_a_garbled_stream_is_retried_then_failed(backend, scheduler, redis_client, text, error):
+def test_a_garbled_stream_is_retried_then_failed(backend, scheduler, redis_client, text, error, tmp_path):
     queue = JobQueue(redis_client)
     garbled, after = queue.submit(job(text)), queue.submit(job("fine"))
-    garbled, after = wait_finished(queue, [garbled.id, after.id])
+    garbled, after = wait_finished(queue, [garbled.id, after.id], tmp_path / "library")
     assert garbled.status == "failed" and error in garbled.error and garbled.attempts == 3
     assert after.status == "done"
 
@@ -94,7 +95,7 @@ def test_config_from_env_reads_the_documented_variables(tmp_path):
             Config.from_env({"BACKEND_URLS": bad})
 
 
-def test_progress_reaches_redis_at_least_every_second_and_cancel_stops_the_job(backend, scheduler, redis_client):
+def test_progress_reaches_redis_at_least_every_second_and_cancel_stops_the_job(backend, scheduler, redis_client, tmp_path):
     queue = JobQueue(redis_client)
     slow = queue.submit(job("slow"))
     seen: list[tuple[float, int]] = []
@@ -108,7 +109,7 @@ def test_progress_reaches_redis_at_least_every_second_and_cancel_stops_the_job(b
     assert max(gaps) <= 1.0, seen  # written every progress_interval_secs (0.25 s)
     asked = time.monotonic()
     assert queue.cancel(slow.id).cancel_requested
-    [slow] = wait_finished(queue, [slow.id], timeout=5)
+    [slow] = wait_finished(queue, [slow.id], tmp_path / "library", timeout=5)
     assert slow.status == "cancelled" and time.monotonic() - asked < 5
     assert backend.cancelled.is_set()  # the backend was told, so it is free for the next job
 
@@ -160,7 +161,7 @@ def test_the_scheduler_rides_out_a_redis_crash(backend, tmp_path):
     client = redis.Redis.from_url(server.url)
     try:
         queue = JobQueue(client)
-        wait_finished(queue, [queue.submit(job("before")).id])
+        wait_finished(queue, [queue.submit(job("before")).id], tmp_path / "library")
         backend.loading.set()
         deadline = time.monotonic() + 10
         while queue.health()["workers"][0]["backend_status"] != "loading":
@@ -173,10 +174,10 @@ def test_the_scheduler_rides_out_a_redis_crash(backend, tmp_path):
         time.sleep(1.0)
         server.start()
         backend.loading.clear()
-        [queued] = wait_finished(queue, [queued.id], timeout=30)
+        [queued] = wait_finished(queue, [queued.id], tmp_path / "library", timeout=30)
         assert queued.status == "done"
         after = queue.submit(job("after"))
-        [after] = wait_finished(queue, [after.id], timeout=30)
+        [after] = wait_finished(queue, [after.id], tmp_path / "library", timeout=30)
         assert after.status == "done"
     finally:
         service.stop()
@@ -195,7 +196,7 @@ def test_previews_are_kept_while_the_job_runs_and_bad_ones_skipped(backend, sche
     running = queue.get(submitted.id)
     assert running.status == "running" and running.preview_tokens == 128
     backend.release.set()
-    (done,) = wait_finished(queue, [submitted.id])
+    (done,) = wait_finished(queue, [submitted.id], tmp_path / "library")
     assert done.status == "done" and done.preview_tokens is None
     assert queue.preview(submitted.id, 0) is None and redis_client.keys("*preview*") == []
     (entry,) = LibraryStore(tmp_path / "library").entries()

@@ -64,7 +64,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
-    claim: int = 0  # the fencing token of the latest claim (scripts.START)
+    claim: int = 0  # the fencing token of the latest claim (scripts.CLAIM)
     error: str | None = None
     last_error: str | None = None
     worker: str | None = None

@@ -6,10 +6,11 @@ per-job names from the prefix the same way.
 """
 from __future__ import annotations
 
-from playground.queue.states import CANCELLED, FAILED, QUEUED, RUNNING
+from playground.queue.states import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 # The statuses as Lua locals at the head of each script, so their strings live only in states.py.
-_STATUSES = f"local QUEUED, RUNNING, FAILED, CANCELLED = '{QUEUED}', '{RUNNING}', '{FAILED}', '{CANCELLED}'\n"
+_STATUSES = (f"local QUEUED, RUNNING, DONE, FAILED, CANCELLED = "
+             f"'{QUEUED}', '{RUNNING}', '{DONE}', '{FAILED}', '{CANCELLED}'\n")
 
 # Every time that orders events is Redis's own clock, never a worker's or a frontend's:
 # machines' clocks differ, Redis's is the one they share. (Scripts replicate their effects,
@@ -135,24 +136,33 @@ return status
 
 # -- the scheduler's side ------------------------------------------------------------------
 
-# Mark a job the worker has just moved into its processing list as running, under a new
-# claim number (the fencing token of this attempt: it only ever grows). Returns the job's
-# hash. The job may have been cancelled while it sat in the queue; then it is dropped here
-# and 0 returned.
-# KEYS: processing list, job hash, worker hash. ARGV: job id, worker id, backend url.
-START = _STATUSES + _NOW + """
-local status = redis.call('HGET', KEYS[2], 'status')
-if status ~= QUEUED then
-  redis.call('LREM', KEYS[1], 0, ARGV[1])
-  return 0
+# Claim the oldest queued job of the first non-empty queue: move it into the worker's
+# processing list and mark it running under a new claim number (the fencing token of this
+# attempt: it only ever grows), stamped with Redis's time. Move and stamp are one step, so
+# two workers claiming at once stamp `started_at` in the order they took their jobs, and no
+# job is ever moved but not started. A job that is no longer queued (cancelled while it sat
+# there) is dropped on the way. Returns the job's hash, or 0 when every queue is empty.
+# KEYS: processing list, worker hash. ARGV: worker id, backend url, prefix, then the queues
+# to take from, in order.
+CLAIM = _STATUSES + _NOW + """
+for i = 4, #ARGV do
+  local jid = redis.call('LMOVE', ARGV[i], KEYS[1], 'LEFT', 'LEFT')
+  while jid do
+    local job = ARGV[3] .. ':job:' .. jid
+    if redis.call('HGET', job, 'status') == QUEUED then
+      redis.call('HSET', job, 'status', RUNNING, 'started_at', now(), 'worker', ARGV[1],
+                 'backend', ARGV[2], 'tokens_done', '0', 'cancel_requested', '0')
+      redis.call('HDEL', job, 'preview_tokens')
+      redis.call('HINCRBY', job, 'attempts', 1)
+      redis.call('HINCRBY', job, 'claim', 1)
+      redis.call('HSET', KEYS[2], 'job_id', jid)
+      return redis.call('HGETALL', job)
+    end
+    redis.call('LREM', KEYS[1], 0, jid)
+    jid = redis.call('LMOVE', ARGV[i], KEYS[1], 'LEFT', 'LEFT')
+  end
 end
-redis.call('HSET', KEYS[2], 'status', RUNNING, 'started_at', now(), 'worker', ARGV[2],
-           'backend', ARGV[3], 'tokens_done', '0', 'cancel_requested', '0')
-redis.call('HDEL', KEYS[2], 'preview_tokens')
-redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-redis.call('HINCRBY', KEYS[2], 'claim', 1)
-redis.call('HSET', KEYS[3], 'job_id', ARGV[1])
-return redis.call('HGETALL', KEYS[2])
+return 0
 """
 
 # Store a running job's progress. Returns 1 when a cancel was asked for, 0 when not, and -1
@@ -186,10 +196,11 @@ return 0
 """
 
 # Record how a running job ended (the fields include its finished status). A job finishing
-# as done whose cancel was asked for meanwhile ends cancelled instead. Returns the status
-# recorded with the finish time ("done 1732612345.123456"), or '' when the claim is no
-# longer the job's: nothing is changed then (the caller's result is late and is dropped).
-# Its preview goes with it.
+# as done whose cancel was asked for meanwhile ends cancelled instead; one ending done has
+# all its tokens. Returns the status recorded with the finish time ("done 1732612345.123456"),
+# or '' when the claim is no longer the job's: nothing is changed then (the caller's result
+# is late and is dropped). Its preview goes with it. For a done job this is the commit point
+# of its result: the library publishes it only after this (LibraryStore.add_job).
 # KEYS: processing list, job hash, worker hash, preview hash. ARGV: job id, claim, ttl, status, field, value, ...
 FINISH = _STATUSES + _NOW + _STILL_MINE + """
 if not still_mine(ARGV[2]) then return '' end
@@ -204,6 +215,9 @@ if status ~= CANCELLED and redis.call('HGET', KEYS[2], 'cancel_requested') == '1
   redis.call('HSET', KEYS[2], 'status', status, 'finished_at', finished, 'error', '')
 else
   redis.call('HSET', KEYS[2], 'status', status, 'finished_at', finished, unpack(ARGV, 5))
+  if status == DONE then
+    redis.call('HSET', KEYS[2], 'tokens_done', redis.call('HGET', KEYS[2], 'total_tokens'))
+  end
 end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 return status .. ' ' .. finished
