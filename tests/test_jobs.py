@@ -240,3 +240,17 @@ def test_workers_claiming_at_once_stamp_their_starts_in_queue_order(redis_url, r
     assert all(start is not None for start in starts)
     assert starts == sorted(starts), [i for i, (a, b) in enumerate(zip(starts, starts[1:])) if a > b][:5]
     assert {queue.get(job_id).worker for job_id in ids} == {w.worker_id for w in workers}
+
+
+def test_a_done_job_has_all_its_tokens_even_if_no_progress_was_written(redis_client, queue):
+    """Progress writes are throttled, so a fast job may end before its first one: done means
+    every token drawn, in /jobs/<id> as in the library."""
+    worker = WorkerQueue(redis_client, "w", "http://127.0.0.1:1")
+    assert worker.register()
+    job = queue.submit(params())
+    claimed = worker.claim(timeout=1)
+    assert worker.finish_done(claimed, seed=1, model="tiny", images=[], process_time_secs=0.1)[0] == "done"
+    assert queue.get(job.id).to_status()["progress"] == {"tokens_done": 256, "total_tokens": 256}
+    failed = queue.submit(params())
+    worker.finish_failed(worker.claim(timeout=1), "broken")
+    assert queue.get(failed.id).tokens_done == 0  # a failed job keeps how far it got
