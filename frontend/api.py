@@ -27,7 +27,7 @@ from frontend.validation import (
     validate_start,
 )
 from playground.library import LibraryStore
-from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH
+from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public_limits
 from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
@@ -96,6 +96,7 @@ class Api:
         router.add("POST", "/jobs/{job_id}/cancel", self.cancel_job, changes_state=True, params=uuid)
         router.add("DELETE", "/jobs/{job_id}", self.delete_job, changes_state=True, params=uuid)
         router.add("GET", "/health", self.health)
+        router.add("GET", "/limits", self.limits)
         router.add("GET", "/openapi.yaml", lambda request: Response(200, self.openapi.yaml_bytes, "application/yaml"))
         router.add("GET", "/openapi.json", lambda request: Response(200, self.openapi.json_bytes, "application/json"))
         return router
@@ -251,6 +252,9 @@ class Api:
         if not deleted and job is None:
             return error_response(404, f"no job {job_id}")
         return json_response({"queue_id": job_id, "deleted": deleted})
+
+    def limits(self, request: Request) -> Response:
+        return json_response(public_limits(self._served_models(), self.config.max_upload_bytes))
 
     def health(self, request: Request) -> Response:
         report = {"frontend": {"status": "ok"}}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 
+from playground.pictures import ROW
+
 IMAGE_COUNTS = (2, 4, 6, 8)  # what POST /prompt accepts for num_images, as the original UI offered
 MAX_IMAGES = max(IMAGE_COUNTS)  # the most one generation makes (the backend and the engine)
 # Best of N: a job may generate up to this many candidates in one batched pass, of which CLIP
@@ -21,6 +23,26 @@ IMAGE_CODES = 16384
 MAX_KEEP_ROWS = 15
 DEFAULT_KEEP_ROWS = 8
 MAX_START_ROWS = 64
+
+
+def public_limits(served_codes: dict[str, int | None], max_upload_bytes: int) -> dict:
+    """What the pages need to check a request as the server will (GET /limits): these limits,
+    the upload size the frontend takes, and each served model's codebook (the top-k limit;
+    IMAGE_CODES until its backend has reported)."""
+    return {
+        "text_max_chars": MAX_TEXT_LENGTH,
+        "image_counts": list(IMAGE_COUNTS),
+        "seed_max": MAX_SEED,
+        "candidates_max": MAX_CANDIDATES,
+        "keep_rows_max": MAX_KEEP_ROWS,
+        "keep_rows_default": DEFAULT_KEEP_ROWS,
+        "start_rows_max": MAX_START_ROWS,
+        "upload_max_bytes": max_upload_bytes,
+        "image_tokens": IMAGE_TOKENS,
+        "image_rows": ROW,
+        "image_codes": max(filter(None, served_codes.values()), default=IMAGE_CODES),
+        "models": {model: {"image_codes": codes or IMAGE_CODES} for model, codes in sorted(served_codes.items())},
+    }
 
 
 def random_seed() -> int:

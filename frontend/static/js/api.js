@@ -38,6 +38,10 @@ async function request(method, path, body) {
 
 const jobPath = (queueId) => `jobs/${encodeURIComponent(queueId)}`;
 
+export async function getLimits() {
+  return (await request("GET", "limits")).json();
+}
+
 export async function submitPrompt(params) {
   return (await request("POST", "prompt", params)).json();
 }

@@ -2,6 +2,7 @@
 // seeds), extend below, or "use as start" on the advanced page.
 import { submitPrompt } from "./api.js";
 import { rememberJob } from "./myjobs.js";
+import { DEFAULT_KEEP_ROWS } from "./rows.js";
 import { SAMPLING_FIELDS } from "./validation.js";
 
 // What a library job was made with, as POST /prompt and the prompt form name it: the
@@ -24,7 +25,7 @@ export async function continueFrom(entry, src, { keepRows, extend }) {
 }
 
 // The advanced page with the picture as its start and the job's prompt and settings.
-export function startLink(entry, src, keepRows = 8) {
+export function startLink(entry, src, keepRows = DEFAULT_KEEP_ROWS) {
   const query = new URLSearchParams({ ...jobSettings(entry), seed: entry.seed ?? 0, init_image: src, keep_rows: keepRows });
   return `advanced.html?${query}`;
 }

@@ -4,6 +4,7 @@ import { deleteImage, deleteJob, getLibrary } from "./api.js";
 import { jobSettings } from "./continue.js";
 import { el, setChildren } from "./dom.js";
 import { formatDate, formatNumber, formatSeconds } from "./format.js";
+import { limits } from "./limits.js";
 import { libraryPicture } from "./viewer.js";
 
 const PAGE_SIZE = 20;
@@ -34,7 +35,7 @@ function settingsLink(entry) {
 // What a continuation started from: the source picture (a link to it) and the rows kept.
 function lineage(entry) {
   if (!entry.keep_rows) return null;
-  const how = `${entry.keep_rows} of 16 rows kept${entry.extend === "down" ? " · extended below" : ""}`;
+  const how = `${entry.keep_rows} of ${limits.image_rows} rows kept${entry.extend === "down" ? " · extended below" : ""}`;
   if (entry.init_image) {
     return el("p", { class: "lineage" }, "Started from",
       el("a", { href: entry.init_image, title: "The picture this job started from" },

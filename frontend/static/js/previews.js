@@ -19,7 +19,7 @@ export function previewPictures(className) {
     for (let index = 0; index < job.num_images; index += 1) {
       const picture = el("img", {
         src: `jobs/${encodeURIComponent(job.queue_id)}/preview?image=${index}&tokens=${tokens}`,
-        alt: `Image ${index + 1} as drawn so far (${tokens} of ${job.progress?.total_tokens ?? 256} tokens)`,
+        alt: `Image ${index + 1} as drawn so far (${tokens} of ${job.progress.total_tokens} tokens)`,
         width: 128, height: 128, "data-tokens": tokens,
       });
       picture.decode().then(() => {

@@ -1,6 +1,7 @@
 // The prompt form of index.html and advanced.html (the latter adds the sampling fields).
 import { submitPrompt } from "./api.js";
 import { startBackendStatus } from "./backends.js";
+import { limits } from "./limits.js";
 import { rememberJob } from "./myjobs.js";
 import { pngText, recalledSettings } from "./pnginfo.js";
 import { startQueue } from "./queue.js";
@@ -14,6 +15,11 @@ const textInput = document.getElementById("text");
 const submitButton = document.getElementById("submit");
 const formStatus = document.getElementById("form-status");
 const start = startPicture(); // the advanced page's start picture; null on the create page
+
+// The server's limits where the form states them.
+textInput.maxLength = limits.text_max_chars;
+form.elements.namedItem("seed").max = String(limits.seed_max);
+for (const node of document.querySelectorAll("[data-limit]")) node.textContent = String(limits[node.dataset.limit]);
 
 startBackendStatus(document.getElementById("backends"), document.getElementById("model-field"));
 

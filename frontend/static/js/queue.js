@@ -21,7 +21,7 @@ function queueRow(queueId, onCancel) {
   const badge = el("span", { class: "badge" });
   const prompt = el("p", { class: "prompt" });
   const meta = el("p", { class: "queue-meta" });
-  const progress = el("progress", { max: 256, "aria-label": "Image tokens generated" });
+  const progress = el("progress", { "aria-label": "Image tokens generated" });
   const tokens = el("span", { class: "tokens" });
   const progressLine = el("div", { class: "progress-line" }, progress, tokens);
   const previews = previewPictures("queue-previews");

@@ -40,7 +40,7 @@ export function formingCard(job) {
   return {
     node,
     update(current) {
-      const total = current.progress?.total_tokens ?? 256;
+      const total = current.progress.total_tokens;
       meta.textContent = `Drawing… ${current.preview_tokens} of ${total} tokens shown`;
       previews.update(current);
     },

@@ -2,9 +2,9 @@
 // (chosen or dropped), with the row slider over it and "extend below".
 import { el, setChildren } from "./dom.js";
 import { pngText } from "./pnginfo.js";
+import { limits } from "./limits.js";
 import { DEFAULT_KEEP_ROWS, rowPicker } from "./rows.js";
 
-const MAX_UPLOAD_BYTES = 4 * 1024 * 1024; // the server's FRONTEND_MAX_UPLOAD_BYTES default
 const TYPES = ["image/png", "image/jpeg", "image/webp"];
 
 function base64(buffer) {
@@ -51,8 +51,9 @@ export function startPicture() {
       error.textContent = "Choose a PNG, JPEG or WebP picture.";
       return;
     }
-    if (file.size > MAX_UPLOAD_BYTES) {
-      error.textContent = `The picture is ${(file.size / 1048576).toFixed(1)} MB; at most 4 MB are accepted.`;
+    if (file.size > limits.upload_max_bytes) {
+      error.textContent = `The picture is ${(file.size / 1048576).toFixed(1)} MB; at most `
+        + `${(limits.upload_max_bytes / 1048576).toFixed(1).replace(/\.0$/, "")} MB are accepted.`;
       return;
     }
     const buffer = await file.arrayBuffer();

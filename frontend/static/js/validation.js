@@ -1,9 +1,8 @@
 // The same input rules as the server's POST /prompt, checked before sending so
-// mistakes are shown next to their field at once.
-const MAX_PROMPT_CHARS = 1000;
-const MAX_SEED = 4294967296;
+// mistakes are shown next to their field at once; the limits are the server's.
+import { limits } from "./limits.js";
+
 export const SAMPLING_FIELDS = ["gen_top_k", "gen_top_p", "temperature", "condition_scale"];
-const MAX_CANDIDATES = 16;
 
 const INTEGER = /^\d+$/;
 
@@ -33,24 +32,24 @@ export function validatePrompt(form) {
 
   const text = (form.text ?? "").trim();
   if (!text) errors.text = "Write a prompt first.";
-  else if ([...text].length > MAX_PROMPT_CHARS) errors.text = `A prompt has at most ${MAX_PROMPT_CHARS} characters.`;
+  else if ([...text].length > limits.text_max_chars) errors.text = `A prompt has at most ${limits.text_max_chars} characters.`;
   params.text = text;
 
   const numImages = Number(form.num_images);
-  if ([2, 4, 6, 8].includes(numImages)) params.num_images = numImages;
-  else errors.num_images = "Choose 2, 4, 6 or 8 images.";
+  if (limits.image_counts.includes(numImages)) params.num_images = numImages;
+  else errors.num_images = `Choose ${limits.image_counts.slice(0, -1).join(", ")} or ${limits.image_counts.at(-1)} images.`;
 
-  // Best of N: 2× or 4× the images as candidates (at most 16); CLIP keeps the best.
+  // Best of N: 2× or 4× the images as candidates (at most the server's limit); CLIP keeps the best.
   const bestOf = Number(form.best_of ?? "1");
   if (![1, 2, 4].includes(bestOf)) errors.best_of = "Choose Off, 2× or 4×.";
   else if (bestOf > 1 && params.num_images) {
-    params.candidates = Math.min(MAX_CANDIDATES, params.num_images * bestOf);
+    params.candidates = Math.min(limits.candidates_max, params.num_images * bestOf);
     params.rank = true;
   }
 
   const seed = (form.seed ?? "").trim() || "0";
-  if (INTEGER.test(seed) && Number(seed) <= MAX_SEED) params.seed = Number(seed);
-  else errors.seed = `The seed is a whole number from 0 to ${MAX_SEED}.`;
+  if (INTEGER.test(seed) && Number(seed) <= limits.seed_max) params.seed = Number(seed);
+  else errors.seed = `The seed is a whole number from 0 to ${limits.seed_max}.`;
 
   // Offered (and sent) only when the backends serve more than one model; the server checks it.
   if (form.model) params.model = form.model;
