@@ -91,6 +91,7 @@ class BackendApi:
         self.holder = holder
         self._busy = threading.Lock()
         self._run: GenerationRun | None = None
+        self.announcer: Announcer | None = None  # set when the backend announces itself in Redis
 
     def health(self) -> Response:
         response = jsonify(self.report())
@@ -103,6 +104,8 @@ class BackendApi:
         holder = self.holder
         status = holder.status
         body = {"status": status, "model": holder.model_name, "error": holder.error}
+        if self.announcer is not None:
+            body["announce"] = self.announcer.state()
         if status != "ready":
             # While loading: the stage and each downloaded file's bytes, for the UI and the log.
             body.update(holder.progress.snapshot() if status == "loading" else {"stage": status})
@@ -174,7 +177,7 @@ def create_app(config: Config, loader: Callable[[LoadProgress], Any] | None = No
     app.extensions["model_holder"] = holder
     if config.redis_url and config.advertise_url:
         registry = BackendRegistry(redis.Redis.from_url(config.redis_url, socket_timeout=5), config.redis_prefix)
-        app.extensions["announcer"] = Announcer(registry, config.advertise_url, api.report).start()
+        api.announcer = Announcer(registry, config.advertise_url, api.report).start()
     app.add_url_rule("/health", view_func=api.health, methods=["GET"])
     app.add_url_rule("/generate", view_func=api.generate, methods=["POST"])
     app.add_url_rule("/cancel", view_func=api.cancel, methods=["POST"])
