@@ -251,4 +251,3 @@ def test_a_job_cancelled_while_its_worker_was_dead_is_not_rerun(queue, redis_cli
     other.register()
     assert other.sweep_dead_workers() == [(job.id, "cancelled")]
     assert queue.get(job.id).status == "cancelled" and queue.unfinished() == []
-
