@@ -102,10 +102,11 @@ class Announcer:
                     log.info("announcing %s in Redis again", self.url)
                 self.error = self._failing_since = None
             except redis.RedisError as exc:
+                error = self.describe_failure(exc)
                 if self.error is None:  # logged once per outage, not every second
                     self._failing_since = time.monotonic()
-                    log.warning("%s (retrying every second)", self._describe(exc))
-                self.error = self._describe(exc)
+                    log.warning("%s (retrying every second)", error)
+                self.error = error
             if self.stop.wait(self.interval_secs):
                 break
         try:
@@ -113,6 +114,6 @@ class Announcer:
         except redis.RedisError:
             pass  # the key expires by itself
 
-    def _describe(self, exc: redis.RedisError) -> str:
+    def describe_failure(self, exc: redis.RedisError) -> str:
         where = redis_address(self.registry.redis)
         return f"cannot announce {self.url} in Redis at {where}: {type(exc).__name__}: {exc}"

@@ -158,6 +158,6 @@ def announce_state(backend) -> dict:
 def test_the_troubleshooting_entry_quotes_the_announce_error():
     registry = BackendRegistry(redis.Redis.from_url("redis://:s3cret@192.168.1.10:6379/0"))
     announcer = Announcer(registry, "http://192.168.1.20:8080", dict)
-    message = announcer._describe(redis.AuthenticationError("invalid username-password pair or user is disabled."))
+    message = announcer.describe_failure(redis.AuthenticationError("invalid username-password pair or user is disabled."))
     docs = " ".join((REPO_ROOT / "docs" / "docker.md").read_text(encoding="utf-8").split())
     assert f"`{message}`" in docs, message
