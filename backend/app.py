@@ -19,7 +19,7 @@ from backend.config import Config
 from backend.device import check_device
 from backend.engine.progress import LoadProgress
 from backend.generate_request import BadRequest, parse_generate_body
-from backend.generation_run import GenerationRun
+from backend.generation_run import STOPPED_EVENT, GenerationRun
 from backend.model_holder import ModelHolder
 from playground.backend_registry import Announcer, BackendRegistry
 from playground.limits import MAX_CANDIDATES, random_seed
@@ -91,6 +91,8 @@ class BackendApi:
         self.holder = holder
         self._busy = threading.Lock()
         self._run: GenerationRun | None = None
+        self.announcer: Announcer | None = None  # set when the backend announces itself in Redis
+        self.stopping = False
 
     def health(self) -> Response:
         response = jsonify(self.report())
@@ -103,6 +105,8 @@ class BackendApi:
         holder = self.holder
         status = holder.status
         body = {"status": status, "model": holder.model_name, "error": holder.error}
+        if self.announcer is not None:
+            body["announce"] = self.announcer.state()
         if status != "ready":
             # While loading: the stage and each downloaded file's bytes, for the UI and the log.
             body.update(holder.progress.snapshot() if status == "loading" else {"stage": status})
@@ -129,6 +133,8 @@ class BackendApi:
         return getattr(self.holder.engine, "clip", None)
 
     def generate(self) -> Response:
+        if self.stopping:  # 503: the scheduler tries again elsewhere, no attempt counted
+            return error(503, STOPPED_EVENT["error"])
         if self.holder.status != "ready":
             return error(503, f"model {self.holder.model_name} is {self.holder.status}: "
                               f"{self.holder.error or 'try again soon'}")
@@ -151,6 +157,16 @@ class BackendApi:
             raise
         return Response(ndjson(run), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
+    def hand_back(self) -> None:
+        """Stopping on purpose (SIGTERM): take no new job, hand the running one back at once
+        (it ends with STOPPED_EVENT, so the scheduler counts no attempt), and leave Redis."""
+        self.stopping = True
+        run = self._run
+        if run is not None:
+            run.hand_back()
+        if self.announcer is not None:
+            self.announcer.stop.set()  # withdraws the announcement: the scheduler lets go at once
+
     def _finished(self) -> None:
         self._run = None
         self._busy.release()
@@ -172,9 +188,10 @@ def create_app(config: Config, loader: Callable[[LoadProgress], Any] | None = No
     holder = ModelHolder(config.model, loader or default_loader(config)).start()
     api = BackendApi(config, holder)
     app.extensions["model_holder"] = holder
+    app.extensions["backend_api"] = api
     if config.redis_url and config.advertise_url:
         registry = BackendRegistry(redis.Redis.from_url(config.redis_url, socket_timeout=5), config.redis_prefix)
-        app.extensions["announcer"] = Announcer(registry, config.advertise_url, api.report).start()
+        api.announcer = Announcer(registry, config.advertise_url, api.report).start()
     app.add_url_rule("/health", view_func=api.health, methods=["GET"])
     app.add_url_rule("/generate", view_func=api.generate, methods=["POST"])
     app.add_url_rule("/cancel", view_func=api.cancel, methods=["POST"])

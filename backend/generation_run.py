@@ -20,6 +20,9 @@ from playground import pictures
 log = logging.getLogger(__name__)
 
 PREVIEW_QUALITY = 80  # JPEG: a 128-pixel preview is about 3 kB
+# The last event of a run the backend hands back because it is stopping on purpose: the
+# scheduler queues the job again without counting an attempt.
+STOPPED_EVENT = {"event": "stopped", "error": "the backend is shutting down"}
 
 
 def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int,
@@ -80,6 +83,7 @@ class GenerationRun:
         self.seed = seed
         self.progress_interval = progress_interval
         self.cancel = threading.Event()
+        self._handed_back = threading.Event()
         self._on_finish = on_finish
         self._finished = threading.Event()
         self._tokens_done = 0
@@ -95,6 +99,12 @@ class GenerationRun:
     def start(self) -> "GenerationRun":
         threading.Thread(target=self._run, name=f"generate-{self.job_id}", daemon=True).start()
         return self
+
+    def hand_back(self) -> None:
+        """The backend is stopping: end the stream with STOPPED_EVENT at its next tick (within
+        a progress interval, whatever the engine is doing) and stop the engine."""
+        self._handed_back.set()
+        self.cancel.set()
 
     def _on_progress(self, done: int, total: int) -> None:
         self._tokens_done, self._total_tokens = done, total
@@ -160,7 +170,7 @@ class GenerationRun:
             if start is not None:
                 self._outcome["start"] = start
         except GenerationCancelled:
-            self._outcome = {"event": "cancelled"}
+            self._outcome = STOPPED_EVENT if self._handed_back.is_set() else {"event": "cancelled"}
         except Exception as exc:  # e.g. out of memory: reported to the scheduler, the service lives on
             log.exception("generation of job %s failed", self.job_id)
             self._outcome = {"event": "error", "error": f"{type(exc).__name__}: {exc}"}
@@ -183,6 +193,9 @@ class GenerationRun:
             yield {"event": "started", "seed": self.seed, "total_tokens": self._total_tokens}
             sent = None
             while not self._finished.wait(self.progress_interval):
+                if self._handed_back.is_set():
+                    yield STOPPED_EVENT
+                    return
                 yield {"event": "progress", "tokens_done": self._tokens_done, "total_tokens": self._total_tokens}
                 preview = self._preview
                 if preview is not sent:  # only the newest: one that was overtaken is never sent
@@ -190,6 +203,6 @@ class GenerationRun:
                     yield preview
             yield self._outcome
         finally:
-            if not self._finished.is_set():
+            if not self._finished.is_set() and not self._handed_back.is_set():
                 log.info("client of job %s went away: cancelling", self.job_id)
                 self.cancel.set()

@@ -1,8 +1,10 @@
 """`python -m backend.healthcheck`: the container health check of the backend (stdlib only).
 
-Exit 0 while the model loads or once it is ready, 1 when /health reports `"status": "error"` or
-does not answer. A download of Mega takes up to an hour: the check must not call that
-unhealthy, but it must call a failed load unhealthy at once (docker-compose.yml and the
+Exit 0 while the model loads or once it is ready, 1 when /health reports `"status": "error"`,
+does not answer, or reports that announcing the backend in Redis has failed for longer than
+ANNOUNCE_GRACE_SECS (a backend on another machine that the main machine never hears of, e.g.
+for a wrong Redis password). A download of Mega takes up to an hour: the check must not call
+that unhealthy, but it must call a failed load unhealthy at once (docker-compose.yml and the
 Dockerfile use this same check). It prints one line, which `docker inspect` keeps and
 `docker compose ps` summarises, e.g.
 
@@ -17,6 +19,10 @@ import urllib.error
 import urllib.request
 
 TIMEOUT_SECS = 8
+# Restarting the main machine's Redis takes seconds: only a longer failure to announce is
+# unhealthy. A wrong password or address fails from the first second, so it shows as
+# unhealthy about as soon as a failed load does (this, then `retries` checks).
+ANNOUNCE_GRACE_SECS = 30
 
 
 def size(count) -> str:
@@ -48,7 +54,7 @@ def describe_loading(body: dict) -> str:
     return " ".join(words)
 
 
-def check(url: str) -> tuple[int, str]:
+def check(url: str, announce_grace_secs: float = ANNOUNCE_GRACE_SECS) -> tuple[int, str]:
     """(exit status, one line) for the backend's /health at `url`."""
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECS) as response:
@@ -64,11 +70,18 @@ def check(url: str) -> tuple[int, str]:
     except (ValueError, KeyError, TypeError):
         return 1, f"unexpected answer from {url}: {raw[:200]!r}"
     if status == "ready":
-        devices = ", ".join(body.get("devices") or []) or "?"
-        return 0, f"ready: {body.get('model')} on {devices}"
-    if status == "loading":
-        return 0, describe_loading(body)
-    return 1, f"{status}: {body.get('error') or 'no reason given'}"
+        line = f"ready: {body.get('model')} on {', '.join(body.get('devices') or []) or '?'}"
+    elif status == "loading":
+        line = describe_loading(body)
+    else:
+        return 1, f"{status}: {body.get('error') or 'no reason given'}"
+    announce = body.get("announce")
+    if isinstance(announce, dict) and announce.get("error"):
+        failing = announce.get("failing_secs")
+        failing = failing if isinstance(failing, (int, float)) else 0
+        line = f"announce: {announce['error']} (for {failing:.0f} s); {line}"
+        return (1 if failing >= announce_grace_secs else 0), line
+    return 0, line
 
 
 def main() -> int:

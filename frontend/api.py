@@ -345,6 +345,7 @@ def _status_from_entry(entry: dict) -> dict:
         "position": None,
         "progress": {"tokens_done": IMAGE_TOKENS, "total_tokens": IMAGE_TOKENS},
         "eta_secs": None,
+        "unserved": None,
         "error": None,
         "images": images,
         "result": entry,

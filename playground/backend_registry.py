@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -61,34 +62,58 @@ class BackendRegistry:
         return live
 
 
+def redis_address(client: redis.Redis) -> str:
+    """Where a client connects, without its password: `host:port/db` (or the socket's path)."""
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return f"{where}/{kwargs.get('db', 0)}"
+
+
 class Announcer:
-    """Announces one backend every second in a daemon thread, riding out Redis outages."""
+    """Announces one backend every second in a daemon thread, riding out Redis outages.
+
+    While it cannot, `state()` says why and for how long (the backend's /health shows it, and
+    its container health check fails once that lasts), since the scheduler never hears of a
+    backend that cannot reach its Redis: a wrong password would otherwise look healthy."""
 
     def __init__(self, registry: BackendRegistry, url: str, report: Callable[[], dict],
                  interval_secs: float = ANNOUNCE_INTERVAL_SECS, ttl_secs: int = ANNOUNCE_TTL_SECS):
         self.registry, self.url, self.report = registry, url, report
         self.interval_secs, self.ttl_secs = interval_secs, ttl_secs
         self.stop = threading.Event()
+        self.error: str | None = None
+        self._failing_since: float | None = None  # time.monotonic() of the first failure in a row
 
     def start(self) -> Announcer:
         threading.Thread(target=self._run, name="announcer", daemon=True).start()
         return self
 
+    def state(self) -> dict:
+        """For /health: the URL announced, and the error with how long it has lasted (or None)."""
+        since = self._failing_since
+        return {"url": self.url, "error": self.error,
+                "failing_secs": None if since is None else round(time.monotonic() - since, 1)}
+
     def _run(self) -> None:
-        failing = False
         while True:
             try:
                 self.registry.announce(self.url, self.report(), self.ttl_secs)
-                if failing:
+                if self.error is not None:
                     log.info("announcing %s in Redis again", self.url)
-                failing = False
+                self.error = self._failing_since = None
             except redis.RedisError as exc:
-                if not failing:  # once per outage, not every second
-                    log.warning("cannot announce %s in Redis (retrying every second): %s", self.url, exc)
-                failing = True
+                error = self.describe_failure(exc)
+                if self.error is None:  # logged once per outage, not every second
+                    self._failing_since = time.monotonic()
+                    log.warning("%s (retrying every second)", error)
+                self.error = error
             if self.stop.wait(self.interval_secs):
                 break
         try:
             self.registry.withdraw(self.url)
         except redis.RedisError:
             pass  # the key expires by itself
+
+    def describe_failure(self, exc: redis.RedisError) -> str:
+        where = redis_address(self.registry.redis)
+        return f"cannot announce {self.url} in Redis at {where}: {type(exc).__name__}: {exc}"

@@ -32,7 +32,8 @@ def loading_state(health: dict) -> dict:
 
 
 class BackendUnavailable(Exception):
-    """The backend did not take the job (unreachable, loading, busy): try again later."""
+    """The backend did not take the job (unreachable, loading, busy), or handed it back because
+    it is stopping on purpose: try again later, without counting an attempt."""
 
 
 class BackendRejected(Exception):
@@ -60,6 +61,8 @@ class GenerationStream:
                     raise BackendLost(f"backend sent a line that is not JSON: {line[:200]!r}") from None
                 if not isinstance(event, dict):
                     raise BackendLost(f"backend sent a line that is not an event object: {line[:200]!r}")
+                if event.get("event") == "stopped":
+                    raise BackendUnavailable(f"backend stopped during the job: {event.get('error')}")
                 yield event
                 if event.get("event") in TERMINAL_EVENTS:
                     return

@@ -201,7 +201,7 @@ class Worker:
             with self.backend.generate(job.params()) as stream:
                 self._follow(job, stream, started)
         except BackendUnavailable as exc:
-            # It never started: not an attempt.
+            # It never started, or its backend handed it back on a planned stop: not an attempt.
             self._ready_checked_at = 0.0
             if not self.queue.put_back(job, str(exc), count_attempt=False):
                 _lost(job, "put-back")

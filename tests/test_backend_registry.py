@@ -2,14 +2,19 @@
 found within seconds, let go when their announcements stop, served again when they return."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
+import redis
+import requests
 
-from playground.backend_registry import BackendRegistry
+from backend.healthcheck import check
+from playground.backend_registry import Announcer, BackendRegistry
 from playground.queue import JobQueue
-from playground.testing.processes import backend_process, scheduler_process
+from playground.redis_server import RedisServer
+from playground.testing.processes import REPO_ROOT, backend_process, scheduler_process
 from playground.testing.standin_backend import StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
@@ -103,3 +108,56 @@ def test_a_real_backend_announces_itself_to_a_scheduler_without_backend_urls(
     finally:
         backend.stop()
         scheduler.stop()
+
+
+def test_a_backend_that_cannot_announce_itself_says_why_on_health_and_turns_unhealthy(
+        tmp_path, model_cache_dir):
+    """A wrong password in REDIS_URL: the main machine never hears of the backend, so the
+    backend itself must say so, on /health and through its container health check."""
+    server = RedisServer(tmp_path / "redis").start()
+    backend = backend_process(tmp_path, model_cache_dir, extra_env={
+        "REDIS_URL": f"redis://:wrong-secret@127.0.0.1:{server.port}/0"})
+    backend.env["BACKEND_ADVERTISE_URL"] = backend.url
+    admin = redis.Redis.from_url(server.url)
+    try:
+        admin.config_set("requirepass", "s3cret")
+        backend.start()
+        expected = (f"cannot announce {backend.url} in Redis at 127.0.0.1:{server.port}/0: "
+                    "AuthenticationError: invalid username-password pair or user is disabled.")
+        health = wait_until(lambda: (state := announce_state(backend)).get("error") and state, 30,
+                            "/health to report the announce error")
+        assert health["error"] == expected and health["url"] == backend.url
+        assert "wrong-secret" not in json.dumps(health)
+        # Within the grace period the container stays healthy (a Redis restart takes seconds);
+        # after it, the same answer is unhealthy, with the reason in the check's one line.
+        code, line = check(backend.url + "/health")
+        assert code == 0 and line.startswith(f"announce: {expected} (for "), line
+        code, line = check(backend.url + "/health", announce_grace_secs=0)
+        assert code == 1 and line.startswith(f"announce: {expected} (for "), line
+        assert backend.log_tail().count("cannot announce") == 1, "logged once per outage, not every second"
+
+        admin.config_set("requirepass", "wrong-secret")  # the password put right
+        wait_until(lambda: (state := announce_state(backend)) and state["error"] is None, 10, "the error to clear")
+        listed = BackendRegistry(redis.Redis.from_url(backend.env["REDIS_URL"])).live()
+        assert backend.url in listed
+        assert not check(backend.url + "/health", announce_grace_secs=0)[1].startswith("announce:")
+    finally:
+        backend.stop()
+        admin.close()
+        server.stop()
+
+
+def announce_state(backend) -> dict:
+    """The `announce` part of the backend's /health ({} while it does not answer)."""
+    try:
+        return requests.get(backend.url + "/health", timeout=2).json().get("announce") or {}
+    except (requests.RequestException, ValueError):
+        return {}
+
+
+def test_the_troubleshooting_entry_quotes_the_announce_error():
+    registry = BackendRegistry(redis.Redis.from_url("redis://:s3cret@192.168.1.10:6379/0"))
+    announcer = Announcer(registry, "http://192.168.1.20:8080", dict)
+    message = announcer.describe_failure(redis.AuthenticationError("invalid username-password pair or user is disabled."))
+    docs = " ".join((REPO_ROOT / "docs" / "docker.md").read_text(encoding="utf-8").split())
+    assert f"`{message}`" in docs, message

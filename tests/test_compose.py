@@ -262,10 +262,11 @@ def test_a_gpu_backend_that_finds_no_gpu_fails_instead_of_running_on_the_cpu():
     assert environment_of(cpu)["DALLE_DEVICE"] == "cpu"
     assert cpu["build"]["args"]["JAX_CUDA"] == "cpu", "the CPU backend needs no CUDA wheels"
     # No GPU reservation at all (Docker refuses to start a container whose GPU request it
-    # cannot meet), and no GPU choice left behind.
+    # cannot meet), and no GPU choice left behind (emptied, so that it also holds through
+    # docker-compose.backend.yml's `extends`).
     assert isinstance(cpu["deploy"], Tagged) and cpu["deploy"].tag == "!reset"
     for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
-        assert isinstance(cpu["environment"][name], Tagged) and cpu["environment"][name].tag == "!reset"
+        assert cpu["environment"][name] == "", name
 
 
 def test_jax_starts_whichever_memory_fraction_name_is_set():
@@ -844,7 +845,7 @@ def test_docker_compose_config_accepts_and_merges_the_files():
     cpu = compose_config(MAIN, CPU)["services"]["backend"]
     assert "deploy" not in cpu or not cpu["deploy"].get("resources"), "the CPU backend asks for a GPU"
     assert cpu["environment"]["DALLE_DEVICE"] == "cpu" and cpu["build"]["args"]["JAX_CUDA"] == "cpu"
-    assert "CUDA_VISIBLE_DEVICES" not in cpu["environment"]
+    assert cpu["environment"]["CUDA_VISIBLE_DEVICES"] == ""  # CUDA sees no GPU
 
     moved = compose_config(MAIN, LIBRARY_VOLUME="/srv/dalle/library", FRONTEND_BIND="0.0.0.0")["services"]
     assert moved["frontend"]["volumes"][0]["type"] == "bind"

@@ -144,6 +144,45 @@ def test_health_reports_workers_and_heartbeat_age(queue, redis_client):
     assert 0 <= entry["heartbeat_age_secs"] < 5
 
 
+def live_worker(redis_client, name: str, model: str | None) -> WorkerQueue:
+    worker = WorkerQueue(redis_client, name, f"http://{name}:8080")
+    assert worker.register() and worker.heartbeat("ready" if model else "unreachable", model=model)
+    return worker
+
+
+def test_a_queued_job_that_no_live_backend_can_run_says_why_until_one_can(queue, redis_client):
+    anything = queue.submit(params("any model"))
+    mega = queue.submit(params("for mega", model="mega"))
+    nobody = "no backend is live: the job waits until one joins (or cancel it: POST /jobs/{}/cancel)"
+    assert [queue.get(job.id).unserved for job in (anything, mega)] == [nobody.format(anything.id),
+                                                                         nobody.format(mega.id)]
+
+    mini = live_worker(redis_client, "mini-backend", "mini")
+    assert queue.get(anything.id).unserved is None  # any live backend takes it
+    assert queue.get(mega.id).unserved == (f"no live backend serves model mega (they serve mini): the job waits "
+                                           f"until one does (or cancel it: POST /jobs/{mega.id}/cancel)")
+    assert queue.get(mega.id).to_status()["unserved"] == queue.get(mega.id).unserved
+    # /queue_status tells the same from its one read.
+    assert {job.id: job.unserved for job in queue.unfinished()} == {anything.id: None,
+                                                                    mega.id: queue.get(mega.id).unserved}
+
+    # A backend whose model is not known yet (it has not answered) may serve it: no claim made.
+    starting = live_worker(redis_client, "starting-backend", None)
+    assert queue.get(mega.id).unserved is None
+    starting.unregister()
+
+    served = live_worker(redis_client, "mega-backend", "mega")
+    assert queue.get(mega.id).unserved is None
+    served.unregister()  # its only backend leaves: the same rule as a model never served
+    assert "no live backend serves model mega (they serve mini)" in queue.get(mega.id).unserved
+
+    running = mini.claim(timeout=1, model="mini")
+    assert running.id == anything.id and queue.get(anything.id).unserved is None
+    mini.unregister()
+    assert queue.get(mega.id).unserved == nobody.format(mega.id)
+    assert queue.cancel(mega.id).status == "cancelled"  # such a job is cancelled as any other
+
+
 def test_job_round_trips_through_its_hash():
     job = Job(id="x", text="t", num_images=2, seed=1, top_p=0.5)
     from playground.queue import encode_job_fields

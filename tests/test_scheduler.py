@@ -352,3 +352,44 @@ def test_deletes_racing_job_completions_keep_the_library_valid(backends, process
         assert on_disk == set(entry["generated_images"])
     for job_id in deleted_jobs:
         assert not (library_dir / job_id).exists()
+
+
+def test_a_backend_stopped_on_purpose_hands_its_job_back_but_a_crash_costs_an_attempt(
+        processes, tmp_path, redis_url, queue, model_cache_dir):
+    """SIGTERM of the backend mid-job (`docker compose stop`) gives the job back at once, its
+    attempt with it: with one attempt allowed, the job still runs to the end afterwards. A
+    kill -9 of the backend is a crash: that one attempt is spent and the job fails."""
+    from backend.__main__ import GRACEFUL_TIMEOUT_SECS
+
+    # 32 chunks of half a second: a job lasts 16 s, time enough to stop its backend mid-way.
+    backend = backend_process(tmp_path, model_cache_dir, extra_env={
+        **BACKEND_ENV, "BACKEND_TEST_CHUNK_DELAY_SECS": "0.5"})
+    scheduler = processes(scheduler_process(tmp_path, redis_url, [backend.url], tmp_path / "library",
+                                            extra_env={"SCHEDULER_MAX_ATTEMPTS": "1"}))
+    stopped = queue.submit(prompt("stopped on purpose"))
+    processes(backend)
+    backend.wait_healthy(300)
+    wait_for(lambda: generating_job(queue, stopped.id), 60, "the job to be generating", scheduler, backend)
+    asked = time.monotonic()
+    backend.process.terminate()  # SIGTERM, as `docker compose stop` sends it
+    wait_for(lambda: queue.get(stopped.id).status != "running", GRACEFUL_TIMEOUT_SECS, "the job to be handed back",
+             scheduler, backend)
+    handed_back = time.monotonic() - asked
+    job = queue.get(stopped.id)
+    assert (job.status, job.attempts) == ("queued", 0), (job.status, job.error)
+    assert job.last_error == "backend stopped during the job: the backend is shutting down"
+    backend.process.wait(timeout=60)
+    print(f"handed back {handed_back:.2f} s after SIGTERM; the backend exited {time.monotonic() - asked:.2f} s after it")
+    assert backend.process.returncode == 0, backend.log_tail()
+
+    processes(backend)  # started again: the job runs to the end on its one attempt
+    backend.wait_healthy(300)
+    wait_for(lambda: queue.get(stopped.id).finished, 120, "the job to finish", scheduler, backend)
+    assert (queue.get(stopped.id).status, queue.get(stopped.id).attempts) == ("done", 1)
+
+    crashed = queue.submit(prompt("crashed"))
+    wait_for(lambda: generating_job(queue, crashed.id), 60, "the next job to be generating", scheduler, backend)
+    backend.kill()
+    wait_for(lambda: queue.get(crashed.id).finished, 20, "the crashed job to fail", scheduler)
+    job = queue.get(crashed.id)
+    assert job.status == "failed" and "gave up after 1 attempts" in job.error, job.error

@@ -4,6 +4,7 @@ tiny-model backend cannot be made to do), and the page follows without a reload.
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 from playwright.sync_api import expect
@@ -26,11 +27,25 @@ def frontend_url(tmp_path, redis_url):
 
 @pytest.fixture
 def worker(redis_client):
+    """A live worker of a ready backend serving tiny: it beats every second, as the scheduler's
+    do, so its jobs never look unserved, until the test ends or calls `worker.leave()`."""
     queue = WorkerQueue(redis_client, "ui-test-worker", "http://127.0.0.1:9")
     assert queue.register()
-    queue.heartbeat("ready", model="tiny")
+    stop = threading.Event()
+
+    def beat():
+        while queue.heartbeat("ready", model="tiny") and not stop.wait(1):
+            pass
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+
+    def leave():
+        stop.set()
+        beating.join()
+        queue.unregister()
+    queue.leave = leave
     yield queue
-    queue.unregister()
+    leave()
 
 
 def test_progress_then_a_failure_with_its_reason(page, frontend_url, redis_client, worker):
@@ -120,7 +135,7 @@ def test_a_cancel_that_fails_says_so_in_its_row(page, tmp_path):
         redis.stop()
 
 
-def test_a_job_another_tab_submitted_becomes_mine_here(page, frontend_url, redis_client):
+def test_a_job_another_tab_submitted_becomes_mine_here(page, frontend_url, redis_client, worker):
     page.goto(frontend_url)
     job = JobQueue(redis_client).submit({"text": "sent from my other tab", "num_images": 2, "seed": 0, "model": "tiny"})
     row = page.locator(f'#queue [data-queue-id="{job.id}"]')
@@ -132,3 +147,32 @@ def test_a_job_another_tab_submitted_becomes_mine_here(page, frontend_url, redis
     expect(row).to_have_class(re.compile(r"\bmine\b"), timeout=10_000)
     expect(row.locator(".mine-tag")).to_be_visible()
     expect(row.get_by_role("button", name="Cancel")).to_be_visible()
+
+
+def test_a_job_no_backend_can_run_says_so_and_any_browser_can_cancel_it(page, frontend_url, redis_client, worker):
+    """Someone else's job for a model no live backend serves: shown as such, with a Cancel
+    button in this browser too; when the last backend leaves, the other waiting job says so."""
+    queue = JobQueue(redis_client)
+    stranded = queue.submit({"text": "for a model nobody serves", "num_images": 2, "seed": 0, "model": "mega"})
+    waiting = queue.submit({"text": "for the served model", "num_images": 2, "seed": 0, "model": "tiny"})
+    page.goto(frontend_url)
+    stranded_row = page.locator(f'#queue [data-queue-id="{stranded.id}"]')
+    waiting_row = page.locator(f'#queue [data-queue-id="{waiting.id}"]')
+    expect(stranded_row.locator(".badge")).to_have_text("No backend")
+    expect(stranded_row.locator(".unserved-note")).to_have_text(
+        "No running backend serves the model mega. This prompt waits until one does; cancel it if it should not.")
+    expect(stranded_row).not_to_have_class(re.compile(r"\bmine\b"))
+    expect(waiting_row.locator(".badge")).to_have_text("Next")
+    expect(waiting_row.locator(".unserved-note")).to_be_hidden()
+    expect(waiting_row.get_by_role("button", name="Cancel")).to_have_count(0)  # served, and not mine
+
+    worker.leave()  # its only backend leaves; seen at the next poll (5 s apart for others' jobs)
+    expect(waiting_row.locator(".badge")).to_have_text("No backend", timeout=15_000)
+    expect(waiting_row.locator(".unserved-note")).to_have_text(re.compile(r"^No running backend serves the model tiny\."))
+
+    stranded_row.get_by_role("button", name="Cancel").click()
+    expect(stranded_row).to_have_count(0)
+    assert queue.get(stranded.id).status == "cancelled"
+    waiting_row.get_by_role("button", name="Cancel").click()
+    expect(waiting_row).to_have_count(0)
+    assert queue.get(waiting.id).status == "cancelled"

@@ -1,5 +1,8 @@
-"""Where each unfinished job stands: its position in its model's line and the seconds until it is done."""
+"""Where each unfinished job stands: its position in its model's line, the seconds until it is
+done, and whether any live backend can run it at all."""
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from playground.queue.job import Job
 
@@ -11,9 +14,10 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
 
     `running` pairs each running job with its worker's id; `queued` maps each model to its
     queue in order ("": the jobs naming no model, which any worker takes first); `workers` maps
-    each live worker to its backend's model. A worker's speed is its measured seconds per image;
-    one not yet measured borrows the average of the others. With no measurement at all, ETAs
-    stay None. Positions count within a model's queue.
+    each live worker to its backend's model ("" while not known). A worker's speed is its
+    measured seconds per image; one not yet measured borrows the average of the others. With no
+    measurement at all, ETAs stay None. Positions count within a model's queue. A queued job
+    that no live worker can run gets `unserved`, the reason.
     """
     average = sum(speeds.values()) / len(speeds) if speeds else None
     free_at: dict[str, float] = {wid: now for wid in workers}
@@ -31,9 +35,24 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
         pool = [wid for wid in free_at if not model or workers[wid] == model]
         for position, job in enumerate(queued[model], start=1):
             job.position = position
+            job.unserved = unserved_reason(job.id, model, workers.values())
             if not pool or average is None:
                 continue
             # The worker free soonest takes it, as the real workers do; a tie goes to the faster.
             wid = min(pool, key=lambda w: (free_at[w], speeds.get(w, average)))
             free_at[wid] += speeds.get(wid, average) * job.num_images
             job.eta_secs = free_at[wid] - now
+
+
+def unserved_reason(job_id: str, model: str, live_models: Collection[str]) -> str | None:
+    """Why a queued job has no live backend to run it, or None when it has one. A job naming no
+    model ("") is served by any live backend; one naming a model, by a live backend of that
+    model, or by one whose model is not known yet (it has not answered since its scheduler
+    started). Such a job waits rather than fails: its backend may be restarting."""
+    if (not model and live_models) or model in live_models or "" in live_models:
+        return None
+    cancel = f"or cancel it: POST /jobs/{job_id}/cancel"
+    if not live_models:
+        return f"no backend is live: the job waits until one joins ({cancel})"
+    served = ", ".join(sorted(set(live_models)))
+    return f"no live backend serves model {model} (they serve {served}): the job waits until one does ({cancel})"

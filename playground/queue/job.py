@@ -83,6 +83,7 @@ class Job:
     # Filled in by JobQueue from the queue as a whole, not stored in the hash.
     position: int | None = None
     eta_secs: float | None = None
+    unserved: str | None = None  # queued with no live backend that can run it: why (eta.unserved_reason)
 
     @classmethod
     def from_hash(cls, raw: dict) -> Job:
@@ -173,6 +174,7 @@ class Job:
             "preview_tokens": self.preview_tokens,
             "keep_previews": self.keep_previews,
             "eta_secs": None if self.eta_secs is None else round(self.eta_secs, 1),
+            "unserved": self.unserved,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -21,6 +21,7 @@ function queueRow(queueId, onCancel) {
   const badge = el("span", { class: "badge" });
   const prompt = el("p", { class: "prompt" });
   const meta = el("p", { class: "queue-meta" });
+  const unservedNote = el("p", { class: "unserved-note" });
   const progress = el("progress", { "aria-label": "Image tokens generated" });
   const tokens = el("span", { class: "tokens" });
   const progressLine = el("div", { class: "progress-line" }, progress, tokens);
@@ -41,7 +42,8 @@ function queueRow(queueId, onCancel) {
     }
   });
   const node = el("li", { class: "queue-item", "data-queue-id": queueId },
-    el("div", { class: "queue-head" }, badge, mineTag), prompt, meta, progressLine, previews.node, cancel, cancelError);
+    el("div", { class: "queue-head" }, badge, mineTag), prompt, meta, unservedNote, progressLine, previews.node,
+    cancel, cancelError);
 
   function update(job, index) {
     const running = job.status === "running";
@@ -49,11 +51,19 @@ function queueRow(queueId, onCancel) {
     const mine = isMine(queueId);
     node.classList.toggle("mine", mine);
     mineTag.hidden = !mine;
-    cancel.hidden = !mine;
+    // A job no backend can run would wait for ever unseen: anyone may cancel it.
+    const unserved = !running && Boolean(job.unserved);
+    cancel.hidden = !mine && !unserved;
     node.dataset.status = job.status;
     node.classList.toggle("running", running);
+    node.classList.toggle("unserved", unserved);
     const position = job.position ?? index; // 0 is the running job, 1 the next one
-    badge.textContent = running ? "Generating" : position === 1 ? "Next" : `Position ${position}`;
+    badge.textContent = running ? "Generating" : unserved ? "No backend"
+      : position === 1 ? "Next" : `Position ${position}`;
+    unservedNote.hidden = !unserved;
+    unservedNote.textContent = !unserved ? ""
+      : job.model ? `No running backend serves the model ${job.model}. This prompt waits until one does; cancel it if it should not.`
+      : "No backend is running. This prompt waits until one joins; cancel it if it should not.";
     if (prompt.textContent !== job.text) prompt.textContent = job.text;
     meta.textContent = `${job.num_images} images · ${formatEta(job.eta_secs)}`;
     progressLine.hidden = !running;
