@@ -3,11 +3,13 @@ the full-size view with download, delete job, "use these settings again", and a 
 of 10,000 jobs that still opens quickly."""
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from browser import add_library_job
@@ -85,7 +87,7 @@ def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
     download = viewer.get_by_role("link", name="Download")
     href = download.get_attribute("href")
     assert href == entry["generated_images"][1]
-    assert download.get_attribute("download") == href.rsplit("/", 1)[1]
+    assert download.get_attribute("download") == f"{slug(entry['text_prompt'])}-seed4242-2.png"
     png = page.request.get(f"{ui_stack.frontend.url}/{href}")
     assert png.status == 200 and png.headers["content-type"] == "image/png"
     page.keyboard.press("Escape")
@@ -172,3 +174,54 @@ def test_ten_thousand_jobs_stay_responsive(page, tmp_path, redis_url):
         filter_secs = time.monotonic() - started
     assert first_page_secs < 5, f"the first page took {first_page_secs:.1f} s"
     assert filter_secs < 3, f"filtering took {filter_secs:.1f} s"
+
+
+def slug(prompt: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in prompt.lower()).split())[:60].strip("-")
+
+
+def test_the_viewer_steps_through_the_pictures_and_says_what_made_each(page, ui_stack, tag):
+    older = add_library_job(ui_stack.library_dir, f"{tag} older", seed=7, created=time.time() - 10)
+    newer = add_library_job(ui_stack.library_dir, f"{tag} newer", seed=8)
+    page.goto(f"{ui_stack.frontend.url}/library.html?q={tag}")
+    pictures = [*newer["generated_images"], *older["generated_images"]]  # as the page shows them
+    thumbs = page.locator("article.job .thumb")
+    expect(thumbs).to_have_count(4)
+    thumbs.first.click()
+    viewer = page.locator("dialog.viewer[open]")
+    shown = viewer.locator("figure > img")
+    expect(shown).to_have_attribute("src", pictures[0])
+    expect(viewer.get_by_role("button", name="‹ Previous")).to_be_disabled()
+    details = viewer.locator(".picture-details")
+    expect(details).to_contain_text("Seed8")
+    expect(details).to_contain_text("top-k 40 · top-p 0.9 · temperature 0.8 · condition scale 7.5 · model tiny")
+    expect(viewer.get_by_role("link", name="Download")).to_have_attribute("download", f"{tag}-newer-seed8-1.png")
+
+    page.keyboard.press("ArrowRight")
+    expect(shown).to_have_attribute("src", pictures[1])
+    viewer.get_by_role("button", name="Next ›").click()
+    expect(shown).to_have_attribute("src", pictures[2])  # on to the next job's first picture
+    expect(details).to_contain_text("Seed7")
+    expect(viewer.get_by_role("link", name="Download")).to_have_attribute("download", f"{tag}-older-seed7-1.png")
+    page.keyboard.press("ArrowRight")
+    expect(shown).to_have_attribute("src", pictures[3])
+    expect(viewer.get_by_role("button", name="Next ›")).to_be_disabled()
+    page.keyboard.press("ArrowLeft")
+    expect(shown).to_have_attribute("src", pictures[2])
+    page.keyboard.press("Escape")
+    expect(viewer).to_have_count(0)
+
+
+def test_a_small_picture_is_drawn_pixel_for_pixel(page, ui_stack, tag):
+    small = io.BytesIO()
+    Image.new("RGB", (128, 128), (91, 61, 245)).save(small, format="PNG")
+    LibraryStore(ui_stack.library_dir).add_job(
+        {"queue_id": str(uuid.uuid4()), "text_prompt": f"{tag} a small square", "creation_unixtime": time.time(),
+         "process_time_secs": 1.0, "seed": 3, "num_images": 1}, [small.getvalue()])
+    page.goto(f"{ui_stack.frontend.url}/library.html?q={tag}")
+    page.locator("article.job .thumb").first.click()
+    shown = page.locator("dialog.viewer[open] figure > img")
+    expect(shown).to_have_class("exact")
+    width = shown.evaluate("image => image.getBoundingClientRect().width")
+    assert width > 128 and width % 128 == 0, width  # a whole multiple: no pixel blurred into two
+    assert shown.evaluate("image => getComputedStyle(image).imageRendering") == "pixelated"

@@ -17,6 +17,21 @@ export function formatEta(secs) {
   return `about ${formatSeconds(secs)} left`;
 }
 
+// A library entry's sampling values and model, as one line.
+export function formatSettings(entry) {
+  return `top-k ${formatNumber(entry.gen_top_k)} · top-p ${formatNumber(entry.gen_top_p)} · `
+    + `temperature ${formatNumber(entry.temperature)} · condition scale ${formatNumber(entry.condition_scale)}`
+    + (entry.model ? ` · model ${entry.model}` : "");
+}
+
+// A file name a person can find again: the prompt's first words, the seed and the picture's
+// place in its job ("a-red-circle-seed42-2.png").
+export function downloadName(entry, index, extension) {
+  const words = (entry.text_prompt ?? "").normalize("NFKD").toLowerCase().replace(/[^a-z0-9]+/g, "-")
+    .slice(0, 60).replace(/^-+|-+$/g, "");
+  return `${words || "picture"}-seed${entry.seed ?? 0}-${index + 1}.${extension}`;
+}
+
 export function formatDate(unixSeconds) {
   return new Date(unixSeconds * 1000).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }

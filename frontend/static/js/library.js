@@ -3,7 +3,7 @@
 import { deleteImage, deleteJob, getLibrary } from "./api.js";
 import { jobSettings } from "./continue.js";
 import { el, setChildren } from "./dom.js";
-import { formatDate, formatNumber, formatSeconds } from "./format.js";
+import { downloadName, formatDate, formatSeconds, formatSettings } from "./format.js";
 import { limits } from "./limits.js";
 import { libraryPicture } from "./viewer.js";
 
@@ -104,10 +104,7 @@ function jobCard(entry) {
       el("time", { datetime: new Date(entry.creation_unixtime * 1000).toISOString() }, formatDate(entry.creation_unixtime)),
       ` · seed ${entry.seed ?? "–"} · ${formatSeconds(entry.process_time_secs)} total, `
       + `${formatSeconds(perImage)} per image`),
-    el("p", { class: "params" },
-      `top-k ${formatNumber(entry.gen_top_k)} · top-p ${formatNumber(entry.gen_top_p)} · `
-      + `temperature ${formatNumber(entry.temperature)} · condition scale ${formatNumber(entry.condition_scale)}`
-      + (entry.model ? ` · model ${entry.model}` : "")),
+    el("p", { class: "params" }, formatSettings(entry)),
     lineage(entry),
     el("div", { class: "thumbs" }, thumbs),
     taller.length > 0 && el("h3", { class: "taller-title" }, "Taller pictures"),
@@ -115,7 +112,7 @@ function jobCard(entry) {
     el("div", { class: "card-actions" },
       el("a", { class: "button", href: settingsLink(entry) }, "Use these settings again"),
       (entry.reveal_images ?? []).map((src, index) => el("a", {
-        class: "button reveal", href: src, download: `reveal-${entry.queue_id.slice(0, 8)}-${index + 1}.webp`,
+        class: "button reveal", href: src, download: downloadName(entry, index, "reveal.webp"),
       }, `Reveal ${index + 1}`)),
       el("button", { type: "button", class: "danger", onclick: removeJob }, "Delete job")));
   return card;

@@ -1,15 +1,52 @@
-// Image thumbnails and the full-size view with its download link and, for a library
-// picture, variations, extend below and "use as start".
+// Image thumbnails and the full-size view: previous/next (buttons and arrow keys), what made
+// the picture, its download and, for a library picture, variations, extend below and "use as
+// start".
 import { continueFrom, startLink } from "./continue.js";
 import { el, setChildren } from "./dom.js";
+import { downloadName, formatSettings } from "./format.js";
+import { limits } from "./limits.js";
 import { rowPicker } from "./rows.js";
 
 // A second click within this time makes a double-click (delete), not a view.
 const DOUBLE_CLICK_MS = 250;
+const VIEW_MAX_PX = 640; // the largest the view draws a picture
 let viewer = null;
+// Each thumbnail's view, so the viewer can step to the one before or after it on the page.
+const views = new WeakMap();
 
 function fileName(src) {
   return src.split("/").pop();
+}
+
+// The picture's place in its job: its image, or its taller picture (after the images).
+function pictureIndex(entry, src) {
+  const images = entry.generated_images ?? [];
+  const at = images.indexOf(src);
+  return at >= 0 ? at : images.length + (entry.extended_images ?? []).indexOf(src);
+}
+
+// What made the picture (its prompt is the caption): seed, values, model, its CLIP score, and
+// its start.
+function pictureDetails(entry, src) {
+  const at = (entry.generated_images ?? []).indexOf(src);
+  const score = at >= 0 ? entry.clip_scores?.[at] : undefined;
+  const rows = [
+    ["Seed", String(entry.seed ?? "–")],
+    ["Settings", formatSettings(entry)],
+    typeof score === "number" && ["CLIP score", `${score.toFixed(1)} (higher: closer to the prompt)`],
+    entry.keep_rows && ["Start", `${entry.init_image ? "a library picture" : "an uploaded picture"}, `
+      + `${entry.keep_rows} of ${limits.image_rows} rows kept${entry.extend === "down" ? ", extended below" : ""}`],
+  ].filter(Boolean);
+  return el("dl", { class: "picture-details" }, rows.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
+}
+
+// Small pictures (the demo model's 128 pixels) are drawn at a whole multiple of their size,
+// pixel for pixel, rather than blurred.
+function drawExact(image) {
+  const fit = Math.min(VIEW_MAX_PX, window.innerWidth * 0.8, window.innerHeight * 0.8);
+  const factor = Math.max(1, Math.floor(fit / image.naturalWidth));
+  image.style.width = `${image.naturalWidth * factor}px`;
+  image.classList.add("exact");
 }
 
 function buildViewer() {
@@ -22,9 +59,17 @@ function buildViewer() {
   return dialog;
 }
 
-// `entry` (a library entry) adds the continuation actions; `mode` "variations" or
-// "extend" opens the view with the row slider over the picture.
-function openViewer({ src, alt, onDelete, entry, mode = "view" }) {
+// The thumbnail before (-1) or after (+1) `thumb` on the page, if any.
+function neighbour(thumb, step) {
+  const thumbs = [...document.querySelectorAll("button.thumb")].filter((node) => views.has(node));
+  const at = thumbs.indexOf(thumb);
+  return at < 0 ? null : thumbs[at + step] ?? null;
+}
+
+// `entry` (a library entry) adds what made the picture and the continuation actions; `mode`
+// "variations" or "extend" opens the view with the row slider over the picture. `thumb`:
+// the thumbnail it was opened from, whose neighbours previous/next show.
+function openViewer({ src, alt, onDelete, entry, mode = "view", thumb = null }) {
   viewer ??= buildViewer();
   const close = el("button", { type: "button", onclick: () => viewer.close() }, "Close");
   const remove = onDelete && el("button", {
@@ -41,7 +86,9 @@ function openViewer({ src, alt, onDelete, entry, mode = "view" }) {
   function show(newMode) {
     status.textContent = "";
     if (newMode === "view") {
-      setChildren(figure, el("img", { src, alt, width: 256, height: 256 }), el("figcaption", {}, alt));
+      const image = el("img", { src, alt, width: 256, height: 256 });
+      image.addEventListener("load", () => drawExact(image));
+      setChildren(figure, image, el("figcaption", {}, alt), entry && pictureDetails(entry, src));
       setChildren(continuation, entry && [
         el("button", { type: "button", onclick: () => show("variations") }, "Variations"),
         el("button", { type: "button", onclick: () => show("extend") }, "Extend below"),
@@ -74,22 +121,41 @@ function openViewer({ src, alt, onDelete, entry, mode = "view" }) {
     setChildren(continuation, go, el("button", { type: "button", onclick: () => show("view") }, "Back"));
   }
 
+  const stepButton = (step, label) => {
+    const target = mode === "view" && thumb ? neighbour(thumb, step) : null;
+    return el("button", { type: "button", class: "step", disabled: !target, "data-step": step,
+                          onclick: () => openViewer({ ...views.get(target), thumb: target }) }, label);
+  };
   show(entry ? mode : "view");
   setChildren(viewer, figure, status, continuation,
     el("div", { class: "dialog-actions" },
-      el("a", { class: "button", href: src, download: fileName(src) }, "Download"),
+      stepButton(-1, "‹ Previous"), stepButton(1, "Next ›"),
+      el("a", { class: "button", href: src, download: entry ? downloadName(entry, pictureIndex(entry, src), "png") : fileName(src) },
+        "Download"),
       remove,
       close));
-  viewer.showModal();
+  if (!viewer.open) viewer.showModal();
   close.focus();
 }
+
+// Arrow keys step through the pictures, except where they move a slider or a caret.
+function onKey(event) {
+  if (!viewer?.open || !["ArrowLeft", "ArrowRight"].includes(event.key)) return;
+  if (event.target.closest?.("input, textarea, select")) return;
+  const button = viewer.querySelector(`button.step[data-step="${event.key === "ArrowLeft" ? -1 : 1}"]`);
+  if (button && !button.disabled) {
+    event.preventDefault();
+    button.click();
+  }
+}
+document.addEventListener("keydown", onKey);
 
 // A thumbnail that opens the full-size view on click (or Enter) and, when
 // `onDelete` is given, asks to delete the image on double-click.
 // `onDelete` resolves to true once the image is gone.
 export function thumbnail({ src, alt, onDelete, entry, tall = false }) {
   let pendingOpen = null;
-  const open = () => openViewer({ src, alt, onDelete, entry });
+  const open = () => openViewer({ src, alt, onDelete, entry, thumb: button });
   const button = el("button", {
     type: "button",
     class: tall ? "thumb tall" : "thumb",
@@ -104,6 +170,7 @@ export function thumbnail({ src, alt, onDelete, entry, tall = false }) {
       if (onDelete) onDelete();
     },
   }, el("img", { src, alt, loading: "lazy", decoding: "async", width: 256, height: tall ? undefined : 256 }));
+  views.set(button, { src, alt, onDelete, entry });
   return button;
 }
 
