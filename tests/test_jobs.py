@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from playground.queue import Job, JobNotFound, JobQueue, Keys, QueueFull
+from playground.queue.eta import STALLED_AFTER_SECS, estimate
 from scheduler.worker_queue import WorkerQueue
 
 
@@ -293,3 +294,20 @@ def test_a_done_job_has_all_its_tokens_even_if_no_progress_was_written(redis_cli
     failed = queue.submit(params())
     worker.finish_failed(worker.claim(timeout=1), "broken")
     assert queue.get(failed.id).tokens_done == 0  # a failed job keeps how far it got
+
+
+def test_etas_count_the_candidates_and_the_running_job_s_own_pace():
+    """A Best-of job generates its candidates; a running job that has gone slower than the
+    measured speed so far will not make it up; one whose backend went quiet is stalled."""
+    now = 1000.0
+    slow = Job(id="slow", text="x", num_images=2, seed=1, status="running", started_at=now - 10,
+               progress_at=now - 1, tokens_done=64, total_tokens=256)
+    best_of = Job(id="best-of", text="y", num_images=2, seed=1, candidates=8)
+    quiet = Job(id="quiet", text="z", num_images=2, seed=1, status="running", started_at=now - 20,
+                progress_at=now - STALLED_AFTER_SECS - 1, tokens_done=128, total_tokens=256)
+    estimate([(slow, "w1"), (quiet, "w2")], {"": [best_of]}, {"w1": "tiny", "w2": "tiny"},
+             {"w1": 1.0, "w2": 1.0}, now)
+    assert slow.eta_secs == pytest.approx(30.0)  # 64 of 256 tokens in 10 s: 30 s more at that pace, not 0
+    assert slow.stalled_secs is None and quiet.stalled_secs == pytest.approx(STALLED_AFTER_SECS + 1)
+    # w2 is free first (its job, half done in 20 s, needs 20 s more); 8 candidates at 1 s each follow.
+    assert best_of.eta_secs == pytest.approx(20.0 + 8.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -12,11 +13,16 @@ from playwright.sync_api import expect
 from browser import submit_prompt
 from frontend.config import Config
 from frontend.threaded import serving
-from playground.queue import JobQueue
+from playground.queue import JobQueue, eta
 from playground.redis_server import RedisServer
 from scheduler.worker_queue import WorkerQueue
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+
+STATIC = Path(__file__).resolve().parents[1] / "frontend" / "static"
+STALLED_AFTER_SECS = eta.STALLED_AFTER_SECS
+REQUEST_TIMEOUT_MS = int(re.search(r"REQUEST_TIMEOUT_MS = (\d+)", (STATIC / "js" / "api.js").read_text()).group(1))
 
 
 @pytest.fixture
@@ -176,3 +182,28 @@ def test_a_job_no_backend_can_run_says_so_and_any_browser_can_cancel_it(page, fr
     waiting_row.get_by_role("button", name="Cancel").click()
     expect(waiting_row).to_have_count(0)
     assert queue.get(waiting.id).status == "cancelled"
+
+
+def test_a_running_job_whose_backend_goes_quiet_shows_as_stalled(page, frontend_url, worker):
+    page.goto(frontend_url)
+    queue_id = submit_prompt(page, "a prompt whose backend will hang", num_images=2)
+    row = page.locator(f'#queue [data-queue-id="{queue_id}"]')
+    claimed = worker.claim(timeout=1, model="tiny")
+    worker.progress(claimed, 64, 256)
+    expect(row.locator(".badge")).to_have_text("Generating")
+    expect(row).not_to_have_class(re.compile(r"\bstalled\b"))
+    # Nothing more from the backend: after STALLED_AFTER_SECS the card says so.
+    expect(row.locator(".badge")).to_have_text("Stalled", timeout=STALLED_AFTER_SECS * 1000 + 5000)
+    expect(row.locator(".queue-meta")).to_contain_text("no progress for")
+    worker.progress(claimed, 128, 256)  # it speaks again
+    expect(row.locator(".badge")).to_have_text("Generating")
+
+
+def test_create_comes_back_when_the_server_does_not_answer(page, frontend_url):
+    page.route("**/prompt", lambda route: None)  # the request goes out; no answer ever comes
+    page.goto(frontend_url)
+    page.fill("#text", "a prompt nobody answers")
+    page.click("#submit")
+    expect(page.locator("#submit")).to_be_disabled()
+    expect(page.locator("#form-status")).to_contain_text("did not answer", timeout=REQUEST_TIMEOUT_MS + 5000)
+    expect(page.locator("#submit")).to_be_enabled()

@@ -6,6 +6,11 @@ from collections.abc import Collection
 
 from playground.queue.job import Job
 
+# A running job whose worker has heard nothing from its backend for this long is shown as
+# stalled. The backend sends a line at least every second (docs/architecture.md), so this is
+# well past a hiccup, and well before the scheduler gives up on it (SCHEDULER_STALL_TIMEOUT).
+STALLED_AFTER_SECS = 5.0
+
 
 def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], workers: dict[str, str],
              speeds: dict[str, float], now: float) -> None:
@@ -15,19 +20,27 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
     `running` pairs each running job with its worker's id; `queued` maps each model to its
     queue in order ("": the jobs naming no model, which any worker takes first); `workers` maps
     each live worker to its backend's model ("" while not known). A worker's speed is its
-    measured seconds per image; one not yet measured borrows the average of the others. With no
+    measured seconds per picture generated (a Best-of job generates its candidates); one not yet
+    measured borrows the average of the others. A running job's own progress, once it has some,
+    is the better guide: the rest of it cannot go faster than it has gone so far. With no
     measurement at all, ETAs stay None. Positions count within a model's queue. A queued job
-    that no live worker can run gets `unserved`, the reason.
+    that no live worker can run gets `unserved`, the reason; a running one whose backend has
+    gone quiet, `stalled_secs`.
     """
     average = sum(speeds.values()) / len(speeds) if speeds else None
     free_at: dict[str, float] = {wid: now for wid in workers}
     for job, wid in running:
         job.position = 0
+        quiet = now - (job.progress_at or job.started_at or now)
+        job.stalled_secs = quiet if quiet >= STALLED_AFTER_SECS else None
         speed = speeds.get(wid, average)
         if speed is None:
             continue
         elapsed = now - (job.started_at or now)
-        remaining = max(0.0, speed * job.num_images - elapsed)
+        remaining = max(0.0, speed * pictures(job) - elapsed)
+        done = job.tokens_done / job.total_tokens if job.total_tokens else 0.0
+        if 0 < done < 1:  # at its own pace so far, the tokens left (the pictures' decoding aside)
+            remaining = max(remaining, elapsed * (1 - done) / done)
         job.eta_secs = remaining
         if wid in free_at:
             free_at[wid] = now + remaining
@@ -40,8 +53,13 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
                 continue
             # The worker free soonest takes it, as the real workers do; a tie goes to the faster.
             wid = min(pool, key=lambda w: (free_at[w], speeds.get(w, average)))
-            free_at[wid] += speeds.get(wid, average) * job.num_images
+            free_at[wid] += speeds.get(wid, average) * pictures(job)
             job.eta_secs = free_at[wid] - now
+
+
+def pictures(job: Job) -> int:
+    """How many pictures a job generates: its Best-of candidates, else its images."""
+    return job.candidates or job.num_images
 
 
 def unserved_reason(job_id: str, model: str, live_models: Collection[str]) -> str | None:

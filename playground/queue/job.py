@@ -62,6 +62,7 @@ class Job:
     status: str = QUEUED
     created_at: float = 0.0
     started_at: float | None = None
+    progress_at: float | None = None  # when its worker last heard from the backend (scripts.PROGRESS)
     finished_at: float | None = None
     attempts: int = 0
     claim: int = 0  # the fencing token of the latest claim (scripts.CLAIM)
@@ -84,6 +85,7 @@ class Job:
     position: int | None = None
     eta_secs: float | None = None
     unserved: str | None = None  # queued with no live backend that can run it: why (eta.unserved_reason)
+    stalled_secs: float | None = None  # running, and nothing heard from its backend for this long (eta)
 
     @classmethod
     def from_hash(cls, raw: dict) -> Job:
@@ -111,6 +113,7 @@ class Job:
             status=h.get("status", QUEUED),
             created_at=float(h.get("created_at") or 0),
             started_at=_float_or_none(h.get("started_at")),
+            progress_at=_float_or_none(h.get("progress_at")),
             finished_at=_float_or_none(h.get("finished_at")),
             attempts=int(h.get("attempts") or 0),
             claim=int(h.get("claim") or 0),
@@ -175,6 +178,7 @@ class Job:
             "keep_previews": self.keep_previews,
             "eta_secs": None if self.eta_secs is None else round(self.eta_secs, 1),
             "unserved": self.unserved,
+            "stalled_secs": None if self.stalled_secs is None else round(self.stalled_secs, 1),
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

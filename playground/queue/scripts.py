@@ -150,8 +150,9 @@ for i = 4, #ARGV do
   while jid do
     local job = ARGV[3] .. ':job:' .. jid
     if redis.call('HGET', job, 'status') == QUEUED then
-      redis.call('HSET', job, 'status', RUNNING, 'started_at', now(), 'worker', ARGV[1],
-                 'backend', ARGV[2], 'tokens_done', '0', 'cancel_requested', '0')
+      local started = now()
+      redis.call('HSET', job, 'status', RUNNING, 'started_at', started, 'progress_at', started,
+                 'worker', ARGV[1], 'backend', ARGV[2], 'tokens_done', '0', 'cancel_requested', '0')
       redis.call('HDEL', job, 'preview_tokens')
       redis.call('HINCRBY', job, 'attempts', 1)
       redis.call('HINCRBY', job, 'claim', 1)
@@ -165,12 +166,13 @@ end
 return 0
 """
 
-# Store a running job's progress. Returns 1 when a cancel was asked for, 0 when not, and -1
-# when the claim is no longer the job's (nothing is written).
+# Store a running job's progress, and when its worker last heard from the backend
+# (`progress_at`: a job whose backend goes quiet shows as stalled). Returns 1 when a cancel was
+# asked for, 0 when not, and -1 when the claim is no longer the job's (nothing is written).
 # KEYS: processing list (unused), job hash. ARGV: claim, then field, value, ...
-PROGRESS = _STATUSES + _STILL_MINE + """
+PROGRESS = _STATUSES + _NOW + _STILL_MINE + """
 if not still_mine(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('HSET', KEYS[2], 'progress_at', now(), unpack(ARGV, 2))
 if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return 1 end
 return 0
 """

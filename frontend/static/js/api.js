@@ -1,6 +1,10 @@
 // Every call the pages make to the playground's HTTP API (see the API document).
 import { askForToken, savedToken } from "./token.js";
 
+// A server that does not answer within this long is reported, and the page's controls come
+// back (a paused or wedged frontend would otherwise leave Create on "Sending…" for ever).
+const REQUEST_TIMEOUT_MS = 20000;
+
 class ApiError extends Error {
   constructor(status, message) {
     super(message);
@@ -25,9 +29,12 @@ async function request(method, path, body) {
   if (token) headers.Authorization = `Bearer ${token}`;
   let response;
   try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch {
-    throw new ApiError(0, "The playground server cannot be reached.");
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+                                   signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+  } catch (error) {
+    throw new ApiError(0, error.name === "TimeoutError"
+      ? `The playground server did not answer in ${REQUEST_TIMEOUT_MS / 1000} s.`
+      : "The playground server cannot be reached.");
   }
   if (response.status === 401 && method !== "GET") {
     if (await askForToken(Boolean(token))) return request(method, path, body);
@@ -51,7 +58,8 @@ export async function submitPrompt(params) {
 export async function systemHealth() {
   let response;
   try {
-    response = await fetch("health", { headers: { Accept: "application/json" } });
+    response = await fetch("health", { headers: { Accept: "application/json" },
+                                       signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
   } catch {
     throw new ApiError(0, "The playground server cannot be reached.");
   }

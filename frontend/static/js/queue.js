@@ -4,7 +4,7 @@
 // while the tab is hidden.
 import { cancelJob, jobStatus, queueStatus } from "./api.js";
 import { el } from "./dom.js";
-import { formatEta } from "./format.js";
+import { formatEta, formatSeconds } from "./format.js";
 import { forgetJob, isMine, myJobs } from "./myjobs.js";
 import { previewPictures } from "./previews.js";
 import { formingCard, resultCard } from "./results.js";
@@ -57,15 +57,21 @@ function queueRow(queueId, onCancel) {
     node.dataset.status = job.status;
     node.classList.toggle("running", running);
     node.classList.toggle("unserved", unserved);
+    // Its backend has gone quiet: the page says so rather than count down to "finishing".
+    const stalled = running && Number.isFinite(job.stalled_secs);
+    node.classList.toggle("stalled", stalled);
     const position = job.position ?? index; // 0 is the running job, 1 the next one
-    badge.textContent = running ? "Generating" : unserved ? "No backend"
+    badge.textContent = stalled ? "Stalled" : running ? "Generating" : unserved ? "No backend"
       : position === 1 ? "Next" : `Position ${position}`;
     unservedNote.hidden = !unserved;
     unservedNote.textContent = !unserved ? ""
       : job.model ? `No running backend serves the model ${job.model}. This prompt waits until one does; cancel it if it should not.`
       : "No backend is running. This prompt waits until one joins; cancel it if it should not.";
     if (prompt.textContent !== job.text) prompt.textContent = job.text;
-    meta.textContent = `${job.num_images} images · ${formatEta(job.eta_secs)}`;
+    meta.textContent = stalled
+      ? `${job.num_images} images · no progress for ${formatSeconds(job.stalled_secs)}; the backend may be stuck `
+        + "(the scheduler gives up on it and runs the job again after a while)"
+      : `${job.num_images} images · ${formatEta(job.eta_secs)}`;
     progressLine.hidden = !running;
     const done = job.progress?.tokens_done;
     const total = job.progress?.total_tokens;
