@@ -141,3 +141,24 @@ def test_enter_submits_and_the_button_waits_for_the_answer(page, ui_stack):
     for button in page.locator("#queue .queue-item.mine .cancel").all():
         button.click()
     expect(page.locator("#queue .queue-item.mine")).to_have_count(0, timeout=20_000)
+
+
+def test_a_long_prompt_is_counted_not_cut_and_its_queue_card_keeps_cancel_in_view(page, ui_stack):
+    page.goto(ui_stack.frontend.url)
+    pasted = "a very long prompt " * 106  # 2014 characters, as a paste
+    page.fill("#text", pasted)
+    expect(page.locator("#text")).to_have_value(pasted)  # nothing cut unseen
+    expect(page.locator("#text-count")).to_have_text(f"{len(pasted.strip())} / 1000")
+    expect(page.locator("#text-count")).to_have_class("text-count over")
+    page.click("#submit")
+    expect(page.locator("#text-error")).to_have_text("A prompt has at most 1000 characters.")
+
+    longest = ("a red circle " * 77)[:1000].strip()
+    queue_id = submit_prompt(page, longest, num_images=2)
+    row = page.locator(f'#queue [data-queue-id="{queue_id}"]')
+    expect(row.locator(".prompt")).to_have_attribute("title", longest)
+    cancel = row.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_visible()
+    box, panel = cancel.bounding_box(), page.locator("#queue").bounding_box()
+    assert box["y"] + box["height"] <= panel["y"] + panel["height"] + 1, (box, panel)
+    assert row.bounding_box()["height"] < 400, "the whole prompt pushes the card's controls away"

@@ -207,3 +207,15 @@ def test_create_comes_back_when_the_server_does_not_answer(page, frontend_url):
     expect(page.locator("#submit")).to_be_disabled()
     expect(page.locator("#form-status")).to_contain_text("did not answer", timeout=REQUEST_TIMEOUT_MS + 5000)
     expect(page.locator("#submit")).to_be_enabled()
+
+
+def test_my_results_show_in_submission_order_however_they_finish(page, frontend_url, worker):
+    page.goto(frontend_url)
+    ids = [submit_prompt(page, f"prompt number {i}", num_images=2) for i in range(4)]
+    claimed = {job.id: job for job in (worker.claim(timeout=1, model="tiny") for _ in ids)}
+    cards = page.locator("#results .result")
+    for shown, ending in ((2, ids[2:]), (4, ids[:2])):  # the two newest end first, then the two oldest
+        for queue_id in ending:
+            worker.finish_failed(claimed[queue_id], "stopped by the test")
+        expect(cards).to_have_count(shown)
+    assert [card.get_attribute("data-queue-id") for card in cards.all()] == list(reversed(ids))

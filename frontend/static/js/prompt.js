@@ -16,8 +16,16 @@ const submitButton = document.getElementById("submit");
 const formStatus = document.getElementById("form-status");
 const start = startPicture(); // the advanced page's start picture; null on the create page
 
-// The server's limits where the form states them.
-textInput.maxLength = limits.text_max_chars;
+// The server's limits where the form states them. A prompt over the length is not cut (a
+// paste would lose its end unseen): the count says so, and the check refuses it.
+const textCount = document.getElementById("text-count");
+function countText() {
+  const length = [...textInput.value.trim()].length;
+  textCount.textContent = `${length} / ${limits.text_max_chars}`;
+  textCount.classList.toggle("over", length > limits.text_max_chars);
+}
+textInput.addEventListener("input", countText);
+countText();
 form.elements.namedItem("seed").max = String(limits.seed_max);
 for (const node of document.querySelectorAll("[data-limit]")) node.textContent = String(limits[node.dataset.limit]);
 

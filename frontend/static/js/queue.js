@@ -67,7 +67,10 @@ function queueRow(queueId, onCancel) {
     unservedNote.textContent = !unserved ? ""
       : job.model ? `No running backend serves the model ${job.model}. This prompt waits until one does; cancel it if it should not.`
       : "No backend is running. This prompt waits until one joins; cancel it if it should not.";
-    if (prompt.textContent !== job.text) prompt.textContent = job.text;
+    if (prompt.textContent !== job.text) {
+      prompt.textContent = job.text;
+      prompt.title = job.text;
+    }
     meta.textContent = stalled
       ? `${job.num_images} images · no progress for ${formatSeconds(job.stalled_secs)}; the backend may be stuck `
         + "(the scheduler gives up on it and runs the job again after a while)"
@@ -97,15 +100,23 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
   let polling = false;
   let pollAgain = false;
 
-  function showResult(job, { prepend }) {
+  // A card of mine in submission order, newest first, however the jobs finish: before the
+  // first card of a job submitted earlier (myJobs() lists the newest first).
+  function place(card, queueId) {
+    const order = myJobs().map((job) => job.queue_id);
+    const rank = (id) => (order.includes(id) ? order.indexOf(id) : order.length);
+    const later = [...results.children].find((node) => node.dataset.queueId && rank(node.dataset.queueId) > rank(queueId));
+    results.insertBefore(card, later ?? null);
+    resultsEmpty.hidden = true;
+  }
+
+  function showResult(job) {
     forming.delete(job.queue_id);
     const card = resultCard(job);
     // In the place of its forming card (or an earlier card of it), if there is one.
     const old = results.querySelector(`[data-queue-id="${CSS.escape(job.queue_id)}"]`);
     if (old) old.replaceWith(card);
-    else if (prepend) results.prepend(card);
-    else results.append(card);
-    resultsEmpty.hidden = true;
+    else place(card, job.queue_id);
   }
 
   async function cancel(queueId) {
@@ -150,8 +161,7 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
       if (!card) {
         card = formingCard(job);
         forming.set(job.queue_id, card);
-        results.prepend(card.node);
-        resultsEmpty.hidden = true;
+        place(card.node, job.queue_id);
       }
       card.update(job);
     }
@@ -170,7 +180,7 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
       const job = await jobStatus(queueId);
       if (!FINISHED.has(job.status)) return;
       pending.delete(queueId);
-      showResult(job, { prepend: true });
+      showResult(job);
       resultsStatus.textContent = job.status === "done"
         ? `Your images for “${job.text}” are ready.`
         : `Your job for “${job.text}” ${job.status === "failed" ? "failed" : "was cancelled"}.`;
@@ -234,7 +244,7 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
     }));
     for (const job of jobs) {
       if (!job) continue;
-      if (FINISHED.has(job.status)) showResult(job, { prepend: false });
+      if (FINISHED.has(job.status)) showResult(job);
       else pending.add(job.queue_id);
     }
   }
