@@ -30,38 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_frontend import wait_until_up  # noqa: E402
 from frontend.config import Config  # noqa: E402
 from playground.redis_server import RedisServer, free_port  # noqa: E402
-from playground.testing import hostile_pictures  # noqa: E402
-
-BOUNDARY = "b0undary"
-FIELDS = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="text"\r\n\r\nx\r\n'
-          f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="num_images"\r\n\r\n2\r\n').encode()
-FILE_HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="init_image_data"; filename="a.png"\r\n'
-             'Content-Type: image/png\r\n\r\n').encode()
-
-
-def worst_bodies(size: int) -> dict[str, tuple[bytes, str]]:
-    """Bodies of exactly `size` bytes, each aimed at a different part of the parsing."""
-    end = f"\r\n--{BOUNDARY}--\r\n".encode()
-
-    def filled(head: bytes, unit: bytes) -> bytes:
-        room = size - len(head) - len(end)
-        return head + (unit * (room // len(unit) + 1))[:room] + end
-
-    empty_part = f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"\"\r\n\r\n\r\n".encode()
-    headers_part = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"x\"\r\nX-A: {'a' * 1000}\r\n"
-                    f"X-B: 1\r\nX-C: 1\r\n\r\n\r\n").encode()
-    multipart = f"multipart/form-data; boundary={BOUNDARY}"
-    wrapped = base64.encodebytes(os.urandom(size // 2)).decode()  # the base64 tool's 76-column lines
-    json_body = json.dumps({"text": "x", "num_images": 2, "init_image_data": wrapped}).encode()
-    json_body += b" " * (size - len(json_body))  # JSON allows trailing white space
-    return {
-        "empty parts to the end": ((empty_part * (size // len(empty_part) + 1))[:size], multipart),
-        "one part of near-boundaries": (filled(FIELDS + FILE_HEAD, f"\r\n--{BOUNDARY[:-1]}X".encode()), multipart),
-        "one part of line breaks": (filled(FIELDS + FILE_HEAD, b"\r\n"), multipart),
-        "parts of 1000-byte headers": ((headers_part * (size // len(headers_part) + 1))[:size], multipart),
-        "JSON, base64 in 76-column lines": (json_body, "application/json"),
-    }
-
+from playground.testing import hostile_uploads  # noqa: E402
 
 def post(port: int, body: bytes, content_type: str) -> tuple[int, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -85,7 +54,7 @@ def time_multipart(port: int, pid: int, size: int, repeats: int = 3) -> dict[str
     """Each worst body's status, and its slowest of `repeats` requests in time and in the
     frontend's CPU time."""
     results = {}
-    for name, (body, content_type) in worst_bodies(size).items():
+    for name, (body, content_type) in hostile_uploads.slowest_bodies(size).items():
         runs = []
         for _ in range(repeats):
             cpu = cpu_secs(pid)
@@ -107,7 +76,7 @@ def peak_memory_mib(pid: int) -> float:
 def upload_at_once(port: int, uploads: int) -> list[int]:
     """`uploads` clients post the costliest picture at the same moment; their statuses."""
     body = json.dumps({"text": "x", "num_images": 2,
-                       "init_image_data": base64.b64encode(hostile_pictures.costliest_png()).decode()}).encode()
+                       "init_image_data": base64.b64encode(hostile_uploads.costliest_png()).decode()}).encode()
     barrier = threading.Barrier(uploads)
     statuses: list[int] = []
 
@@ -141,7 +110,7 @@ def measure(uploads: int, decodes_at_once: int, max_upload_bytes: int) -> dict:
                     wait_until_up(f"http://127.0.0.1:{port}", frontend)
                     # Warm: Pillow's plugins imported, a small picture decoded and squared.
                     post(port, json.dumps({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(
-                        hostile_pictures.png(64, 64)).decode()}).encode(), "application/json")
+                        hostile_uploads.png(64, 64)).decode()}).encode(), "application/json")
                     before = peak_memory_mib(frontend.pid)
                     started = time.perf_counter()
                     statuses = upload_at_once(port, uploads)
@@ -161,7 +130,7 @@ def measure(uploads: int, decodes_at_once: int, max_upload_bytes: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--uploads", type=int, default=16)
+    parser.add_argument("--uploads", type=int, default=hostile_uploads.AT_ONCE)
     parser.add_argument("--decodes-at-once", type=int, default=Config.decodes_at_once)
     parser.add_argument("--max-upload-bytes", type=int, default=Config.max_upload_bytes)
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")

@@ -22,7 +22,7 @@ from frontend.threaded import serving
 from playground import pictures
 from playground.library import LibraryStore
 from playground.queue import JobQueue
-from playground.testing import hostile_pictures
+from playground.testing import hostile_uploads
 
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None, database=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -92,11 +92,11 @@ OUR_PNG = pictures.png_bytes(Image.new("RGB", (32, 32), (5, 6, 7)),
 encoded = lambda data: base64.b64encode(data).decode()  # noqa: E731
 # Hostile uploads (issue 35): bombs and truncated files declaring what no start may have,
 # shapes their codes do not fit, too many rows, an animation, nothing at all.
-HOSTILE_PICTURES = [hostile_pictures.png_header(1, 16_777_216, rows=16), hostile_pictures.png_header(30000, 30000),
-                    hostile_pictures.png_header(2**31 - 1, 1), hostile_pictures.png(4096, 1, rows=16),
-                    hostile_pictures.png(1, 64, rows=16), hostile_pictures.png(1, 65536, rows=16),
-                    hostile_pictures.png(64, 64, rows=17), hostile_pictures.png(64, 256, rows=64),
-                    hostile_pictures.animated_png(), b""]
+HOSTILE_PICTURES = [hostile_uploads.png_header(1, 16_777_216, rows=16), hostile_uploads.png_header(30000, 30000),
+                    hostile_uploads.png_header(2**31 - 1, 1), hostile_uploads.png(4096, 1, rows=16),
+                    hostile_uploads.png(1, 64, rows=16), hostile_uploads.png(1, 65536, rows=16),
+                    hostile_uploads.png(64, 64, rows=17), hostile_uploads.png(64, 256, rows=64),
+                    hostile_uploads.animated_png(), b""]
 # Base64 as tools write it, and as they do not.
 BASE64_STYLES = [encoded, lambda data: base64.encodebytes(data).decode(), lambda data: encoded(data).rstrip("="),
                  lambda data: base64.urlsafe_b64encode(data).decode(), lambda data: "data:image/png;base64," + encoded(data),

@@ -16,7 +16,7 @@ from frontend.threaded import serving
 from frontend.validation import ValidationError, validate_prompt
 from playground import pictures
 from playground.queue import JobQueue
-from playground.testing import hostile_pictures
+from playground.testing import hostile_uploads
 
 GOOD = {"text": "a squirrel", "num_images": "6", "seed": 12345}
 MAX_UPLOAD = 64 * 1024  # the servers' below: POST /prompt bodies up to 128 KiB are read
@@ -154,18 +154,18 @@ BAD_BODIES = [
     (json.dumps({**GOOD, "init_image_data": "QUJD=REVG"}).encode(), "init_image_data"),
     *[(json.dumps({**GOOD, "init_image_data": base64.b64encode(data).decode(), "extend": extend}).encode(),
        "init_image_data") for data, extend in [
-        (hostile_pictures.png(4096, 1, rows=16), "down"),
-        (hostile_pictures.png(1, 64, rows=16), "down"),
-        (hostile_pictures.png(64, 64, rows=17), None),
-        (hostile_pictures.png(64, 256, rows=64), "down"),   # 64 rows fit, but extended they would be 72
-        (hostile_pictures.png(4096, 1), None),               # no codes: still a pixel per code across
-        (hostile_pictures.png(1, 65536, rows=16), "down"),
-        (hostile_pictures.png_header(1, 16_777_216, rows=16), "down"),
-        (hostile_pictures.png_header(30000, 30000), None),
-        (hostile_pictures.png_header(2**31 - 1, 1), None),
-        (hostile_pictures.png_header(4097, 16), None),
-        (hostile_pictures.webp_canvas(hostile_pictures.WEBP_SIDE + 1), None),
-        (hostile_pictures.animated_png(), None)]],
+        (hostile_uploads.png(4096, 1, rows=16), "down"),
+        (hostile_uploads.png(1, 64, rows=16), "down"),
+        (hostile_uploads.png(64, 64, rows=17), None),
+        (hostile_uploads.png(64, 256, rows=64), "down"),   # 64 rows fit, but extended they would be 72
+        (hostile_uploads.png(4096, 1), None),               # no codes: still a pixel per code across
+        (hostile_uploads.png(1, 65536, rows=16), "down"),
+        (hostile_uploads.png_header(1, 16_777_216, rows=16), "down"),
+        (hostile_uploads.png_header(30000, 30000), None),
+        (hostile_uploads.png_header(2**31 - 1, 1), None),
+        (hostile_uploads.png_header(4097, 16), None),
+        (hostile_uploads.webp_canvas(hostile_uploads.WEBP_SIDE + 1), None),
+        (hostile_uploads.animated_png(), None)]],
     (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": 0}).encode(), "keep_rows"),
     (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": 16}).encode(), "keep_rows"),
     (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": "half"}).encode(), "keep_rows"),
@@ -236,8 +236,8 @@ GOOD_BODIES = [
         "data:application/octet-stream;base64," + OURS]],
     # The largest pictures allowed are pictures, and a taller picture of ours fits its codes.
     *[({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(data).decode()}, {"init_source": "encoded"})
-      for data in (hostile_pictures.webp_canvas(),)],
-    ({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(hostile_pictures.png(64, 128, rows=32)).decode(),
+      for data in (hostile_uploads.webp_canvas(),)],
+    ({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(hostile_uploads.png(64, 128, rows=32)).decode(),
       "extend": "down", "keep_rows": 8}, {"init_source": "codes", "extend": "down"}),
 ]
 
@@ -301,14 +301,14 @@ def test_bad_multipart_bodies_are_refused(connection, queue, parts, boundary, fi
     assert queue.unfinished() == []
 
 
-def raw_multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> tuple[bytes, dict]:
+def raw_multipart(parts: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
     """Parts given as their header lines and content."""
-    body = b"".join(f"--{boundary}\r\n{head}\r\n\r\n".encode() + content + b"\r\n" for head, content in parts)
-    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return (hostile_uploads.form(*(hostile_uploads.part(head, content) for head, content in parts)),
+            {"Content-Type": hostile_uploads.FORM})
 
 
 FIELDS = [('Content-Disposition: form-data; name="text"', b"x"), ('Content-Disposition: form-data; name="num_images"', b"2")]
-FILE = 'Content-Disposition: form-data; name="init_image_data"; filename="a.png"'
+FILE = hostile_uploads.FILE_HEAD
 NESTED = (b"--inner\r\nContent-Disposition: file; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
           + base64.b64decode(PICTURE) + b"\r\n--inner--")
 
@@ -343,7 +343,7 @@ def test_a_file_input_left_empty_is_no_upload(connection, queue):
 
 
 def test_a_picture_over_the_pixel_limit_is_told_so(connection, queue):
-    for data in (hostile_pictures.png_header(30000, 30000), hostile_pictures.png_header(4097, 4096)):
+    for data in (hostile_uploads.png_header(30000, 30000), hostile_uploads.png_header(4097, 4096)):
         status, payload, _ = post(connection, json.dumps({**GOOD, "init_image_data": base64.b64encode(data).decode()}).encode())
         assert status == 400 and "more pixels than allowed" in payload["error"], payload
 

@@ -14,7 +14,7 @@ from PIL import Image
 from playground import pictures
 from playground.library import LibraryStore
 from playground.queue import JobQueue
-from playground.testing import hostile_pictures
+from playground.testing import hostile_uploads
 from playground.testing.standin_backend import PICKED_SEED, PREVIEW_JPEG, StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
@@ -207,10 +207,10 @@ def test_previews_are_kept_while_the_job_runs_and_bad_ones_skipped(backend, sche
 
 
 @pytest.mark.parametrize("start,reason", [
-    (hostile_pictures.png(4096, 1, rows=16), "4096×1 pixels"),
-    (hostile_pictures.png(1, 64, rows=16), "1×64 pixels"),
-    (hostile_pictures.png(1, 65536, rows=16), "more pixels than allowed"),
-    (hostile_pictures.png_header(1, 16_777_216, rows=16), "more pixels than allowed"),
+    (hostile_uploads.png(4096, 1, rows=16), "4096×1 pixels"),
+    (hostile_uploads.png(1, 64, rows=16), "1×64 pixels"),
+    (hostile_uploads.png(1, 65536, rows=16), "more pixels than allowed"),
+    (hostile_uploads.png_header(1, 16_777_216, rows=16), "more pixels than allowed"),
     (b"not a picture", "is not a PNG"),
 ])
 def test_a_bad_start_picture_fails_its_job_at_once_with_its_reason(backend, scheduler, redis_client, tmp_path,
@@ -233,7 +233,7 @@ def test_a_bad_start_picture_fails_its_job_at_once_with_its_reason(backend, sche
 
 def test_a_start_that_fits_its_grid_is_extended(backend, scheduler, redis_client, tmp_path):
     queue = JobQueue(redis_client)
-    start = hostile_pictures.png(64, 64, rows=16)
+    start = hostile_uploads.png(64, 64, rows=16)
     done = queue.submit({**job("extend me"), "init_source": "codes", "keep_rows": 8, "extend": "down",
                          "init_codes": pictures.pack_codes(range(pictures.SQUARE)),
                          "init_picture": base64.b64encode(start).decode()})
