@@ -65,14 +65,6 @@ def time_multipart(port: int, pid: int, size: int, repeats: int = 3) -> dict[str
     return results
 
 
-def peak_memory_mib(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/<pid>/status")
-
-
 def upload_at_once(port: int, uploads: int) -> list[int]:
     """`uploads` clients post the costliest picture at the same moment; their statuses."""
     body = json.dumps({"text": "x", "num_images": 2,
@@ -111,11 +103,11 @@ def measure(uploads: int, decodes_at_once: int, max_upload_bytes: int) -> dict:
                     # Warm: Pillow's plugins imported, a small picture decoded and squared.
                     post(port, json.dumps({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(
                         hostile_uploads.png(64, 64)).decode()}).encode(), "application/json")
-                    before = peak_memory_mib(frontend.pid)
+                    before = hostile_uploads.peak_memory_mib(frontend.pid)
                     started = time.perf_counter()
                     statuses = upload_at_once(port, uploads)
                     upload_secs = time.perf_counter() - started
-                    peak = peak_memory_mib(frontend.pid)
+                    peak = hostile_uploads.peak_memory_mib(frontend.pid)
                     body_limit = Config(max_upload_bytes=max_upload_bytes).body_limit("POST", "/prompt")
                     multipart = time_multipart(port, frontend.pid, body_limit)
                 finally:

@@ -24,7 +24,6 @@ from playground.limits import (
     MAX_CANDIDATES,
     MAX_KEEP_ROWS,
     MAX_SEED,
-    MAX_START_ROWS,
     MAX_TEXT_LENGTH,
 )
 from playground.queue import UUID_PATTERN

@@ -415,14 +415,6 @@ def _upload_cases() -> dict[str, tuple[bytes, str, str | None]]:
     return cases
 
 
-def _peak_memory_mib(pid: int) -> float:
-    """A process's peak resident memory so far (VmHWM, kept by the kernel), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def hostile_uploads_scenario(cluster: Cluster, at_once: int = hostile_uploads.AT_ONCE) -> ScenarioResult:
     """Issue 35's probe: start pictures that once passed as "no picture" or reached the scheduler
     misshapen, the slowest bodies of the largest size, the costliest picture uploaded `at_once`,
@@ -450,7 +442,7 @@ def hostile_uploads_scenario(cluster: Cluster, at_once: int = hostile_uploads.AT
             response = client.request("POST", "/prompt", "POST /prompt (8 MiB)", data=body,
                                       headers={"Content-Type": content_type})
             slowest[name] = (None if response is None else response.status_code, round(time.perf_counter() - started, 3))
-        peak_before = _peak_memory_mib(cluster.frontend.pid)
+        peak_before = hostile_uploads.peak_memory_mib(cluster.frontend.pid)
         costliest = json.dumps({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(
             hostile_uploads.costliest_png()).decode()}).encode()
         barrier = threading.Barrier(at_once)
@@ -468,7 +460,7 @@ def hostile_uploads_scenario(cluster: Cluster, at_once: int = hostile_uploads.AT
             thread.start()
         for thread in threads:
             thread.join()
-        peak_after = _peak_memory_mib(cluster.frontend.pid)
+        peak_after = hostile_uploads.peak_memory_mib(cluster.frontend.pid)
         bad_start = _bad_start_past_the_frontend(cluster, client)
         job_ids.append(bad_start["queue_id"])
         alive = client.request("GET", "/queue_status", "GET /queue_status")

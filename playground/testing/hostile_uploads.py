@@ -15,6 +15,7 @@ import math
 import os
 import struct
 import zlib
+from pathlib import Path
 
 from PIL import Image
 
@@ -76,6 +77,15 @@ def animated_png(frames: int = 3) -> bytes:
 # hostile-uploads scenario.
 PEAK_MEMORY_MIB = 320
 AT_ONCE = 16
+
+
+def peak_memory_mib(pid: int) -> float:
+    """A process's peak resident memory so far, MiB: VmHWM, the kernel's own high-water mark,
+    so no sampling can miss the peak, however busy the machine."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 BOUNDARY = "b0undary"
 FORM = f"multipart/form-data; boundary={BOUNDARY}"
