@@ -227,6 +227,7 @@ def test_same_seed_same_pngs_and_largest_seed_works(client):
         (job(init_codes=[0] * 16, keep_rows=8), "init_codes"),
         (job(init_codes=[0] * 64 * 16, keep_rows=8, extend="down"), "init_codes"),
         (job(init_picture=base64.b64encode(hostile_uploads.png(4096, 1)).decode(), keep_rows=8), "init_picture"),
+        (job(init_picture=base64.b64encode(hostile_uploads.png(1, 64)).decode(), keep_rows=8), "init_picture"),
         (job(init_picture=base64.b64encode(hostile_uploads.png(1, 65536)).decode(), keep_rows=8), "init_picture"),
         (job(init_picture=base64.b64encode(hostile_uploads.png_header(1, 16_777_216)).decode(), keep_rows=8),
          "init_picture"),
