@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from playground import pictures
-from playground.limits import MAX_CANDIDATES, MAX_IMAGES, MAX_SEED, MAX_TEXT_LENGTH, MAX_KEEP_ROWS, MAX_START_ROWS
+from playground.limits import MAX_CANDIDATES, MAX_IMAGES, MAX_KEEP_ROWS, MAX_SEED, MAX_TEXT_LENGTH
 
 
 class BadRequest(ValueError):
@@ -107,16 +107,19 @@ def _start(body: dict) -> tuple:
     if codes is not None and picture is not None:
         raise BadRequest("give init_codes or init_picture, not both")
     if codes is not None:
-        if (not isinstance(codes, list) or not codes or len(codes) % pictures.ROW
-                or len(codes) > MAX_START_ROWS * pictures.ROW):
-            raise BadRequest(f"init_codes must be a list of whole rows of {pictures.ROW} codes, "
-                             f"at most {MAX_START_ROWS} rows")
+        if not isinstance(codes, list):
+            raise BadRequest(f"init_codes must be a list of whole rows of {pictures.ROW} codes")
+        try:
+            rows = pictures.grid_rows(len(codes))
+        except pictures.BadStart as error:
+            raise BadRequest(f"init_codes {error}") from None
         if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= pictures.MAX_CODE for c in codes):
             raise BadRequest(f"init_codes must be integers from 0 to {pictures.MAX_CODE}")
         codes = tuple(codes)
     else:
         try:
             picture = pictures.open_picture(base64.b64decode(picture, validate=True))
+            pictures.check_start_size(picture.size, None)
         except (TypeError, ValueError, binascii.Error) as error:
             raise BadRequest(f"init_picture must be a base64 PNG, JPEG or WebP picture ({error})") from None
     keep_rows = _integer(body, "keep_rows")
@@ -125,4 +128,9 @@ def _start(body: dict) -> tuple:
     extend = body.get("extend")
     if extend not in (None, "down"):
         raise BadRequest('extend must be "down" or null')
+    if codes is not None and extend:
+        try:
+            pictures.check_taller(rows, keep_rows)
+        except pictures.BadStart as error:
+            raise BadRequest(f"init_codes {error}") from None
     return codes, picture, keep_rows, extend

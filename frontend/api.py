@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -63,6 +64,9 @@ class Api:
         self.files = FileCache()
         self.router = self._routes()
         self._served: dict[str, int | None] = {}
+        # Start pictures are decoded here, a few at a time: the memory of decodes arriving
+        # together is bounded, and stays with these threads rather than every connection's.
+        self._decoder = ThreadPoolExecutor(config.decodes_at_once, thread_name_prefix="picture-decode")
         self._served_checked = float("-inf")
 
     @classmethod
@@ -75,6 +79,7 @@ class Api:
 
     def close(self) -> None:
         self.queue.redis.close()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def _routes(self) -> Router:
         uuid = {"queue_id": UUID_PATTERN, "job_id": UUID_PATTERN, "image_id": UUID_PATTERN}
@@ -118,7 +123,8 @@ class Api:
         if params["top_k"] is not None and params["top_k"] > image_codes:
             raise ValidationError("gen_top_k", f"must be between 1 and {image_codes} for model "
                                                f"{params['model']}, not {params['top_k']}")
-        params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes))
+        params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes,
+                                     decode=lambda work: self._decoder.submit(work).result()))
         try:
             job = self.queue.submit(params)
         except QueueFull as full:

@@ -31,6 +31,9 @@ class Config:
     # An uploaded start picture (POST /prompt's init_image_data) may have this many bytes; a
     # bigger one gets 400. POST /prompt's body may hold twice that (base64 is 4/3 of it).
     max_upload_bytes: int = 4 * 2**20
+    # Start pictures decoded at once; more wait their turn. A decode holds up to 4096² pixels
+    # (64 MiB), so this bounds the memory that uploads arriving together can take.
+    decodes_at_once: int = 2
     # A client silent this long (idle keep-alive or a stalled request) loses its connection.
     socket_timeout_secs: float = 15.0
     # The request line and headers must arrive within this (slowloris), idle keep-alive included.
@@ -45,6 +48,10 @@ class Config:
     max_page_size: int = 1000
     # The model of jobs that name none, when a backend serves it (DALLE_MODEL, as the backend's).
     default_model: str = ""
+
+    def __post_init__(self):
+        if self.decodes_at_once < 1:
+            raise ValueError(f"FRONTEND_DECODES_AT_ONCE must be at least 1, not {self.decodes_at_once}")
 
     def body_limit(self, method: str, path: str) -> int:
         """The most bytes a request's body may have: POST /prompt may carry a picture."""
@@ -66,6 +73,7 @@ class Config:
             max_request_line=get_int(env, "FRONTEND_MAX_REQUEST_LINE", cls.max_request_line),
             max_body_bytes=get_int(env, "FRONTEND_MAX_BODY_BYTES", cls.max_body_bytes),
             max_upload_bytes=get_int(env, "FRONTEND_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            decodes_at_once=get_int(env, "FRONTEND_DECODES_AT_ONCE", cls.decodes_at_once),
             socket_timeout_secs=get_float(env, "FRONTEND_SOCKET_TIMEOUT", cls.socket_timeout_secs),
             head_deadline_secs=get_float(env, "FRONTEND_HEAD_DEADLINE", cls.head_deadline_secs),
             body_deadline_secs=get_float(env, "FRONTEND_BODY_DEADLINE", cls.body_deadline_secs),

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.parser
-import email.policy
 import json
 import math
 import re
 from collections.abc import Callable
 from typing import Any
+
+import multipart
 
 from playground import pictures
 from playground.limits import (
@@ -24,7 +24,6 @@ from playground.limits import (
     MAX_CANDIDATES,
     MAX_KEEP_ROWS,
     MAX_SEED,
-    MAX_START_ROWS,
     MAX_TEXT_LENGTH,
 )
 from playground.queue import UUID_PATTERN
@@ -33,7 +32,9 @@ _IMAGE_COUNT_CHOICES = ", ".join(map(str, IMAGE_COUNTS[:-1])) + f" or {IMAGE_COU
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 MAX_MODEL_NAME = 200
 LIBRARY_IMAGE = re.compile(rf"/?library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
-_DATA_URL = re.compile(r"data:image/[a-z0-9.+-]{1,20};base64,", re.IGNORECASE)
+# A data: URL's head, any media type and parameters: "data:image/png;base64,".
+_DATA_URL = re.compile(r"\s*data:[a-z0-9.+/=;-]{0,100};base64,", re.IGNORECASE)
+_URL_SAFE = str.maketrans("-_", "+/")
 
 
 class ValidationError(ValueError):
@@ -61,27 +62,74 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+# A POST /prompt form has 15 fields, and a part needs Content-Disposition and perhaps
+# Content-Type: these caps bound the parser's work on any body, checked as it goes.
+MAX_FORM_PARTS = 32
+MAX_PART_HEADERS = 4
+MAX_PART_HEADER_BYTES = 1024
+_FORM_CHUNK = 64 * 1024
+_IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
+
+
 def parse_form_data(body: bytes, content_type: str) -> dict[str, Any]:
     """A multipart/form-data body as the JSON object it stands for: every field a string, except
-    a file in `init_image_data`, which becomes its base64 (what a JSON body would carry)."""
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
-    if not message.is_multipart():
-        raise ValidationError(None, "the multipart body has no parts (or no boundary)")
+    a file in `init_image_data`, which becomes its bytes. A file input left empty (a browser
+    sends `filename=""` and no content) is left out, as a field never sent."""
+    _, options = multipart.parse_options_header(content_type)
+    boundary = options.get("boundary", "")
+    if not boundary or len(boundary) > 70 or not boundary.isascii():  # RFC 2046: 1 to 70 characters
+        raise ValidationError(None, "the multipart body needs a boundary of 1 to 70 ASCII characters "
+                                    "in its Content-Type")
     fields: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str) or not name:
-            raise ValidationError(None, "every part of a multipart body needs a name")
-        content = part.get_payload(decode=True) or b""
-        if name == "init_image_data" and part.get_filename() is not None:
-            fields[name] = base64.b64encode(content).decode("ascii")
-        else:
-            try:
-                fields[name] = content.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValidationError(name, "is not UTF-8 text") from None
+    parser = multipart.PushMultipartParser(
+        boundary, len(body), max_header_size=MAX_PART_HEADER_BYTES, max_header_count=MAX_PART_HEADERS,
+        max_segment_count=MAX_FORM_PARTS, strict=True)
+    part, content = None, bytearray()
+    try:
+        with parser:
+            for offset in range(0, len(body), _FORM_CHUNK):
+                for event in parser.parse(body[offset:offset + _FORM_CHUNK]):
+                    if isinstance(event, multipart.MultipartSegment):
+                        part = event
+                        _check_part(part, fields)
+                        content = bytearray()
+                    elif event is not None:
+                        content += event
+                    else:
+                        _add_field(fields, part, bytes(content))
+    except multipart.ParserLimitReached as error:
+        raise ValidationError(None, f"the multipart body is over a limit ({error}): at most {MAX_FORM_PARTS} "
+                                    f"parts of at most {MAX_PART_HEADERS} headers of {MAX_PART_HEADER_BYTES} "
+                                    f"bytes") from None
+    except multipart.MultipartError as error:
+        raise ValidationError(None, f"the multipart body is malformed: {error}") from None
     return fields
+
+
+def _check_part(part, fields: dict[str, Any]) -> None:
+    """A part's headers, before its content is read: named once, no nested or encoded parts."""
+    field = part.name or None
+    if field is None:
+        raise ValidationError(None, "every part of a multipart body needs a name")
+    if field in fields:
+        raise ValidationError(field, "is given twice in the multipart body")
+    if (part.content_type or "").startswith("multipart/"):
+        raise ValidationError(field, "is a nested multipart part; send the file itself")
+    encoding = (part.header("Content-Transfer-Encoding") or "binary").lower()
+    if encoding not in _IDENTITY_ENCODINGS:
+        raise ValidationError(field, f"has Content-Transfer-Encoding {encoding[:40]!r}; send the file's own "
+                                     f"bytes (RFC 7578)")
+
+
+def _add_field(fields: dict[str, Any], part, content: bytes) -> None:
+    if part.name == "init_image_data" and part.filename is not None:
+        if part.filename or content:  # else a file input left empty
+            fields[part.name] = content
+        return
+    try:
+        fields[part.name] = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError(part.name, "is not UTF-8 text") from None
 
 
 def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dict[str, Any]:
@@ -130,15 +178,17 @@ def _optional_model(value: Any) -> str | None:
 
 
 def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str], bytes | None],
-                   max_upload_bytes: int, image_codes: int = IMAGE_CODES) -> dict[str, Any]:
+                   max_upload_bytes: int, image_codes: int = IMAGE_CODES,
+                   decode: Callable[[Callable[[], dict]], dict] = lambda work: work()) -> dict[str, Any]:
     """A continuation's job fields (playground.queue.Job's START_FIELDS) from a /prompt body,
     or {} for a fresh job. The start is a library image (`init_image`) or an upload
-    (`init_image_data`, base64, a data: URL prefix allowed); a PNG of ours gives its codes,
-    any other picture is squared here and encoded by the backend's VQGAN.
-    `read_library_image(queue_id, image_id)` gives a library PNG's bytes, None if there is none."""
+    (`init_image_data`: base64 text, or a form's file as bytes); a PNG of ours gives its codes,
+    any other picture is squared here and encoded by the backend's VQGAN. Only an absent (or
+    null) `init_image_data` means "no upload". `read_library_image(queue_id, image_id)` gives a
+    library PNG's bytes, None if there is none; `decode(work)` runs the picture's decoding and
+    returns what it returns (the frontend runs it in its few decoding threads)."""
     path, data = body.get("init_image"), body.get("init_image_data")
     path = None if path == "" else path
-    data = None if data == "" else data
     if path is None and data is None:
         for name in ("keep_rows", "extend"):
             if body.get(name) not in (None, ""):
@@ -164,39 +214,57 @@ def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str]
         start = {"init_image": f"library/{found.group(1)}/{found.group(2)}.png"}
     else:
         field = "init_image_data"
-        content = _upload(data, max_upload_bytes)
+        content = data if isinstance(data, bytes) else _decode_upload(data, max_upload_bytes)
+        if not content:
+            raise ValidationError(field, "is empty; send a picture, or leave the field out for a fresh job")
+        if len(content) > max_upload_bytes:
+            raise ValidationError(field, f"is {len(content)} bytes; at most {max_upload_bytes} are allowed")
         start = {}
-    try:
-        picture = pictures.open_picture(content)
-    except ValueError as error:
-        raise ValidationError(field, str(error)) from None
-    codes = _codes_of(picture, field, image_codes)
-    if codes is None:
-        start.update(init_source="encoded",
-                     init_picture=base64.b64encode(pictures.png_bytes(pictures.square(picture))).decode("ascii"))
-    else:
-        if extend and len(codes) // pictures.ROW + pictures.ROW - keep_rows > MAX_START_ROWS:
-            raise ValidationError(field, f"is too tall to extend: a picture has at most {MAX_START_ROWS} rows of codes")
-        start.update(init_source="codes", init_codes=pictures.pack_codes(codes))
-        if data is not None and extend:  # an upload of ours tops the taller pictures as it is
-            start["init_picture"] = base64.b64encode(content).decode("ascii")
+    def decoded() -> dict[str, str]:
+        try:
+            picture = pictures.open_picture(content, fit=pictures.START_SIDE)
+        except ValueError as error:
+            raise ValidationError(field, str(error)) from None
+        with picture:  # its memory goes before the next decode starts
+            return _start_of(picture, field, image_codes, keep_rows, extend)
+
+    start.update(decode(decoded))
+    if data is not None and extend and start["init_source"] == "codes":
+        start["init_picture"] = base64.b64encode(content).decode("ascii")  # an upload of ours tops the taller pictures
     return {**start, "keep_rows": keep_rows, "extend": extend or None}
 
 
-def _upload(data: Any, max_bytes: int) -> bytes:
+def _start_of(picture, field: str, image_codes: int, keep_rows: int, extend: str | None) -> dict[str, str]:
+    """A decoded start's codes (a PNG of ours), else the picture squared for the backend to encode."""
+    codes = _codes_of(picture, field, image_codes)
+    try:
+        rows = None if codes is None else pictures.grid_rows(len(codes))
+        pictures.check_start_size(picture.size, rows)
+        if rows is not None and extend:
+            pictures.check_taller(rows, keep_rows)
+    except ValueError as error:
+        raise ValidationError(field, str(error)) from None
+    if codes is None:
+        return {"init_source": "encoded",
+                "init_picture": base64.b64encode(pictures.png_bytes(pictures.square(picture))).decode("ascii")}
+    return {"init_source": "codes", "init_codes": pictures.pack_codes(codes)}
+
+
+def _decode_upload(data: Any, max_bytes: int) -> bytes:
+    """Base64 as common tools write it: wrapped in lines or spaced, padded or not, standard or
+    URL-safe, maybe a data: URL."""
     if not isinstance(data, str):
         raise ValidationError("init_image_data", f"must be a base64 string, not {_json_type(data)}")
     prefix = _DATA_URL.match(data)
     text = data[prefix.end():] if prefix else data
-    if len(text) > (max_bytes + 2) // 3 * 4 + 4:
+    # Four characters for each three bytes, plus room for line breaks (76 to a line) and padding.
+    if len(text) > (max_bytes + 2) // 3 * 4 * 78 // 76 + 8:
         raise ValidationError("init_image_data", f"is over {max_bytes} bytes, the most a picture may have")
+    text = "".join(text.split()).rstrip("=").translate(_URL_SAFE)
     try:
-        content = base64.b64decode(text, validate=True)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise ValidationError("init_image_data", "is not valid base64") from None
-    if len(content) > max_bytes:
-        raise ValidationError("init_image_data", f"is {len(content)} bytes; at most {max_bytes} are allowed")
-    return content
+        raise ValidationError("init_image_data", "is not valid base64 (standard or URL-safe)") from None
 
 
 def _codes_of(picture, field: str, image_codes: int) -> list[int] | None:
@@ -208,9 +276,7 @@ def _codes_of(picture, field: str, image_codes: int) -> list[int] | None:
         codes = pictures.unpack_codes(text)
     except ValueError as error:
         raise ValidationError(field, f"carries broken codes: {error}") from None
-    if len(codes) < pictures.SQUARE or len(codes) > MAX_START_ROWS * pictures.ROW:
-        raise ValidationError(field, f"carries {len(codes)} codes; a picture has 16 to {MAX_START_ROWS} rows of 16")
-    if max(codes) >= image_codes:
+    if codes and max(codes) >= image_codes:
         raise ValidationError(field, f"carries codes of a model with a larger codebook than the {image_codes} served")
     return codes
 

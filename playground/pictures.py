@@ -18,14 +18,33 @@ import warnings
 
 from PIL import Image, PngImagePlugin
 
+from playground.limits import MAX_START_ROWS
+
 CODES_KEY = "dalle_codes"
 ROW = 16  # codes per row of the published models' grid (and of the tiny and demo models')
 SQUARE = ROW * ROW
 MAX_CODE = 2**16 - 1
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
-MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused before it is decoded
+# What a decode really allocates: one frame (an animation is refused) of at most this many
+# pixels, counted as often as the decoder holds a copy (Pillow's WebP decoder keeps two
+# canvases of its own beside the picture), and at most MAX_UPLOAD_SIDE lines, so a 1-pixel-wide
+# picture cannot spend its pixels on per-line bookkeeping. All from the header, before decoding.
+MAX_UPLOAD_SIDE = 4096
+MAX_UPLOAD_PIXELS = MAX_UPLOAD_SIDE * MAX_UPLOAD_SIDE
+DECODED_COPIES = {"WEBP": 3}
+TOO_MANY_PIXELS = (f"has more pixels than allowed: at most {MAX_UPLOAD_SIDE}×{MAX_UPLOAD_SIDE} "
+                   f"(a WebP a third of that)")
+# Pillow keeps a picture in blocks of this size. Its default, 16 MiB, is below glibc's largest
+# mmap threshold, so a freed picture's blocks stayed in the heap of the thread that decoded it;
+# blocks this large are mapped and unmapped, and a decode's memory goes back when it is freed.
+Image.core.set_block_size(64 * 2**20)
 NOT_A_PICTURE = "is not a PNG, JPEG or WebP picture"
 START_SIDE = 256  # an upload is kept as a square of this side; the backend resizes it to its model's
+
+
+class BadStart(ValueError):
+    """A start picture its job cannot use: refused before it is queued, and a job that carries
+    one anyway fails with this reason (retrying cannot help)."""
 
 
 def pack_codes(codes) -> str:
@@ -65,23 +84,62 @@ def taller_codes(grid: list[int], tile: list[int], keep_rows: int) -> list[int]:
     return grid + tile[keep_rows * ROW:]
 
 
-def open_picture(data: bytes) -> Image.Image:
-    """An uploaded PNG, JPEG or WebP, decoded; ValueError saying why when it is not one."""
-    failures = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning)
+def open_picture(data: bytes, fit: int | None = None) -> Image.Image:
+    """An uploaded PNG, JPEG or WebP, decoded; ValueError saying why when it is not one.
+    `fit`: the side the caller needs at most; a JPEG is then decoded at the smallest of
+    1/1 … 1/8 scale still that large on both sides (Pillow's draft), not at full size."""
+    bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+    failures = (OSError, SyntaxError, ValueError, EOFError)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             picture = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+        except bombs:  # Pillow's own limit, far above ours: the header alone says so
+            raise ValueError(TOO_MANY_PIXELS) from None
         except failures:
             raise ValueError(NOT_A_PICTURE) from None
-        if picture.width * picture.height > MAX_UPLOAD_PIXELS:
-            raise ValueError(f"has {picture.width}×{picture.height} pixels; at most {MAX_UPLOAD_PIXELS} are allowed")
+        width, height = picture.size
+        copies = DECODED_COPIES.get(picture.format, 1)
+        if max(width, height) > MAX_UPLOAD_SIDE or width * height * copies > MAX_UPLOAD_PIXELS:
+            raise ValueError(f"{TOO_MANY_PIXELS}, not {width}×{height}")
+        if getattr(picture, "n_frames", 1) != 1:
+            raise ValueError("is animated; a start is a still picture")
+        if fit is not None:
+            picture.draft("RGB", (fit, fit))  # JPEG only; other formats ignore it
         try:
             picture.load()
+        except bombs:
+            raise ValueError(TOO_MANY_PIXELS) from None
         except failures:
             raise ValueError(NOT_A_PICTURE) from None
     return picture
+
+
+def grid_rows(code_count: int) -> int:
+    """The rows of a start's grid of `code_count` codes; BadStart unless whole rows, from a
+    square (ROW rows) up to MAX_START_ROWS."""
+    if code_count % ROW or not SQUARE <= code_count <= MAX_START_ROWS * ROW:
+        raise BadStart(f"carries {code_count} codes; a picture has {ROW} to {MAX_START_ROWS} rows of {ROW}")
+    return code_count // ROW
+
+
+def check_start_size(size: tuple[int, int], rows: int | None) -> None:
+    """BadStart unless a picture of `size` can start one: at least a pixel per code across, and
+    with a grid of `rows` rows of codes, the grid's shape (square codes, within half a code)."""
+    width, height = size
+    if min(width, height) < ROW:
+        raise BadStart(f"is {width}×{height} pixels; a start needs at least {ROW} on each side")
+    if rows is not None and 2 * abs(height * ROW - rows * width) > width:
+        raise BadStart(f"is {width}×{height} pixels, but its {rows} rows of {ROW} codes make a picture "
+                       f"{rows}/{ROW} as tall as wide ({width}×{round(rows * width / ROW)})")
+
+
+def check_taller(rows: int, keep_rows: int) -> None:
+    """BadStart when extending a grid of `rows` rows down (a tile of ROW rows under its last
+    `keep_rows`) would pass MAX_START_ROWS."""
+    if rows + ROW - keep_rows > MAX_START_ROWS:
+        raise BadStart(f"is too tall to extend: {rows} rows of codes and {ROW - keep_rows} more would pass "
+                       f"{MAX_START_ROWS}, the most a picture may have")
 
 
 def text_chunks(picture: Image.Image) -> dict[str, str]:
@@ -90,12 +148,25 @@ def text_chunks(picture: Image.Image) -> dict[str, str]:
 
 
 def square(picture: Image.Image, side: int = START_SIDE) -> Image.Image:
-    """The picture's centre square, RGB, resized to side × side."""
+    """The picture's centre square, RGB, resized to side × side. A large picture is first
+    reduced by a whole factor (box averages, as Pillow's reducing_gap does; down to twice the
+    side at least), a band of rows at a time: no full-size copy is ever made."""
     width, height = picture.size
     crop = min(width, height)
     left, top = (width - crop) // 2, (height - crop) // 2
-    box = (left, top, left + crop, top + crop)
-    return picture.convert("RGB").resize((side, side), Image.Resampling.LANCZOS, box=box)
+    factor = crop // (2 * side)
+    if factor < 2:
+        rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
+        return rgb.resize((side, side), Image.Resampling.LANCZOS, box=(left, top, left + crop, top + crop))
+    reduced = Image.new("RGB", (crop // factor, crop // factor))
+    band = factor * _BAND_ROWS
+    for y in range(0, reduced.height * factor, band):
+        rows = (left, top + y, left + reduced.width * factor, top + min(y + band, reduced.height * factor))
+        reduced.paste(picture.crop(rows).convert("RGB").reduce(factor), (0, y // factor))
+    return reduced.resize((side, side), Image.Resampling.LANCZOS)
+
+
+_BAND_ROWS = 32  # rows of the reduced picture made at a time by square()
 
 
 def png_bytes(picture: Image.Image, text: dict[str, str] | None = None) -> bytes:

@@ -6,6 +6,7 @@ the token.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import random
@@ -19,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import redis
+
+from playground import pictures
+from playground.queue import JobQueue
+from playground.testing import hostile_uploads
 from reliability.cluster import (
     Client,
     Cluster,
@@ -367,6 +373,143 @@ def traversal(cluster: Cluster) -> ScenarioResult:
     result.check("DELETE /jobs/<a folder that is no job> says nothing was deleted",
                  status == 404 or '"deleted": false' in text.replace('":f', '": f'), f"{status} {text}")
     return finish(result, recorder, None, cluster.library_check())
+
+
+# -- hostile uploads (issue 35) ---------------------------------------------------------------
+
+def _upload_cases() -> dict[str, tuple[bytes, str, str | None]]:
+    """name -> (POST /prompt body, its Content-Type, the field its 400 must name)."""
+    h = hostile_uploads
+
+    def json_body(data: bytes | str, **extra) -> bytes:
+        text = data if isinstance(data, str) else base64.b64encode(data).decode()
+        return json.dumps({"text": "x", "num_images": 2, "init_image_data": text, **extra}).encode()
+
+    field = "init_image_data"
+    file_part = h.part(h.FILE_HEAD, h.png(64, 64))
+    cases = {
+        "empty file part": (h.form(h.PROMPT_PARTS, h.part(h.FILE_HEAD.replace("a.png", "empty.png"), b"")), field),
+        "nested multipart/mixed part": (h.form(h.PROMPT_PARTS, h.part(
+            h.FILE_HEAD + "\r\nContent-Type: multipart/mixed; boundary=inner",
+            b"--inner\r\nContent-Type: image/png\r\n\r\n" + h.png(64, 64) + b"\r\n--inner--")), field),
+        "base64 transfer encoding, not base64": (h.form(h.PROMPT_PARTS, h.part(
+            h.FILE_HEAD + "\r\nContent-Transfer-Encoding: base64", b"this is not base64 !!")), field),
+        "a field sent twice": (h.form(h.PROMPT_PARTS, file_part, file_part), field),
+        "33 parts": (h.form(h.PROMPT_PARTS, *[h.part(f'Content-Disposition: form-data; name="x{i}"', b"")
+                                               for i in range(31)]), None),
+        "5 headers in a part": (h.form(h.PROMPT_PARTS, h.part(h.FILE_HEAD + "\r\nX-A: 1" * 4, h.png(64, 64))), None),
+    }
+    cases = {name: (body, h.FORM, expected) for name, (body, expected) in cases.items()}
+    for name, data, extra in [
+            ("empty init_image_data", "", {}),
+            ("4096×1 PNG with codes, extend", h.png(4096, 1, rows=16), {"extend": "down"}),
+            ("1×64 PNG with codes, extend", h.png(1, 64, rows=16), {"extend": "down"}),
+            ("1×65536 PNG with codes, extend", h.png(1, 65536, rows=16), {"extend": "down"}),
+            ("1×16,777,216 truncated PNG (69 bytes + codes)", h.png_header(1, 16_777_216, rows=16), {"extend": "down"}),
+            ("30000² PNG header", h.png_header(30000, 30000), {}),
+            ("2³¹−1×1 PNG header", h.png_header(2**31 - 1, 1), {}),
+            ("WebP canvas one pixel over the limit", h.webp_canvas(h.WEBP_SIDE + 1), {}),
+            ("animated PNG", h.animated_png(), {}),
+            ("64 rows of codes, extended", h.png(64, 256, rows=64), {"extend": "down"})]:
+        cases[name] = (json_body(data, **extra), "application/json", field)
+    return cases
+
+
+def hostile_uploads_scenario(cluster: Cluster, at_once: int = hostile_uploads.AT_ONCE) -> ScenarioResult:
+    """Issue 35's probe: start pictures that once passed as "no picture" or reached the scheduler
+    misshapen, the slowest bodies of the largest size, the costliest picture uploaded `at_once`,
+    and a bad start written into Redis past the frontend."""
+    result = ScenarioResult("hostile-uploads", "hostile",
+                            "start pictures that are empty, nested, encoded, misshapen, bombs or animated; the "
+                            "slowest bodies of the largest size; "
+                            f"{at_once} costliest pictures at once; a bad start queued past the frontend")
+    recorder = Recorder()
+    client = Client(cluster.frontend.url, recorder, timeout=120)  # the costliest uploads wait their turn to decode
+    queued_before = {job["queue_id"] for job in client.request("GET", "/queue_status").json()}
+    answers, wrong, job_ids = {}, [], []
+    with Timer() as timer:
+        for name, (body, content_type, field) in _upload_cases().items():
+            response = client.request("POST", "/prompt", "POST /prompt (hostile upload)", data=body,
+                                      headers={"Content-Type": content_type})
+            named = None if response is None or response.status_code != 400 else response.json().get("field")
+            answers[name] = None if response is None else f"{response.status_code} {named or ''}".strip()
+            if response is None or response.status_code != 400 or named != field:
+                wrong.append(f"{name}: {answers[name]} (expected 400 naming {field})")
+        stray = {job["queue_id"] for job in client.request("GET", "/queue_status").json()} - queued_before
+        slowest = {}
+        for name, (body, content_type) in hostile_uploads.slowest_bodies(8 * 2**20).items():
+            started = time.perf_counter()
+            response = client.request("POST", "/prompt", "POST /prompt (8 MiB)", data=body,
+                                      headers={"Content-Type": content_type})
+            slowest[name] = (None if response is None else response.status_code, round(time.perf_counter() - started, 3))
+        peak_before = hostile_uploads.peak_memory_mib(cluster.frontend.pid)
+        costliest = json.dumps({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(
+            hostile_uploads.costliest_png()).decode()}).encode()
+        barrier = threading.Barrier(at_once)
+
+        def upload() -> None:
+            barrier.wait()
+            response = client.request("POST", "/prompt", "POST /prompt (costliest picture)", data=costliest,
+                                      headers={"Content-Type": "application/json"})
+            if response is not None and response.status_code == 200:
+                job_ids.append(response.json()["queue_id"])
+                client.cancel(job_ids[-1])
+
+        threads = [threading.Thread(target=upload) for _ in range(at_once)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        peak_after = hostile_uploads.peak_memory_mib(cluster.frontend.pid)
+        bad_start = _bad_start_past_the_frontend(cluster, client)
+        job_ids.append(bad_start["queue_id"])
+        alive = client.request("GET", "/queue_status", "GET /queue_status")
+    result.seconds = round(timer.seconds, 1)
+    result.inputs_tried = len(answers) + len(slowest) + at_once + 1
+    result.figures["answers"] = answers
+    result.figures["slowest bodies of 8 MiB (status, s)"] = slowest
+    result.figures[f"frontend peak memory before and after {at_once} costliest uploads at once (MiB)"] = (
+        round(peak_before, 1), round(peak_after, 1))
+    result.figures["a 4096×1 start queued past the frontend"] = {k: bad_start.get(k) for k in ("status", "attempts", "error")}
+    result.check("each hostile upload refused with a 400 naming its field", not wrong, "; ".join(wrong))
+    result.check("nothing stray queued", not stray, ", ".join(sorted(stray)))
+    result.check("each slowest body answered 400 within 1 s",
+                 all(status == 400 and secs < 1.0 for status, secs in slowest.values()), str(slowest))
+    result.check(f"every costliest upload accepted ({at_once})", len(job_ids) == at_once + 1, str(len(job_ids) - 1))
+    bound = hostile_uploads.PEAK_MEMORY_MIB
+    result.check(f"the frontend's peak memory stays under {bound} MiB", peak_after < bound, f"{peak_after:.0f} MiB")
+    result.check("a bad start past the frontend fails its job at once, saying why",
+                 bad_start.get("status") == "failed" and bad_start.get("attempts") == 1
+                 and "the start picture" in (bad_start.get("error") or ""), str(bad_start))
+    result.check("the frontend still serves", alive is not None and alive.status_code == 200)
+    cluster.wait_settled(client, job_ids, timeout=60)
+    return finish(result, recorder, cluster.account(client, job_ids), cluster.library_check())
+
+
+def _bad_start_past_the_frontend(cluster: Cluster, client: Client) -> dict:
+    """A 4096×1 start with codes, extend, written straight into Redis (as an older frontend could
+    have queued it): the scheduler must fail it on its first attempt with the reason."""
+    redis_client = redis.Redis.from_url(cluster.redis.url)
+    try:
+        job = JobQueue(redis_client).submit({
+            "text": "a start that does not fit its codes", "num_images": 2, "seed": 1, "init_source": "codes",
+            "keep_rows": 8, "extend": "down", "init_codes": pictures.pack_codes(range(pictures.SQUARE)),
+            "init_picture": base64.b64encode(hostile_uploads.png(4096, 1, rows=16)).decode()})
+    finally:
+        redis_client.close()
+    body: dict = {}
+
+    def finished() -> bool:
+        nonlocal body
+        answer = client.job(job.id)
+        body = answer[1] if answer else {}
+        return body.get("status") in ("done", "failed", "cancelled")
+
+    try:
+        wait_for(finished, 120, "the bad start's job to finish", interval=0.5)
+    except TimeoutError:
+        pass
+    return {"queue_id": job.id, **body}
 
 
 # -- oversized and slow requests -------------------------------------------------------------
@@ -762,4 +905,5 @@ def canaries_survive(cluster: Cluster) -> ScenarioResult:
     return finish(result, Recorder(), None, cluster.library_check())
 
 
-SCENARIOS = [fuzz, traversal, oversized, slow_requests, header_deadline, script_prompt, api_token, canaries_survive]
+SCENARIOS = [fuzz, traversal, oversized, hostile_uploads_scenario, slow_requests, header_deadline, script_prompt,
+             api_token, canaries_survive]

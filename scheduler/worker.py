@@ -205,7 +205,7 @@ class Worker:
             self._ready_checked_at = 0.0
             if not self.queue.put_back(job, str(exc), count_attempt=False):
                 _lost(job, "put-back")
-        except BackendRejected as exc:
+        except (BackendRejected, pictures.BadStart) as exc:  # retrying cannot help
             self._ended(job, self.queue.finish_failed(job, str(exc)))
         except BackendLost as exc:
             self._ready_checked_at = 0.0
@@ -343,16 +343,24 @@ class Worker:
     def _taller_pictures(self, job: Job, grid: list[int], tiles: list[bytes], codes: list[str]) -> list[bytes]:
         """Each new tile below the picture it extends: the start picture (the library's file,
         or the upload), then the tile's rows under the kept ones; its PNG carries the taller
-        grid's codes, so it can be extended again."""
+        grid's codes, so it can be extended again. A start that does not fit its grid (or
+        would grow too tall) raises BadStart before anything is allocated for it."""
         try:
-            if job.init_image is not None:
-                top = pictures.open_picture((self.library.root / job.init_image.removeprefix("library/")).read_bytes())
-            else:
-                top = pictures.open_picture(base64.b64decode(job.init_picture or ""))
-        except (OSError, ValueError) as exc:
+            data = None if job.init_image is None else (
+                self.library.root / job.init_image.removeprefix("library/")).read_bytes()
+        except OSError as exc:
             # Deleted from the library since the job was queued: the new tiles are stored alone.
             log.warning("job %s: no start picture to extend (%s); storing the tiles only", job.id, exc)
             return []
+        try:
+            if data is None:  # the upload of ours that the job started from
+                data = base64.b64decode(job.init_picture or "", validate=True)
+            rows = pictures.grid_rows(len(grid))
+            pictures.check_taller(rows, job.keep_rows)
+            top = pictures.open_picture(data)
+            pictures.check_start_size(top.size, rows)
+        except ValueError as exc:  # binascii.Error is one
+            raise pictures.BadStart(f"the start picture {exc}") from None
         taller = []
         for png, packed in zip(tiles, codes):
             tile = pictures.open_picture(png)

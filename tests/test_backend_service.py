@@ -17,6 +17,7 @@ from backend.app import create_app
 from backend.config import Config
 from backend.png import read_png_metadata
 from playground import pictures
+from playground.testing import hostile_uploads
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +223,14 @@ def test_same_seed_same_pngs_and_largest_seed_works(client):
         (job(init_codes=[0] * 256, keep_rows=8, extend="up"), "extend"),
         (job(init_picture=base64.b64encode(b"GIF89a").decode(), keep_rows=8), "init_picture"),
         (job(init_picture="not base64!", keep_rows=8), "init_picture"),
+        # Hostile starts (issue 35): too few rows, too tall to extend, shapes and sizes no start has.
+        (job(init_codes=[0] * 16, keep_rows=8), "init_codes"),
+        (job(init_codes=[0] * 64 * 16, keep_rows=8, extend="down"), "init_codes"),
+        (job(init_picture=base64.b64encode(hostile_uploads.png(4096, 1)).decode(), keep_rows=8), "init_picture"),
+        (job(init_picture=base64.b64encode(hostile_uploads.png(1, 64)).decode(), keep_rows=8), "init_picture"),
+        (job(init_picture=base64.b64encode(hostile_uploads.png(1, 65536)).decode(), keep_rows=8), "init_picture"),
+        (job(init_picture=base64.b64encode(hostile_uploads.png_header(1, 16_777_216)).decode(), keep_rows=8),
+         "init_picture"),
     ],
 )
 def test_bad_requests_name_the_field(client, body, field):

@@ -22,6 +22,7 @@ from frontend.threaded import serving
 from playground import pictures
 from playground.library import LibraryStore
 from playground.queue import JobQueue
+from playground.testing import hostile_uploads
 
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None, database=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -51,7 +52,7 @@ def world(redis_server, tmp_path_factory):
                     static_dir=root / "static", max_body_bytes=4096, socket_timeout_secs=2,
                     body_deadline_secs=2, max_queued_jobs=50)
     with serving(config) as server:
-        yield {"server": server, "job_ids": job_ids, "images": images}
+        yield {"server": server, "job_ids": job_ids, "images": images, "queue": queue}
     client.close()
 
 
@@ -89,9 +90,21 @@ bodies = st.one_of(
 OUR_PNG = pictures.png_bytes(Image.new("RGB", (32, 32), (5, 6, 7)),
                              {pictures.CODES_KEY: pictures.pack_codes(range(256))})
 encoded = lambda data: base64.b64encode(data).decode()  # noqa: E731
+# Hostile uploads (issue 35): bombs and truncated files declaring what no start may have,
+# shapes their codes do not fit, too many rows, an animation, nothing at all.
+HOSTILE_PICTURES = [hostile_uploads.png_header(1, 16_777_216, rows=16), hostile_uploads.png_header(30000, 30000),
+                    hostile_uploads.png_header(2**31 - 1, 1), hostile_uploads.png(4096, 1, rows=16),
+                    hostile_uploads.png(1, 64, rows=16), hostile_uploads.png(1, 65536, rows=16),
+                    hostile_uploads.png(64, 64, rows=17), hostile_uploads.png(64, 256, rows=64),
+                    hostile_uploads.animated_png(), b""]
+# Base64 as tools write it, and as they do not.
+BASE64_STYLES = [encoded, lambda data: base64.encodebytes(data).decode(), lambda data: encoded(data).rstrip("="),
+                 lambda data: base64.urlsafe_b64encode(data).decode(), lambda data: "data:image/png;base64," + encoded(data),
+                 lambda data: " ".join(encoded(data)), lambda data: encoded(data) + "=="]
 # Uploads: our PNG whole, cut, with junk after it, with a few bytes changed; random bytes.
 picture_data = st.one_of(
-    st.sampled_from([OUR_PNG, OUR_PNG[:60], OUR_PNG + b"junk"]).map(encoded),
+    st.builds(lambda data, style: style(data), st.sampled_from([OUR_PNG, OUR_PNG[:60], OUR_PNG + b"junk",
+                                                                *HOSTILE_PICTURES]), st.sampled_from(BASE64_STYLES)),
     st.binary(max_size=200).map(encoded),
     st.builds(lambda at, junk: OUR_PNG[:at] + junk + OUR_PNG[at + len(junk):],
               st.integers(0, len(OUR_PNG)), st.binary(min_size=1, max_size=8)).map(encoded),
@@ -149,35 +162,70 @@ def test_continuation_bodies_answer_200_or_a_named_400(world, data):
     assert status in (200, 400, 429), (body, payload)
     if status == 400:
         assert json.loads(payload)["field"] in ("init_image", "init_image_data", "keep_rows", "extend")
+    if status == 200:
+        job = settled(world, payload)
+        if body.get("init_image_data") is not None:  # only its absence means "no picture"
+            assert job.init_source is not None, body
+
+
+def settled(world, payload: bytes):
+    """The job a 200 queued, cancelled at once: the queue's cap is left for the 429s of other
+    tests, and the next examples still get their 200s."""
+    return world["queue"].cancel(json.loads(payload)["queue_id"])
 
 
 def _multipart(parts, boundary: str) -> bytes:
     body = b""
-    for name, content, filename in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode("utf-8", "replace") + content + b"\r\n"
+    for name, content, filename, header in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{header}\r\n"
+        body += head.encode("utf-8", "replace") + content + b"\r\n"
     return body + f"--{boundary}--\r\n".encode("utf-8", "replace")
 
 
+# A part's other headers: nested, encoded, typed, many, long.
+PART_HEADERS = ["", "", "Content-Type: image/png\r\n", "Content-Type: multipart/mixed; boundary=x\r\n",
+                "Content-Transfer-Encoding: base64\r\n", "Content-Transfer-Encoding: quoted-printable\r\n",
+                "X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\n", f"X-Long: {'a' * 2000}\r\n"]
+# Uploads that once passed as "no picture": an empty file, a nested part, an encoded one.
+HOSTILE_UPLOAD_PARTS = [
+    ("init_image_data", b"", "empty.png", ""),
+    ("init_image_data", b"--x\r\nContent-Type: image/png\r\n\r\n" + OUR_PNG + b"\r\n--x--", "a.png",
+     "Content-Type: multipart/mixed; boundary=x\r\n"),
+    ("init_image_data", b"this is not base64!", "a.png", "Content-Transfer-Encoding: base64\r\n"),
+    ("init_image_data", b"", None, "")]
 multipart_parts = st.lists(st.tuples(
     st.sampled_from(["text", "num_images", "seed", "keep_rows", "extend", "init_image", "init_image_data",
                      "keep_previews", ""])
     | st.text(max_size=10),
-    st.sampled_from([b"x", b"2", b"8", b"down", OUR_PNG, OUR_PNG[:40], b"\xff\xfe"]) | st.binary(max_size=60),
-    st.none() | st.sampled_from(["a.png", "", "\"q\""])), max_size=6)
+    st.sampled_from([b"x", b"2", b"8", b"down", b"", OUR_PNG, OUR_PNG[:40], b"\xff\xfe", *HOSTILE_PICTURES])
+    | st.binary(max_size=60),
+    st.none() | st.sampled_from(["a.png", "", "\"q\""]),
+    st.sampled_from(PART_HEADERS)), max_size=6)
 
 
 @FUZZ_SETTINGS
 @given(parts=multipart_parts, boundary=st.sampled_from(["b0undary", "x", ""])
        | st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=20),
-       raw=st.booleans(), junk=st.binary(max_size=200))
-def test_multipart_bodies_answer_200_or_a_named_400(world, parts, boundary, raw, junk):
-    """Multipart/form-data bodies, well formed or not, with any boundary (or junk as the body)."""
-    body = junk if raw else _multipart(parts, boundary)
+       raw=st.booleans(), junk=st.binary(max_size=200), repeat=st.sampled_from([1, 1, 1, 12]), valid=st.booleans(),
+       upload=st.none() | st.sampled_from(HOSTILE_UPLOAD_PARTS))
+def test_multipart_bodies_answer_200_or_a_named_400(world, parts, boundary, raw, junk, repeat, valid, upload):
+    """Multipart/form-data bodies, well formed or not, with any boundary (or junk as the body),
+    their parts repeated past the cap on parts now and then; half of them start with a valid
+    text and num_images, and a hostile upload, so that what follows decides."""
+    parts = ([("text", b"x", None, ""), ("num_images", b"2", None, "")] if valid else []) + (
+        [upload] if upload else []) + parts
+    body = junk if raw else _multipart(parts * repeat, boundary)
     content_type = "multipart/form-data" + (f"; boundary={boundary}" if boundary else "")
     status, payload = send(world["server"], "POST", "/prompt", body,
                            {"Content-Type": content_type.encode("latin-1", "replace").decode("latin-1")})
     assert status in (200, 400, 429), (parts, boundary, payload)
+    # An upload sent is a start, or a 400; only a browser's empty file input is "no picture".
+    uploads = [p for p in parts if p[0] == "init_image_data" and not (p[2] == "" and p[1] == b"")]
+    if status == 200:
+        job = settled(world, payload)
+        if uploads and not raw:
+            assert job.init_source is not None, (parts, payload)
 
 
 @FUZZ_SETTINGS

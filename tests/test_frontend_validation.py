@@ -16,6 +16,7 @@ from frontend.threaded import serving
 from frontend.validation import ValidationError, validate_prompt
 from playground import pictures
 from playground.queue import JobQueue
+from playground.testing import hostile_uploads
 
 GOOD = {"text": "a squirrel", "num_images": "6", "seed": 12345}
 MAX_UPLOAD = 64 * 1024  # the servers' below: POST /prompt bodies up to 128 KiB are read
@@ -145,6 +146,26 @@ BAD_BODIES = [
                 ).encode(), "init_image_data"),
     (json.dumps({**GOOD, "init_image_data": _png(text={pictures.CODES_KEY: pictures.pack_codes([1] * 32)})}
                 ).encode(), "init_image_data"),
+    # Hostile uploads (issue 35): present but empty; a shape its codes do not fit; too many
+    # pixels or lines (header-only PNGs, as bombs and truncated files are); animated.
+    (json.dumps({**GOOD, "init_image_data": ""}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": "data:image/png;base64,"}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": "  \n"}).encode(), "init_image_data"),
+    (json.dumps({**GOOD, "init_image_data": "QUJD=REVG"}).encode(), "init_image_data"),
+    *[(json.dumps({**GOOD, "init_image_data": base64.b64encode(data).decode(), "extend": extend}).encode(),
+       "init_image_data") for data, extend in [
+        (hostile_uploads.png(4096, 1, rows=16), "down"),
+        (hostile_uploads.png(1, 64, rows=16), "down"),
+        (hostile_uploads.png(64, 64, rows=17), None),
+        (hostile_uploads.png(64, 256, rows=64), "down"),   # 64 rows fit, but extended they would be 72
+        (hostile_uploads.png(4096, 1), None),               # no codes: still a pixel per code across
+        (hostile_uploads.png(1, 65536, rows=16), "down"),
+        (hostile_uploads.png_header(1, 16_777_216, rows=16), "down"),
+        (hostile_uploads.png_header(30000, 30000), None),
+        (hostile_uploads.png_header(2**31 - 1, 1), None),
+        (hostile_uploads.png_header(4097, 16), None),
+        (hostile_uploads.webp_canvas(hostile_uploads.WEBP_SIDE + 1), None),
+        (hostile_uploads.animated_png(), None)]],
     (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": 0}).encode(), "keep_rows"),
     (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": 16}).encode(), "keep_rows"),
     (json.dumps({**GOOD, "init_image_data": PICTURE, "keep_rows": "half"}).encode(), "keep_rows"),
@@ -205,6 +226,19 @@ GOOD_BODIES = [
      {"keep_rows": 15, "init_source": "encoded", "init_image": None}),
     ({"text": "x", "num_images": 2, "init_image_data": OURS, "keep_rows": 1, "extend": "down"},
      {"keep_rows": 1, "init_source": "codes", "extend": "down"}),
+    # Base64 as common tools write it: wrapped at 76 columns (the base64 tool), spaced, without
+    # padding, URL-safe, a data: URL of any type.
+    *[({"text": "x", "num_images": 2, "init_image_data": text}, {"init_source": "codes"}) for text in [
+        base64.encodebytes(base64.b64decode(OURS)).decode(),
+        " ".join(OURS[i:i + 60] for i in range(0, len(OURS), 60)),
+        OURS.rstrip("="),
+        base64.urlsafe_b64encode(base64.b64decode(OURS)).decode().rstrip("="),
+        "data:application/octet-stream;base64," + OURS]],
+    # The largest pictures allowed are pictures, and a taller picture of ours fits its codes.
+    *[({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(data).decode()}, {"init_source": "encoded"})
+      for data in (hostile_uploads.webp_canvas(),)],
+    ({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(hostile_uploads.png(64, 128, rows=32)).decode(),
+      "extend": "down", "keep_rows": 8}, {"init_source": "codes", "extend": "down"}),
 ]
 
 
@@ -265,6 +299,53 @@ def test_bad_multipart_bodies_are_refused(connection, queue, parts, boundary, fi
     status, payload, _ = post(connection, body, headers)
     assert status == 400 and payload.get("field") == field, payload
     assert queue.unfinished() == []
+
+
+def raw_multipart(parts: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
+    """Parts given as their header lines and content."""
+    return (hostile_uploads.form(*(hostile_uploads.part(head, content) for head, content in parts)),
+            {"Content-Type": hostile_uploads.FORM})
+
+
+FIELDS = [('Content-Disposition: form-data; name="text"', b"x"), ('Content-Disposition: form-data; name="num_images"', b"2")]
+FILE = hostile_uploads.FILE_HEAD
+NESTED = (b"--inner\r\nContent-Disposition: file; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+          + base64.b64decode(PICTURE) + b"\r\n--inner--")
+
+
+@pytest.mark.parametrize("parts,field", [
+    # An upload present but empty, nested, or in a transfer encoding: never "no picture" (issue 35).
+    ([*FIELDS, (FILE.replace("a.png", "empty.png"), b"")], "init_image_data"),
+    ([*FIELDS, (FILE + "\r\nContent-Type: multipart/mixed; boundary=inner", NESTED)], "init_image_data"),
+    ([*FIELDS, (FILE + "\r\nContent-Transfer-Encoding: base64", b"this is not base64 !!")], "init_image_data"),
+    ([*FIELDS, (FILE + "\r\nContent-Transfer-Encoding: base64", PICTURE.encode())], "init_image_data"),
+    ([*FIELDS, (FILE + "\r\nContent-Transfer-Encoding: x-uuencode", b"begin 644 a.png")], "init_image_data"),
+    ([*FIELDS, ('Content-Disposition: form-data; name="init_image_data"', b"")], "init_image_data"),
+    ([*FIELDS, (FILE, base64.b64decode(PICTURE)), (FILE, base64.b64decode(PICTURE))], "init_image_data"),
+    # Bounded work: at most 32 parts, 4 headers a part, 1024 bytes a header line.
+    ([*FIELDS] + [(f'Content-Disposition: form-data; name="x{i}"', b"") for i in range(31)], None),
+    ([*FIELDS, (FILE + "\r\nContent-Type: image/png" + "\r\nX-A: 1" * 3, base64.b64decode(PICTURE))], None),
+    ([*FIELDS, ('Content-Disposition: form-data; name="seed"; x="' + "a" * 1100 + '"', b"1")], None),
+])
+def test_hostile_multipart_bodies_are_refused(connection, queue, parts, field):
+    body, headers = raw_multipart(parts)
+    status, payload, _ = post(connection, body, headers)
+    assert status == 400 and payload.get("field") == field, payload
+    assert queue.unfinished() == []
+
+
+def test_a_file_input_left_empty_is_no_upload(connection, queue):
+    """A browser sends a file input that nothing was chosen in as filename="" and no content."""
+    body, headers = raw_multipart([*FIELDS, (FILE.replace("a.png", ""), b"")])
+    status, payload, _ = post(connection, body, headers)
+    assert status == 200, payload
+    assert queue.record(payload["queue_id"]).init_source is None
+
+
+def test_a_picture_over_the_pixel_limit_is_told_so(connection, queue):
+    for data in (hostile_uploads.png_header(30000, 30000), hostile_uploads.png_header(4097, 4096)):
+        status, payload, _ = post(connection, json.dumps({**GOOD, "init_image_data": base64.b64encode(data).decode()}).encode())
+        assert status == 400 and "more pixels than allowed" in payload["error"], payload
 
 
 def test_seed_bounds_at_the_unit_level():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 
+from playground.testing import hostile_uploads
 from reliability.chaos import CHECK_AFTER_CANCEL, CHECK_AFTER_END, CHECK_VISIBLE, STORING_PAUSE
 from reliability.report import FINDINGS, render
 from reliability.suite import NAMES, run_suite
@@ -115,6 +116,17 @@ def test_the_token_guards_every_change(suite):
     result = ran(suite, "api-token")
     assert result.passed("every changing request without the right token → 401") is True
     assert result.passed("nothing changed: library.json, the queue and the PNGs as before") is True
+
+
+def test_hostile_uploads_get_a_named_400_and_stay_bounded(suite):
+    """Issue 35: every hostile upload refused naming its field, nothing queued for it, the
+    slowest bodies answered in time, memory bounded, a bad start past the frontend failed."""
+    result = ran(suite, "hostile-uploads")
+    for check in ("each hostile upload refused with a 400 naming its field", "nothing stray queued",
+                  "each slowest body answered 400 within 1 s",
+                  f"the frontend's peak memory stays under {hostile_uploads.PEAK_MEMORY_MIB} MiB",
+                  "a bad start past the frontend fails its job at once, saying why"):
+        assert result.passed(check) is True, check
 
 
 def test_the_report_has_every_scenario_and_figure(suite):

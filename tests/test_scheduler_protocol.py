@@ -4,15 +4,18 @@ server that speaks the backend protocol; the scheduler runs in this process, bui
 Config."""
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 
 import pytest
 from PIL import Image
 
+from playground import pictures
 from playground.library import LibraryStore
 from settled import ended
 from playground.queue import JobQueue
+from playground.testing import hostile_uploads
 from playground.testing.standin_backend import PICKED_SEED, PREVIEW_JPEG, StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
@@ -202,3 +205,41 @@ def test_previews_are_kept_while_the_job_runs_and_bad_ones_skipped(backend, sche
     (entry,) = LibraryStore(tmp_path / "library").entries()
     reveal = Image.open(tmp_path / "library" / entry["reveal_images"][0].removeprefix("library/"))
     assert reveal.format == "WEBP" and reveal.n_frames == 2  # the one good preview, then the picture
+
+
+@pytest.mark.parametrize("start,reason", [
+    (hostile_uploads.png(4096, 1, rows=16), "4096×1 pixels"),
+    (hostile_uploads.png(1, 64, rows=16), "1×64 pixels"),
+    (hostile_uploads.png(1, 65536, rows=16), "more pixels than allowed"),
+    (hostile_uploads.png_header(1, 16_777_216, rows=16), "more pixels than allowed"),
+    (b"not a picture", "is not a PNG"),
+])
+def test_a_bad_start_picture_fails_its_job_at_once_with_its_reason(backend, scheduler, redis_client, tmp_path,
+                                                                    start, reason, caplog):
+    """A start the frontend would refuse, queued anyway (by an older frontend, or written into
+    Redis): the taller picture is never stitched, the job fails on its first attempt saying
+    why, no traceback is logged, and the next job runs."""
+    queue = JobQueue(redis_client)
+    bad = queue.submit({**job("extend me"), "init_source": "codes", "keep_rows": 8, "extend": "down",
+                        "init_codes": pictures.pack_codes(range(pictures.SQUARE)),
+                        "init_picture": base64.b64encode(start).decode()})
+    after = queue.submit(job("fine"))
+    bad, after = wait_finished(queue, [bad.id, after.id])
+    assert bad.status == "failed" and bad.attempts == 1 and reason in bad.error, bad.error
+    assert bad.error.startswith("the start picture")
+    assert after.status == "done"
+    assert [e["queue_id"] for e in LibraryStore(tmp_path / "library").entries()] == [after.id]
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+def test_a_start_that_fits_its_grid_is_extended(backend, scheduler, redis_client, tmp_path):
+    queue = JobQueue(redis_client)
+    start = hostile_uploads.png(64, 64, rows=16)
+    done = queue.submit({**job("extend me"), "init_source": "codes", "keep_rows": 8, "extend": "down",
+                         "init_codes": pictures.pack_codes(range(pictures.SQUARE)),
+                         "init_picture": base64.b64encode(start).decode()})
+    [done] = wait_finished(queue, [done.id])
+    assert done.status == "done", done.error
+    [entry] = LibraryStore(tmp_path / "library").entries()
+    taller = Image.open(tmp_path / "library" / entry["extended_images"][0].removeprefix("library/"))
+    assert taller.size == (256, 256 + 128)  # the start scaled to the tiles' width, then 8 new rows

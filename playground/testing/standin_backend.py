@@ -14,7 +14,8 @@ cannot produce on demand:
 - "previews": one good preview (`PREVIEW_JPEG` for each image, at 128 tokens), then three
   the scheduler must skip (malformed, too big, more pictures than images), then done once
   `release` is set (or after 10 s);
-- anything else: done, with `num_images` copies of `png` (after `step_secs` × 4 of progress).
+- anything else: done, with `num_images` copies of `png` (after `step_secs` × 4 of progress);
+  a continuation's also gives its start's grid (the `init_codes` sent) and codes for each image.
 
     with StandInBackend() as backend:
         Config(backend_urls=(backend.url,), ...)
@@ -33,6 +34,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
+
+from playground import pictures
 
 # The seed the stand-in picks when a job asks for seed 0 ("any").
 PICKED_SEED = 5
@@ -155,9 +158,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send("application/x-ndjson", data)
 
     def _done(self, body: dict, seed: int) -> dict:
-        return {"event": "done", "seed": seed, "model": self.server.model,
+        done = {"event": "done", "seed": seed, "model": self.server.model,
                 "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
                 "images": [self.server.png_base64] * body["num_images"], "timings": {"total_secs": 0.0}}
+        if body.get("init_codes") is not None:  # a continuation: its start's grid, and each image's codes
+            done.update(start={"source": "codes", "codes": body["init_codes"]},
+                        codes=[pictures.pack_codes(range(pictures.SQUARE))] * body["num_images"])
+        return done
 
     def _stream_slowly(self, started: dict, ending: dict | None, steps: int = 30, pause: float = 0.1,
                        job_id: str | None = None) -> None:
