@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import secrets
 
-from playground.pictures import ROW
-
 IMAGE_COUNTS = (2, 4, 6, 8)  # what POST /prompt accepts for num_images, as the original UI offered
 MAX_IMAGES = max(IMAGE_COUNTS)  # the most one generation makes (the backend and the engine)
 # Best of N: a job may generate up to this many candidates in one batched pass, of which CLIP
@@ -18,6 +16,7 @@ MAX_TEXT_LENGTH = 1000  # characters in a prompt (and in a library search)
 # until one has.
 IMAGE_TOKENS = 256
 IMAGE_CODES = 16384
+IMAGE_ROWS = 16  # codes per row of that grid, and rows of a square picture (the tiny and demo models' too)
 # A continuation keeps 1 … 15 of the 16 rows of codes; a picture extended down again and
 # again grows by at least a row each time, up to this many rows.
 MAX_KEEP_ROWS = 15
@@ -39,7 +38,7 @@ def public_limits(served_codes: dict[str, int | None], max_upload_bytes: int) ->
         "start_rows_max": MAX_START_ROWS,
         "upload_max_bytes": max_upload_bytes,
         "image_tokens": IMAGE_TOKENS,
-        "image_rows": ROW,
+        "image_rows": IMAGE_ROWS,
         "image_codes": max(filter(None, served_codes.values()), default=IMAGE_CODES),
         "models": {model: {"image_codes": codes or IMAGE_CODES} for model, codes in sorted(served_codes.items())},
     }

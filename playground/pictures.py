@@ -18,10 +18,10 @@ import warnings
 
 from PIL import Image, PngImagePlugin
 
+from playground.limits import IMAGE_ROWS as ROW
 from playground.limits import MAX_START_ROWS
 
 CODES_KEY = "dalle_codes"
-ROW = 16  # codes per row of the published models' grid (and of the tiny and demo models')
 SQUARE = ROW * ROW
 MAX_CODE = 2**16 - 1
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -61,7 +61,7 @@ def test_prompt_shows_progress_then_images_then_reaches_the_library(page, ui_sta
     page.wait_for_function(
         "id => [...document.querySelectorAll(`#results [data-queue-id='${id}'] img`)]"
         ".every(img => img.complete && img.naturalWidth === 256)", arg=queue_id)
-    assert images.first.get_attribute("alt") == prompt
+    assert images.first.get_attribute("alt") == f"{prompt} (picture 1 of 8)"
     expect(page.locator(f'#queue [data-queue-id="{queue_id}"]')).to_have_count(0)
 
     page.goto(f"{ui_stack.frontend.url}/library.html")
@@ -111,7 +111,7 @@ def test_a_hostile_prompt_is_shown_as_text_and_runs_nothing(page, ui_stack):
     result = page.locator(f'#results .result[data-queue-id="{queue_id}"]')
     expect(result).to_have_attribute("data-status", "done", timeout=150_000)
     expect(result.locator(".prompt")).to_have_text(HOSTILE)
-    assert result.locator("img").first.get_attribute("alt") == HOSTILE
+    assert result.locator("img").first.get_attribute("alt") == f"{HOSTILE} (picture 1 of 2)"
 
     page.goto(f"{ui_stack.frontend.url}/library.html")
     expect(page.locator(f'article.job[data-queue-id="{queue_id}"] .prompt')).to_have_text(HOSTILE)

@@ -78,7 +78,7 @@ def test_job_details_view_download_reuse_and_delete(page, ui_stack, tag):
     images = card.locator(".thumb img")
     expect(images).to_have_count(4)
     assert images.first.get_attribute("loading") == "lazy"
-    assert images.first.get_attribute("alt") == entry["text_prompt"]
+    assert images.first.get_attribute("alt") == f"{entry['text_prompt']} (picture 1 of 4)"
 
     # Click: the full-size view, with a download link to the PNG.
     card.locator(".thumb").nth(1).click()

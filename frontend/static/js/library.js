@@ -72,7 +72,7 @@ function jobCard(entry) {
   }
 
   const picture = (src, tall) => {
-    const node = libraryPicture({ src, alt: entry.text_prompt, entry, tall, onDelete: () => removeImage(src, node) });
+    const node = libraryPicture({ src, entry, tall, onDelete: () => removeImage(src, node) });
     // Best of N: the picture's CLIP score (and which candidate it was), on the picture.
     const at = tall ? -1 : images.indexOf(src);
     const score = at >= 0 ? entry.clip_scores?.[at] : undefined;

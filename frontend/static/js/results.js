@@ -11,7 +11,7 @@ function doneDetails(entry) {
     el("p", { class: "meta" },
       `Seed ${entry.seed ?? "–"} · ${images.length} images · ${formatSeconds(entry.process_time_secs)}`
       + ` (${formatSeconds(perImage)} per image)`),
-    el("div", { class: "thumbs" }, images.map((src) => thumbnail({ src, alt: entry.text_prompt, entry }))),
+    el("div", { class: "thumbs" }, images.map((src) => thumbnail({ src, entry }))),
   ];
 }
 

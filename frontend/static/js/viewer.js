@@ -25,6 +25,14 @@ function pictureIndex(entry, src) {
   return at >= 0 ? at : images.length + (entry.extended_images ?? []).indexOf(src);
 }
 
+// A library picture's text for those who cannot see it: its prompt and which picture it is.
+function pictureLabel(entry, src) {
+  const images = entry.generated_images ?? [];
+  const at = pictureIndex(entry, src);
+  return at < images.length ? `${entry.text_prompt} (picture ${at + 1} of ${images.length})`
+    : `${entry.text_prompt} (taller picture ${at - images.length + 1})`;
+}
+
 // What made the picture (its prompt is the caption): seed, values, model, its CLIP score, and
 // its start.
 function pictureDetails(entry, src) {
@@ -88,7 +96,7 @@ function openViewer({ src, alt, onDelete, entry, mode = "view", thumb = null }) 
     if (newMode === "view") {
       const image = el("img", { src, alt, width: 256, height: 256 });
       image.addEventListener("load", () => drawExact(image));
-      setChildren(figure, image, el("figcaption", {}, alt), entry && pictureDetails(entry, src));
+      setChildren(figure, image, el("figcaption", {}, entry ? entry.text_prompt : alt), entry && pictureDetails(entry, src));
       setChildren(continuation, entry && [
         el("button", { type: "button", onclick: () => show("variations") }, "Variations"),
         el("button", { type: "button", onclick: () => show("extend") }, "Extend below"),
@@ -152,8 +160,10 @@ document.addEventListener("keydown", onKey);
 
 // A thumbnail that opens the full-size view on click (or Enter) and, when
 // `onDelete` is given, asks to delete the image on double-click.
-// `onDelete` resolves to true once the image is gone.
+// `onDelete` resolves to true once the image is gone. A library picture (`entry`) is
+// described by its prompt and place.
 export function thumbnail({ src, alt, onDelete, entry, tall = false }) {
+  alt = entry ? pictureLabel(entry, src) : alt;
   let pendingOpen = null;
   const open = () => openViewer({ src, alt, onDelete, entry, thumb: button });
   const button = el("button", {
@@ -175,7 +185,8 @@ export function thumbnail({ src, alt, onDelete, entry, tall = false }) {
 }
 
 // A library picture: its thumbnail and, under it, the continuation actions.
-export function libraryPicture({ src, alt, onDelete, entry, tall = false }) {
+export function libraryPicture({ src, onDelete, entry, tall = false }) {
+  const alt = pictureLabel(entry, src);
   return el("div", { class: "picture" },
     thumbnail({ src, alt, onDelete, entry, tall }),
     el("div", { class: "picture-actions" },
