@@ -28,8 +28,9 @@ def test_defaults_are_shown(page, ui_stack):
 
 
 INVALID = [
-    ("gen_top_k", "0", "Top-k must be a whole number of at least 1."),
-    ("gen_top_k", "2.5", "Top-k must be a whole number of at least 1."),
+    ("gen_top_k", "0", "Top-k must be a whole number from 1 to {top_k}."),
+    ("gen_top_k", "2.5", "Top-k must be a whole number from 1 to {top_k}."),
+    ("gen_top_k", "99999", "Top-k must be a whole number from 1 to {top_k}."),
     ("gen_top_p", "0", "Top-p must be above 0 and at most 1."),
     ("gen_top_p", "1.5", "Top-p must be above 0 and at most 1."),
     ("temperature", "0", "Temperature must be above 0."),
@@ -43,10 +44,12 @@ def test_invalid_values_are_refused_before_sending(page, ui_stack):
     page.goto(f"{ui_stack.frontend.url}/advanced.html")
     sent = prompt_requests(page)
     page.fill("#text", "a fox in a field")
+    top_k = page.request.get(f"{ui_stack.frontend.url}/limits").json()["image_codes"]  # the served model's
+    expect(page.locator("#gen_top_k-hint")).to_contain_text(f"from 1 to {top_k}")
     for field, value, message in INVALID:
         page.fill(f"#{field}", value)
         page.click("#submit")
-        expect(page.locator(f"#{field}-error")).to_have_text(message)
+        expect(page.locator(f"#{field}-error")).to_have_text(message.format(top_k=top_k))
         expect(page.locator(f"#{field}")).to_have_attribute("aria-invalid", "")
         expect(page.locator(f"#{field}")).to_be_focused()
         expect(page.locator("#form-status")).to_have_class("form-status is-error")
@@ -92,3 +95,17 @@ def test_the_url_prefills_the_form(page, ui_stack):
     for field, value in {"seed": "7", "gen_top_k": "12", "gen_top_p": "0.5", "temperature": "0.7",
                          "condition_scale": "3"}.items():
         expect(page.locator(f"#{field}")).to_have_value(value)
+
+
+def test_a_refusal_from_the_server_is_shown_at_its_field(page, ui_stack):
+    """What only the server can check comes back naming its field: the message goes there,
+    in the form's words, not next to Create under the API's name."""
+    page.route("**/prompt", lambda route: route.fulfill(status=400, json={
+        "error": "gen_top_p: the server says no to 0.5", "field": "gen_top_p"}))
+    page.goto(f"{ui_stack.frontend.url}/advanced.html")
+    page.fill("#text", "a fox in a field")
+    page.fill("#gen_top_p", "0.5")
+    page.click("#submit")
+    expect(page.locator("#gen_top_p-error")).to_have_text("Top-p: the server says no to 0.5")
+    expect(page.locator("#gen_top_p")).to_be_focused()
+    expect(page.locator("#form-status")).to_have_text("Please correct the highlighted field.")

@@ -5,21 +5,25 @@ import { askForToken, savedToken } from "./token.js";
 // back (a paused or wedged frontend would otherwise leave Create on "Sending…" for ever).
 const REQUEST_TIMEOUT_MS = 20000;
 
+// `field`: the request field a 400 names, when it names one.
 class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, field = null) {
     super(message);
     this.status = status;
+    this.field = field;
   }
 }
 
-async function errorMessage(response) {
+async function apiError(response) {
   try {
     const body = await response.json();
-    if (body && typeof body.error === "string") return body.error;
+    if (body && typeof body.error === "string") {
+      return new ApiError(response.status, body.error, typeof body.field === "string" ? body.field : null);
+    }
   } catch {
     // Not JSON (a proxy's error page, say): fall back to the status line.
   }
-  return `${response.status} ${response.statusText || "error"}`;
+  return new ApiError(response.status, `${response.status} ${response.statusText || "error"}`);
 }
 
 async function request(method, path, body) {
@@ -39,7 +43,7 @@ async function request(method, path, body) {
   if (response.status === 401 && method !== "GET") {
     if (await askForToken(Boolean(token))) return request(method, path, body);
   }
-  if (!response.ok) throw new ApiError(response.status, await errorMessage(response));
+  if (!response.ok) throw await apiError(response);
   return response;
 }
 
@@ -64,7 +68,7 @@ export async function systemHealth() {
     throw new ApiError(0, "The playground server cannot be reached.");
   }
   if (response.status !== 200 && response.status !== 503) {
-    throw new ApiError(response.status, await errorMessage(response));
+    throw await apiError(response);
   }
   return response.json();
 }

@@ -6,7 +6,7 @@ import { rememberJob } from "./myjobs.js";
 import { pngText, recalledSettings } from "./pnginfo.js";
 import { startQueue } from "./queue.js";
 import { startPicture } from "./start.js";
-import { SAMPLING_FIELDS, validatePrompt } from "./validation.js";
+import { SAMPLING_FIELDS, topKLimit, validatePrompt } from "./validation.js";
 
 const FIELDS = ["text", "num_images", "best_of", "seed", "model", ...SAMPLING_FIELDS];
 
@@ -28,6 +28,14 @@ textInput.addEventListener("input", countText);
 countText();
 form.elements.namedItem("seed").max = String(limits.seed_max);
 for (const node of document.querySelectorAll("[data-limit]")) node.textContent = String(limits[node.dataset.limit]);
+// The top-k hint follows the chosen model's codebook.
+const topKHint = document.getElementById("top-k-limit");
+const modelChoice = form.elements.namedItem("model");
+function showTopKLimit() {
+  if (topKHint) topKHint.textContent = String(topKLimit(modelChoice?.value));
+}
+modelChoice?.addEventListener("change", showTopKLimit);
+showTopKLimit();
 
 startBackendStatus(document.getElementById("backends"), document.getElementById("model-field"));
 
@@ -111,6 +119,23 @@ function showErrors(errors) {
   }
 }
 
+// The server names the field it refuses: the message goes there, in the form's words.
+const START_FIELDS = ["init_image", "init_image_data", "keep_rows", "extend"];
+function showServerError(error) {
+  const field = error.field === "candidates" ? "best_of" : error.field;
+  const detail = error.message.replace(/^[a-z_]+: /, "");
+  if (field && FIELDS.includes(field) && document.getElementById(`${field}-error`)) {
+    const label = form.querySelector(`label[for="${field}"]`)?.textContent.trim() ?? field;
+    showErrors({ [field]: `${label}: ${detail}` });
+    setStatus("Please correct the highlighted field.", true);
+  } else if (start && START_FIELDS.includes(field)) {
+    start.showError(detail);
+    setStatus("Please correct the start picture.", true);
+  } else {
+    setStatus(error.message, true);
+  }
+}
+
 function setStatus(message, isError = false) {
   formStatus.textContent = message;
   formStatus.classList.toggle("is-error", isError);
@@ -137,8 +162,7 @@ async function submit(event) {
     start?.showError("");
     setStatus("Queued. Your job is highlighted in the queue.");
   } catch (error) {
-    setStatus(error.message, true);
-    if (start && /^(init_image|init_image_data|keep_rows|extend):/.test(error.message)) start.showError(error.message);
+    showServerError(error);
   } finally {
     submitButton.disabled = false;
   }

@@ -13,8 +13,14 @@ function parseNumber(raw) {
   return Number.isFinite(value) ? value : Number.NaN;
 }
 
+// Top-k is at most the chosen model's codebook (the largest served one when none is chosen).
+export function topKLimit(model) {
+  return limits.models[model]?.image_codes ?? limits.image_codes;
+}
+
 const samplingRules = {
-  gen_top_k: (raw) => (INTEGER.test(raw.trim()) && Number(raw) >= 1 ? null : "Top-k must be a whole number of at least 1."),
+  gen_top_k: (raw, form) => (INTEGER.test(raw.trim()) && Number(raw) >= 1 && Number(raw) <= topKLimit(form.model)
+    ? null : `Top-k must be a whole number from 1 to ${topKLimit(form.model)}.`),
   gen_top_p: (raw) => {
     const value = parseNumber(raw);
     return value > 0 && value <= 1 ? null : "Top-p must be above 0 and at most 1.";
@@ -57,7 +63,7 @@ export function validatePrompt(form) {
   for (const field of SAMPLING_FIELDS) {
     const raw = form[field];
     if (raw === undefined || raw.trim() === "") continue; // empty: the model's default
-    const problem = samplingRules[field](raw);
+    const problem = samplingRules[field](raw, form);
     if (problem) errors[field] = problem;
     else params[field] = Number(raw);
   }
