@@ -132,6 +132,10 @@ def test_use_as_start_then_upload_and_drop_on_the_advanced_page(page, ui_stack, 
     expect(page.locator("#start-source")).to_have_text("Uploaded: red.png")
     drop_file(page, "#start-drop", b"GIF89a", "moving.gif", "image/gif")
     expect(page.locator("#start-error")).to_have_text("Choose a PNG, JPEG or WebP picture.")
+    drop_file(page, "#start-drop", b"\x89PNG\r\n\x1a\n but no picture after it", "fake.png", "image/png")
+    expect(page.locator("#start-error")).to_have_text(
+        "fake.png is not a picture this browser can open (a damaged or mislabelled file).")
+    expect(page.locator("#start-source")).to_have_text("Uploaded: red.png")  # the last good one stays
     page.click("#start-remove")
     expect(page.locator("#start-picker .row-frame")).to_have_count(0)
     expect(page.locator("#start-error")).to_have_text("")  # no error left under an empty field

@@ -225,3 +225,26 @@ def test_a_small_picture_is_drawn_pixel_for_pixel(page, ui_stack, tag):
     width = shown.evaluate("image => image.getBoundingClientRect().width")
     assert width > 128 and width % 128 == 0, width  # a whole multiple: no pixel blurred into two
     assert shown.evaluate("image => getComputedStyle(image).imageRendering") == "pixelated"
+
+
+def test_a_reveal_plays_in_the_viewer_and_downloads_under_a_name_of_its_own(page, ui_stack, tag):
+    frames = [Image.new("RGB", (128, 128), colour) for colour in ((20, 20, 20), (200, 30, 30))]
+    reveal = io.BytesIO()
+    frames[0].save(reveal, format="WEBP", save_all=True, append_images=frames[1:], duration=100)
+    pictures = []
+    for frame in frames:
+        picture = io.BytesIO()
+        frame.save(picture, format="PNG")
+        pictures.append(picture.getvalue())
+    entry = LibraryStore(ui_stack.library_dir).add_job(
+        {"queue_id": str(uuid.uuid4()), "text_prompt": f"{tag} a red circle", "creation_unixtime": time.time(),
+         "process_time_secs": 2.0, "seed": 12, "num_images": 2, "keep_previews": True},
+        pictures, reveals=[reveal.getvalue()] * 2)
+    page.goto(f"{ui_stack.frontend.url}/library.html?q={tag}")
+    card = page.locator(f'article.job[data-queue-id="{entry["queue_id"]}"]')
+    expect(card.get_by_role("link", name="Reveal 2")).to_have_attribute("download", f"{tag}-a-red-circle-seed12-2.reveal.webp")
+    card.locator(".thumb").nth(1).click()
+    viewer = page.locator("dialog.viewer[open]")
+    viewer.get_by_role("button", name="Watch it form").click()
+    expect(viewer.locator("figure > img")).to_have_attribute("src", entry["reveal_images"][1])
+    assert page.request.get(f"{ui_stack.frontend.url}/{entry['reveal_images'][1]}").headers["content-type"] == "image/webp"

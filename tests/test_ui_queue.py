@@ -3,11 +3,13 @@ scheduler's own WorkerQueue (a worker whose backend fails on demand, which the r
 tiny-model backend cannot be made to do), and the page follows without a reload."""
 from __future__ import annotations
 
+import io
 import re
 import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from browser import submit_prompt
@@ -219,3 +221,27 @@ def test_my_results_show_in_submission_order_however_they_finish(page, frontend_
             worker.finish_failed(claimed[queue_id], "stopped by the test")
         expect(cards).to_have_count(shown)
     assert [card.get_attribute("data-queue-id") for card in cards.all()] == list(reversed(ids))
+
+
+def test_the_forming_pictures_and_the_queue_give_one_count(page, frontend_url, worker):
+    """The preview on screen may be a little behind the job (here 144 tokens against 160): the
+    page still gives one count, the job's, in both places."""
+    page.goto(frontend_url)
+    queue_id = submit_prompt(page, "a job drawn before my eyes", num_images=2)
+    claimed = worker.claim(timeout=1, model="tiny")
+    picture = io.BytesIO()
+    Image.new("RGB", (128, 128), (90, 60, 240)).save(picture, format="JPEG")
+    worker.preview(claimed, 144, [picture.getvalue()] * 2)
+    worker.progress(claimed, 160, 256)
+    expect(page.locator(f'#queue [data-queue-id="{queue_id}"] .tokens')).to_have_text("160 / 256 tokens")
+    expect(page.locator(f'#results .forming[data-queue-id="{queue_id}"] .meta')).to_have_text(
+        "Drawing… 160 / 256 tokens")
+
+
+def test_the_queued_message_goes_when_the_job_ends(page, frontend_url, worker):
+    page.goto(frontend_url)
+    queue_id = submit_prompt(page, "a job that will not last", num_images=2)
+    expect(page.locator("#form-status")).to_have_text("Queued. Your job is highlighted in the queue.")
+    worker.finish_failed(worker.claim(timeout=1, model="tiny"), "stopped by the test")
+    expect(page.locator(f'#results .result[data-queue-id="{queue_id}"]')).to_have_attribute("data-status", "failed")
+    expect(page.locator("#form-status")).to_have_text("")

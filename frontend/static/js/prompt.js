@@ -141,6 +141,14 @@ function setStatus(message, isError = false) {
   formStatus.classList.toggle("is-error", isError);
 }
 
+// "Queued…" is true only until the job ends; then the results say how it went.
+let queuedHere = null;
+queue.onSettled((job) => {
+  if (job.queue_id !== queuedHere) return;
+  queuedHere = null;
+  setStatus("");
+});
+
 async function submit(event) {
   event.preventDefault();
   if (submitButton.disabled) return;
@@ -160,6 +168,7 @@ async function submit(event) {
     rememberJob(queueId, params.text);
     queue.track(queueId);
     start?.showError("");
+    queuedHere = queueId;
     setStatus("Queued. Your job is highlighted in the queue.");
   } catch (error) {
     showServerError(error);

@@ -93,6 +93,7 @@ function queueRow(queueId, onCancel) {
 }
 
 export function startQueue({ list, empty, more, connection, results, resultsEmpty, resultsStatus }) {
+  const settledListeners = [];
   const rows = new Map();
   const pending = new Set(); // my jobs last seen queued or running
   const forming = new Map(); // my running jobs' cards in the results, while they have previews
@@ -181,6 +182,7 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
       if (!FINISHED.has(job.status)) return;
       pending.delete(queueId);
       showResult(job);
+      for (const listener of settledListeners) listener(job);
       resultsStatus.textContent = job.status === "done"
         ? `Your images for “${job.text}” are ready.`
         : `Your job for “${job.text}” ${job.status === "failed" ? "failed" : "was cancelled"}.`;
@@ -256,6 +258,10 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
   restore().finally(pollNow);
 
   return {
+    // Called with each job of mine once it has ended.
+    onSettled(listener) {
+      settledListeners.push(listener);
+    },
     // Follow a job this browser just submitted.
     track(queueId) {
       pending.add(queueId);

@@ -40,8 +40,8 @@ export function formingCard(job) {
   return {
     node,
     update(current) {
-      const total = current.progress.total_tokens;
-      meta.textContent = `Drawing… ${current.preview_tokens} of ${total} tokens shown`;
+      // The same count as the job's queue card (the picture shown may be a little behind it).
+      meta.textContent = `Drawing… ${current.progress.tokens_done} / ${current.progress.total_tokens} tokens`;
       previews.update(current);
     },
   };

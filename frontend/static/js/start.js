@@ -56,6 +56,14 @@ export function startPicture() {
         + `${(limits.upload_max_bytes / 1048576).toFixed(1).replace(/\.0$/, "")} MB are accepted.`;
       return;
     }
+    // A file named .png that is no picture (or a broken one) is refused here, at its field,
+    // not shown as a broken preview to fail only when sent.
+    try {
+      (await createImageBitmap(file)).close();
+    } catch {
+      error.textContent = `${file.name} is not a picture this browser can open (a damaged or mislabelled file).`;
+      return;
+    }
     const buffer = await file.arrayBuffer();
     releaseUpload(); // the picture this one replaces
     previewUrl = URL.createObjectURL(file);

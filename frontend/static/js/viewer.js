@@ -97,7 +97,10 @@ function openViewer({ src, alt, onDelete, entry, mode = "view", thumb = null }) 
       const image = el("img", { src, alt, width: 256, height: 256 });
       image.addEventListener("load", () => drawExact(image));
       setChildren(figure, image, el("figcaption", {}, entry ? entry.text_prompt : alt), entry && pictureDetails(entry, src));
+      // A picture whose previews were kept: its reveal, the picture forming, plays in its place.
+      const reveal = entry?.reveal_images?.[(entry.generated_images ?? []).indexOf(src)];
       setChildren(continuation, entry && [
+        reveal && el("button", { type: "button", onclick: () => { image.src = reveal; } }, "Watch it form"),
         el("button", { type: "button", onclick: () => show("variations") }, "Variations"),
         el("button", { type: "button", onclick: () => show("extend") }, "Extend below"),
         el("a", { class: "button", href: startLink(entry, src) }, "Use as start")]);
