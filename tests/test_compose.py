@@ -432,6 +432,27 @@ def test_the_files_that_need_compose_2_24_4_say_so():
     assert not re.search(r"2\.24(?![.\d])", (ROOT / "docs" / "docker.md").read_text(encoding="utf-8"))
 
 
+# What older Composes print for these files, as a real first run saw them (Compose 2.23.3,
+# Debian's Compose 1.29.2). tests/test_docker.py checks what Debian's docker.io says.
+OLD_COMPOSE_MESSAGES = ("services.scheduler.env_file.0 must be a string",
+                        "'name' does not match any of the regexes: '^x-'",
+                        "could not determine a constructor for the tag '!reset'")
+
+
+def test_troubleshooting_quotes_what_older_composes_really_say():
+    docs = " ".join((ROOT / "docs" / "docker.md").read_text(encoding="utf-8").split())
+    for message in OLD_COMPOSE_MESSAGES:
+        assert message in docs, message
+    assert "additional properties '!reset' not allowed" not in docs, "no Compose prints that"
+
+
+def test_the_docs_tell_a_kill_through_docker_from_a_crash():
+    # `docker compose kill` stops on purpose: restart: unless-stopped leaves it Exited (137).
+    docs = " ".join((ROOT / "docs" / "docker.md").read_text(encoding="utf-8").split())
+    assert "after `docker compose kill backend`" in docs and "`Exited (137)`" in docs
+    assert "A real crash" in docs and "second attempt" in docs
+
+
 def test_service_to_service_traffic_bypasses_any_injected_proxy():
     """Docker Desktop hands its proxy settings to containers; requests would then send
     http://backend:8080 through the proxy. Every service name must be in NO_PROXY/no_proxy."""
