@@ -56,22 +56,27 @@ def run_service(module: str, env: dict[str, str], uid: int, timeout: float = 60)
 # ---------------------------------------------------------------------------------------------
 # Each service refuses to start on a data folder it cannot write, with the documented line
 # ---------------------------------------------------------------------------------------------
-@needs_root
-@pytest.mark.parametrize("service", ["scheduler", "frontend"])
-def test_a_service_exits_with_one_line_naming_the_folder_and_the_fix(service, shared_dir):
-    library = read_only_folder(shared_dir, "library")
+def refusal(service: str, library: Path) -> list[str]:
+    """The lines a service prints when it refuses to start as NOBODY on `library`, which
+    compose mounted from the host folder /mnt/big/dalle/library."""
     env = {"LIBRARY_DIR": str(library), "LIBRARY_HOST_PATH": "/mnt/big/dalle/library",
            # Never reached: the check comes first.
            "REDIS_URL": "redis://127.0.0.1:1/0", "BACKEND_URLS": "http://127.0.0.1:1",
            "FRONTEND_HOST": "127.0.0.1", "FRONTEND_PORT": str(free_port())}
     run = run_service(service, env, uid=NOBODY)
     assert run.returncode == 1, run.stderr
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert lines == [
+    return [line for line in run.stderr.splitlines() if line.strip()]
+
+
+@needs_root
+@pytest.mark.parametrize("service", ["scheduler", "frontend"])
+def test_a_service_exits_with_one_line_naming_the_folder_and_the_fix(service, shared_dir):
+    library = read_only_folder(shared_dir, "library")
+    assert refusal(service, library) == [
         f"{service}: cannot write to LIBRARY_DIR={library} (host folder /mnt/big/dalle/library, set by "
         f"LIBRARY_VOLUME) as uid {NOBODY}: Permission denied. Fix: sudo chown -R {NOBODY}:{NOBODY} "
         "/mnt/big/dalle/library  (or set APP_UID/APP_GID in .env to the folder's owner, "
-        "`stat -c %u:%g /mnt/big/dalle/library`, then docker compose up -d)"], run.stderr
+        "`stat -c %u:%g /mnt/big/dalle/library`, then docker compose up -d)"]
     assert sorted(p.name for p in library.iterdir()) == ["library.json"], "the probe file was left behind"
 
 
@@ -87,16 +92,11 @@ def read_only_mount(shared_dir):
 
 @needs_root
 def test_a_read_only_library_gets_its_own_fix_not_a_chown(read_only_mount):
-    env = {"LIBRARY_DIR": str(read_only_mount), "LIBRARY_HOST_PATH": "/mnt/big/dalle/library",
-           "REDIS_URL": "redis://127.0.0.1:1/0", "BACKEND_URLS": "http://127.0.0.1:1"}
-    run = run_service("scheduler", env, uid=NOBODY)
-    assert run.returncode == 1, run.stderr
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert lines == [
+    assert refusal("scheduler", read_only_mount) == [
         f"scheduler: cannot write to LIBRARY_DIR={read_only_mount} (host folder /mnt/big/dalle/library, set by "
         f"LIBRARY_VOLUME) as uid {NOBODY}: Read-only file system. Fix: mount it read-write (chown cannot change a "
         "read-only file system): drop `:ro` from its volume in the compose file, or remount the disk that "
-        "holds it (`findmnt -T /mnt/big/dalle/library` shows it; `sudo mount -o remount,rw` it)"], run.stderr
+        "holds it (`findmnt -T /mnt/big/dalle/library` shows it; `sudo mount -o remount,rw` it)"]
 
 
 @needs_root
