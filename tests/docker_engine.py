@@ -23,7 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-ENGINE_PACKAGES = ("docker.io", "debootstrap", "iptables")
+ENGINE_PACKAGES = ("docker.io", "debootstrap", "iptables", "iproute2", "ca-certificates")
 STANDINS = Path(__file__).resolve().parent / "docker"
 # The host's trusted certificates go into the stand-in base, so pip in the build trusts a
 # TLS-inspecting proxy the host trusts (and nothing more on an ordinary machine).
@@ -36,11 +36,12 @@ ADDRESS_POOL = "base=10.214.0.0/16,size=24"
 
 
 def missing_engine_tools() -> list[str]:
-    return [tool for tool in ("dockerd", "containerd", "runc", "debootstrap", "iptables") if not shutil.which(tool)]
+    tools = ("dockerd", "containerd", "runc", "debootstrap", "iptables", "ip")
+    return [tool for tool in tools if not shutil.which(tool)] + ([] if HOST_CA_BUNDLE.exists() else [str(HOST_CA_BUNDLE)])
 
 
 def install_engine() -> None:
-    """Debian's engine, debootstrap and iptables, when any of them is missing (as root)."""
+    """Debian's engine, debootstrap, iptables, ip and the CA bundle, when any is missing (as root)."""
     if not missing_engine_tools():
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -153,6 +154,8 @@ class PrivateDockerd:
         self.socket = root / "docker.sock"
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_CONFIG": str(root / "client")}
         self.process: subprocess.Popen | None = None
+        if BRIDGE in bridges():  # left by a run that was killed before it could clean up
+            run(["ip", "link", "delete", BRIDGE])
         self._iptables = iptables_state()
         self._bridges = bridges()
         self._forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
@@ -235,10 +238,16 @@ def default_route_device() -> str:
 # ---------------------------------------------------------------------------------------------
 # Stand-ins for the Docker Hub images
 # ---------------------------------------------------------------------------------------------
+DEBOOTSTRAP = ["debootstrap", "--variant=minbase", "bookworm"]
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+
 def standin_key(python_image: str, redis_image: str) -> str:
+    """Everything the stand-ins are made of: their tags, recipes, root file system and CAs."""
     digest = hashlib.sha256()
-    for part in (python_image, redis_image, *sorted(p.read_text() for p in STANDINS.iterdir()),
-                 HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""):
+    for part in (python_image, redis_image, " ".join(DEBOOTSTRAP), DEBIAN_MIRROR,
+                 *sorted(p.read_text() for p in STANDINS.iterdir()),
+                 HOST_CA_BUNDLE.read_bytes()):
         digest.update(part.encode() if isinstance(part, str) else part)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -252,7 +261,7 @@ def load_or_build_standins(engine: PrivateDockerd, python_image: str, redis_imag
         engine.docker("load", "--input", str(archive))
         return "cached"
     rootfs = work / "rootfs"
-    run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), "http://deb.debian.org/debian"])
+    run([*DEBOOTSTRAP, str(rootfs), DEBIAN_MIRROR])
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):  # downloads, not the system
         run(["find", str(rootfs / cache), "-type", "f", "-delete"])
     base = "dalle-playground-test/bookworm:minbase"

@@ -122,8 +122,9 @@ class Stack:
 
     def wait_done(self, job_id: str, timeout: float = 300) -> dict:
         def finished():
-            job = self.api("GET", f"/jobs/{job_id}")[1] or {}
-            return job if job.get("status") in ("done", "failed", "cancelled") else None
+            status, job = self.api("GET", f"/jobs/{job_id}")
+            assert status != 404, f"job {job_id} is gone\n{self.logs()}"
+            return job if status == 200 and job["status"] in ("done", "failed", "cancelled") else None
         job = self.wait(finished, timeout, f"job {job_id} to finish")
         assert job["status"] == "done", job
         return job
