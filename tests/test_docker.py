@@ -210,8 +210,10 @@ def test_the_cpu_stack_runs_keeps_its_data_and_recovers_from_a_crash(engine, tmp
             stack.wait_done(first)
         stack.assert_pictures_in(stack.volume_folder("library"), first, 2)
 
-        # `down`/`up` keeps the library and a job still queued (no backend to take it).
+        # `down`/`up` keeps the library and a job still queued (no backend to take it, once the
+        # scheduler has seen it gone).
         stack.compose("stop", "backend")
+        stack.wait(lambda: stack.api("GET", "/health")[0] == 503, 60, "/health to miss the backend")
         queued = stack.submit("a blue bird", num_images=2)
         assert stack.job(queued)["status"] == "queued"
         with timings.phase("down and up"):
