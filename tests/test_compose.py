@@ -85,13 +85,18 @@ def only(env: dict[str, str]) -> dict[str, str]:
 
 def substitute(texts: list[str], env: dict[str, str]) -> list[str]:
     """`texts` with their ${VARIABLES} substituted by Compose itself, with only `env` set."""
+    return list(_substituted(tuple(texts), tuple(sorted(env.items()))))
+
+
+@functools.cache  # the tests read the same files with the same settings many times
+def _substituted(texts: tuple[str, ...], env: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     document = json.dumps({"name": "substitute", "services": {}, "x-texts": texts})
     result = subprocess.run([*compose_command(), "-f", "-", "--env-file", os.devnull, "config", "--format", "json"],
-                            input=document, capture_output=True, text=True, env=only(env), timeout=60)
+                            input=document, capture_output=True, text=True, env=only(dict(env)), timeout=60)
     if result.returncode != 0:
         raise ValueError(result.stderr.strip())
     # Compose prints a literal $ escaped, as $$ (its output is a compose file again).
-    return [text.replace("$$", "$") for text in json.loads(result.stdout)["x-texts"]]
+    return tuple(text.replace("$$", "$") for text in json.loads(result.stdout)["x-texts"])
 
 
 def resolve(value, env: dict[str, str]):
