@@ -69,11 +69,10 @@ ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     MODEL_CACHE_DIR=/cache \
     BACKEND_HOST=0.0.0.0 \
     BACKEND_PORT=8080
-# Every image gets all four packages (a few hundred KB of source): a service importing a shared
-# constant from another package must not break only inside Docker. Its own package goes last.
+# Each image gets the packages its service imports (tests/test_compose.py follows the imports):
+# playground, the shared code, then its own package last. The backend's 20 MB (the demo model)
+# stays out of the scheduler and frontend images.
 COPY playground ./playground
-COPY scheduler ./scheduler
-COPY frontend ./frontend
 COPY backend ./backend
 EXPOSE 8080
 # Healthy while the model downloads, compiles or is ready; unhealthy once /health says "error"
@@ -92,8 +91,6 @@ ENV LIBRARY_DIR=/library \
     REDIS_URL=redis://redis:6379/0 \
     BACKEND_URLS=http://backend:8080
 COPY playground ./playground
-COPY backend ./backend
-COPY frontend ./frontend
 COPY scheduler ./scheduler
 ENTRYPOINT ["python", "-m", "playground.container_entrypoint", "--data-dir-from", "LIBRARY_DIR", "--"]
 CMD ["python", "-m", "scheduler"]
@@ -107,8 +104,6 @@ ENV LIBRARY_DIR=/library \
     FRONTEND_HOST=0.0.0.0 \
     FRONTEND_PORT=8000
 COPY playground ./playground
-COPY backend ./backend
-COPY scheduler ./scheduler
 COPY frontend ./frontend
 EXPOSE 8000
 # Any answer of /health (503 there means a backend is not ready, not that this server is down).

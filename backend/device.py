@@ -15,10 +15,12 @@ from playground.writable import StartupError
 
 DEVICE_CHOICES = ("auto", "gpu", "cpu")
 
-# Where JAX reports why the CUDA backend did not start (logger of jax._src.xla_bridge).
+# Where JAX reports why the CUDA backend did not start (logger of jax._src.xla_bridge). A CUDA
+# plugin that fails in initialize() (no device node, `cuInit(0) failed: Unknown CUDA error 303`
+# where the toolkit passed no GPU) is logged as a plugin configuration error with its exception.
 _JAX_BRIDGE_LOGGER = "jax._src.xla_bridge"
 _JAX_CUDA_MESSAGES = ("Unable to initialize backend 'cuda'", "CUDA backend failed to initialize",
-                      "An NVIDIA GPU may be present")
+                      "An NVIDIA GPU may be present", "Jax plugin configuration error")
 
 
 class NoGpuError(StartupError):
@@ -39,6 +41,8 @@ class _Capture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if any(marker in message for marker in _JAX_CUDA_MESSAGES):
+            if record.exc_info and record.exc_info[1] is not None:  # the reason is the exception
+                message = f"{message}: {' '.join(str(record.exc_info[1]).split())}"
             self.lines.append(message)
 
 

@@ -29,6 +29,9 @@ from frontend.validation import ValidationError
 
 log = logging.getLogger("frontend")
 access_log = logging.getLogger("frontend.access")
+# Asked every 15 s by Docker's health check (and by monitors): logged at DEBUG, not INFO, so the
+# log keeps what people did. LOG_LEVEL=DEBUG shows them.
+HEALTH_CHECK_PATHS = frozenset({"/health"})
 
 # Sent on every response. Pages load only their own scripts (no inline script), may not be framed.
 SECURITY_HEADERS = (
@@ -135,7 +138,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             response = error_response(500, "internal error; see the frontend's log")
         self._send(response)
-        access_log.info("%s %r %d %d %.1fms", self.client_address[0], self.requestline,
+        level = logging.DEBUG if self.path.partition("?")[0] in HEALTH_CHECK_PATHS else logging.INFO
+        access_log.log(level, "%s %r %d %d %.1fms", self.client_address[0], self.requestline,
                         response.status, len(response.body), (time.perf_counter() - started) * 1000)
 
     def _respond(self) -> Response:

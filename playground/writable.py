@@ -8,6 +8,7 @@ setting, the host side when known and the command that fixes it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ def _is_host_path(source: str) -> bool:
 
 
 def not_writable_message(folder: Path, variable: str, reason: str, env: Mapping[str, str],
-                         uid: int | None = None, gid: int | None = None) -> str:
+                         uid: int | None = None, gid: int | None = None, read_only: bool = False) -> str:
     """The one line: what, where, why, and the command that fixes it."""
     uid = os.getuid() if uid is None else uid
     gid = os.getgid() if gid is None else gid
@@ -51,10 +52,22 @@ def not_writable_message(folder: Path, variable: str, reason: str, env: Mapping[
     where = f"{variable}={folder}"
     if host and _is_host_path(host):
         where += f" (host folder {host}, set by {VOLUME_SETTINGS[variable]})"
+    elif host:
+        where += f" (Docker volume {host})"
+    if read_only:
+        # No owner or mode can be changed on a read-only mount: only mounting it writable helps.
+        fix = "mount it read-write (chown cannot change a read-only file system): "
+        remount = "remount the disk that holds it (`findmnt -T {}` shows it; `sudo mount -o remount,rw` it)"
+        if host and _is_host_path(host):
+            fix += f"drop `:ro` from its volume in the compose file, or {remount.format(host)}"
+        elif host:
+            fix += "drop `:ro` from its volume in the compose file"
+        else:
+            fix += f"{remount.format(folder.resolve())}, or choose another {variable}"
+    elif host and _is_host_path(host):
         fix = (f"sudo chown -R {uid}:{gid} {host}  (or set APP_UID/APP_GID in .env to the "
                f"folder's owner, `stat -c %u:%g {host}`, then docker compose up -d)")
     elif host:
-        where += f" (Docker volume {host})"
         # --entrypoint: the image's own would drop root before chown could run.
         fix = (f"docker compose run --rm --no-deps --entrypoint chown {COMPOSE_SERVICES[variable]} "
                f"-R {uid}:{gid} {folder}")
@@ -75,5 +88,6 @@ def ensure_writable(folder: Path | str, variable: str, env: Mapping[str, str]) -
         os.unlink(probe)
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise FolderNotWritable(not_writable_message(folder, variable, reason, env)) from None
+        read_only = error.errno == errno.EROFS
+        raise FolderNotWritable(not_writable_message(folder, variable, reason, env, read_only=read_only)) from None
     return folder

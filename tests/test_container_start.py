@@ -56,23 +56,47 @@ def run_service(module: str, env: dict[str, str], uid: int, timeout: float = 60)
 # ---------------------------------------------------------------------------------------------
 # Each service refuses to start on a data folder it cannot write, with the documented line
 # ---------------------------------------------------------------------------------------------
-@needs_root
-@pytest.mark.parametrize("service", ["scheduler", "frontend"])
-def test_a_service_exits_with_one_line_naming_the_folder_and_the_fix(service, shared_dir):
-    library = read_only_folder(shared_dir, "library")
+def refusal(service: str, library: Path) -> list[str]:
+    """The lines a service prints when it refuses to start as NOBODY on `library`, which
+    compose mounted from the host folder /mnt/big/dalle/library."""
     env = {"LIBRARY_DIR": str(library), "LIBRARY_HOST_PATH": "/mnt/big/dalle/library",
            # Never reached: the check comes first.
            "REDIS_URL": "redis://127.0.0.1:1/0", "BACKEND_URLS": "http://127.0.0.1:1",
            "FRONTEND_HOST": "127.0.0.1", "FRONTEND_PORT": str(free_port())}
     run = run_service(service, env, uid=NOBODY)
     assert run.returncode == 1, run.stderr
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert lines == [
+    return [line for line in run.stderr.splitlines() if line.strip()]
+
+
+@needs_root
+@pytest.mark.parametrize("service", ["scheduler", "frontend"])
+def test_a_service_exits_with_one_line_naming_the_folder_and_the_fix(service, shared_dir):
+    library = read_only_folder(shared_dir, "library")
+    assert refusal(service, library) == [
         f"{service}: cannot write to LIBRARY_DIR={library} (host folder /mnt/big/dalle/library, set by "
         f"LIBRARY_VOLUME) as uid {NOBODY}: Permission denied. Fix: sudo chown -R {NOBODY}:{NOBODY} "
         "/mnt/big/dalle/library  (or set APP_UID/APP_GID in .env to the folder's owner, "
-        "`stat -c %u:%g /mnt/big/dalle/library`, then docker compose up -d)"], run.stderr
+        "`stat -c %u:%g /mnt/big/dalle/library`, then docker compose up -d)"]
     assert sorted(p.name for p in library.iterdir()) == ["library.json"], "the probe file was left behind"
+
+
+@pytest.fixture
+def read_only_mount(shared_dir):
+    """A folder on a file system mounted read-only (root writes nowhere on it either)."""
+    folder = shared_dir / "read-only"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0777", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@needs_root
+def test_a_read_only_library_gets_its_own_fix_not_a_chown(read_only_mount):
+    assert refusal("scheduler", read_only_mount) == [
+        f"scheduler: cannot write to LIBRARY_DIR={read_only_mount} (host folder /mnt/big/dalle/library, set by "
+        f"LIBRARY_VOLUME) as uid {NOBODY}: Read-only file system. Fix: mount it read-write (chown cannot change a "
+        "read-only file system): drop `:ro` from its volume in the compose file, or remount the disk that "
+        "holds it (`findmnt -T /mnt/big/dalle/library` shows it; `sudo mount -o remount,rw` it)"]
 
 
 @needs_root
@@ -96,8 +120,8 @@ def test_the_backend_reports_a_cache_it_cannot_write_on_health_at_once(shared_di
 
 
 def test_the_message_outside_docker_names_the_folder_itself(tmp_path):
-    line = not_writable_message(tmp_path / "library", "LIBRARY_DIR", "Read-only file system", {}, uid=1000, gid=1000)
-    assert line == (f"cannot write to LIBRARY_DIR={tmp_path / 'library'} as uid 1000: Read-only file system. "
+    line = not_writable_message(tmp_path / "library", "LIBRARY_DIR", "Permission denied", {}, uid=1000, gid=1000)
+    assert line == (f"cannot write to LIBRARY_DIR={tmp_path / 'library'} as uid 1000: Permission denied. "
                     f"Fix: sudo chown -R 1000:1000 {(tmp_path / 'library').resolve()}  (or choose another LIBRARY_DIR)")
 
 
@@ -228,6 +252,29 @@ def test_the_error_carries_what_jax_said_when_it_cannot_start_the_cuda_backend(t
         backend.stop()
 
 
+# What JAX's CUDA 12 plugin does in a container that the NVIDIA Container Toolkit gave no GPU:
+# its initialize() raises, and JAX logs that with the exception (seen on a real first run).
+FAILING_CUDA_PLUGIN = '''
+def initialize():
+    raise RuntimeError("Unable to load CUDA. Is it installed? cuInit(0) failed: Unknown CUDA error 303")
+'''
+
+
+def test_the_error_carries_the_exception_of_a_cuda_plugin_that_fails_to_start(tmp_path, model_cache_dir):
+    plugin = tmp_path / "plugins" / "jax_plugins" / "xla_cuda12"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(FAILING_CUDA_PLUGIN)
+    env = {"DALLE_DEVICE": "gpu", "JAX_PLATFORMS": "",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "plugins"), str(REPO_ROOT)])}
+    backend = backend_process(tmp_path, model_cache_dir, model="demo", extra_env=env).start()
+    try:
+        error = wait_for_health_status(backend, "error", timeout=60)["error"]
+        assert ("Jax plugin configuration error: Exception when calling jax_plugins.xla_cuda12.initialize(): "
+                "Unable to load CUDA. Is it installed? cuInit(0) failed: Unknown CUDA error 303. ") in error, error
+    finally:
+        backend.stop()
+
+
 def test_what_jax_logs_about_its_cuda_backend_goes_into_the_message():
     import logging
 
@@ -343,6 +390,8 @@ def test_troubleshooting_quotes_the_messages_the_code_prints():
         not_writable_message(Path("/cache"), "MODEL_CACHE_DIR", "Permission denied", host, uid=10001, gid=10001),
         not_writable_message(Path("/cache"), "MODEL_CACHE_DIR", "Permission denied",
                              {"MODEL_CACHE_HOST_PATH": "model-cache"}, uid=10001, gid=10001),
+        not_writable_message(Path("/library"), "LIBRARY_DIR", "Read-only file system",
+                             {"LIBRARY_HOST_PATH": "/mnt/big/dalle/library"}, uid=10001, gid=10001, read_only=True),
         "scheduler: cannot write to LIBRARY_DIR=/library (host folder",
         "container-entrypoint: could not make /cache writable for 10001:10001",
         "container-entrypoint: /library belonged to 0:0: gave 3 entries to 10001:10001",

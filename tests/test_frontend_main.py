@@ -46,3 +46,29 @@ def test_python_m_frontend_serves_then_stops_cleanly(redis_url, tmp_path, stop_s
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_health_checks_are_not_logged_at_info_but_other_requests_are(redis_url, tmp_path):
+    """Docker asks /health every 15 s: at INFO that would be most of the log."""
+    from playground.testing.processes import frontend_process
+
+    frontend = frontend_process(tmp_path, redis_url, tmp_path / "library", extra_env={"LOG_LEVEL": "INFO"}).start()
+    try:
+        frontend.wait_until(lambda: _answers(f"{frontend.url}/queue_status"), 20, "the frontend to answer")
+        for _ in range(3):
+            requests.get(f"{frontend.url}/health", timeout=5)
+        requests.get(f"{frontend.url}/queue_status?after-the-health-checks", timeout=5)
+        # Requests are logged as they are answered, in order: once the last one is in the log,
+        # the health checks before it would be too.
+        frontend.wait_until(lambda: "after-the-health-checks" in frontend.log_tail(), 10, "the access log line")
+        log = frontend.log_tail()
+        assert "GET /queue_status" in log and "GET /health" not in log, log
+    finally:
+        frontend.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
