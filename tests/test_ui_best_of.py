@@ -3,6 +3,7 @@
 sorts by score."""
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -40,7 +41,9 @@ def test_best_of_four_shows_scores_in_the_library(page, ui_stack):
     card = page.locator(f'.job[data-queue-id="{queue_id}"]')
     scores = card.locator(".clip-score")
     expect(scores).to_have_count(2)
-    expect(scores.first).to_have_text(f"CLIP {status['clip_scores'][0]:.1f}")
+    expect(scores.first).to_have_text(f"Best match · {status['clip_scores'][0]:.1f}")
+    expect(scores.nth(1)).to_have_text(f"Match 2 of 2 · {status['clip_scores'][1]:.1f}")
+    expect(scores.first).to_have_attribute("title", re.compile(r"^CLIP score .*higher is closer"))
     page.select_option("#sort", "score")
     expect(page).to_have_url(f"{ui_stack.frontend.url}/library.html?sort=score")
     expect(page.locator(f'.job[data-queue-id="{queue_id}"] .clip-score')).to_have_count(2)

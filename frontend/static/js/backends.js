@@ -85,7 +85,27 @@ function offerModels(field, models) {
   if (field.hidden) select.value = ""; // one model (or none yet): the server routes it
 }
 
+// What a model can draw, where the prompt page should say so: the demo model knows only
+// coloured shapes, so its example prompt is one of those (docs/demo-model.md).
+const MODEL_NOTES = {
+  demo: { about: "a small demonstration model that draws circles, squares and triangles",
+          example: "a small blue square in the top left on a black background" },
+};
+
+// The model(s) in use, named above the form, and an example prompt that suits them.
+function nameModels(node, textInput, models) {
+  node.hidden = models.length === 0;
+  const note = models.length === 1 ? MODEL_NOTES[models[0]] : undefined;
+  node.textContent = models.length === 1 ? `Model: ${models[0]}${note ? ` (${note.about})` : ""}`
+    : `Models: ${models.join(", ")}`;
+  if (textInput) {
+    textInput.dataset.defaultPlaceholder ??= textInput.placeholder;
+    textInput.placeholder = note?.example ?? textInput.dataset.defaultPlaceholder;
+  }
+}
+
 export function startBackendStatus(panel, modelField) {
+  const modelInUse = document.getElementById("model-in-use");
   const list = el("ul", { class: "backends-list" });
   setChildren(panel, el("p", { class: "backends-note" }, "Prompts you send now wait in the queue."), list);
   let timer = null;
@@ -100,6 +120,7 @@ export function startBackendStatus(panel, modelField) {
       const report = await systemHealth();
       lines = describe(report);
       if (modelField) offerModels(modelField, report.models ?? []);
+      if (modelInUse) nameModels(modelInUse, document.getElementById("text"), report.models ?? []);
     } catch {
       lines = []; // the queue panel already says when the server is out of reach
     } finally {

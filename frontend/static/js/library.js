@@ -20,9 +20,24 @@ const loadMore = document.getElementById("load-more");
 const sortSelect = document.getElementById("sort");
 const state = { q: "", sort: "newest", offset: 0, total: 0, loading: false, failed: false, generation: 0 };
 
+const emptyNode = document.getElementById("library-empty");
+const emptyText = document.getElementById("library-empty-text");
+const emptyAction = document.getElementById("library-empty-action");
+
 function showCount() {
   const jobs = state.total === 1 ? "1 job" : `${state.total.toLocaleString()} jobs`;
   countNode.textContent = state.q ? `${jobs} ${state.total === 1 ? "matches" : "match"} “${state.q}”` : jobs;
+  // Nothing to show: say why, and what to do, rather than a blank page.
+  emptyNode.hidden = state.total > 0;
+  if (state.q) {
+    emptyText.textContent = `No prompt in the library contains “${state.q}”.`;
+    emptyAction.textContent = "Show the whole library";
+    emptyAction.href = `library.html${state.sort === "newest" ? "" : `?sort=${state.sort}`}`;
+  } else {
+    emptyText.textContent = "The library is empty: the pictures you create appear here.";
+    emptyAction.textContent = "Create images";
+    emptyAction.href = "index.html";
+  }
 }
 
 function settingsLink(entry) {
@@ -77,9 +92,15 @@ function jobCard(entry) {
     const at = tall ? -1 : images.indexOf(src);
     const score = at >= 0 ? entry.clip_scores?.[at] : undefined;
     if (typeof score === "number") {
+      // Said as a place among the job's pictures (CLIP ranked them best first); the raw score,
+      // which compares pictures of one prompt only, with what it means on hover.
       const candidate = entry.candidate_indices?.[at];
-      node.prepend(el("span", { class: "clip-score", title: `CLIP score; candidate ${candidate + 1} of ${entry.candidates}` },
-        `CLIP ${score.toFixed(1)}`));
+      const place = !entry.ranked ? "CLIP" : at === 0 ? "Best match" : `Match ${at + 1} of ${images.length}`;
+      node.prepend(el("span", {
+        class: "clip-score",
+        title: `CLIP score ${score.toFixed(1)}: how closely CLIP finds the picture matches its prompt (higher is `
+          + `closer; only pictures of one prompt compare). Candidate ${candidate + 1} of ${entry.candidates}.`,
+      }, `${place} · ${score.toFixed(1)}`));
     }
     return node; // named first: its own delete handler removes it
   };
