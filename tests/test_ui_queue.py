@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from browser import submit_prompt
+from browser import PHONE, submit_prompt
 from frontend.config import Config
 from frontend.threaded import serving
 from playground.queue import JobQueue, eta
@@ -245,3 +245,53 @@ def test_the_queued_message_goes_when_the_job_ends(page, frontend_url, worker):
     worker.finish_failed(worker.claim(timeout=1, model="tiny"), "stopped by the test")
     expect(page.locator(f'#results .result[data-queue-id="{queue_id}"]')).to_have_attribute("data-status", "failed")
     expect(page.locator("#form-status")).to_have_text("")
+
+
+@pytest.mark.parametrize("device", ["desktop", "phone"])
+def test_my_running_job_s_pictures_are_in_view_without_scrolling(page, frontend_url, redis_client, worker, device):
+    """Six other prompts queued (a long queue panel): the pictures of my running job still
+    show in the first screen, on a desktop and on a phone, right after Create."""
+    if device == "phone":
+        page.set_viewport_size(PHONE)
+    others = JobQueue(redis_client)
+    for number in range(6):
+        others.submit({"text": f"somebody else's prompt {number}", "num_images": 4, "seed": 0, "model": "tiny"})
+    page.goto(frontend_url)
+    queue_id = submit_prompt(page, "my prompt, drawn before my eyes", num_images=4)
+    claimed = None
+    while claimed is None or claimed.id != queue_id:  # the others run first: fail them quickly
+        if claimed is not None:
+            worker.finish_failed(claimed, "not this one")
+        claimed = worker.claim(timeout=1, model="tiny")
+    picture = io.BytesIO()
+    Image.new("RGB", (128, 128), (90, 60, 240)).save(picture, format="JPEG")
+    for number in range(6):
+        others.submit({"text": f"another prompt {number}", "num_images": 4, "seed": 0, "model": "tiny"})
+    worker.preview(claimed, 64, [picture.getvalue()] * 4)
+    previews = page.locator(f'#results .forming[data-queue-id="{queue_id}"] .previews img')
+    expect(previews).to_have_count(4)
+    expect(previews.first).to_be_in_viewport()  # shown where the eye is, or brought there
+    if device == "desktop":
+        assert page.evaluate("window.scrollY") == 0  # right under the form: nothing moved
+
+
+def test_the_tab_title_follows_my_job_and_a_notification_says_when_it_ends(page, frontend_url, worker):
+    page.context.grant_permissions(["notifications"])
+    page.add_init_script("""
+      window.notified = [];
+      window.Notification = class extends window.Notification {
+        constructor(title, options) { super(title, options); window.notified.push([title, options.body]); }
+      };""")
+    page.goto(frontend_url)
+    base = page.title()
+    page.check("#notify")  # opted in
+    queue_id = submit_prompt(page, "a job I will not watch", num_images=2)
+    expect(page).to_have_title(f"Queued · {base}")
+    claimed = worker.claim(timeout=1, model="tiny")
+    worker.progress(claimed, 64, 256)
+    expect(page).to_have_title(f"25% · {base}")
+    worker.finish_failed(claimed, "stopped by the test")
+    expect(page.locator(f'#results .result[data-queue-id="{queue_id}"]')).to_have_attribute("data-status", "failed")
+    expect(page).to_have_title(base)
+    page.wait_for_function("window.notified.length > 0")
+    assert page.evaluate("window.notified") == [["Your job failed", "a job I will not watch"]]

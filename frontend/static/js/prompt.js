@@ -1,5 +1,6 @@
 // The prompt form of index.html and advanced.html (the latter adds the sampling fields).
 import { submitPrompt } from "./api.js";
+import { startNotifications } from "./attention.js";
 import { startBackendStatus } from "./backends.js";
 import { limits } from "./limits.js";
 import { rememberJob } from "./myjobs.js";
@@ -15,6 +16,7 @@ const textInput = document.getElementById("text");
 const submitButton = document.getElementById("submit");
 const formStatus = document.getElementById("form-status");
 const start = startPicture(); // the advanced page's start picture; null on the create page
+startNotifications(document.getElementById("notify"));
 
 // The server's limits where the form states them. A prompt over the length is not cut (a
 // paste would lose its end unseen): the count says so, and the check refuses it.

@@ -4,6 +4,7 @@
 // while the tab is hidden.
 import { cancelJob, jobStatus, queueStatus } from "./api.js";
 import { el } from "./dom.js";
+import { notifyEnded, showProgressInTitle } from "./attention.js";
 import { formatEta, formatSeconds } from "./format.js";
 import { forgetJob, isMine, myJobs } from "./myjobs.js";
 import { previewPictures } from "./previews.js";
@@ -163,6 +164,11 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
         card = formingCard(job);
         forming.set(job.queue_id, card);
         place(card.node, job.queue_id);
+        // Below the first screen (a phone, under a long form): brought into view once, as it
+        // starts to form, so the pictures need no scrolling to find.
+        if (card.node.getBoundingClientRect().top > window.innerHeight - 120) {
+          card.node.scrollIntoView({ behavior: "smooth", block: "start" });
+        }
       }
       card.update(job);
     }
@@ -183,6 +189,7 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
       pending.delete(queueId);
       showResult(job);
       for (const listener of settledListeners) listener(job);
+      notifyEnded(job);
       resultsStatus.textContent = job.status === "done"
         ? `Your images for “${job.text}” are ready.`
         : `Your job for “${job.text}” ${job.status === "failed" ? "failed" : "was cancelled"}.`;
@@ -205,6 +212,7 @@ export function startQueue({ list, empty, more, connection, results, resultsEmpt
     try {
       const jobs = await queueStatus();
       renderQueue(jobs);
+      showProgressInTitle(jobs.filter((job) => isMine(job.queue_id)));
       renderForming(jobs);
       const inQueue = new Set(jobs.map((job) => job.queue_id));
       // Jobs submitted from another tab of this browser are mine too.
