@@ -172,6 +172,13 @@ def test_dropping_a_png_of_ours_restores_its_settings(page, ui_stack, fresh, pag
         Image.new("RGB", (8, 8)).save(other, "PNG")
         drop_file(page, "main", other.getvalue(), "other.png", "image/png")
         expect(page.locator("#form-status")).to_contain_text("not a picture made here")
+        # A prompt typed here stays: the drop restores the rest, and says so.
+        page.fill("#text", "my own words")
+        drop_file(page, "main", png, "ours.png", "image/png")
+        expect(page.locator("#form-status")).to_have_text(
+            f"Settings restored from ours.png; your prompt was kept (the picture's: “{SETTINGS['text']}”).")
+        expect(page.locator("#text")).to_have_value("my own words")
+        expect(page.locator("#seed")).to_have_value(str(SETTINGS["seed"]))
 
 
 def _query(source: str) -> str:

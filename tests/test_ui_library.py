@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import uuid
 
@@ -248,3 +249,21 @@ def test_a_reveal_plays_in_the_viewer_and_downloads_under_a_name_of_its_own(page
     viewer.get_by_role("button", name="Watch it form").click()
     expect(viewer.locator("figure > img")).to_have_attribute("src", entry["reveal_images"][1])
     assert page.request.get(f"{ui_stack.frontend.url}/{entry['reveal_images'][1]}").headers["content-type"] == "image/webp"
+
+
+def test_use_these_settings_again_on_a_variation_keeps_its_start(page, ui_stack, tag):
+    source = add_library_job(ui_stack.library_dir, f"{tag} the source")
+    picture = (ui_stack.library_dir.parent / source["generated_images"][0]).read_bytes()
+    variation = LibraryStore(ui_stack.library_dir).add_job(
+        {"queue_id": str(uuid.uuid4()), "text_prompt": f"{tag} a variation", "creation_unixtime": time.time(),
+         "process_time_secs": 2.0, "seed": 31, "num_images": 1, "init_image": source["generated_images"][0],
+         "init_source": "codes", "keep_rows": 5, "extend": "down"}, [picture])
+    page.goto(f"{ui_stack.frontend.url}/library.html?q={tag}")
+    card = page.locator(f'article.job[data-queue-id="{variation["queue_id"]}"]')
+    card.get_by_role("link", name="Use these settings again").click()
+    expect(page).to_have_url(re.compile(r"/advanced\.html\?"))
+    expect(page.locator("#text")).to_have_value(f"{tag} a variation")
+    expect(page.locator("#seed")).to_have_value("31")
+    expect(page.locator("#start-source")).to_have_text("From the library")
+    expect(page.locator("#start-picker .row-slider")).to_have_value("5")
+    expect(page.locator("#extend")).to_be_checked()

@@ -1,6 +1,10 @@
-// New work from a library picture: variations (keep its top rows, draw the rest with new
-// seeds), extend below, or "use as start" on the advanced page.
+// New work from a library job or picture, by one rule (docs/ui.md, "What carries over"):
+// each carries the job's settings (prompt, image count, sampling values, model, Best of);
+// the ones that open the advanced page ("Use these settings again", "Use as start") carry its
+// seed too, and a start picture (its own, or the one chosen); Variations and Extend, which
+// queue at once, draw new seeds (the same seed would draw the same pictures again).
 import { submitPrompt } from "./api.js";
+import { limits } from "./limits.js";
 import { rememberJob } from "./myjobs.js";
 import { DEFAULT_KEEP_ROWS } from "./rows.js";
 import { SAMPLING_FIELDS } from "./validation.js";
@@ -16,9 +20,29 @@ export function jobSettings(entry) {
   return values;
 }
 
+// Best of N as the form offers it (2× or 4× the images), or 1.
+export function bestOf(entry) {
+  const times = entry.ranked ? entry.candidates / (entry.num_images || 1) : 1;
+  return times === 2 || times === 4 ? times : 1;
+}
+
+// The advanced page filled in with a library job's settings and seed, and its start picture
+// if it had one: "Use these settings again" makes the same job again.
+export function settingsLink(entry) {
+  const query = new URLSearchParams({ ...jobSettings(entry), seed: entry.seed ?? 0 });
+  if (bestOf(entry) > 1) query.set("best_of", bestOf(entry));
+  if (entry.init_image && entry.keep_rows) {
+    query.set("init_image", entry.init_image);
+    query.set("keep_rows", entry.keep_rows);
+    if (entry.extend === "down") query.set("extend", "down");
+  }
+  return `advanced.html?${query}`;
+}
+
 // Queues the job (seed 0: a new random seed each time) and returns its queue_id.
 export async function continueFrom(entry, src, { keepRows, extend }) {
   const params = { ...jobSettings(entry), seed: 0, init_image: src, keep_rows: keepRows, extend: extend ? "down" : null };
+  if (bestOf(entry) > 1) Object.assign(params, { candidates: Math.min(limits.candidates_max, params.num_images * bestOf(entry)), rank: true });
   const { queue_id: queueId } = await submitPrompt(params);
   rememberJob(queueId, params.text);
   return queueId;
@@ -27,5 +51,6 @@ export async function continueFrom(entry, src, { keepRows, extend }) {
 // The advanced page with the picture as its start and the job's prompt and settings.
 export function startLink(entry, src, keepRows = DEFAULT_KEEP_ROWS) {
   const query = new URLSearchParams({ ...jobSettings(entry), seed: entry.seed ?? 0, init_image: src, keep_rows: keepRows });
+  if (bestOf(entry) > 1) query.set("best_of", bestOf(entry));
   return `advanced.html?${query}`;
 }

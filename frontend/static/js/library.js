@@ -1,7 +1,7 @@
 // The library page: finished jobs newest first, fetched a page at a time as the
 // reader scrolls, filtered on the server, so a library of 10,000 jobs stays quick.
 import { deleteImage, deleteJob, getLibrary } from "./api.js";
-import { jobSettings } from "./continue.js";
+import { settingsLink } from "./continue.js";
 import { el, setChildren } from "./dom.js";
 import { downloadName, formatDate, formatSeconds, formatSettings } from "./format.js";
 import { limits } from "./limits.js";
@@ -38,13 +38,6 @@ function showCount() {
     emptyAction.textContent = "Create images";
     emptyAction.href = "index.html";
   }
-}
-
-function settingsLink(entry) {
-  const query = new URLSearchParams({ ...jobSettings(entry), seed: entry.seed ?? 0 });
-  const bestOf = entry.ranked && entry.candidates / (entry.num_images || 1);
-  if (bestOf === 2 || bestOf === 4) query.set("best_of", bestOf);
-  return `advanced.html?${query}`;
 }
 
 // What a continuation started from: the source picture (a link to it) and the rows kept.

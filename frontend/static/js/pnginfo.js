@@ -35,6 +35,7 @@ export function pngText(buffer) {
 export function recalledSettings(text) {
   if (text.software !== "dalle-playground" || typeof text.prompt !== "string") return null;
   const values = { text: text.prompt, seed: text.seed };
+  if (text.model) values.model = text.model;
   const fields = { gen_top_k: text.gen_top_k, gen_top_p: text.gen_top_p,
                    temperature: text.temperature, condition_scale: text.condition_scale };
   for (const [name, value] of Object.entries(fields)) {

@@ -83,6 +83,11 @@ function prefillFromUrl() {
 // "Recall": a PNG of ours dropped on the page fills in the prompt and settings it was made
 // with. On the advanced page a picture dropped on the start field (or one that is not ours)
 // becomes the start picture instead.
+let promptTyped = false; // whether the prompt field holds what the user typed
+textInput.addEventListener("input", (event) => {
+  if (event.isTrusted) promptTyped = textInput.value.trim() !== "";
+});
+
 async function dropped(event) {
   const file = event.dataTransfer?.files?.[0];
   if (!file) return;
@@ -93,11 +98,18 @@ async function dropped(event) {
   }
   const settings = file.type === "image/png" ? recalledSettings(pngText(await file.arrayBuffer())) : null;
   if (settings) {
+    // A prompt typed here is not thrown away by a drop (one restored by an earlier drop is).
+    const keepTyped = promptTyped && textInput.value.trim() !== settings.text;
+    promptTyped = keepTyped;
     for (const [name, value] of Object.entries(settings)) {
       const control = form.elements.namedItem(name);
-      if (control) control.value = value;
+      if (!control || (name === "text" && keepTyped)) continue;
+      control.value = value;
+      if (control instanceof HTMLSelectElement && control.value !== value) control.dataset.wanted = value;
     }
-    setStatus(`Settings restored from ${file.name}.`);
+    textInput.dispatchEvent(new Event("input")); // the count follows
+    setStatus(keepTyped ? `Settings restored from ${file.name}; your prompt was kept (the picture's: “${settings.text}”).`
+      : `Settings restored from ${file.name}.`);
   } else if (start) {
     start.useFile(file);
   } else {
