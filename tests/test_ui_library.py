@@ -267,3 +267,23 @@ def test_use_these_settings_again_on_a_variation_keeps_its_start(page, ui_stack,
     expect(page.locator("#start-source")).to_have_text("From the library")
     expect(page.locator("#start-picker .row-slider")).to_have_value("5")
     expect(page.locator("#extend")).to_be_checked()
+
+
+def test_the_library_follows_the_variations_started_from_it(page, ui_stack, tag):
+    """Started from the library, the new job is shown on its way, then at the top, counted,
+    without a reload."""
+    source = add_library_job(ui_stack.library_dir, f"{tag} a red circle")
+    page.goto(f"{ui_stack.frontend.url}/library.html?q={tag}")
+    cards = page.locator("article.job")
+    expect(cards).to_have_count(1)
+    expect(page.locator("#library-count")).to_have_text(f"1 job matches “{tag}”")
+    cards.first.get_by_role("button", name="Variations").first.click()
+    viewer = page.locator("dialog.viewer[open]")
+    viewer.get_by_role("button", name="Make variations").click()
+    expect(viewer.locator(".viewer-status")).to_contain_text("Queued")
+    expect(page.locator("#library-coming")).to_contain_text("1 new job on the way")
+    page.keyboard.press("Escape")
+    expect(cards).to_have_count(2, timeout=120_000)
+    expect(page.locator("#library-count")).to_have_text(f"2 jobs match “{tag}”")
+    expect(page.locator("#library-coming")).to_be_hidden()
+    assert cards.first.get_attribute("data-queue-id") != source["queue_id"]  # the new one, on top

@@ -45,6 +45,8 @@ export async function continueFrom(entry, src, { keepRows, extend }) {
   if (bestOf(entry) > 1) Object.assign(params, { candidates: Math.min(limits.candidates_max, params.num_images * bestOf(entry)), rank: true });
   const { queue_id: queueId } = await submitPrompt(params);
   rememberJob(queueId, params.text);
+  // The page it was started from may follow it (the library shows it coming, then the job).
+  document.dispatchEvent(new CustomEvent("job-queued", { detail: { queueId } }));
   return queueId;
 }
 

@@ -1,6 +1,6 @@
 // The library page: finished jobs newest first, fetched a page at a time as the
 // reader scrolls, filtered on the server, so a library of 10,000 jobs stays quick.
-import { deleteImage, deleteJob, getLibrary } from "./api.js";
+import { deleteImage, deleteJob, getLibrary, jobStatus } from "./api.js";
 import { settingsLink } from "./continue.js";
 import { el, setChildren } from "./dom.js";
 import { downloadName, formatDate, formatSeconds, formatSettings } from "./format.js";
@@ -180,6 +180,56 @@ function restart(q) {
   history.replaceState(null, "", url);
   loadNextPage();
 }
+
+// Jobs started here (Variations, Extend): the page says how far they are, and each appears at
+// the top of the library, counted, once it is done, without a reload.
+const FOLLOW_POLL_MS = 1000;
+const coming = new Map(); // queue_id -> its last status
+const comingNode = document.getElementById("library-coming");
+
+function showComing() {
+  comingNode.hidden = coming.size === 0;
+  const parts = [...coming.values()].map((job) => (job?.status === "running"
+    ? `${job.progress.tokens_done} / ${job.progress.total_tokens} tokens` : "queued"));
+  comingNode.textContent = `${coming.size === 1 ? "1 new job" : `${coming.size} new jobs`} on the way: ${parts.join(", ")}`;
+}
+
+async function follow() {
+  for (const queueId of [...coming.keys()]) {
+    let job;
+    try {
+      job = await jobStatus(queueId);
+    } catch (error) {
+      if (error.status === 404) coming.delete(queueId);
+      continue; // out of reach for now: asked again at the next turn
+    }
+    coming.set(queueId, job);
+    if (job.status === "done" && job.result) {
+      coming.delete(queueId);
+      // Newest first: it belongs at the top, if the filter lets it through (the score order
+      // has no place for it to keep: it shows there on the next load).
+      const shown = !state.q || job.result.text_prompt.toLowerCase().includes(state.q.toLowerCase());
+      if (shown && state.sort === "newest") {
+        libraryNode.prepend(jobCard(job.result));
+        state.offset += 1;
+        state.total += 1;
+        showCount();
+      }
+    } else if (job.status === "failed" || job.status === "cancelled") {
+      coming.delete(queueId);
+      errorNode.textContent = job.status === "failed" ? `A new job failed: ${job.error || "no reason given"}` : "";
+    }
+  }
+  showComing();
+  if (coming.size > 0) setTimeout(follow, FOLLOW_POLL_MS);
+}
+
+document.addEventListener("job-queued", (event) => {
+  const first = coming.size === 0;
+  coming.set(event.detail.queueId, null);
+  showComing();
+  if (first) follow();
+});
 
 let filterTimer = null;
 filterInput.addEventListener("input", () => {
