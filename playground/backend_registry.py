@@ -24,11 +24,21 @@ log = logging.getLogger(__name__)
 ANNOUNCE_INTERVAL_SECS = 1.0
 ANNOUNCE_TTL_SECS = 5  # a backend silent this long is gone
 
+# Forget the URLs (ARGV) whose announcement (KEYS[i + 1]) has expired, checked again here: a
+# backend that announced itself between a reader's look and this call stays in the set.
+# KEYS: the backends set, then each URL's announcement key.
+FORGET_EXPIRED = """
+for i, url in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], url) end
+end
+"""
+
 
 class BackendRegistry:
     def __init__(self, redis_client: redis.Redis, prefix: str = DEFAULT_PREFIX):
         self.redis = redis_client
         self.keys = Keys(prefix)
+        self._forget_expired = redis_client.register_script(FORGET_EXPIRED)
 
     def announce(self, url: str, report: dict, ttl_secs: int = ANNOUNCE_TTL_SECS) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -46,20 +56,28 @@ class BackendRegistry:
         return bool(self.redis.exists(self.keys.backend(url)))
 
     def live(self) -> dict[str, dict]:
-        """Every backend whose announcement has not expired: URL -> its last /health report."""
+        """Every backend whose announcement has not expired: URL -> its last announcement.
+        The expired ones leave the set (each announcement adds its URL again)."""
         urls = sorted(url.decode() for url in self.redis.smembers(self.keys.backends))
         if not urls:
             return {}
         reports = self.redis.mget([self.keys.backend(url) for url in urls])
-        live = {}
+        live, expired = {}, []
         for url, raw in zip(urls, reports):
             if raw is None:
-                continue  # expired: kept in the set, it comes back when it announces again
+                expired.append(url)
+                continue
             try:
                 live[url] = json.loads(raw)
             except ValueError:
                 live[url] = {"url": url}
+        if expired:
+            self.forget_expired(expired)
         return live
+
+    def forget_expired(self, urls: list[str]) -> None:
+        """Drop from the set those of `urls` whose announcement has expired by now."""
+        self._forget_expired(keys=[self.keys.backends, *map(self.keys.backend, urls)], args=urls)
 
 
 def redis_address(client: redis.Redis) -> str:

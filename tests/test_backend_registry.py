@@ -83,6 +83,25 @@ def test_an_announced_backend_is_served_let_go_and_served_again(redis_client, re
             assert service.join(timeout=15)
 
 
+def test_a_backend_whose_announcement_expired_leaves_the_set_and_one_announcing_again_returns(redis_client):
+    """The set of announced URLs is pruned as it is read: a backend that came and went (a
+    machine retired, a URL changed) is not looked up again on every discovery, for ever."""
+    registry = BackendRegistry(redis_client)
+    members = lambda: {url.decode() for url in redis_client.smembers(registry.keys.backends)}  # noqa: E731
+    registry.announce("http://gone:8080", {"status": "ready", "model": "mini"}, ttl_secs=1)
+    registry.announce("http://staying:8080", {"status": "ready", "model": "mini"}, ttl_secs=30)
+    assert set(registry.live()) == members() == {"http://gone:8080", "http://staying:8080"}
+    wait_until(lambda: not redis_client.exists(registry.keys.backend("http://gone:8080")), 5, "the key to expire")
+
+    assert set(registry.live()) == {"http://staying:8080"}
+    assert members() == {"http://staying:8080"}
+    registry.announce("http://gone:8080", {"status": "ready", "model": "mini"})  # it comes back
+    assert set(registry.live()) == members() == {"http://gone:8080", "http://staying:8080"}
+    # Seen expired by a reader, announced again before it prunes: it stays.
+    registry.forget_expired(["http://gone:8080"])
+    assert members() == {"http://gone:8080", "http://staying:8080"}
+
+
 def test_a_real_backend_announces_itself_to_a_scheduler_without_backend_urls(
         redis_client, redis_url, tmp_path, model_cache_dir):
     queue = JobQueue(redis_client)
