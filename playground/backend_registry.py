@@ -1,11 +1,16 @@
 """Backends that announce themselves, so a new GPU joins without touching the scheduler.
 
 A backend started with REDIS_URL and BACKEND_ADVERTISE_URL (the URL at which the scheduler
-reaches it) writes what its /health says every second under `<prefix>:backend:<url>`, a key
-that lives a few seconds, and keeps its URL in the set `<prefix>:backends`. A scheduler starts
+reaches it) writes its URL, status and model every second under `<prefix>:backend:<url>`, a
+key that lives a few seconds, and keeps its URL in the set `<prefix>:backends`. A scheduler starts
 a worker for every announced URL within a second or two, and that worker lets go of its backend
 once the key has expired (the backend stopped, or cannot reach Redis). BACKEND_URLS lists
 backends that do not announce themselves.
+
+What the schedulers read of an announcement is that it lives: the worker asks the backend's
+/health itself (it must reach it over HTTP anyway, and gets the report fresh), so the rest of
+the report (downloads, devices, the announcing's own errors) is not copied into Redis. Status
+and model stay, so whoever reads the key (an operator, a test) sees which backend it is.
 """
 from __future__ import annotations
 
@@ -41,8 +46,10 @@ class BackendRegistry:
         self._forget_expired = redis_client.register_script(FORGET_EXPIRED)
 
     def announce(self, url: str, report: dict, ttl_secs: int = ANNOUNCE_TTL_SECS) -> None:
+        """`report`: what the backend's /health says (`playground.protocol`)."""
+        announcement = {"url": url, "status": report.get("status"), "model": report.get("model")}
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.backend(url), json.dumps({**report, "url": url}), ex=ttl_secs)
+        pipe.set(self.keys.backend(url), json.dumps(announcement), ex=ttl_secs)
         pipe.sadd(self.keys.backends, url)
         pipe.execute()
 
