@@ -12,7 +12,6 @@ from playwright.sync_api import expect
 from browser import submit_prompt
 from frontend.config import Config
 from frontend.threaded import serving
-from playground.protocol import BackendStatus
 from playground.queue import JobQueue
 from playground.redis_server import RedisServer
 from scheduler.worker_queue import WorkerQueue
@@ -35,7 +34,7 @@ def worker(redis_client):
     stop = threading.Event()
 
     def beat():
-        while queue.heartbeat(BackendStatus.READY, model="tiny") and not stop.wait(1):
+        while queue.heartbeat("ready", model="tiny") and not stop.wait(1):
             pass
     beating = threading.Thread(target=beat, daemon=True)
     beating.start()
