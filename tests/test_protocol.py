@@ -65,6 +65,7 @@ def test_the_scheduler_reads_any_health_answer():
     odd = parse_health(["not", "an", "object"])
     assert (odd.status, odd.error) == (BackendStatus.ERROR, "unexpected /health answer: ['not', 'an', 'object']")
     assert parse_health({}).status == BackendStatus.ERROR and not parse_health({}).idle
+    assert parse_health({"status": ["ready"]}).status == BackendStatus.ERROR
     assert parse_health({"status": "ready", "ranks": "yes"}).ranks is None  # only a boolean counts
     files = [{"name": "x" * 1000, "bytes_done": -5, "bytes_total": 0}] * 40 + ["not a file"]
     loading = parse_health({"status": "loading", "stage": 7, "files": files}).loading

@@ -82,7 +82,9 @@ def parse_health(body) -> Health:
     """A /health body (any JSON) as the scheduler reads it; a missing status counts as error."""
     if not isinstance(body, dict):
         return Health(BackendStatus.ERROR, error=f"unexpected /health answer: {body!r}")
-    status = body.get("status", BackendStatus.ERROR)
+    status = body.get("status")
+    if not isinstance(status, str):  # it goes into the worker's heartbeat in Redis as it is
+        status = BackendStatus.ERROR
     return Health(status=status, model=body.get("model"), error=body.get("error"),
                   image_codes=body.get("image_codes"),
                   ranks=body["ranks"] if isinstance(body.get("ranks"), bool) else None,
