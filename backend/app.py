@@ -110,7 +110,7 @@ class BackendApi:
         return response
 
     def report(self) -> dict:
-        """What /health answers (and what the backend announces in Redis)."""
+        """What /health answers (its status and model are also what the backend announces in Redis)."""
         holder = self.holder
         status = holder.status
         if status == BackendStatus.LOADING:
