@@ -19,10 +19,19 @@ from backend.config import Config
 from backend.device import check_device
 from backend.engine.progress import LoadProgress
 from backend.generate_request import BadRequest, parse_generate_body
-from backend.generation_run import STOPPED_EVENT, GenerationRun
+from backend.generation_run import GenerationRun
 from backend.model_holder import ModelHolder
 from playground.backend_registry import Announcer, BackendRegistry
 from playground.limits import MAX_CANDIDATES, random_seed
+from playground.protocol import (
+    STOPPING,
+    BackendStatus,
+    Stage,
+    cancel_answer,
+    error_report,
+    loading_report,
+    ready_report,
+)
 from playground.writable import ensure_writable
 
 
@@ -37,7 +46,7 @@ def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
         engine = load_engine(config.model, cache_dir=config.cache_dir, devices=devices, progress=progress,
                              endpoint=config.hub_endpoint)
         engine.preview_every = config.preview_every_tokens
-        progress.set_stage("compiling")
+        progress.set_stage(Stage.COMPILING)
         engine.warm_up(config.warm_up_batch_sizes)
         engine.clip = load_ranker(config, engine, progress)
         if engine.clip is not None and getattr(engine, "on_accelerator", False):
@@ -60,10 +69,10 @@ def load_ranker(config: Config, engine: Any, progress: LoadProgress) -> Any:
     if found is None:
         return None
     name, folder = found
-    progress.set_stage("reading")
+    progress.set_stage(Stage.READING)
     device = engine.devices[0]
     clip = load_clip(folder, name, dtype="float32" if device.platform == "cpu" else "float16", device=device)
-    progress.set_stage("compiling")
+    progress.set_stage(Stage.COMPILING)
     clip.warm_up()
     return clip
 
@@ -96,37 +105,30 @@ class BackendApi:
 
     def health(self) -> Response:
         response = jsonify(self.report())
-        if self.holder.status != "ready":
+        if self.holder.status != BackendStatus.READY:
             response.status_code = 503
         return response
 
     def report(self) -> dict:
-        """What /health answers (and what the backend announces in Redis)."""
+        """What /health answers (its status and model are also what the backend announces in Redis)."""
         holder = self.holder
         status = holder.status
-        body = {"status": status, "model": holder.model_name, "error": holder.error}
+        if status == BackendStatus.LOADING:
+            # The stage and each downloaded file's bytes, for the UI and the log.
+            body = loading_report(holder.model_name, holder.progress.snapshot())
+        elif status == BackendStatus.ERROR:
+            body = error_report(holder.model_name, holder.error)
+        else:
+            run = self._run
+            body = ready_report(
+                holder.model_name,
+                devices=[str(device) for device in getattr(holder.engine, "devices", [])],
+                busy=self._busy.locked(), job_id=run.job_id if run else None, load_secs=holder.load_secs,
+                image_tokens=holder.engine.total_tokens, image_codes=holder.engine.num_codes,
+                ranks=self.clip is not None, clip_model=self.clip.name if self.clip is not None else None)
         if self.announcer is not None:
             body["announce"] = self.announcer.state()
-        if status != "ready":
-            # While loading: the stage and each downloaded file's bytes, for the UI and the log.
-            body.update(holder.progress.snapshot() if status == "loading" else {"stage": status})
-            return body
-        run = self._run
-        return dict(
-            **body,
-            stage="ready",
-            devices=[str(device) for device in getattr(holder.engine, "devices", [])],
-            busy=self._busy.locked(),
-            job_id=run.job_id if run else None,
-            load_secs=holder.load_secs,
-            # What the scheduler and the frontend need of the model: its image's tokens and the
-            # codebook that limits top-k.
-            image_tokens=holder.engine.total_tokens,
-            image_codes=holder.engine.num_codes,
-            # Best of N: whether this backend ranks candidates with CLIP, and which CLIP.
-            ranks=self.clip is not None,
-            clip_model=self.clip.name if self.clip is not None else None,
-        )
+        return body
 
     @property
     def clip(self) -> Any:
@@ -134,8 +136,8 @@ class BackendApi:
 
     def generate(self) -> Response:
         if self.stopping:  # 503: the scheduler tries again elsewhere, no attempt counted
-            return error(503, STOPPED_EVENT["error"])
-        if self.holder.status != "ready":
+            return error(503, STOPPING)
+        if self.holder.status != BackendStatus.READY:
             return error(503, f"model {self.holder.model_name} is {self.holder.status}: "
                               f"{self.holder.error or 'try again soon'}")
         try:
@@ -159,7 +161,7 @@ class BackendApi:
 
     def hand_back(self) -> None:
         """Stopping on purpose (SIGTERM): take no new job, hand the running one back at once
-        (it ends with STOPPED_EVENT, so the scheduler counts no attempt), and leave Redis."""
+        (it ends with `stopped`, so the scheduler counts no attempt), and leave Redis."""
         self.stopping = True
         run = self._run
         if run is not None:
@@ -178,9 +180,9 @@ class BackendApi:
             return error(400, "job_id must be a string")
         run = self._run
         if run is None or run.job_id != job_id:
-            return jsonify({"cancelled": False})
+            return jsonify(cancel_answer(False))
         run.cancel.set()
-        return jsonify({"cancelled": True})
+        return jsonify(cancel_answer(True))
 
 
 def create_app(config: Config, loader: Callable[[LoadProgress], Any] | None = None) -> Flask:

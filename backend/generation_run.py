@@ -16,13 +16,19 @@ from backend.engine import GenerationCancelled, GenerationRequest
 from backend.generate_request import GenerateBody
 from backend.png import encode_pngs
 from playground import pictures
+from playground.protocol import (
+    cancelled_event,
+    done_event,
+    error_event,
+    preview_event,
+    progress_event,
+    started_event,
+    stopped_event,
+)
 
 log = logging.getLogger(__name__)
 
 PREVIEW_QUALITY = 80  # JPEG: a 128-pixel preview is about 3 kB
-# The last event of a run the backend hands back because it is stopping on purpose: the
-# scheduler queues the job again without counting an attempt.
-STOPPED_EVENT = {"event": "stopped", "error": "the backend is shutting down"}
 
 
 def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int,
@@ -63,16 +69,15 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
     return metadata
 
 
-def preview_event(engine: Any, done: int, codes, total_tokens: int) -> dict:
-    """The NDJSON preview event of the first `done` codes of every image: small JPEGs."""
+def preview_of(engine: Any, done: int, codes, total_tokens: int) -> dict:
+    """The preview event of the first `done` codes of every image: small JPEGs."""
     images = []
     for pixels in engine.preview_pictures(codes):
         buffer = io.BytesIO()
         Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
         images.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
     height, width = pixels.shape[:2]
-    return {"event": "preview", "tokens_done": done, "total_tokens": total_tokens,
-            "format": "jpeg", "width": width, "height": height, "images": images}
+    return preview_event(done, total_tokens, width, height, images)
 
 
 class GenerationRun:
@@ -101,7 +106,7 @@ class GenerationRun:
         return self
 
     def hand_back(self) -> None:
-        """The backend is stopping: end the stream with STOPPED_EVENT at its next tick (within
+        """The backend is stopping: end the stream with `stopped` at its next tick (within
         a progress interval, whatever the engine is doing) and stop the engine."""
         self._handed_back.set()
         self.cancel.set()
@@ -116,7 +121,7 @@ class GenerationRun:
         try:
             # Best of N: the first num_images candidates stand for the job (which are kept is
             # known only once CLIP has scored them at the end).
-            self._preview = preview_event(self.engine, done, codes[:self.body.num_images], self._total_tokens)
+            self._preview = preview_of(self.engine, done, codes[:self.body.num_images], self._total_tokens)
         except Exception:  # a preview that cannot be drawn must not cost the job its pictures
             log.exception("job %s: no preview at %d tokens", self.job_id, done)
 
@@ -153,27 +158,17 @@ class GenerationRun:
                 timings["rank_secs"] = choice.secs
             timings["png_secs"] = time.monotonic() - png_started
             timings["total_secs"] = time.monotonic() - started
-            self._outcome = {
-                "event": "done",
-                "seed": result.seed,
-                "model": self.engine.model_name,
-                "params": result.params,
-                "images": images,
-                "codes": [pictures.pack_codes(result.codes[index]) for index in choice.indices],
-                "timings": timings,
+            self._outcome = done_event(
+                seed=result.seed, model=self.engine.model_name, params=result.params, images=images,
+                codes=[pictures.pack_codes(result.codes[index]) for index in choice.indices], timings=timings,
                 # Best of N: how many were generated, which were kept (best first), their scores.
-                "candidates": plan.generate,
-                "ranked": plan.ranked,
-                "candidate_indices": choice.indices,
-                "clip_scores": choice.scores,
-            }
-            if start is not None:
-                self._outcome["start"] = start
+                candidates=plan.generate, ranked=plan.ranked, candidate_indices=choice.indices,
+                clip_scores=choice.scores, start=start)
         except GenerationCancelled:
-            self._outcome = STOPPED_EVENT if self._handed_back.is_set() else {"event": "cancelled"}
+            self._outcome = stopped_event() if self._handed_back.is_set() else cancelled_event()
         except Exception as exc:  # e.g. out of memory: reported to the scheduler, the service lives on
             log.exception("generation of job %s failed", self.job_id)
-            self._outcome = {"event": "error", "error": f"{type(exc).__name__}: {exc}"}
+            self._outcome = error_event(f"{type(exc).__name__}: {exc}")
         finally:
             self._finished.set()
             self._on_finish()
@@ -190,13 +185,13 @@ class GenerationRun:
     def events(self) -> Iterator[dict]:
         """The NDJSON events; a client that goes away (GeneratorExit) cancels the run."""
         try:
-            yield {"event": "started", "seed": self.seed, "total_tokens": self._total_tokens}
+            yield started_event(self.seed, self._total_tokens)
             sent = None
             while not self._finished.wait(self.progress_interval):
                 if self._handed_back.is_set():
-                    yield STOPPED_EVENT
+                    yield stopped_event()
                     return
-                yield {"event": "progress", "tokens_done": self._tokens_done, "total_tokens": self._total_tokens}
+                yield progress_event(self._tokens_done, self._total_tokens)
                 preview = self._preview
                 if preview is not sent:  # only the newest: one that was overtaken is never sent
                     sent = preview

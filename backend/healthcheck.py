@@ -1,6 +1,7 @@
-"""`python -m backend.healthcheck`: the container health check of the backend (stdlib only).
+"""`python -m backend.healthcheck`: the container health check of the backend (the stdlib and
+`playground.protocol` only).
 
-Exit 0 while the model loads or once it is ready, 1 when /health reports `"status": "error"`,
+Exit 0 while the model loads or once it is ready, 1 when /health reports the status error,
 does not answer, or reports that announcing the backend in Redis has failed for longer than
 ANNOUNCE_GRACE_SECS (a backend on another machine that the main machine never hears of, e.g.
 for a wrong Redis password). A download of Mega takes up to an hour: the check must not call
@@ -17,6 +18,8 @@ import os
 import sys
 import urllib.error
 import urllib.request
+
+from playground.protocol import BackendStatus, Stage
 
 TIMEOUT_SECS = 8
 # Restarting the main machine's Redis takes seconds: only a longer failure to announce is
@@ -36,7 +39,7 @@ def size(count) -> str:
 
 def describe_loading(body: dict) -> str:
     """`loading: <stage> <file> <done> / <total>` from what /health says, as far as it says it."""
-    words = ["loading:", str(body.get("stage") or "starting")]
+    words = ["loading:", str(body.get("stage") or Stage.STARTING)]
     files = [f for f in body.get("files") or [] if isinstance(f, dict)]
     # The file being fetched: the first one not complete (or the last one, when all are).
     current = next((f for f in files if f.get("bytes_total") and (f.get("bytes_done") or 0) < f["bytes_total"]),
@@ -69,9 +72,9 @@ def check(url: str, announce_grace_secs: float = ANNOUNCE_GRACE_SECS) -> tuple[i
         status = body["status"]
     except (ValueError, KeyError, TypeError):
         return 1, f"unexpected answer from {url}: {raw[:200]!r}"
-    if status == "ready":
+    if status == BackendStatus.READY:
         line = f"ready: {body.get('model')} on {', '.join(body.get('devices') or []) or '?'}"
-    elif status == "loading":
+    elif status == BackendStatus.LOADING:
         line = describe_loading(body)
     else:
         return 1, f"{status}: {body.get('error') or 'no reason given'}"

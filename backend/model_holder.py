@@ -9,13 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.engine.progress import LoadProgress
+from playground.protocol import BackendStatus
 from playground.writable import StartupError
 
 log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    """Owns the engine: `loading` until the loader returns, then `ready`, or `error` with a reason.
+    """Owns the engine: loading until the loader returns, then ready, or error with a reason.
 
     The loader is called with the holder's `LoadProgress` and reports into it.
     """
@@ -50,10 +51,10 @@ class ModelHolder:
             self._ready.set()
 
     @property
-    def status(self) -> str:
+    def status(self) -> BackendStatus:
         if not self._ready.is_set():
-            return "loading"
-        return "error" if self._error else "ready"
+            return BackendStatus.LOADING
+        return BackendStatus.ERROR if self._error else BackendStatus.READY
 
     @property
     def error(self) -> str | None:

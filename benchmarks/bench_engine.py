@@ -394,7 +394,7 @@ def bench_previews(engine, images: int, rounds: int) -> dict:
     """The same request with previews (the engine's own spacing, PREVIEW_EVERY_TOKENS unset)
     and without, alternately, the best of `rounds` each: wall and process CPU time."""
     from backend.engine import GenerationRequest
-    from backend.generation_run import preview_event
+    from backend.generation_run import preview_of
 
     request = GenerationRequest(PROMPT, images, seed=7)
     total = engine.total_tokens
@@ -404,7 +404,7 @@ def bench_previews(engine, images: int, rounds: int) -> dict:
     counts = []
     for _ in range(rounds):
         for name in ("on", "off"):
-            on_preview = (lambda done, codes: preview_event(engine, done, codes, total)) if name == "on" else None
+            on_preview = (lambda done, codes: preview_of(engine, done, codes, total)) if name == "on" else None
             wall, cpu = time.perf_counter(), time.process_time()
             result = engine.generate(request, on_preview=on_preview)
             times[name].append((time.perf_counter() - wall, time.process_time() - cpu))

@@ -29,6 +29,7 @@ import redis
 from PIL import Image
 
 from playground.backend_registry import Announcer, BackendRegistry
+from playground.protocol import BackendStatus, ready_report
 from playground.queue import JobQueue
 from playground.redis_server import RedisServer
 from playground.testing.standin_backend import StandInBackend
@@ -97,7 +98,7 @@ def main() -> None:
                                          stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
-            while not any(w["alive"] and w["backend_status"] == "ready" for w in queue.health()["workers"]):
+            while not any(w["alive"] and w["backend_status"] == BackendStatus.READY for w in queue.health()["workers"]):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the scheduler did not start")
                 time.sleep(0.05)
@@ -147,7 +148,7 @@ def measure_joins(queue: JobQueue, client: redis.Redis, count: int) -> list[floa
         for _ in range(count):
             backend = StandInBackend(png=noise_png()).start()
             joined.append(backend)
-            report = {"status": "ready", "model": "stand-in"}
+            report = ready_report("stand-in")
             started = time.time()
             announcers.append(Announcer(registry, backend.url, lambda report=report: report).start())
             deadline = time.monotonic() + 30

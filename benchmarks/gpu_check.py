@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_engine  # noqa: E402  (after the path setup above)
+from playground.protocol import Event, event_kind  # noqa: E402
 
 PROMPT = bench_engine.PROMPT
 IMAGE_COUNTS = (1, 2, 4, 8)
@@ -500,7 +501,7 @@ def _generate(url: str, images: int, seed: int) -> dict:
         events = [json.loads(line) for line in response.read().decode().splitlines() if line.strip()]
     elapsed = time.perf_counter() - started
     last = events[-1]
-    if last.get("event") != "done" or len(last.get("images", [])) != images:
+    if event_kind(last) != Event.DONE or len(last.get("images", [])) != images:
         raise RuntimeError(f"/generate ended with {str(last)[:300]}")
     return {"request_secs": elapsed, "timings": last["timings"]}
 

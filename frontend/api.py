@@ -29,6 +29,7 @@ from frontend.validation import (
 )
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public_limits
+from playground.protocol import BackendStatus
 from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
@@ -45,8 +46,8 @@ def backend_report(worker: dict) -> dict:
     """One backend as its worker last saw it; while it loads, also what it is doing; once ready,
     whether it ranks Best of N candidates with CLIP."""
     alive = worker["alive"]
-    status = worker["backend_status"] if alive else "unknown"
-    loading = (worker.get("loading") or {}) if status == "loading" else {}
+    status = worker["backend_status"] if alive else BackendStatus.UNKNOWN
+    loading = (worker.get("loading") or {}) if status == BackendStatus.LOADING else {}
     return {"url": worker["backend_url"], "status": status, "model": worker["model"],
             "error": worker["backend_error"], "worker": worker["id"],
             "stage": loading.get("stage"), "files": loading.get("files") or [],
@@ -281,7 +282,7 @@ class Api:
         models = scheduler["models"]
         report["models"] = sorted(models, key=lambda model: model != self.config.default_model)
         report["backends"] = [backend_report(w) for w in workers]
-        healthy = bool(workers) and all(w["alive"] and w["backend_status"] == "ready" for w in workers)
+        healthy = bool(workers) and all(w["alive"] and w["backend_status"] == BackendStatus.READY for w in workers)
         return json_response({"status": "ok" if healthy else "degraded", **report}, 200 if healthy else 503)
 
     # -- files -----------------------------------------------------------------------------

@@ -1,1 +1,2 @@
-"""What the services share: settings, the Redis job queue, the library store, the local launcher."""
+"""What the services share: settings, the Redis job queue, the backend protocol, the library
+store, the local launcher."""

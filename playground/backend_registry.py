@@ -1,11 +1,16 @@
 """Backends that announce themselves, so a new GPU joins without touching the scheduler.
 
 A backend started with REDIS_URL and BACKEND_ADVERTISE_URL (the URL at which the scheduler
-reaches it) writes what its /health says every second under `<prefix>:backend:<url>`, a key
-that lives a few seconds, and keeps its URL in the set `<prefix>:backends`. A scheduler starts
+reaches it) writes its URL, status and model every second under `<prefix>:backend:<url>`, a
+key that lives a few seconds, and keeps its URL in the set `<prefix>:backends`. A scheduler starts
 a worker for every announced URL within a second or two, and that worker lets go of its backend
 once the key has expired (the backend stopped, or cannot reach Redis). BACKEND_URLS lists
 backends that do not announce themselves.
+
+What the schedulers read of an announcement is that it lives: the worker asks the backend's
+/health itself (it must reach it over HTTP anyway, and gets the report fresh), so the rest of
+the report (downloads, devices, the announcing's own errors) is not copied into Redis. Status
+and model stay, so whoever reads the key (an operator, a test) sees which backend it is.
 """
 from __future__ import annotations
 
@@ -24,15 +29,27 @@ log = logging.getLogger(__name__)
 ANNOUNCE_INTERVAL_SECS = 1.0
 ANNOUNCE_TTL_SECS = 5  # a backend silent this long is gone
 
+# Forget the URLs (ARGV) whose announcement (KEYS[i + 1]) has expired, checked again here: a
+# backend that announced itself between a reader's look and this call stays in the set.
+# KEYS: the backends set, then each URL's announcement key.
+FORGET_EXPIRED = """
+for i, url in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], url) end
+end
+"""
+
 
 class BackendRegistry:
     def __init__(self, redis_client: redis.Redis, prefix: str = DEFAULT_PREFIX):
         self.redis = redis_client
         self.keys = Keys(prefix)
+        self._forget_expired = redis_client.register_script(FORGET_EXPIRED)
 
     def announce(self, url: str, report: dict, ttl_secs: int = ANNOUNCE_TTL_SECS) -> None:
+        """`report`: what the backend's /health says (`playground.protocol`)."""
+        announcement = {"url": url, "status": report.get("status"), "model": report.get("model")}
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.backend(url), json.dumps({**report, "url": url}), ex=ttl_secs)
+        pipe.set(self.keys.backend(url), json.dumps(announcement), ex=ttl_secs)
         pipe.sadd(self.keys.backends, url)
         pipe.execute()
 
@@ -46,20 +63,28 @@ class BackendRegistry:
         return bool(self.redis.exists(self.keys.backend(url)))
 
     def live(self) -> dict[str, dict]:
-        """Every backend whose announcement has not expired: URL -> its last /health report."""
+        """Every backend whose announcement has not expired: URL -> its last announcement.
+        The expired ones leave the set (each announcement adds its URL again)."""
         urls = sorted(url.decode() for url in self.redis.smembers(self.keys.backends))
         if not urls:
             return {}
         reports = self.redis.mget([self.keys.backend(url) for url in urls])
-        live = {}
+        live, expired = {}, []
         for url, raw in zip(urls, reports):
             if raw is None:
-                continue  # expired: kept in the set, it comes back when it announces again
+                expired.append(url)
+                continue
             try:
                 live[url] = json.loads(raw)
             except ValueError:
                 live[url] = {"url": url}
+        if expired:
+            self.forget_expired(expired)
         return live
+
+    def forget_expired(self, urls: list[str]) -> None:
+        """Drop from the set those of `urls` whose announcement has expired by now."""
+        self._forget_expired(keys=[self.keys.backends, *map(self.keys.backend, urls)], args=urls)
 
 
 def redis_address(client: redis.Redis) -> str:

@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from playground.protocol import BackendStatus
 from reliability.cluster import Client, Cluster, Recorder, wait_for
 from reliability.scenario import ScenarioResult, Timer, finish
 
@@ -151,7 +152,7 @@ def slow_backend(cluster: Cluster) -> ScenarioResult:
         health = client.request("GET", "/health", "GET /health (no backend)")
         backends = health.json().get("backends") if health is not None else None
         result.check("/health says 503 and why", health is not None and health.status_code == 503
-                     and backends and backends[0]["status"] != "ready",
+                     and backends and backends[0]["status"] != BackendStatus.READY,
                      f"{getattr(health, 'status_code', None)} {backends}")
         cluster.backend.start()
         started = time.monotonic()

@@ -1,34 +1,13 @@
-"""The scheduler's HTTP client for one backend (protocol: docs/architecture.md)."""
+"""The scheduler's HTTP client for one backend (the protocol: `playground.protocol`)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Self
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-TERMINAL_EVENTS = ("done", "cancelled", "error")
-
-
-# Bounds on what a loading backend's /health may put into Redis and the UI.
-MAX_LOADING_FILES = 16
-MAX_NAME_CHARS = 200
-
-
-def loading_state(health: dict) -> dict:
-    """What a loading backend is doing, from its /health body: the stage ("downloading",
-    "reading", "compiling", ...) and each download's bytes; unknown or malformed parts dropped."""
-    stage, entries = health.get("stage"), health.get("files")
-    files = []
-    for entry in entries[:MAX_LOADING_FILES] if isinstance(entries, list) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            continue
-        done, total = entry.get("bytes_done"), entry.get("bytes_total")
-        files.append({"name": entry["name"][:MAX_NAME_CHARS],
-                      "bytes_done": done if isinstance(done, int) and done >= 0 else 0,
-                      "bytes_total": total if isinstance(total, int) and total > 0 else None})
-    return {"stage": stage[:40] if isinstance(stage, str) else None, "files": files}
+from playground.protocol import ENDINGS, Event, Health, event_kind, parse_event, parse_health, was_cancelled
 
 
 class BackendUnavailable(Exception):
@@ -56,15 +35,13 @@ class GenerationStream:
                 if not line:
                     continue
                 try:
-                    event = json.loads(line)
-                except ValueError:
-                    raise BackendLost(f"backend sent a line that is not JSON: {line[:200]!r}") from None
-                if not isinstance(event, dict):
-                    raise BackendLost(f"backend sent a line that is not an event object: {line[:200]!r}")
-                if event.get("event") == "stopped":
+                    event = parse_event(line)
+                except ValueError as exc:
+                    raise BackendLost(f"backend sent {exc}") from None
+                if event_kind(event) == Event.STOPPED:
                     raise BackendUnavailable(f"backend stopped during the job: {event.get('error')}")
                 yield event
-                if event.get("event") in TERMINAL_EVENTS:
+                if event_kind(event) in ENDINGS:
                     return
         except requests.RequestException as exc:
             raise BackendLost(f"connection lost: {exc}") from exc
@@ -95,16 +72,13 @@ class BackendClient:
         self.stall_timeout_secs = stall_timeout_secs
         self.session = requests.Session()
 
-    def health(self) -> dict:
-        """The backend's /health body; {"status": "unreachable", "error": ...} when it cannot be asked."""
+    def health(self) -> Health:
+        """The backend's /health answer; unreachable, with the reason, when it cannot be asked."""
         try:
             response = self.session.get(f"{self.base_url}/health", timeout=self.connect_timeout_secs)
-            body = response.json()
+            return parse_health(response.json())
         except (requests.RequestException, ValueError) as exc:
-            return {"status": "unreachable", "error": str(exc)}
-        if not isinstance(body, dict):
-            return {"status": "error", "error": f"unexpected /health answer: {body!r}"}
-        return body
+            return Health.unreachable(str(exc))
 
     def generate(self, params: dict) -> GenerationStream:
         """Start a job; raises BackendUnavailable or BackendRejected if the backend does not take it."""
@@ -137,8 +111,8 @@ class BackendClient:
         try:
             response = self.session.post(f"{self.base_url}/cancel", json={"job_id": job_id},
                                          timeout=self.connect_timeout_secs)
-            return bool(response.json().get("cancelled"))
-        except (requests.RequestException, ValueError, AttributeError):
+            return was_cancelled(response.json())
+        except (requests.RequestException, ValueError):
             return False
 
     def close(self) -> None:

@@ -14,13 +14,13 @@ from playground import pictures
 from playground.backend_registry import BackendRegistry
 from playground.library import LibraryStore
 from playground.limits import IMAGE_TOKENS
+from playground.protocol import BackendStatus, Event, event_kind
 from playground.queue import DONE, Job
 from scheduler.backend_client import (
     BackendClient,
     BackendLost,
     BackendRejected,
     BackendUnavailable,
-    loading_state,
 )
 from scheduler.config import Config
 from scheduler.worker_queue import WorkerQueue
@@ -61,7 +61,7 @@ class Worker:
         # Set for a backend that announces itself: served only while its announcement lives.
         self.registry = registry
         # What the heartbeat publishes; written by the worker thread only.
-        self.backend_status = "unknown"
+        self.backend_status: str = BackendStatus.UNKNOWN
         self.image_codes: int | None = None  # the served model's codebook: the top-k limit
         self.backend_error: str | None = None
         self.backend_loading: dict | None = None  # stage and downloads while the model loads
@@ -168,26 +168,26 @@ class Worker:
         while not self.stop.is_set():
             health = self.backend.health()
             # Published as the backend says it: ready, loading, error (or unreachable).
-            status = health.get("status", "error")
-            self.model = health.get("model") or self.model
-            self.image_codes = health.get("image_codes") or self.image_codes
-            self.backend_error = health.get("error")
-            self.backend_loading = loading_state(health) if status == "loading" else None
-            # Said by a ready backend only (None while it loads, or from one that predates it).
-            self.ranks = health["ranks"] if isinstance(health.get("ranks"), bool) else None
+            status = health.status
+            self.model = health.model or self.model
+            self.image_codes = health.image_codes or self.image_codes
+            self.backend_error = health.error
+            self.backend_loading = health.loading
+            self.ranks = health.ranks
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
             self.backend_status = status
             # A busy backend is still finishing a job we hung up on (or someone else's).
-            if status == "ready" and not health.get("busy"):
+            if health.idle:
                 self._ready_checked_at = time.monotonic()
                 return True
             if self._announcement_expired():
                 return False
             self.stop.wait(delay)
             # A loading backend is asked often, so the UI's download progress stays fresh.
-            delay = min(delay * 2, LOADING_POLL_SECS if status == "loading" else self.config.backoff_max_secs)
+            delay = min(delay * 2, LOADING_POLL_SECS if status == BackendStatus.LOADING
+                        else self.config.backoff_max_secs)
         return False
 
     # -- one job ---------------------------------------------------------------------------
@@ -228,17 +228,17 @@ class Worker:
         cancelling = False
         last_write = 0.0
         for event in stream:
-            kind = event.get("event")
-            if kind in ("started", "progress"):
+            kind = event_kind(event)
+            if kind in (Event.STARTED, Event.PROGRESS):
                 if self.stop.is_set() and not cancelling:
                     self.backend.cancel(job.attempt_id)
                     raise _Stopping()
                 now = time.monotonic()
-                if kind == "started" or now - last_write >= self.config.progress_interval_secs:
+                if kind == Event.STARTED or now - last_write >= self.config.progress_interval_secs:
                     last_write = now
                     outcome = self.queue.progress(
                         job, int(event.get("tokens_done", 0)), int(event.get("total_tokens", IMAGE_TOKENS)),
-                        seed=event.get("seed") if kind == "started" else None)
+                        seed=event.get("seed") if kind == Event.STARTED else None)
                     if outcome == "lost":
                         raise _ClaimLost()
                     if outcome == "cancel" and not cancelling:
@@ -248,22 +248,22 @@ class Worker:
                             stream.close()
                             self._ended(job, self.queue.finish_cancelled(job))
                             return
-            elif kind == "preview":
+            elif kind == Event.PREVIEW:
                 if not cancelling:
                     self._preview(job, event)
-            elif kind == "done":
+            elif kind == Event.DONE:
                 if cancelling:
                     self._ended(job, self.queue.finish_cancelled(job))  # too late to stop: discard the images
                 else:
                     self._store(job, event, time.monotonic() - started)
                 return
-            elif kind == "cancelled":
+            elif kind == Event.CANCELLED:
                 if cancelling or self.queue.cancel_requested(job.id):
                     self._ended(job, self.queue.finish_cancelled(job))
                 else:
                     raise BackendLost("the backend cancelled the job on its own")
                 return
-            elif kind == "error":
+            elif kind == Event.ERROR:
                 self._ended(job, self.queue.finish_failed(job, f"backend error: {event.get('error') or 'unknown'}"))
                 return
 

@@ -12,6 +12,7 @@ import requests
 
 from backend.healthcheck import check
 from playground.backend_registry import Announcer, BackendRegistry
+from playground.protocol import loading_report, ready_report
 from playground.queue import JobQueue
 from playground.redis_server import RedisServer
 from playground.testing.processes import REPO_ROOT, backend_process, scheduler_process
@@ -48,7 +49,7 @@ class Announcing:
     def _run(self):
         while not self.done.wait(0.5):
             if self.on.is_set():
-                self.registry.announce(self.url, {"status": "ready", "model": "stand-in"}, self.ttl_secs)
+                self.registry.announce(self.url, ready_report("stand-in"), self.ttl_secs)
 
 
 def test_an_announced_backend_is_served_let_go_and_served_again(redis_client, redis_url, tmp_path):
@@ -81,6 +82,36 @@ def test_an_announced_backend_is_served_let_go_and_served_again(redis_client, re
             announcing.done.set()
             service.stop()
             assert service.join(timeout=15)
+
+
+def test_an_announcement_says_only_which_backend_it_is_and_its_status(redis_client):
+    """Schedulers read only that an announcement lives and ask the backend's /health for the
+    rest: the downloads of a loading backend, its devices and its own errors stay out of Redis."""
+    registry = BackendRegistry(redis_client)
+    downloading = {"stage": "downloading", "files": [{"name": "a/b", "bytes_done": 1, "bytes_total": 2}]}
+    registry.announce("http://loading:8080", {**loading_report("mega", downloading), "announce": {"error": None}})
+    registry.announce("http://ready:8080", ready_report("mini", devices=["cuda:0"], busy=True, job_id="x"))
+    assert registry.live() == {"http://loading:8080": {"url": "http://loading:8080", "status": "loading", "model": "mega"},
+                               "http://ready:8080": {"url": "http://ready:8080", "status": "ready", "model": "mini"}}
+
+
+def test_a_backend_whose_announcement_expired_leaves_the_set_and_one_announcing_again_returns(redis_client):
+    """The set of announced URLs is pruned as it is read: a backend that came and went (a
+    machine retired, a URL changed) is not looked up again on every discovery, for ever."""
+    registry = BackendRegistry(redis_client)
+    members = lambda: {url.decode() for url in redis_client.smembers(registry.keys.backends)}  # noqa: E731
+    registry.announce("http://gone:8080", ready_report("mini"), ttl_secs=1)
+    registry.announce("http://staying:8080", ready_report("mini"), ttl_secs=30)
+    assert set(registry.live()) == members() == {"http://gone:8080", "http://staying:8080"}
+    wait_until(lambda: not redis_client.exists(registry.keys.backend("http://gone:8080")), 5, "the key to expire")
+
+    assert set(registry.live()) == {"http://staying:8080"}
+    assert members() == {"http://staying:8080"}
+    registry.announce("http://gone:8080", ready_report("mini"))  # it comes back
+    assert set(registry.live()) == members() == {"http://gone:8080", "http://staying:8080"}
+    # Seen expired by a reader, announced again before it prunes: it stays.
+    registry.forget_expired(["http://gone:8080"])
+    assert members() == {"http://gone:8080", "http://staying:8080"}
 
 
 def test_a_real_backend_announces_itself_to_a_scheduler_without_backend_urls(

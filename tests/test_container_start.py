@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from backend.healthcheck import check, describe_loading
+from playground.protocol import BackendStatus, Stage, loading_report
 from playground.redis_server import free_port
 from playground.testing.processes import REPO_ROOT, ServiceProcess, backend_process, run_as_prefix
 from playground.writable import not_writable_message
@@ -351,19 +352,20 @@ def fake_backend():
 
 
 def test_the_check_is_healthy_while_downloading_and_says_how_far(fake_backend):
-    FakeHealth.body = {"status": "loading", "model": "mini", "error": None, "stage": "downloading", "files": [
+    FakeHealth.body = loading_report("mini", {"stage": Stage.DOWNLOADING, "files": [
         {"name": "dalle-mini/dalle-mini/config.json", "bytes_done": 1200, "bytes_total": 1200},
         {"name": "dalle-mini/dalle-mini/flax_model.msgpack", "bytes_done": 512_000_000, "bytes_total": 1_750_000_000},
-        {"name": "dalle-mini/vqgan_imagenet_f16_16384/flax_model.msgpack", "bytes_done": 0, "bytes_total": 304_000_000}]}
+        {"name": "dalle-mini/vqgan_imagenet_f16_16384/flax_model.msgpack", "bytes_done": 0, "bytes_total": 304_000_000}]})
     url = f"http://127.0.0.1:{fake_backend.server_port}/health"
     assert check(url) == (0, "loading: downloading dalle-mini/dalle-mini/flax_model.msgpack "
                              "512 MB / 1.75 GB (file 2 of 3) [mini]")
 
 
 @pytest.mark.parametrize("body, line", [
-    ({"status": "loading", "model": "mini", "error": None}, "loading: starting [mini]"),
-    ({"status": "loading", "stage": "compiling", "files": []}, "loading: compiling"),
-    ({"status": "loading", "stage": "downloading", "files": [{"name": "x.msgpack"}]}, "loading: downloading x.msgpack"),
+    ({"status": BackendStatus.LOADING, "model": "mini", "error": None}, "loading: starting [mini]"),
+    ({"status": BackendStatus.LOADING, "stage": Stage.COMPILING, "files": []}, "loading: compiling"),
+    ({"status": BackendStatus.LOADING, "stage": Stage.DOWNLOADING, "files": [{"name": "x.msgpack"}]},
+     "loading: downloading x.msgpack"),
 ])
 def test_the_loading_line_copes_with_missing_fields(body, line):
     assert describe_loading(body) == line

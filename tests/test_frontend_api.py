@@ -21,6 +21,7 @@ from PIL import Image
 from frontend.config import Config
 from frontend.threaded import serving
 from playground.library import LibraryStore
+from playground.protocol import BackendStatus, Stage
 from playground.queue import JobQueue
 from playground.redis_server import free_port
 from scheduler.worker_queue import WorkerQueue
@@ -324,7 +325,7 @@ def test_delete_one_image_restfully(url, store, config):
 def test_health_reports_each_part(url, worker, redis_client):
     response = requests.get(f"{url}/health")
     assert response.status_code == 503  # registered, but no heartbeat from the backend yet
-    worker.heartbeat("ready", "tiny", ranks=True)  # a backend with CLIP
+    worker.heartbeat(BackendStatus.READY, "tiny", ranks=True)  # a backend with CLIP
     response = requests.get(f"{url}/health")
     assert response.status_code == 200, response.text
     health = response.json()
@@ -334,17 +335,17 @@ def test_health_reports_each_part(url, worker, redis_client):
     assert health["backends"] == [{"url": "http://127.0.0.1:8080", "status": "ready", "model": "tiny",
                                    "error": None, "worker": "worker-1", "stage": None, "files": [],
                                    "ranks": True}]
-    worker.heartbeat("ready", "tiny", ranks=False)  # CLIP_MODEL=none
+    worker.heartbeat(BackendStatus.READY, "tiny", ranks=False)  # CLIP_MODEL=none
     assert requests.get(f"{url}/health").json()["backends"][0]["ranks"] is False
     download = {"name": "dalle-mini/dalle-mega/flax_model.msgpack", "bytes_done": 5, "bytes_total": 10}
-    worker.heartbeat("loading", "mega", loading={"stage": "downloading", "files": [download]})
+    worker.heartbeat(BackendStatus.LOADING, "mega", loading={"stage": Stage.DOWNLOADING, "files": [download]})
     response = requests.get(f"{url}/health")
     assert response.status_code == 503
     assert response.json()["backends"][0] | {"worker": None} == {
         "url": "http://127.0.0.1:8080", "status": "loading", "model": "mega", "error": None, "worker": None,
         "stage": "downloading", "files": [download], "ranks": None}
     # Ready again: the loading details are gone.
-    worker.heartbeat("ready", "mega", loading={"stage": "compiling", "files": [download]})
+    worker.heartbeat(BackendStatus.READY, "mega", loading={"stage": Stage.COMPILING, "files": [download]})
     assert requests.get(f"{url}/health").json()["backends"][0]["files"] == []
 
 
@@ -354,7 +355,7 @@ def test_top_k_is_limited_by_the_codebook_of_the_served_model(config, redis_clie
                                                           "gen_top_k": 16384}).status_code == 200
     worker = WorkerQueue(redis_client, "worker-1", "http://127.0.0.1:8080")
     assert worker.register()
-    worker.heartbeat("ready", "demo", image_codes=1161)
+    worker.heartbeat(BackendStatus.READY, "demo", image_codes=1161)
     with serving(config) as server:
         too_many = requests.post(f"{server.url}/prompt", json={"text": "a", "num_images": 2, "gen_top_k": 1162})
         assert too_many.status_code == 400 and too_many.json()["field"] == "gen_top_k"
@@ -592,7 +593,7 @@ def test_responses_match_the_documented_schemas(url, server, worker, store):
         schema = spec["content"]["application/json"]["schema"]
         OAS30Validator(schema).validate(response.json())
 
-    worker.heartbeat("ready", "tiny")
+    worker.heartbeat(BackendStatus.READY, "tiny")
     check(requests.get(f"{url}/health"), "/health")
     first = requests.post(f"{url}/prompt", json={"text": "x", "num_images": "2", "seed": 5})
     check(first, "/prompt", "post")

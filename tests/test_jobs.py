@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from playground.protocol import BackendStatus
 from playground.queue import Job, JobNotFound, JobQueue, Keys, QueueFull
 from playground.queue.eta import STALLED_AFTER_SECS, estimate
 from scheduler.worker_queue import WorkerQueue
@@ -92,7 +93,7 @@ def test_cancel_running_job_flags_it_and_finished_job_is_unchanged(queue, redis_
 def test_running_first_then_queued_with_eta_from_measured_speed(queue, redis_client):
     worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
     worker.register()
-    worker.heartbeat(backend_status="ready", model="tiny")
+    worker.heartbeat(backend_status=BackendStatus.READY, model="tiny")
     ids = [queue.submit(params(str(i), num_images=2)).id for i in range(3)]
     # Without a measured speed there is no ETA rather than a made-up one.
     assert all(j.eta_secs is None for j in queue.unfinished())
@@ -122,7 +123,7 @@ def test_eta_spreads_queued_jobs_over_two_workers(queue, redis_client):
     slow = WorkerQueue(redis_client, "slow", "http://127.0.0.1:2")
     for worker, speed in ((fast, 1.0), (slow, 3.0)):
         worker.register()
-        worker.heartbeat(backend_status="ready", model="tiny")
+        worker.heartbeat(backend_status=BackendStatus.READY, model="tiny")
         worker.record_speed(secs_per_image=speed)
     for i in range(3):
         queue.submit(params(str(i), num_images=2))
@@ -135,7 +136,7 @@ def test_eta_spreads_queued_jobs_over_two_workers(queue, redis_client):
 def test_health_reports_workers_and_heartbeat_age(queue, redis_client):
     worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:9")
     worker.register()
-    worker.heartbeat(backend_status="loading", model="tiny")
+    worker.heartbeat(backend_status=BackendStatus.LOADING, model="tiny")
     queue.submit(params())
     health = queue.health()
     assert health["queued"] == 1 and health["alive_workers"] == 1
@@ -147,7 +148,8 @@ def test_health_reports_workers_and_heartbeat_age(queue, redis_client):
 
 def live_worker(redis_client, name: str, model: str | None) -> WorkerQueue:
     worker = WorkerQueue(redis_client, name, f"http://{name}:8080")
-    assert worker.register() and worker.heartbeat("ready" if model else "unreachable", model=model)
+    status = BackendStatus.READY if model else BackendStatus.UNREACHABLE
+    assert worker.register() and worker.heartbeat(status, model=model)
     return worker
 
 
@@ -197,7 +199,7 @@ def test_a_worker_identity_is_held_by_one_live_process(redis_client):
     assert not rival.register()  # another host: only its heartbeat expiring frees the identity
     rival.unregister()
     assert JobQueue(redis_client).health()["workers"][0]["alive"]  # the rival touched nothing
-    assert not rival.heartbeat(backend_status="ready")
+    assert not rival.heartbeat(backend_status=BackendStatus.READY)
 
 
 def test_a_restarted_worker_takes_back_its_dead_predecessors_job_at_once(queue, redis_client):

@@ -14,6 +14,7 @@ from frontend.config import Config
 from frontend.openapi import OpenApiDocument
 from frontend.threaded import serving
 from playground import limits
+from playground.protocol import BackendStatus
 from scheduler.worker_queue import WorkerQueue
 
 STATIC = Path(__file__).resolve().parents[1] / "frontend" / "static"
@@ -35,7 +36,7 @@ def test_limits_are_served_with_the_models_now_served(url, redis_client):
 
     worker = WorkerQueue(redis_client, "demo-backend", "http://127.0.0.1:9")
     assert worker.register()
-    worker.heartbeat("ready", model="demo", image_codes=1161)
+    worker.heartbeat(BackendStatus.READY, model="demo", image_codes=1161)
     deadline = time.monotonic() + 10  # the frontend looks at the served models every few seconds
     while requests.get(f"{url}/limits").json()["models"] != {"demo": {"image_codes": 1161}}:
         assert time.monotonic() < deadline, requests.get(f"{url}/limits").json()

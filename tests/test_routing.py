@@ -11,6 +11,7 @@ import requests
 from frontend.config import Config as FrontendConfig
 from frontend.threaded import serving
 from frontend.validation import ValidationError, route_model
+from playground.protocol import BackendStatus
 from playground.queue import JobQueue
 from playground.testing.standin_backend import StandInBackend
 from scheduler.config import Config
@@ -26,7 +27,7 @@ def job(text: str, model: str | None = None) -> dict:
 
 def worker_for(redis_client, model: str, name: str) -> WorkerQueue:
     worker = WorkerQueue(redis_client, name, f"http://{name}:8080")
-    assert worker.register() and worker.heartbeat("ready", model=model)
+    assert worker.register() and worker.heartbeat(BackendStatus.READY, model=model)
     return worker
 
 

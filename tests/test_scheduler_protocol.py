@@ -13,6 +13,7 @@ from PIL import Image
 
 from playground import pictures
 from playground.library import LibraryStore
+from playground.protocol import Stage
 from settled import ended
 from playground.queue import JobQueue
 from playground.testing import hostile_uploads
@@ -127,7 +128,7 @@ def test_a_loading_backend_s_downloads_reach_the_health_report(backend, tmp_path
         workers = JobQueue(redis_client).health()["workers"]
         return workers[0]["loading"] if workers else "no worker yet"
 
-    backend.loading_details = {"stage": "downloading", "files": [download(10)]}
+    backend.loading_details = {"stage": Stage.DOWNLOADING, "files": [download(10)]}
     backend.loading.set()
     service = Scheduler(Config(redis_url=redis_url, backend_urls=(backend.url,),
                                library_dir=tmp_path / "library", backoff_max_secs=30)).start()
@@ -135,7 +136,7 @@ def test_a_loading_backend_s_downloads_reach_the_health_report(backend, tmp_path
         wait_until(lambda: loading() == {"stage": "downloading", "files": [download(10)]}, 10)
         # The worker keeps asking while it loads: no back-off (by now 6.4 s between questions).
         time.sleep(7)
-        backend.loading_details = {"stage": "downloading", "files": [download(600)]}
+        backend.loading_details = {"stage": Stage.DOWNLOADING, "files": [download(600)]}
         wait_until(lambda: loading()["files"] == [download(600)], 3)
         # Whatever a backend sends, the report stays small and well-formed.
         backend.loading_details = {"stage": "x" * 1000, "files": [download(5)] * 100 + ["junk", {"name": 3}]}

@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 from browser import DOCS_SCREENSHOTS, save_screenshots
 from frontend.config import Config
 from frontend.threaded import serving
+from playground.protocol import BackendStatus, Stage
 from playground.queue import JobQueue
 from scheduler.worker_queue import WorkerQueue
 
@@ -28,7 +29,7 @@ def frontend_url(tmp_path, redis_url):
 
 
 def downloading(done: int) -> dict:
-    return {"stage": "downloading", "files": [
+    return {"stage": Stage.DOWNLOADING, "files": [
         {"name": "dalle-mini/dalle-mini/config.json", "bytes_done": 1200, "bytes_total": 1200},
         {"name": WEIGHTS, "bytes_done": done, "bytes_total": 1_750_000_000}]}
 
@@ -41,7 +42,7 @@ def test_the_page_shows_the_download_then_hides_when_ready(page, frontend_url, r
 
     worker = WorkerQueue(redis_client, "ui-test-worker", "http://backend:8080")
     assert worker.register()
-    worker.heartbeat("loading", model="mini", loading=downloading(512_000_000))
+    worker.heartbeat(BackendStatus.LOADING, model="mini", loading=downloading(512_000_000))
     expect(panel).to_contain_text("Model mini: downloading the model…", **POLL)
     weights = panel.locator(".download").filter(has_text=WEIGHTS)
     expect(weights.locator("progress")).to_have_attribute("value", "512000000", **POLL)
@@ -52,14 +53,14 @@ def test_the_page_shows_the_download_then_hides_when_ready(page, frontend_url, r
         folder = DOCS_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
         assert all(path.stat().st_size for path in save_screenshots(page, "first-run", folder))
 
-    worker.heartbeat("loading", model="mini", loading=downloading(1_400_000_000))
+    worker.heartbeat(BackendStatus.LOADING, model="mini", loading=downloading(1_400_000_000))
     expect(weights.locator(".download-amount")).to_have_text("1.40 GB of 1.75 GB (80%)", **POLL)
 
-    worker.heartbeat("loading", model="mini", loading={"stage": "compiling", "files": []})
+    worker.heartbeat(BackendStatus.LOADING, model="mini", loading={"stage": Stage.COMPILING, "files": []})
     expect(panel).to_contain_text("Model mini: compiling", **POLL)
     expect(panel.locator(".download")).to_have_count(0)
 
-    worker.heartbeat("ready", model="mini")
+    worker.heartbeat(BackendStatus.READY, model="mini")
     expect(panel).to_be_hidden(**POLL)
     worker.unregister()
 
@@ -68,7 +69,7 @@ def test_a_backend_that_cannot_load_shows_its_reason(page, frontend_url, redis_c
     worker = WorkerQueue(redis_client, "ui-test-worker", "http://backend:8080")
     assert worker.register()
     reason = "no GPU found: set DALLE_DEVICE=cpu to run on the processor"
-    worker.heartbeat("error", model="mega", backend_error=reason)
+    worker.heartbeat(BackendStatus.ERROR, model="mega", backend_error=reason)
     page.goto(frontend_url)
     alert = page.locator("#backends").get_by_role("alert")
     expect(alert).to_have_text(f"Model mega failed to load: {reason}", **POLL)
@@ -84,11 +85,11 @@ def test_the_model_choice_appears_when_backends_serve_two_models(page, frontend_
     def heartbeats():  # as the scheduler's workers do, every second
         while not done.wait(1.0):
             for worker, model in list(beating.items()):
-                worker.heartbeat("ready", model=model)
+                worker.heartbeat(BackendStatus.READY, model=model)
 
     def serve(name: str, model: str) -> None:
         worker = WorkerQueue(redis_client, name, f"http://{name}:8080")
-        assert worker.register() and worker.heartbeat("ready", model=model)
+        assert worker.register() and worker.heartbeat(BackendStatus.READY, model=model)
         beating[worker] = model
 
     threading.Thread(target=heartbeats, daemon=True).start()

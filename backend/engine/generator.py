@@ -49,6 +49,7 @@ from PIL import Image
 
 from playground import pictures
 from playground.limits import random_seed
+from playground.protocol import Stage
 
 from . import checkpoint, dallebart, preview
 from .dallebart import DalleBartConfig
@@ -616,7 +617,7 @@ def load_engine(model: str, cache_dir: Path = Path("cache"), *, dtype: str | Non
 
     files = resolve_model(model, cache_dir, progress, endpoint)
     if progress is not None:
-        progress.set_stage("reading")
+        progress.set_stage(Stage.READING)
     enable_compilation_cache(cache_dir)
     config = DalleBartConfig.from_dict(_read_json(files.dalle_dir / "config.json"))
     weights_dtype = dtype or files.dtype

@@ -9,9 +9,9 @@ import logging
 import threading
 import time
 
-log = logging.getLogger(__name__)
+from playground.protocol import Stage
 
-STAGES = ("starting", "downloading", "reading", "compiling")
+log = logging.getLogger(__name__)
 
 
 class LoadProgress:
@@ -20,12 +20,12 @@ class LoadProgress:
     def __init__(self, log_interval: float = 5.0):
         self.log_interval = log_interval
         self._lock = threading.Lock()
-        self._stage = "starting"
+        self._stage = Stage.STARTING
         self._files: dict[str, dict] = {}  # insertion order is download order
         self._logged: dict[str, tuple[float, int]] = {}  # name -> when and at how many bytes
 
-    def set_stage(self, stage: str) -> None:
-        if stage not in STAGES:
+    def set_stage(self, stage: Stage) -> None:
+        if stage not in tuple(Stage):
             raise ValueError(f"unknown loading stage {stage!r}")
         with self._lock:
             self._stage = stage
@@ -35,7 +35,7 @@ class LoadProgress:
         """`name` ("<repo>/<file>") has `bytes_done` of `bytes_total` (None: unknown) on disk."""
         now = time.monotonic()
         with self._lock:
-            self._stage = "downloading"
+            self._stage = Stage.DOWNLOADING
             self._files[name] = {"name": name, "bytes_done": bytes_done, "bytes_total": bytes_total}
             logged_at, logged_bytes = self._logged.get(name, (None, None))
             finished = bytes_done == bytes_total

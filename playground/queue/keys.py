@@ -12,7 +12,7 @@
                                    tokens_done and "0", "1", … the newest preview JPEG of each image
     <prefix>:speed                 hash: worker id -> measured seconds per image (moving average)
     <prefix>:backends              set of the URLs of backends that announce themselves
-    <prefix>:backend:<url>         string with a TTL: that backend's last /health report (JSON)
+    <prefix>:backend:<url>         string with a TTL: that backend's announcement (JSON: url, status, model)
 
 A prefix lets several playgrounds share one Redis server.
 """

@@ -36,6 +36,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from PIL import Image
 
 from playground import pictures
+from playground.limits import IMAGE_TOKENS
+from playground.protocol import (
+    cancel_answer,
+    cancelled_event,
+    done_event,
+    error_event,
+    loading_report,
+    preview_event,
+    progress_event,
+    ready_report,
+    started_event,
+)
 
 # The seed the stand-in picks when a job asks for seed 0 ("any").
 PICKED_SEED = 5
@@ -72,8 +84,8 @@ class StandInBackend(ThreadingHTTPServer):
         self.release = threading.Event()  # ends a "hang"
         self.cancelled = threading.Event()  # set by /cancel
         self.cancelled_ids: set[str] = set()
-        self.loading = threading.Event()  # while set, /health says 503 "loading"
-        self.loading_details: dict = {}  # what that "loading" answer adds: stage, files
+        self.loading = threading.Event()  # while set, /health says 503, loading
+        self.loading_details: dict = {}  # what that loading answer adds: stage, files
 
     @property
     def url(self) -> str:
@@ -116,18 +128,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.server.loading.is_set():
-            return self._send("application/json", json.dumps(
-                {"status": "loading", "model": self.server.model, "error": None,
-                 **self.server.loading_details}).encode(), status=503)
-        self._send("application/json", json.dumps(
-            {"status": "ready", "model": self.server.model, "devices": [], "busy": False, "job_id": None}).encode())
+            report, status = loading_report(self.server.model, self.server.loading_details), 503
+        else:
+            report, status = ready_report(self.server.model), 200
+        self._send("application/json", json.dumps(report).encode(), status=status)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/cancel":
             self.server.cancelled_ids.add(body["job_id"])
             self.server.cancelled.set()
-            return self._send("application/json", b'{"cancelled": true}')
+            return self._send("application/json", json.dumps(cancel_answer(True)).encode())
         self.server.arrivals[body["job_id"].partition(".")[0]] = time.time()  # by queue id, not attempt
         if self.server.log_calls:
             print(f"generate {body['job_id']} {time.time():.6f}", flush=True)
@@ -135,10 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
         if body["text"] == "server error":
             return self._send("text/html", b"<h1>Internal Server Error</h1>", status=500)
         seed = body["seed"] or PICKED_SEED
-        started = {"event": "started", "seed": seed, "total_tokens": 256}
+        started = started_event(seed, IMAGE_TOKENS)
         if body["text"] == "oom":
-            lines = [started, {"event": "progress", "tokens_done": 30, "total_tokens": 256},
-                     {"event": "error", "error": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"}]
+            lines = [started, progress_event(30, IMAGE_TOKENS),
+                     error_event("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")]
         elif body["text"] == "garbage":
             lines = [started, "this is not json"]
         elif body["text"] == "not an event":
@@ -153,14 +164,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream_slowly(started, self._done(body, seed), steps=4, pause=self.server.step_secs,
                                        job_id=body["job_id"])
         else:
-            lines = [started, {"event": "progress", "tokens_done": 256, "total_tokens": 256}, self._done(body, seed)]
+            lines = [started, progress_event(IMAGE_TOKENS, IMAGE_TOKENS), self._done(body, seed)]
         data = b"".join((json.dumps(line) if isinstance(line, dict) else line).encode() + b"\n" for line in lines)
         self._send("application/x-ndjson", data)
 
     def _done(self, body: dict, seed: int) -> dict:
-        done = {"event": "done", "seed": seed, "model": self.server.model,
-                "params": {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
-                "images": [self.server.png_base64] * body["num_images"], "timings": {"total_secs": 0.0}}
+        done = done_event(seed=seed, model=self.server.model,
+                          params={"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0},
+                          images=[self.server.png_base64] * body["num_images"], timings={"total_secs": 0.0})
         if body.get("init_codes") is not None:  # a continuation: its start's grid, and each image's codes
             done.update(start={"source": "codes", "codes": body["init_codes"]},
                         codes=[pictures.pack_codes(range(pictures.SQUARE))] * body["num_images"])
@@ -177,11 +188,11 @@ class _Handler(BaseHTTPRequestHandler):
         for step in range(1, steps + 1):
             time.sleep(pause)
             if self.server.cancelled.is_set() if job_id is None else job_id in self.server.cancelled_ids:
-                self._chunk({"event": "cancelled"})
+                self._chunk(cancelled_event())
                 break
-            self._chunk({"event": "progress", "tokens_done": step * 256 // steps, "total_tokens": 256})
+            self._chunk(progress_event(step * IMAGE_TOKENS // steps, IMAGE_TOKENS))
         else:
-            self._chunk(ending or {"event": "error", "error": "the test should have cancelled this job"})
+            self._chunk(ending or error_event("the test should have cancelled this job"))
         self.wfile.write(b"0\r\n\r\n")
 
     def _previews(self, started: dict, num_images: int, ending: dict) -> None:
@@ -195,9 +206,8 @@ class _Handler(BaseHTTPRequestHandler):
         # The good one first: a bad one let through would replace it.
         for images in ([good] * num_images, ["not base64!"] * num_images, [huge] * num_images,
                        [good] * (num_images + 1)):
-            self._chunk({"event": "preview", "tokens_done": 128, "total_tokens": 256, "format": "jpeg",
-                         "width": 128, "height": 128, "images": images})
-        self._chunk({"event": "progress", "tokens_done": 128, "total_tokens": 256})
+            self._chunk(preview_event(IMAGE_TOKENS // 2, IMAGE_TOKENS, 128, 128, images))
+        self._chunk(progress_event(IMAGE_TOKENS // 2, IMAGE_TOKENS))
         self.server.release.wait(10)
         self._chunk(ending)
         self.wfile.write(b"0\r\n\r\n")
@@ -225,7 +235,7 @@ def main() -> None:
     if os.environ.get("REDIS_URL"):
         import redis
 
-        report = {"status": "ready", "model": server.model}
+        report = ready_report(server.model)
         Announcer(BackendRegistry(redis.Redis.from_url(os.environ["REDIS_URL"])), server.url, lambda: report).start()
     print(f"stand-in backend on {server.url}", flush=True)
     server.serve_forever()
