@@ -225,7 +225,7 @@ def test_a_bad_start_picture_fails_its_job_at_once_with_its_reason(backend, sche
                         "init_codes": pictures.pack_codes(range(pictures.SQUARE)),
                         "init_picture": base64.b64encode(start).decode()})
     after = queue.submit(job("fine"))
-    bad, after = wait_finished(queue, [bad.id, after.id])
+    bad, after = wait_finished(queue, [bad.id, after.id], tmp_path / "library")
     assert bad.status == "failed" and bad.attempts == 1 and reason in bad.error, bad.error
     assert bad.error.startswith("the start picture")
     assert after.status == "done"
@@ -239,7 +239,7 @@ def test_a_start_that_fits_its_grid_is_extended(backend, scheduler, redis_client
     done = queue.submit({**job("extend me"), "init_source": "codes", "keep_rows": 8, "extend": "down",
                          "init_codes": pictures.pack_codes(range(pictures.SQUARE)),
                          "init_picture": base64.b64encode(start).decode()})
-    [done] = wait_finished(queue, [done.id])
+    [done] = wait_finished(queue, [done.id], tmp_path / "library")
     assert done.status == "done", done.error
     [entry] = LibraryStore(tmp_path / "library").entries()
     taller = Image.open(tmp_path / "library" / entry["extended_images"][0].removeprefix("library/"))
