@@ -10,6 +10,7 @@ import { rowPicker } from "./rows.js";
 // A second click within this time makes a double-click (delete), not a view.
 const DOUBLE_CLICK_MS = 250;
 const VIEW_MAX_PX = 640; // the largest the view draws a picture
+const VIEW_ROOM_PX = 330; // the height the view needs besides the picture
 let viewer = null;
 // Each thumbnail's view, so the viewer can step to the one before or after it on the page.
 const views = new WeakMap();
@@ -51,7 +52,8 @@ function pictureDetails(entry, src) {
 // Small pictures (the demo model's 128 pixels) are drawn at a whole multiple of their size,
 // pixel for pixel, rather than blurred.
 function drawExact(image) {
-  const fit = Math.min(VIEW_MAX_PX, window.innerWidth * 0.8, window.innerHeight * 0.8);
+  // Room is left under it for the caption, what made it and the buttons.
+  const fit = Math.min(VIEW_MAX_PX, window.innerWidth * 0.8, window.innerHeight - VIEW_ROOM_PX);
   const factor = Math.max(1, Math.floor(fit / image.naturalWidth));
   image.style.width = `${image.naturalWidth * factor}px`;
   image.classList.add("exact");
