@@ -2,7 +2,7 @@
 soon a backend that announces itself gets its first job.
 
 Runs a real redis-server, the real scheduler (`python -m scheduler`, one worker) and, as its
-backend, the stand-in backend (playground/testing), which answers at once (two 256x256 PNGs
+backend, the stand-in backend (testkit), which answers at once (two 256x256 PNGs
 of noise per job), so every second measured is the scheduler's own: claiming,
 HTTP, decoding, writing the library (with fsync) and recording the result in Redis.
 Also times the JobQueue calls the frontend makes (submit, unfinished). Last, with the
@@ -32,7 +32,7 @@ from playground.backend_registry import Announcer, BackendRegistry
 from playground.protocol import BackendStatus, ready_report
 from playground.queue import JobQueue
 from playground.redis_server import RedisServer
-from playground.testing.standin_backend import StandInBackend
+from testkit.standin_backend import StandInBackend
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

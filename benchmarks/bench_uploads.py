@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_frontend import wait_until_up  # noqa: E402
 from frontend.config import Config  # noqa: E402
 from playground.redis_server import RedisServer, free_port  # noqa: E402
-from playground.testing import hostile_uploads  # noqa: E402
+from testkit import hostile_uploads  # noqa: E402
 
 def post(port: int, body: bytes, content_type: str) -> tuple[int, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)

@@ -34,7 +34,7 @@ from playground.queue import JobQueue
 from playground.queue.job import UUID_PATTERN, Job
 from playground.queue.keys import Keys
 from playground.redis_server import RedisServer, free_port
-from playground.testing.processes import ServiceProcess, scheduler_process
+from testkit.processes import ServiceProcess, scheduler_process
 from reliability.cluster import Accounting
 from reliability.scenario import ScenarioResult
 
@@ -282,7 +282,7 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
     for i in range(BACKENDS):
         port = free_port()
         backends.append(_Service(f"backend-{i + 1}", ServiceProcess(
-            "playground.testing.standin_backend", {"STANDIN_PORT": str(port), "STANDIN_STEP_SECS": str(STEP_SECS)},
+            "testkit.standin_backend", {"STANDIN_PORT": str(port), "STANDIN_STEP_SECS": str(STEP_SECS)},
             logs / f"backend-{i + 1}.log", url=f"http://127.0.0.1:{port}")))
     env = {"SCHEDULER_HEARTBEAT_TTL": str(HEARTBEAT_TTL), "SCHEDULER_STALL_TIMEOUT": str(STALL_TIMEOUT)}
     schedulers = [_Service(f"scheduler-{name}", scheduler_process(

@@ -1,6 +1,6 @@
 """The real local stack under test, with the means to break it and to count what it did.
 
-`Cluster` is the whole stack (playground.testing's `Stack`) as the suite runs it: Redis with
+`Cluster` is the whole stack (testkit's `Stack`) as the suite runs it: Redis with
 append-only persistence, the library on a small tmpfs of its own when mounting is permitted,
 short frontend deadlines. `Client` is the HTTP client every scenario uses: it records each
 answer's status and latency so that 5xx answers and latencies are counted, never guessed.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from playground.testing.stack import Stack
+from testkit.stack import Stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ import redis
 
 from playground import pictures
 from playground.queue import JobQueue
-from playground.testing import hostile_uploads
+from testkit import hostile_uploads
 from reliability.cluster import (
     Client,
     Cluster,

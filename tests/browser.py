@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from playground.library import LibraryStore
-from playground.testing.stack import Stack
+from testkit.stack import Stack
 
 DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}

@@ -43,7 +43,7 @@ def fake_hub(model_cache_dir):
     """A real HTTP server speaking the hub's file API, serving the tiny model's files as mini's,
     mega's and the VQGAN's repositories (pass `fake_hub.url` as the endpoint)."""
     from backend.engine import models
-    from playground.testing.fake_hub import FakeHub
+    from testkit.fake_hub import FakeHub
 
     tiny = models.ensure_tiny_model(model_cache_dir)
     repos = {"dalle-mini/dalle-mini": tiny, "dalle-mini/dalle-mega": tiny, models.VQGAN_REPO: tiny / "vqgan"}

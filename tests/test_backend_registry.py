@@ -15,8 +15,8 @@ from playground.backend_registry import Announcer, BackendRegistry
 from playground.protocol import loading_report, ready_report
 from playground.queue import JobQueue
 from playground.redis_server import RedisServer
-from playground.testing.processes import REPO_ROOT, backend_process, scheduler_process
-from playground.testing.standin_backend import StandInBackend
+from testkit.processes import REPO_ROOT, backend_process, scheduler_process
+from testkit.standin_backend import StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
 from scheduler.worker import worker_id_for

@@ -17,7 +17,7 @@ from backend.app import create_app
 from backend.config import Config
 from backend.png import read_png_metadata
 from playground import pictures
-from playground.testing import hostile_uploads
+from testkit import hostile_uploads
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +302,7 @@ def test_one_job_at_a_time_and_cancel(client):
 def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, model_cache_dir):
     import requests
 
-    from playground.testing.processes import backend_process
+    from testkit.processes import backend_process
 
     backend = backend_process(tmp_path, model_cache_dir, extra_env={
         "BACKEND_WARMUP_BATCH_SIZES": "2", "BACKEND_PROGRESS_INTERVAL": "0.05"}).start()

@@ -9,7 +9,7 @@ import pytest
 import requests
 from PIL import Image
 
-from playground.testing.stack import Stack
+from testkit.stack import Stack
 
 pytestmark = pytest.mark.timeout(600)
 PROMPT = "a blue square in the top right on a gray background"

@@ -89,7 +89,7 @@ def test_clip_model_choices(tmp_path):
 def test_a_hub_clip_is_downloaded_into_the_cache_like_the_models(tmp_path):
     from backend.engine import models
     from backend.engine.progress import LoadProgress
-    from playground.testing.fake_hub import FakeHub
+    from testkit.fake_hub import FakeHub
 
     with FakeHub({"openai/clip-vit-base-patch32": TINY}) as hub:
         progress = LoadProgress()

@@ -21,7 +21,7 @@ from frontend.config import Config
 from frontend.threaded import serving
 from playground.library import STAGING_DIR, LibraryStore
 from playground.queue import JobQueue
-from playground.testing.standin_backend import solid_png
+from testkit.standin_backend import solid_png
 from scheduler.worker import _LibraryAttempt
 from scheduler.worker_queue import WorkerQueue
 

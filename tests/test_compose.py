@@ -621,7 +621,7 @@ DATA_DIR_VARIABLE = {"backend": "MODEL_CACHE_DIR", "scheduler": "LIBRARY_DIR", "
 
 def packages_imported_by(package: str) -> set[str]:
     """`package` and every one of ours that its modules import, followed through them (the
-    tests' helpers in playground/testing are in no image, and no service imports them)."""
+    tests' helpers in testkit are in no image, and no service imports them)."""
     found, todo = set(), [package]
     while todo:
         name = todo.pop()
@@ -810,7 +810,7 @@ def test_dockerignore_keeps_secrets_data_and_tooling_out_of_the_build_context():
              if line.strip() and not line.lstrip().startswith("#")]
     for path in (".venv/bin/python", ".git/HEAD", "library/library.json", "cache/models/x.msgpack",
                  ".env", "tests/test_compose.py", "backend/__pycache__/app.cpython-311.pyc",
-                 "data/redis/appendonly.aof", "playground/testing/stack.py", "docs/docker.md"):
+                 "data/redis/appendonly.aof", "testkit/stack.py", "docs/docker.md"):
         assert dockerignore_excludes(path, rules), f"{path} would be sent to the Docker build"
     needed = ["backend/__main__.py", "backend/engine/__init__.py", "scheduler/__init__.py",
               "frontend/static/index.html", "playground/settings.py", "playground/container_entrypoint.py"]

@@ -24,7 +24,7 @@ import requests
 from backend.healthcheck import check, describe_loading
 from playground.protocol import BackendStatus, Stage, loading_report
 from playground.redis_server import free_port
-from playground.testing.processes import REPO_ROOT, ServiceProcess, backend_process, run_as_prefix
+from testkit.processes import REPO_ROOT, ServiceProcess, backend_process, run_as_prefix
 from playground.writable import not_writable_message
 
 NOBODY = 65534

@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 from playground import pictures
-from playground.testing.stack import Stack
+from testkit.stack import Stack
 from training import shapes_dataset
 from training.patch_codes import PatchCodebook
 

@@ -1,5 +1,5 @@
 """Published models' downloads, end to end against a real HTTP server speaking the hub's file
-API (playground.testing.fake_hub, serving the tiny model's files): progress, cut and killed
+API (testkit.fake_hub, serving the tiny model's files): progress, cut and killed
 transfers that resume, servers that ignore Range, corrupt partial files, two downloaders on one
 cache, the hub client's own cache (`hf download`), and what a user reads when it fails."""
 from __future__ import annotations

@@ -13,8 +13,8 @@ from filelock import FileLock
 from playground import library as library_module
 from playground.library import LibraryStore
 from playground.queue import JobQueue
-from playground.testing.processes import scheduler_process
-from playground.testing.standin_backend import StandInBackend, solid_png
+from testkit.processes import scheduler_process
+from testkit.standin_backend import StandInBackend, solid_png
 from scheduler.worker_queue import WorkerQueue
 
 PNG = solid_png()

@@ -22,7 +22,7 @@ from frontend.threaded import serving
 from playground import pictures
 from playground.library import LibraryStore
 from playground.queue import JobQueue
-from playground.testing import hostile_uploads
+from testkit import hostile_uploads
 
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None, database=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

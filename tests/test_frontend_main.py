@@ -50,7 +50,7 @@ def test_python_m_frontend_serves_then_stops_cleanly(redis_url, tmp_path, stop_s
 
 def test_health_checks_are_not_logged_at_info_but_other_requests_are(redis_url, tmp_path):
     """Docker asks /health every 15 s: at INFO that would be most of the log."""
-    from playground.testing.processes import frontend_process
+    from testkit.processes import frontend_process
 
     frontend = frontend_process(tmp_path, redis_url, tmp_path / "library", extra_env={"LOG_LEVEL": "INFO"}).start()
     try:

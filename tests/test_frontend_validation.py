@@ -16,7 +16,7 @@ from frontend.threaded import serving
 from frontend.validation import ValidationError, validate_prompt
 from playground import pictures
 from playground.queue import JobQueue
-from playground.testing import hostile_uploads
+from testkit import hostile_uploads
 
 GOOD = {"text": "a squirrel", "num_images": "6", "seed": 12345}
 MAX_UPLOAD = 64 * 1024  # the servers' below: POST /prompt bodies up to 128 KiB are read

@@ -17,7 +17,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from browser import submit_prompt
-from playground.testing.stack import Stack
+from testkit.stack import Stack
 
 pytestmark = pytest.mark.timeout(300)
 CHUNK_DELAY_SECS = "0.15"  # 32 chunks: about 5 s per job

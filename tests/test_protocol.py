@@ -20,7 +20,7 @@ from playground.protocol import (
     stopped_event,
 )
 from playground.protocol.health import MAX_LOADING_FILES, MAX_NAME_CHARS
-from playground.testing.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 
 def documented_protocol() -> str:

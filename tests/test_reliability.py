@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from playground.testing import hostile_uploads
+from testkit import hostile_uploads
 from reliability.chaos import CHECK_AFTER_CANCEL, CHECK_AFTER_END, CHECK_VISIBLE, STORING_PAUSE
 from reliability.report import FINDINGS, render
 from reliability.suite import NAMES, run_suite

@@ -13,7 +13,7 @@ from frontend.threaded import serving
 from frontend.validation import ValidationError, route_model
 from playground.protocol import BackendStatus
 from playground.queue import JobQueue
-from playground.testing.standin_backend import StandInBackend
+from testkit.standin_backend import StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
 from scheduler.worker_queue import WorkerQueue

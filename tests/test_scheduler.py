@@ -13,7 +13,7 @@ from PIL import Image
 
 from playground.library import LibraryStore
 from playground.queue import JobQueue
-from playground.testing.processes import ServiceProcess, backend_process, scheduler_process
+from testkit.processes import ServiceProcess, backend_process, scheduler_process
 from settled import ended
 
 pytestmark = pytest.mark.timeout(600)

@@ -16,8 +16,8 @@ from playground.library import LibraryStore
 from playground.protocol import Stage
 from settled import ended
 from playground.queue import JobQueue
-from playground.testing import hostile_uploads
-from playground.testing.standin_backend import PICKED_SEED, PREVIEW_JPEG, StandInBackend
+from testkit import hostile_uploads
+from testkit.standin_backend import PICKED_SEED, PREVIEW_JPEG, StandInBackend
 from scheduler.config import Config
 from scheduler.service import Scheduler
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from browser import DOCS_SCREENSHOTS, save_screenshots, submit_prompt
-from playground.testing.stack import Stack
+from testkit.stack import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 

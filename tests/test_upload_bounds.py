@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from playground.testing.hostile_uploads import AT_ONCE, PEAK_MEMORY_MIB
+from testkit.hostile_uploads import AT_ONCE, PEAK_MEMORY_MIB
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWEST_BODY_CPU_SECS = 1.0

@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 
 from playground.redis_server import RedisServer
-from playground.testing.processes import ServiceProcess, backend_process, frontend_process, scheduler_process
+from testkit.processes import ServiceProcess, backend_process, frontend_process, scheduler_process
 
 
 class Stack:

@@ -20,7 +20,7 @@ cannot produce on demand:
     with StandInBackend() as backend:
         Config(backend_urls=(backend.url,), ...)
 
-`python -m playground.testing.standin_backend` runs one as a process (STANDIN_PORT,
+`python -m testkit.standin_backend` runs one as a process (STANDIN_PORT,
 STANDIN_MODEL, STANDIN_STEP_SECS), for tests that kill or pause backends; it logs each job it
 is sent ("generate <job_id> <unix time>") and announces itself in Redis when REDIS_URL is set.
 """
