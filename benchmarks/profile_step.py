@@ -106,12 +106,11 @@ def profile(engine, images: int, position: int) -> dict:
     blocks = engine.cache_blocks
     cache = [tuple((k + 1e-3, v + 1e-3) for k, v in layer)  # real arrays, not broadcast zeros
              for layer in dallebart.empty_cache(config, images, engine.cache_dtype, blocks)]
-    queries = jnp.asarray(rng.standard_normal((images, 2, 1, heads, head_size), np.float32))  # (B, 2, 1, H, hd)
+    queries = jnp.asarray(rng.standard_normal((rows, 1, heads, head_size), np.float32))  # (2B, 1, H, hd)
     block_size = config.image_length // blocks
     per_block = []
     for last in range(blocks):
-        # Each block read through the [B, 2, ...] view, as the step reads it.
-        read = [[(dallebart._images(k), dallebart._images(v)) for k, v in layer[:last + 1]] for layer in cache]
+        read = [layer[:last + 1] for layer in cache]
         bias = dallebart._mask_bias(jnp.arange((last + 1) * block_size) <= last * block_size + block_size // 2)
         self_attention = chained(lambda queries, layer, bias=bias: attention(queries, layer, bias))
         per_block.append(fastest(self_attention, read, queries))
@@ -173,7 +172,6 @@ def attention_formulations(engine, images: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from backend.engine import dallebart
     from backend.engine.attention import attention
 
     config = engine.config
@@ -187,8 +185,7 @@ def attention_formulations(engine, images: int) -> dict:
     eye = jnp.eye(heads, dtype=jnp.float32)
 
     def batched(q, k, v):  # the engine's own, one block: products with a (row, head) batch axis
-        by_image = q.reshape(-1, 2, 1, heads, size)  # (B, 2, 1, H, hd)
-        return attention(by_image, [(dallebart._images(k), dallebart._images(v))], bias).reshape(q.shape)
+        return attention(q[:, None], [(k, v)], bias)[:, 0]  # q (2B, 1, H, hd)
 
     def multiply_sum(q, k, v):  # one loop fusion each, no product
         weights = jax.nn.softmax((q[:, :, None] * k).sum(-1) + bias, axis=-1)
@@ -221,8 +218,8 @@ def attention_formulations(engine, images: int) -> dict:
             ("batched products (the engine)", batched, layers), ("multiply and sum", multiply_sum, layers),
             ("cache as the left operand", keys_left, layers), ("two query rows a product", two_queries, layers),
             ("all heads of a row in one product", all_heads, layers), ("rows in two separate arrays", split_rows, halves)):
-        attention = chained(lambda q, layer, formulation=formulation: formulation(q, *layer))
-        report[name] = 1e3 * fastest(attention, inputs, queries, runs=5)
+        timed = chained(lambda q, layer, formulation=formulation: formulation(q, *layer))
+        report[name] = 1e3 * fastest(timed, inputs, queries, runs=5)
     return report
 
 

@@ -10,25 +10,27 @@ import jax.numpy as jnp
 def attention(queries, blocks, bias):
     """softmax(queries · keys / sqrt(head size) + bias) · values.
 
-    queries [..., Q, H, hd]; blocks: (keys, values) pairs [..., H, K_i, hd] holding consecutive
+    queries [R, Q, H, hd]; blocks: (keys, values) pairs [R_k, H, K_i, hd] holding consecutive
     key positions, heads before positions as the products read them. Most callers give one
     pair; the decoding step gives its cache's blocks, separate arrays, so that it reads only
-    the blocks filled so far. Leading axes broadcast (the decoder's image rows [B, 2, ...] read
-    the two encoder rows' keys [2, ...] without copying them per image). bias broadcasts to
-    the scores [..., H, Q, K]: 0 where a key counts, very negative where it does not.
+    the blocks filled so far. Query row r reads key row r mod R_k: R_k is R, or 2 where the
+    decoder's rows (each image's conditional and unconditional row, next to each other) read
+    the two encoder rows' keys, which are thus never copied per image. bias broadcasts to the
+    scores [R / R_k, R_k, H, Q, K]: 0 where a key counts, very negative where it does not.
 
     The products take the queries in the keys' dtype and the weights in the values' (the
     stored dtype: half precision for Mega) and accumulate in float32; scores and softmax are
-    float32. Returns [..., Q, H, hd] float32.
+    float32. Returns [R, Q, H, hd] float32.
     """
-    dtype = blocks[0][0].dtype
-    queries = (queries * queries.shape[-1] ** -0.5).astype(dtype)
-    scores = jnp.concatenate([jnp.einsum("...qhd,...hkd->...hqk", queries, keys, preferred_element_type=jnp.float32)
-                              for keys, _ in blocks], axis=-1)  # (..., H, Q, K)
+    keys_dtype, key_rows = blocks[0][0].dtype, blocks[0][0].shape[0]
+    grouped = queries.reshape((-1, key_rows) + queries.shape[1:])  # (R / R_k, R_k, Q, H, hd)
+    grouped = (grouped * queries.shape[-1] ** -0.5).astype(keys_dtype)
+    scores = jnp.concatenate([jnp.einsum("grqhd,rhkd->grhqk", grouped, keys, preferred_element_type=jnp.float32)
+                              for keys, _ in blocks], axis=-1)  # (R / R_k, R_k, H, Q, K)
     weights = jax.nn.softmax(scores + bias, axis=-1)
     attended, start = [], 0
     for _, values in blocks:
         part = weights[..., start:start + values.shape[-2]].astype(values.dtype)
-        attended.append(jnp.einsum("...hqk,...hkd->...qhd", part, values, preferred_element_type=jnp.float32))
+        attended.append(jnp.einsum("grhqk,rhkd->grqhd", part, values, preferred_element_type=jnp.float32))
         start += values.shape[-2]
-    return sum(attended[1:], attended[0])
+    return sum(attended[1:], attended[0]).reshape(queries.shape)  # (R, Q, H, hd)

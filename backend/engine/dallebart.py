@@ -9,13 +9,13 @@ callers, which differ only in where the self-attention's keys and values go:
 
 * `decode_step`, the fast path: one position for every row, its keys and values written into
   the cache and the cache attended to; the cross-attention keys/values are computed once per
-  prompt (`cross_attention_kv`). Rows are laid out [B, 2, ...] (image,
-  conditional/unconditional), so the two encoder rows are never copied per image. Layers are
-  unrolled, each with its own cache arrays, which the decoding loop updates in place. The
-  cache keeps each image's two rows next to each other on one axis ([2B, H, T, hd]): with a
-  separate axis of size B, one image's cache has a unit axis that keeps XLA from updating it
-  in place (it copied every layer's cache at every step); the attention reads it through a
-  [B, 2, ...] view. The positions may be split into blocks, separate arrays, so that a step
+  prompt (`cross_attention_kv`). Each image has two rows, conditional and unconditional, next
+  to each other on one axis (2b and 2b + 1), read against the two encoder rows' keys without
+  copying those per image. Layers are unrolled, each with its own cache arrays ([2B, H, T,
+  hd]), which the decoding loop updates in place: with a separate axis of size B, one image's
+  cache has a unit axis that keeps XLA from updating it in place, and reading the cache
+  through a [B, 2, ...] view made XLA copy it too (every layer's cache at every step). The
+  positions may be split into blocks, separate arrays, so that a step
   reads only the blocks filled so far (a CPU's step is bound by these reads; XLA copies a
   slice of one array before a product, so a slice would not save them).
 * `prefill_cache`: the kept positions of a continuation in one causal pass, their keys and
@@ -297,10 +297,10 @@ def _keys_values(attn, x, heads: int):
 
 
 def _attention_block(attn, x, blocks, bias, post_norm, heads: int):
-    """Attention from x [..., Q, D] (already normed) over blocks of keys and values, projected
+    """Attention from x [R, Q, D] (already normed) over blocks of keys and values, projected
     out and normed: what a residual block adds to its input."""
-    attended = attention(_project_heads(x, attn["q"], heads), blocks, bias)  # (..., Q, H, hd)
-    merged = attended.reshape(attended.shape[:-2] + (-1,))  # (..., Q, D)
+    attended = attention(_project_heads(x, attn["q"], heads), blocks, bias)  # (R, Q, H, hd)
+    merged = attended.reshape(attended.shape[:-2] + (-1,))  # (R, Q, D)
     return _layer_norm(_dense(merged, attn["out"]), post_norm)
 
 
@@ -325,16 +325,6 @@ def _text_bias(attention_mask):
     return _mask_bias(attention_mask > 0)[:, None, None, :]
 
 
-def _rows(x):
-    """[B, 2, ...] → [2B, ...]: each image's conditional and unconditional row, as the cache holds them."""
-    return x.reshape((-1,) + x.shape[2:])
-
-
-def _images(x):
-    """[2B, ...] → [B, 2, ...], the inverse of `_rows` (a view: no copy)."""
-    return x.reshape((-1, 2) + x.shape[1:])
-
-
 # ---------------------------------------------------------------- encoder
 # All functions below take the `unstack_layers` layout.
 
@@ -357,12 +347,13 @@ def encode(params, config: DalleBartConfig, input_ids, attention_mask):
 
 
 def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: int):
-    """One decoder layer on x [..., Q, D] at `positions` [Q]: causal self-attention,
+    """One decoder layer on rows x [R, Q, D] at `positions` [Q]: causal self-attention,
     cross-attention to the text, then the GLU, each a residual block.
 
-    remember(keys, values) takes the layer's new self-attention keys and values [..., H, Q, hd]
+    remember(keys, values) takes the layer's new self-attention keys and values [R, H, Q, hd]
     and returns the blocks to attend to (key positions 0, 1, …) and what the caller keeps of
-    them; the layer returns x and that. cross_kv: the text's keys and values [..., H, S, hd].
+    them; the layer returns x and that. cross_kv: the text's keys and values [R or 2, H, S, hd]
+    (see `attention.attention` for 2).
     """
     hidden = _layer_norm(x, layer["pre_self_attn_norm"])
     blocks, kept = remember(*_keys_values(layer["self_attn"], hidden, heads))
@@ -375,10 +366,10 @@ def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: i
 
 
 def _decoder(params, config: DalleBartConfig, tokens, positions, remembers, cross_kv, encoder_mask):
-    """The decoder on tokens [..., Q] at `positions` [Q], layer i's self-attention keys and
-    values through remembers[i] → logits [..., Q, V] and what each layer's remember kept."""
+    """The decoder on rows of tokens [R, Q] at `positions` [Q], layer i's self-attention keys
+    and values through remembers[i] → logits [R, Q, V] and what each layer's remember kept."""
     decoder = params["decoder"]
-    x = _embed(decoder, tokens, positions)  # (..., Q, D)
+    x = _embed(decoder, tokens, positions)  # (R, Q, D)
     cross_bias = _text_bias(encoder_mask)
     kept = []
     for layer, remember, layer_cross_kv in zip(decoder["layers"], remembers, cross_kv):
@@ -428,14 +419,15 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
     `cross_attention_kv` on the two encoder rows (conditional, unconditional), encoder_mask
     [2, S]. Returns logits [B, 2, V] and the blocks given, updated.
     """
-    def remember(blocks, keys, values):  # (B, 2, H, 1, hd) each
-        written = write_position(blocks, _rows(keys), _rows(values), position, first_written)
-        return [(_images(k), _images(v)) for k, v in written], written
+    def remember(blocks, keys, values):  # (2B, H, 1, hd) each
+        written = write_position(blocks, keys, values, position, first_written)
+        return written, written
 
     remembers = [functools.partial(remember, blocks) for blocks in cache]
-    logits, new_cache = _decoder(params, config, tokens[..., None], jnp.reshape(position, (1,)), remembers,
-                                 cross_kv, encoder_mask)
-    return logits[:, :, 0], new_cache
+    rows = tokens.reshape(-1, 1)  # (2B, 1): image b's rows are 2b and 2b + 1, as in the cache
+    logits, new_cache = _decoder(params, config, rows, jnp.reshape(position, (1,)), remembers, cross_kv,
+                                 encoder_mask)
+    return logits.reshape(tokens.shape + (-1,)), new_cache  # (B, 2, V)
 
 
 def write_position(blocks, keys, values, position, first_written: int = 0):
@@ -469,15 +461,14 @@ def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, enco
     """
     dtype = cache[0][0][0].dtype
 
-    def remember(blocks, keys, values):  # (B, 2, H, Q, hd) each
+    def remember(blocks, keys, values):  # (2B, H, Q, hd) each
         # Cast as the cache holds them, so later positions attend to exactly these values.
         keys, values = keys.astype(dtype), values.astype(dtype)
-        return [(keys, values)], _fill_blocks(blocks, _rows(keys), _rows(values))
+        return [(keys, values)], _fill_blocks(blocks, keys, values)
 
-    batch, length = tokens.shape
-    both_rows = jnp.broadcast_to(tokens[:, None], (batch, 2, length))  # (B, 2, Q)
+    rows = jnp.repeat(tokens, 2, axis=0)  # (2B, Q): the same inputs for both rows of an image
     remembers = [functools.partial(remember, blocks) for blocks in cache]
-    _, new_cache = _decoder(params, config, both_rows, jnp.arange(length), remembers, cross_kv, encoder_mask)
+    _, new_cache = _decoder(params, config, rows, jnp.arange(tokens.shape[1]), remembers, cross_kv, encoder_mask)
     return new_cache
 
 
