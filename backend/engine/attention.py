@@ -23,14 +23,17 @@ def attention(queries, blocks, bias):
     float32. Returns [R, Q, H, hd] float32.
     """
     keys_dtype, key_rows = blocks[0][0].dtype, blocks[0][0].shape[0]
-    grouped = queries.reshape((-1, key_rows) + queries.shape[1:])  # (R / R_k, R_k, Q, H, hd)
-    grouped = (grouped * queries.shape[-1] ** -0.5).astype(keys_dtype)
-    scores = jnp.concatenate([jnp.einsum("grqhd,rhkd->grhqk", grouped, keys, preferred_element_type=jnp.float32)
-                              for keys, _ in blocks], axis=-1)  # (R / R_k, R_k, H, Q, K)
+    heads_first = queries.swapaxes(1, 2)  # (R, H, Q, hd)
+    if key_rows != queries.shape[0]:  # grouped only then: a unit axis makes XLA's CPU products slower
+        heads_first = heads_first.reshape((-1, key_rows) + heads_first.shape[1:])  # (R / R_k, R_k, H, Q, hd)
+    heads_first = (heads_first * queries.shape[-1] ** -0.5).astype(keys_dtype)
+    scores = jnp.concatenate([jnp.einsum("...hqd,...hkd->...hqk", heads_first, keys, preferred_element_type=jnp.float32)
+                              for keys, _ in blocks], axis=-1)  # (..., H, Q, K)
     weights = jax.nn.softmax(scores + bias, axis=-1)
     attended, start = [], 0
     for _, values in blocks:
         part = weights[..., start:start + values.shape[-2]].astype(values.dtype)
-        attended.append(jnp.einsum("grhqk,rhkd->grqhd", part, values, preferred_element_type=jnp.float32))
+        attended.append(jnp.einsum("...hqk,...hkd->...hqd", part, values, preferred_element_type=jnp.float32))
         start += values.shape[-2]
-    return sum(attended[1:], attended[0]).reshape(queries.shape)  # (R, Q, H, hd)
+    attended = sum(attended[1:], attended[0]).reshape(queries.shape[:1] + heads_first.shape[-3:])  # (R, H, Q, hd)
+    return attended.swapaxes(1, 2)  # (R, Q, H, hd)
