@@ -22,7 +22,7 @@ from backend.generate_request import BadRequest, parse_generate_body
 from backend.generation_run import GenerationRun
 from backend.model_holder import ModelHolder
 from playground.backend_registry import Announcer, BackendRegistry
-from playground.limits import MAX_CANDIDATES, random_seed
+from playground.limits import random_seed
 from playground.protocol import (
     STOPPING,
     BackendStatus,
@@ -48,11 +48,7 @@ def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
         engine.preview_every = config.preview_every_tokens
         progress.set_stage(Stage.COMPILING)
         engine.warm_up(config.warm_up_batch_sizes)
-        engine.clip = load_ranker(config, engine, progress)
-        if engine.clip is not None and getattr(engine, "on_accelerator", False):
-            # Best of N: up to 16 candidates share one 16-row program there (9 … 16 images),
-            # compiled now so the first ranked job does not wait for it.
-            engine.warm_up((MAX_CANDIDATES,))
+        engine.rank_with(load_ranker(config, engine, progress))
         return engine
 
     return load

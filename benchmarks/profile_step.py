@@ -74,6 +74,7 @@ def profile(engine, images: int, position: int) -> dict:
     import jax.numpy as jnp
 
     from backend.engine import GenerationRequest, dallebart
+    from backend.engine.attention import attention
     from backend.engine.generator import _sample
 
     config, params = engine.config, engine.params
@@ -105,14 +106,14 @@ def profile(engine, images: int, position: int) -> dict:
     blocks = engine.cache_blocks
     cache = [tuple((k + 1e-3, v + 1e-3) for k, v in layer)  # real arrays, not broadcast zeros
              for layer in dallebart.empty_cache(config, images, engine.cache_dtype, blocks)]
-    queries = jnp.asarray(rng.standard_normal((images, 2, heads, head_size), np.float32))
+    queries = jnp.asarray(rng.standard_normal((rows, 1, heads, head_size), np.float32))  # (2B, 1, H, hd)
     block_size = config.image_length // blocks
     per_block = []
     for last in range(blocks):
         read = [layer[:last + 1] for layer in cache]
         bias = dallebart._mask_bias(jnp.arange((last + 1) * block_size) <= last * block_size + block_size // 2)
-        attention = chained(lambda queries, layer, bias=bias: dallebart.attend_cache(queries, layer, bias))
-        per_block.append(fastest(attention, read, queries))
+        self_attention = chained(lambda queries, layer, bias=bias: attention(queries, layer, bias))
+        per_block.append(fastest(self_attention, read, queries))
     report["self_attention_ms"] = 1e3 * sum(per_block) / blocks
     report["self_attention_all_positions_ms"] = 1e3 * per_block[-1]
     arrays = [a for layer in cache for pair in layer for a in pair]
@@ -125,7 +126,7 @@ def profile(engine, images: int, position: int) -> dict:
                 for layer in cache]
 
     update = jax.jit(cache_update, donate_argnums=0, static_argnums=2)
-    new = queries.reshape(rows, heads, 1, head_size).astype(engine.cache_dtype)
+    new = queries.reshape(rows, heads, 1, head_size).astype(engine.cache_dtype)  # (2B, H, 1, hd)
     cache = update(cache, new, position)  # compiles; the cache is donated from here on
     times = []
     for _ in range(7):
@@ -137,8 +138,8 @@ def profile(engine, images: int, position: int) -> dict:
 
     text_ids, text_mask = (jnp.asarray(a) for a in engine.encode_text(request.text))
     cross_kv = dallebart.cross_attention_kv(params, config, dallebart.encode(params, config, text_ids, text_mask))
-    cross_bias = dallebart._mask_bias(text_mask > 0)[:, None, :]
-    cross_attention = chained(lambda queries, layer: dallebart.attend_text(queries, *layer, cross_bias))
+    cross_bias = dallebart._text_bias(text_mask)
+    cross_attention = chained(lambda queries, layer: attention(queries, [layer], cross_bias))
     report["cross_attention_ms"] = 1e3 * fastest(cross_attention, cross_kv, queries)
 
     def elementwise(layers, x, wide):
@@ -171,7 +172,7 @@ def attention_formulations(engine, images: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from backend.engine import dallebart
+    from backend.engine.attention import attention
 
     config = engine.config
     heads = config.decoder_attention_heads
@@ -184,7 +185,7 @@ def attention_formulations(engine, images: int) -> dict:
     eye = jnp.eye(heads, dtype=jnp.float32)
 
     def batched(q, k, v):  # the engine's own, one block: products with a (row, head) batch axis
-        return dallebart.attend_cache(q.reshape(-1, 2, heads, size), ((k, v),), bias).reshape(q.shape)
+        return attention(q[:, None], [(k, v)], bias)[:, 0]  # q (2B, 1, H, hd)
 
     def multiply_sum(q, k, v):  # one loop fusion each, no product
         weights = jax.nn.softmax((q[:, :, None] * k).sum(-1) + bias, axis=-1)
@@ -217,8 +218,8 @@ def attention_formulations(engine, images: int) -> dict:
             ("batched products (the engine)", batched, layers), ("multiply and sum", multiply_sum, layers),
             ("cache as the left operand", keys_left, layers), ("two query rows a product", two_queries, layers),
             ("all heads of a row in one product", all_heads, layers), ("rows in two separate arrays", split_rows, halves)):
-        attention = chained(lambda q, layer, formulation=formulation: formulation(q, *layer))
-        report[name] = 1e3 * fastest(attention, inputs, queries, runs=5)
+        timed = chained(lambda q, layer, formulation=formulation: formulation(q, *layer))
+        report[name] = 1e3 * fastest(timed, inputs, queries, runs=5)
     return report
 
 

@@ -118,7 +118,7 @@ class Api:
         else:
             body = parse_json_object(request.body)
         served = self._served_models()
-        params = validate_prompt(body, max(filter(None, served.values()), default=IMAGE_CODES))
+        params = validate_prompt(body)
         params["model"] = route_model(params["model"], served, self.config.default_model)
         image_codes = served.get(params["model"]) or IMAGE_CODES  # the chosen model's codebook
         if params["top_k"] is not None and params["top_k"] > image_codes:

@@ -135,7 +135,7 @@ def test_the_report_has_every_scenario_and_figure(suite):
         assert f"| {name} |" in text
     assert "p99 ms" in text and "## Findings" in text and "How to rerun" in text
     # The report is written for the repository: no path of this machine in it.
-    assert "/tmp/" not in text and str(suite.results[0].name) in text
+    assert "/tmp/" not in text
 
 
 def test_finding_1_redis_loss_mid_job_recovers_the_job(suite):

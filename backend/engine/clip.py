@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint
+from .attention import attention
 
 # CLIP's image statistics (transformers' OPENAI_CLIP_MEAN / STD, CLIPImageProcessor's default).
 IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -195,14 +196,12 @@ def _encoder(tower_params, tower: TowerConfig, x, bias):
         layer = tower_params["encoder"]["layers"][str(i)]
         attn = layer["self_attn"]
         hidden = _layer_norm(x, layer["layer_norm1"], eps)
-        split = lambda y: y.reshape(y.shape[:-1] + (heads, -1))  # noqa: E731
+        split = lambda y: y.reshape(y.shape[:-1] + (heads, -1))  # noqa: E731  (N, S, H, hd)
         queries = split(_dense(hidden, attn["q_proj"]))
-        queries = queries * queries.shape[-1] ** -0.5
-        keys, values = split(_dense(hidden, attn["k_proj"])), split(_dense(hidden, attn["v_proj"]))
-        scores = jnp.einsum("nqhd,nkhd->nhqk", queries, keys) + bias
-        weights = jax.nn.softmax(scores, axis=-1)
-        attended = jnp.einsum("nhqk,nkhd->nqhd", weights, values)
-        x = x + _dense(attended.reshape(attended.shape[:-2] + (-1,)), attn["out_proj"])
+        keys, values = (split(_dense(hidden, attn[name])).swapaxes(1, 2)  # (N, H, S, hd)
+                        for name in ("k_proj", "v_proj"))
+        attended = attention(queries, [(keys, values)], bias)  # (N, S, H, hd)
+        x = x + _dense(attended.reshape(attended.shape[:-2] + (-1,)), attn["out_proj"])  # (N, S, D)
         hidden = _layer_norm(x, layer["layer_norm2"], eps)
         x = x + _dense(_activation(_dense(hidden, layer["mlp"]["fc1"]), tower.hidden_act), layer["mlp"]["fc2"])
     return x

@@ -2,19 +2,26 @@
 
 Parameters are the nested dict of the official `flax_model.msgpack` (scanned layout: every
 layer weight is stacked on a leading axis of size L), so a published checkpoint is used as
-is once `unstack_layers` has split the stacks into per-layer views. Two decoder paths exist:
+is once `unstack_layers` has split the stacks into per-layer views.
 
-* `decode_step`, the fast path: one token for every row, with a key/value cache for
-  self-attention and cross-attention keys/values computed once per prompt. Rows are laid
-  out [B, 2, ...] (image, conditional/unconditional), so the two encoder rows are never
-  copied per image. Layers are unrolled, each with its own cache arrays, which the
-  decoding loop updates in place. The cache keeps each image's two rows next to each other on
-  one axis ([2B, H, T, hd]): with a separate axis of size B, one image's cache has a unit axis
-  that keeps XLA from updating it in place (it copied every layer's cache at every step).
-  The positions may be split into blocks, separate arrays, so that a step reads only the
-  blocks filled so far (a CPU's step is bound by these reads; XLA copies a slice of one array
-  before a product, so a slice would not save them).
-* `decode_full`, the plain full-sequence forward pass the fast path is tested against.
+One decoder layer (`_decoder_layer`) and one attention (`attention.attention`) serve three
+callers, which differ only in where the self-attention's keys and values go:
+
+* `decode_step`, the fast path: one position for every row, its keys and values written into
+  the cache and the cache attended to; the cross-attention keys/values are computed once per
+  prompt (`cross_attention_kv`). Each image has two rows, conditional and unconditional, next
+  to each other on one axis (2b and 2b + 1), read against the two encoder rows' keys without
+  copying those per image. Layers are unrolled, each with its own cache arrays ([2B, H, T,
+  hd]), which the decoding loop updates in place: with a separate axis of size B, one image's
+  cache has a unit axis that keeps XLA from updating it in place, and reading the cache
+  through a [B, 2, ...] view made XLA copy it too (every layer's cache at every step). The
+  positions may be split into blocks, separate arrays, so that a step
+  reads only the blocks filled so far (a CPU's step is bound by these reads; XLA copies a
+  slice of one array before a product, so a slice would not save them).
+* `prefill_cache`: the kept positions of a continuation in one causal pass, their keys and
+  values written into the cache.
+* `decode_full`: the plain full-sequence forward pass without a cache, which the fast path
+  is tested against and training differentiates.
 
 Activations, layer norms and softmaxes are float32; matrix products take the weights in
 their stored dtype (float16 for Mega) and accumulate in float32. `unstack_layers` stores every
@@ -25,11 +32,14 @@ as fast as an [in, out] one (docs/engine.md, "Where a decoding step's time goes"
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .attention import attention
 
 LAYER_NORM_EPS = 1e-5
 ENCODER_LAYERS = "FlaxBartEncoderLayers"
@@ -137,9 +147,9 @@ def expected_param_shapes(config: DalleBartConfig) -> dict[str, tuple[int, ...]]
         shapes[f"{top}/final_ln/bias"] = (d,)
         layer = f"{top}/layers/{stack}"
         attentions = ["FlaxBartAttention_0"] + (["FlaxBartAttention_1"] if side == "decoder" else [])
-        for attention in attentions:
+        for module in attentions:
             for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-                shapes[f"{layer}/{attention}/{proj}/kernel"] = (layers, d, d)
+                shapes[f"{layer}/{module}/{proj}/kernel"] = (layers, d, d)
         # Normformer: pre-norms are bias-only, post-attention norms have scale and bias.
         norms = ["LayerNorm_0", "LayerNorm_1"] + (["LayerNorm_2", "LayerNorm_3"] if side == "decoder" else [])
         for i, name in enumerate(norms):
@@ -195,8 +205,8 @@ def unstack_layers(params) -> dict:
     """
     model = params["model"]
     return {
-        "encoder": _side(model["encoder"], ENCODER_LAYERS, _encoder_layer),
-        "decoder": _side(model["decoder"], DECODER_LAYERS, _decoder_layer),
+        "encoder": _side(model["encoder"], ENCODER_LAYERS, _encoder_layer_weights),
+        "decoder": _side(model["decoder"], DECODER_LAYERS, _decoder_layer_weights),
         "lm_head": _out_in(params["lm_head"]["kernel"]),
     }
 
@@ -228,13 +238,13 @@ def _glu_weights(tree) -> dict:
             "down": _out_in(tree["Dense_2"]["kernel"])}
 
 
-def _encoder_layer(tree) -> dict:
+def _encoder_layer_weights(tree) -> dict:
     # Normformer: a bias-only norm before attention, a scaled norm after it.
     return {"pre_attn_norm": tree["LayerNorm_0"], "self_attn": _attention_weights(tree["FlaxBartAttention_0"]),
             "post_attn_norm": tree["LayerNorm_1"], "glu": _glu_weights(tree["GLU_0"])}
 
 
-def _decoder_layer(tree) -> dict:
+def _decoder_layer_weights(tree) -> dict:
     return {"pre_self_attn_norm": tree["LayerNorm_0"], "self_attn": _attention_weights(tree["FlaxBartAttention_0"]),
             "post_self_attn_norm": tree["LayerNorm_1"],
             "pre_cross_attn_norm": tree["LayerNorm_2"], "cross_attn": _attention_weights(tree["FlaxBartAttention_1"]),
@@ -277,22 +287,21 @@ def _cpu_product(kernel, rows):
 def _project_heads(x, kernel, heads: int):
     """x @ kernel split into heads: [..., D] → [..., heads, D / heads]."""
     projected = _dense(x, kernel)
-    return projected.reshape(projected.shape[:-1] + (heads, projected.shape[-1] // heads))
-
-
-def _queries(attn, x, heads: int):
-    """The attention's queries, scaled by 1/sqrt(head size) as in BART."""
-    queries = _project_heads(x, attn["q"], heads)
-    return queries * queries.shape[-1] ** -0.5
+    return projected.reshape(projected.shape[:-1] + (heads, projected.shape[-1] // heads))  # (..., H, hd)
 
 
 def _keys_values(attn, x, heads: int):
-    return _project_heads(x, attn["k"], heads), _project_heads(x, attn["v"], heads)
+    """The keys and values of x [..., K, D], each [..., H, K, hd]: heads before positions, as
+    the cache holds them and the products read them."""
+    return tuple(_project_heads(x, attn[name], heads).swapaxes(-3, -2) for name in ("k", "v"))
 
 
-def _attention_output(attn, attended, residual, post_norm):
-    merged = attended.reshape(attended.shape[:-2] + (-1,))
-    return residual + _layer_norm(_dense(merged, attn["out"]), post_norm)
+def _attention_block(attn, x, blocks, bias, post_norm, heads: int):
+    """Attention from x [R, Q, D] (already normed) over blocks of keys and values, projected
+    out and normed: what a residual block adds to its input."""
+    attended = attention(_project_heads(x, attn["q"], heads), blocks, bias)  # (R, Q, H, hd)
+    merged = attended.reshape(attended.shape[:-2] + (-1,))  # (R, Q, D)
+    return _layer_norm(_dense(merged, attn["out"]), post_norm)
 
 
 def _glu(glu, x):
@@ -307,55 +316,79 @@ def _embed(side, token_ids, positions):
     return _layer_norm(x, side["embedding_norm"])
 
 
-def _softmax_attend(scores, bias, values, einsum_spec):
-    weights = jax.nn.softmax(scores + bias, axis=-1)
-    return jnp.einsum(einsum_spec, weights.astype(values.dtype), values, preferred_element_type=jnp.float32)
-
-
 def _mask_bias(mask):
     return jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
 
 
-def _rows(x):
-    """[B, 2, ...] → [2B, ...]: each image's conditional and unconditional row, as the cache holds them."""
-    return x.reshape((-1,) + x.shape[2:])
+def _text_bias(attention_mask):
+    """The bias over the text positions of each encoder row: [R, S] → [R, 1, 1, S]."""
+    return _mask_bias(attention_mask > 0)[:, None, None, :]
 
 
 # ---------------------------------------------------------------- encoder
-# All functions below take the `unstack_layers` layout. Einsum letters: r rows, b images,
-# c conditional/unconditional, q and k query and key positions, t cached positions, s text
-# positions, h heads, d head size.
+# All functions below take the `unstack_layers` layout.
 
 
 def encode(params, config: DalleBartConfig, input_ids, attention_mask):
     """Text tokens [R, S] → encoder states [R, S, D] (float32)."""
     encoder = params["encoder"]
     heads = config.encoder_attention_heads
-    x = _embed(encoder, input_ids, jnp.arange(input_ids.shape[1]))
-    bias = _mask_bias(attention_mask[:, None, None, :] > 0)  # [R, 1, 1, S]
+    x = _embed(encoder, input_ids, jnp.arange(input_ids.shape[1]))  # (R, S, D)
+    bias = _text_bias(attention_mask)
     for layer in encoder["layers"]:
         hidden = _layer_norm(x, layer["pre_attn_norm"])
-        queries = _queries(layer["self_attn"], hidden, heads)
-        keys, values = _keys_values(layer["self_attn"], hidden, heads)
-        scores = jnp.einsum("rqhd,rkhd->rhqk", queries, keys)
-        attended = _softmax_attend(scores, bias, values, "rhqk,rkhd->rqhd")
-        x = _attention_output(layer["self_attn"], attended, x, layer["post_attn_norm"])
+        blocks = [_keys_values(layer["self_attn"], hidden, heads)]
+        x = x + _attention_block(layer["self_attn"], hidden, blocks, bias, layer["post_attn_norm"], heads)
         x = x + _glu(layer["glu"], x)
     return _layer_norm(x, encoder["final_norm"])
 
 
-# ---------------------------------------------------------------- decoder, fast path
+# ---------------------------------------------------------------- decoder
+
+
+def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: int):
+    """One decoder layer on rows x [R, Q, D] at `positions` [Q]: causal self-attention,
+    cross-attention to the text, then the GLU, each a residual block.
+
+    remember(keys, values) takes the layer's new self-attention keys and values [R, H, Q, hd]
+    and returns the blocks to attend to (key positions 0, 1, …) and what the caller keeps of
+    them; the layer returns x and that. cross_kv: the text's keys and values [R or 2, H, S, hd]
+    (see `attention.attention` for 2).
+    """
+    hidden = _layer_norm(x, layer["pre_self_attn_norm"])
+    blocks, kept = remember(*_keys_values(layer["self_attn"], hidden, heads))
+    key_positions = jnp.arange(sum(keys.shape[-2] for keys, _ in blocks))
+    causal_bias = _mask_bias(key_positions <= positions[:, None])  # (Q, K)
+    x = x + _attention_block(layer["self_attn"], hidden, blocks, causal_bias, layer["post_self_attn_norm"], heads)
+    hidden = _layer_norm(x, layer["pre_cross_attn_norm"])
+    x = x + _attention_block(layer["cross_attn"], hidden, [cross_kv], cross_bias, layer["post_cross_attn_norm"], heads)
+    return x + _glu(layer["glu"], x), kept
+
+
+def _decoder(params, config: DalleBartConfig, tokens, positions, remembers, cross_kv, encoder_mask):
+    """The decoder on rows of tokens [R, Q] at `positions` [Q], layer i's self-attention keys
+    and values through remembers[i] → logits [R, Q, V] and what each layer's remember kept."""
+    decoder = params["decoder"]
+    x = _embed(decoder, tokens, positions)  # (R, Q, D)
+    cross_bias = _text_bias(encoder_mask)
+    kept = []
+    for layer, remember, layer_cross_kv in zip(decoder["layers"], remembers, cross_kv):
+        x, layer_kept = _decoder_layer(layer, x, positions, remember, layer_cross_kv, cross_bias,
+                                       config.decoder_attention_heads)
+        kept.append(layer_kept)
+    x = _layer_norm(x, decoder["final_norm"])
+    return _dense(x, params["lm_head"]), kept
 
 
 def cross_attention_kv(params, config: DalleBartConfig, encoder_states):
-    """Per layer, the cross-attention keys and values [R, H, S, hd]: computed once per prompt, in
-    the layout the step's products read (as [R, S, H, hd], XLA transposes them per call)."""
+    """Per layer, the cross-attention keys and values [R, H, S, hd] of encoder states [R, S, D],
+    in the weights' dtype: computed once per prompt, in the layout the products read (as
+    [R, S, H, hd], XLA transposes them per call)."""
     heads = config.decoder_attention_heads
     result = []
     for layer in params["decoder"]["layers"]:
         attn = layer["cross_attn"]
-        keys, values = _keys_values(attn, encoder_states, heads)
-        result.append((keys.swapaxes(1, 2).astype(attn["k"].dtype), values.swapaxes(1, 2).astype(attn["v"].dtype)))
+        result.append(tuple(a.astype(attn["k"].dtype) for a in _keys_values(attn, encoder_states, heads)))
     return result
 
 
@@ -378,7 +411,7 @@ def cache_bytes(config: DalleBartConfig, batch: int, itemsize: int) -> int:
 
 def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_kv, encoder_mask,
                 first_written: int = 0):
-    """One decoder position for every row.
+    """One decoder position for every row: the fast path.
 
     tokens [B, 2] int32 (the previous token of each conditional/unconditional row), position a
     scalar, cache from `empty_cache` or its first blocks: those up to the one holding the
@@ -386,30 +419,15 @@ def decode_step(params, config: DalleBartConfig, tokens, position, cache, cross_
     `cross_attention_kv` on the two encoder rows (conditional, unconditional), encoder_mask
     [2, S]. Returns logits [B, 2, V] and the blocks given, updated.
     """
-    decoder = params["decoder"]
-    heads = config.decoder_attention_heads
-    x = _embed(decoder, tokens, position)  # [B, 2, D]
-    attended_positions = sum(keys.shape[2] for keys, _ in cache[0])
-    causal_bias = _mask_bias(jnp.arange(attended_positions) <= position)  # [T read]
-    cross_bias = _mask_bias(encoder_mask > 0)[:, None, :]  # [2, 1, S]
-    new_cache = []
-    for layer, blocks, (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
-        attn = layer["self_attn"]
-        hidden = _layer_norm(x, layer["pre_self_attn_norm"])
-        queries = _queries(attn, hidden, heads)
-        keys, values = (_rows(a)[:, :, None] for a in _keys_values(attn, hidden, heads))
-        blocks = write_position(blocks, keys, values, position, first_written)
-        new_cache.append(blocks)
-        attended = attend_cache(queries, blocks, causal_bias)
-        x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])
+    def remember(blocks, keys, values):  # (2B, H, 1, hd) each
+        written = write_position(blocks, keys, values, position, first_written)
+        return written, written
 
-        attn = layer["cross_attn"]
-        queries = _queries(attn, _layer_norm(x, layer["pre_cross_attn_norm"]), heads)
-        attended = attend_text(queries, cross_keys, cross_values, cross_bias)
-        x = _attention_output(attn, attended, x, layer["post_cross_attn_norm"])
-        x = x + _glu(layer["glu"], x)
-    x = _layer_norm(x, decoder["final_norm"])
-    return _dense(x, params["lm_head"]), new_cache
+    remembers = [functools.partial(remember, blocks) for blocks in cache]
+    rows = tokens.reshape(-1, 1)  # (2B, 1): image b's rows are 2b and 2b + 1, as in the cache
+    logits, new_cache = _decoder(params, config, rows, jnp.reshape(position, (1,)), remembers, cross_kv,
+                                 encoder_mask)
+    return logits.reshape(tokens.shape + (-1,)), new_cache  # (B, 2, V)
 
 
 def write_position(blocks, keys, values, position, first_written: int = 0):
@@ -432,32 +450,6 @@ def write_position(blocks, keys, values, position, first_written: int = 0):
     return tuple(written)
 
 
-def attend_cache(queries, blocks, causal_bias):
-    """One step's self-attention: queries [B, 2, H, hd] over a layer's cache blocks, each
-    [2B, H, T_block, hd] (bias [T read]: 0 for the positions so far, -inf after) → [B, 2, H, hd]."""
-    dtype = blocks[0][0].dtype
-    rows = _rows(queries).astype(dtype)
-    scores = jnp.concatenate([jnp.einsum("rhd,rhtd->rht", rows, keys, preferred_element_type=jnp.float32)
-                              for keys, _ in blocks], axis=-1)
-    weights = jax.nn.softmax(scores + causal_bias, axis=-1).astype(dtype)
-    size = blocks[0][0].shape[2]
-    attended = None
-    for index, (_, values) in enumerate(blocks):
-        part = jnp.einsum("rht,rhtd->rhd", weights[..., index * size:(index + 1) * size], values,
-                          preferred_element_type=jnp.float32)
-        attended = part if attended is None else attended + part
-    return attended.reshape(queries.shape)
-
-
-def attend_text(queries, cross_keys, cross_values, cross_bias):
-    """One step's cross-attention: queries [B, 2, H, hd] over the two encoder rows' keys and
-    values [2, H, S, hd] (bias [2, 1, S]), the conditional row of each image to the prompt's,
-    the unconditional to the empty prompt's → [B, 2, H, hd]."""
-    scores = jnp.einsum("bchd,chsd->bchs", queries.astype(cross_keys.dtype), cross_keys,
-                        preferred_element_type=jnp.float32)
-    return _softmax_attend(scores, cross_bias, cross_values, "bchs,chsd->bchd")
-
-
 def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, encoder_mask):
     """The self-attention cache of positions 0..Q-1 for every row, in one causal pass.
 
@@ -465,35 +457,18 @@ def prefill_cache(params, config: DalleBartConfig, tokens, cache, cross_kv, enco
     codes kept), the same for the conditional and unconditional row of an image. Each
     position's keys/values are those `decode_step` would have cached for it, so decoding can
     go on at any position p < Q: entries from p on are overwritten before they are attended
-    to. The last layer's outputs are never needed and XLA drops them.
+    to. The logits are never needed and XLA drops them.
     """
-    decoder = params["decoder"]
-    heads = config.decoder_attention_heads
-    batch, length = tokens.shape
-    x = _embed(decoder, jnp.broadcast_to(tokens[:, None], (batch, 2, length)), jnp.arange(length))  # [B, 2, Q, D]
-    causal_bias = _mask_bias(jnp.tril(jnp.ones((length, length), bool)))  # [Q, K]
-    cross_bias = _mask_bias(encoder_mask > 0)[:, None, None, :]  # [2, 1, 1, S]
-    new_cache = []
     dtype = cache[0][0][0].dtype
-    for layer, blocks, (cross_keys, cross_values) in zip(decoder["layers"], cache, cross_kv):
-        attn = layer["self_attn"]
-        hidden = _layer_norm(x, layer["pre_self_attn_norm"])
-        queries = _queries(attn, hidden, heads)
-        keys, values = _keys_values(attn, hidden, heads)  # [B, 2, Q, H, hd]
+
+    def remember(blocks, keys, values):  # (2B, H, Q, hd) each
         # Cast as the cache holds them, so later positions attend to exactly these values.
         keys, values = keys.astype(dtype), values.astype(dtype)
-        new_cache.append(_fill_blocks(blocks, _rows(keys.transpose(0, 1, 3, 2, 4)), _rows(values.transpose(0, 1, 3, 2, 4))))
-        scores = jnp.einsum("bcqhd,bckhd->bchqk", queries.astype(keys.dtype), keys, preferred_element_type=jnp.float32)
-        attended = _softmax_attend(scores, causal_bias, values, "bchqk,bckhd->bcqhd")
-        x = _attention_output(attn, attended, x, layer["post_self_attn_norm"])
+        return [(keys, values)], _fill_blocks(blocks, keys, values)
 
-        attn = layer["cross_attn"]
-        queries = _queries(attn, _layer_norm(x, layer["pre_cross_attn_norm"]), heads)
-        scores = jnp.einsum("bcqhd,chsd->bchqs", queries.astype(cross_keys.dtype), cross_keys,
-                            preferred_element_type=jnp.float32)
-        attended = _softmax_attend(scores, cross_bias, cross_values, "bchqs,chsd->bcqhd")
-        x = _attention_output(attn, attended, x, layer["post_cross_attn_norm"])
-        x = x + _glu(layer["glu"], x)
+    rows = jnp.repeat(tokens, 2, axis=0)  # (2B, Q): the same inputs for both rows of an image
+    remembers = [functools.partial(remember, blocks) for blocks in cache]
+    _, new_cache = _decoder(params, config, rows, jnp.arange(tokens.shape[1]), remembers, cross_kv, encoder_mask)
     return new_cache
 
 
@@ -511,31 +486,15 @@ def _fill_blocks(blocks, keys, values):
     return tuple(filled)
 
 
-# ---------------------------------------------------------------- decoder, plain reference
-
-
 def decode_full(params, config: DalleBartConfig, decoder_input_ids, encoder_states, encoder_mask):
-    """Plain causal forward over whole sequences: ids [N, T] → logits [N, T, V]. No cache."""
-    decoder = params["decoder"]
-    heads = config.decoder_attention_heads
-    length = decoder_input_ids.shape[1]
-    x = _embed(decoder, decoder_input_ids, jnp.arange(length))
-    causal_bias = _mask_bias(jnp.tril(jnp.ones((length, length), bool)))  # [Tq, Tk]
-    cross_bias = _mask_bias(encoder_mask[:, None, None, :] > 0)  # [N, 1, 1, S]
+    """The plain causal forward pass over whole sequences, without a cache (the reference the
+    fast path is tested against, and what training differentiates): ids [N, T] with their
+    rows' encoder states [N, S, D] and mask [N, S] → logits [N, T, V]."""
+    def remember(keys, values):
+        return [(keys, values)], None
 
-    def attend(attn, hidden, kv_source, bias):
-        queries = _queries(attn, hidden, heads)
-        keys, values = _keys_values(attn, kv_source, heads)
-        scores = jnp.einsum("nqhd,nkhd->nhqk", queries, keys)
-        return _softmax_attend(scores, bias, values, "nhqk,nkhd->nqhd")
-
-    for layer in decoder["layers"]:
-        hidden = _layer_norm(x, layer["pre_self_attn_norm"])
-        attended = attend(layer["self_attn"], hidden, hidden, causal_bias)
-        x = _attention_output(layer["self_attn"], attended, x, layer["post_self_attn_norm"])
-        hidden = _layer_norm(x, layer["pre_cross_attn_norm"])
-        attended = attend(layer["cross_attn"], hidden, encoder_states, cross_bias)
-        x = _attention_output(layer["cross_attn"], attended, x, layer["post_cross_attn_norm"])
-        x = x + _glu(layer["glu"], x)
-    x = _layer_norm(x, decoder["final_norm"])
-    return _dense(x, params["lm_head"])
+    remembers = [remember] * config.decoder_layers
+    cross_kv = cross_attention_kv(params, config, encoder_states)
+    logits, _ = _decoder(params, config, decoder_input_ids, jnp.arange(decoder_input_ids.shape[1]), remembers,
+                         cross_kv, encoder_mask)
+    return logits

@@ -48,7 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from playground import pictures
-from playground.limits import random_seed
+from playground.limits import MAX_CANDIDATES, random_seed
 from playground.protocol import Stage
 
 from . import checkpoint, dallebart, preview
@@ -213,6 +213,7 @@ class Engine:
         self.colours = preview.ColourTable(np.asarray(vqgan_params["quantize"]["embedding"]["embedding"]))
         self._colour_table_ready = False
         self.uncond_tokens = tokenizer.encode([""], max_length=config.max_text_length)
+        self.clip = None  # the CLIP model that ranks Best of N candidates (`rank_with`); None: no ranking
 
     def _default_cache_blocks(self) -> int:
         config = self.config
@@ -428,6 +429,14 @@ class Engine:
                     self._vqgan_program(rows)
             if self.preview_every != 0 and self.preview_method == "table":
                 self.prepare_colour_table()
+
+    def rank_with(self, clip) -> None:
+        """Rank Best of N candidates with `clip` (clip.load_clip's model; None: no ranking). On
+        an accelerator every candidate count shares one program of MAX_CANDIDATES rows (9 … 16
+        images): compiled now, so the first ranked job does not wait for it."""
+        self.clip = clip
+        if clip is not None and self.on_accelerator:
+            self.warm_up((MAX_CANDIDATES,))
 
     # -- previews
 

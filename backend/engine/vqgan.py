@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .attention import attention
+
 Params = dict[str, Any]
 
 _GROUPS = 32
@@ -231,9 +233,9 @@ def _attention(x: jax.Array, p: Params) -> jax.Array:
     """Single-head self-attention over all H*W positions."""
     b, height, width, c = x.shape
     h = _group_norm(x, p["norm"])
-    q, k, v = (_conv(h, p[name]).reshape(b, height * width, c) for name in ("q", "k", "v"))
-    weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) * (c ** -0.5), axis=-1)
-    out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, height, width, c)
+    q, k, v = (_conv(h, p[name]).reshape(b, height * width, 1, c) for name in ("q", "k", "v"))  # (B, HW, 1 head, C)
+    out = attention(q, [(k.swapaxes(1, 2), v.swapaxes(1, 2))], 0.0)  # (B, HW, 1, C)
+    out = out.astype(x.dtype).reshape(b, height, width, c)
     return x + _conv(out, p["proj_out"])
 
 
