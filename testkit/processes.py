@@ -19,7 +19,7 @@ import requests
 
 from playground.redis_server import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m backend` finds the package
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m backend` finds the package
 
 
 def run_as_prefix(uid: int) -> list[str]:
