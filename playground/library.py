@@ -310,13 +310,15 @@ class LibraryStore:
                     break
                 if not staging.is_dir():
                     continue
-                entry = self._staged_entry(staging, queue_id)
                 if token == UNFENCED_TOKEN:  # a complete staging is its own commit
+                    entry = self._staged_entry(staging, queue_id)
                     outcome, committed_at = (COMMITTED, entry["creation_unixtime"]) if entry else (LOST, None)
                 else:
                     outcome, committed_at = resolve(queue_id, token)
-                if outcome == PENDING:
-                    continue
+                    if outcome == PENDING:
+                        continue
+                    # Only a committed result is read: a running claim's folder is left unread.
+                    entry = self._staged_entry(staging, queue_id) if outcome == COMMITTED else None
                 if outcome == COMMITTED and entry is not None:
                     self._publish_locked(staging, {**entry, "creation_unixtime": committed_at})
                     counts["kept"] += 1
