@@ -353,6 +353,7 @@ def _status_from_entry(entry: dict) -> dict:
         "progress": {"tokens_done": IMAGE_TOKENS, "total_tokens": IMAGE_TOKENS},
         "eta_secs": None,
         "unserved": None,
+        "stalled_secs": None,
         "error": None,
         "images": images,
         "result": entry,
