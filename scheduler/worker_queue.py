@@ -211,7 +211,8 @@ class WorkerQueue:
         return recorded, float(at)
 
     def put_back(self, job: Job, reason: str, count_attempt: bool = True) -> str:
-        """Return the job to the front of the queue (or fail it after its last attempt).
+        """Return the job to the front of the queue, in submission order among jobs put back
+        (or fail it after its last attempt).
 
         `count_attempt=False` when the job never really ran or we stopped it ourselves
         (backend busy, scheduler shutting down). Returns the job's new status ('' when the

@@ -20,8 +20,8 @@ cannot produce on demand:
     with StandInBackend() as backend:
         Config(backend_urls=(backend.url,), ...)
 
-`python -m testkit.standin_backend` runs one as a process (STANDIN_PORT,
-STANDIN_MODEL, STANDIN_STEP_SECS), for tests that kill or pause backends; it logs each job it
+`python -m testkit.standin_backend` runs one as a process (STANDIN_PORT, STANDIN_MODEL,
+STANDIN_STEP_SECS, STANDIN_SLOTS), for tests that kill or pause backends; it logs each job it
 is sent ("generate <job_id> <unix time>") and announces itself in Redis when REDIS_URL is set.
 """
 from __future__ import annotations
@@ -73,9 +73,14 @@ class StandInBackend(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, png: bytes | None = None, model: str = "stand-in", port: int = 0, step_secs: float = 0.0):
+    def __init__(self, png: bytes | None = None, model: str = "stand-in", port: int = 0, step_secs: float = 0.0,
+                 slots: int = 1):
         super().__init__(("127.0.0.1", port), _Handler)
         self.step_secs = step_secs
+        self.slots = slots  # what /health says; it runs any number of jobs at once regardless
+        self._running_lock = threading.Lock()
+        self.running = 0  # /generate calls being answered now
+        self.most_running = 0  # the most at once so far
         self.log_calls = False  # print each /generate (the process does, for its log)
         self.png_base64 = base64.b64encode(png or solid_png()).decode()
         self.model = model
@@ -130,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.loading.is_set():
             report, status = loading_report(self.server.model, self.server.loading_details), 503
         else:
-            report, status = ready_report(self.server.model), 200
+            report, status = ready_report(self.server.model, slots=self.server.slots), 200
         self._send("application/json", json.dumps(report).encode(), status=status)
 
     def do_POST(self):
@@ -143,6 +148,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.log_calls:
             print(f"generate {body['job_id']} {time.time():.6f}", flush=True)
         self.server.calls.append(body["text"])
+        with self.server._running_lock:
+            self.server.running += 1
+            self.server.most_running = max(self.server.most_running, self.server.running)
+        try:
+            self._generate(body)
+        finally:
+            with self.server._running_lock:
+                self.server.running -= 1
+
+    def _generate(self, body: dict) -> None:
         if body["text"] == "server error":
             return self._send("text/html", b"<h1>Internal Server Error</h1>", status=500)
         seed = body["seed"] or PICKED_SEED
@@ -230,12 +245,13 @@ def main() -> None:
 
     server = StandInBackend(model=os.environ.get("STANDIN_MODEL", "stand-in"),
                             port=int(os.environ.get("STANDIN_PORT", "0")),
-                            step_secs=float(os.environ.get("STANDIN_STEP_SECS", "0")))
+                            step_secs=float(os.environ.get("STANDIN_STEP_SECS", "0")),
+                            slots=int(os.environ.get("STANDIN_SLOTS", "1")))
     server.log_calls = True
     if os.environ.get("REDIS_URL"):
         import redis
 
-        report = ready_report(server.model)
+        report = ready_report(server.model, slots=server.slots)
         Announcer(BackendRegistry(redis.Redis.from_url(os.environ["REDIS_URL"])), server.url, lambda: report).start()
     print(f"stand-in backend on {server.url}", flush=True)
     server.serve_forever()

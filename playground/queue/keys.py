@@ -4,7 +4,7 @@
     <prefix>:queue                 the same for jobs naming no model (any backend takes them)
     <prefix>:models                set of the models that have a queue
     <prefix>:job:<id>              hash: parameters, status, timestamps, attempts, progress
-    <prefix>:workers               set of worker ids (one per backend URL)
+    <prefix>:workers               set of worker ids (one per slot of each backend)
     <prefix>:worker:<wid>          hash: backend_url, backend_status, model, job_id, heartbeat
     <prefix>:worker:<wid>:alive    string with a TTL, renewed by the worker's heartbeat
     <prefix>:processing:<wid>      list holding the job the worker is running (0 or 1 id)
