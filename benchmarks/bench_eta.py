@@ -22,8 +22,12 @@ second left" (frontend/static/js/format.js). A poll of a job with tokens to come
 whose `eta_secs` is below 1 s while the job in fact took more than a second beyond it is
 counted as an ETA run out early (exit 1 if any): the old "finishing at 0/256 tokens".
 
+With --demo the backend is the real one (`python -m backend`, the demo model, compiled for
+every batch the queue uses, minutes on a CPU). A fresh backend's first job of each size takes
+longer than the next (one-time costs), so give it two warm-up jobs of each size.
+
     .venv/bin/python benchmarks/bench_eta.py [--picture-secs 0.4] [--job-secs 1.6] [--warm-up 2,8] [--json out.json]
-    .venv/bin/python benchmarks/bench_eta.py --demo       # the real backend, demo model (minutes)
+    .venv/bin/python benchmarks/bench_eta.py --demo --warm-up 2,8,2,8   # the real backend, demo model
     .venv/bin/python benchmarks/bench_eta.py --quick      # a short queue, fast (tests/test_benchmarks.py)
 """
 from __future__ import annotations
@@ -90,9 +94,10 @@ class Tracked:
             drawing = entry["status"] == "queued" or progress["tokens_done"] < progress["total_tokens"]
             if (drawing and entry["eta_secs"] is not None and entry["eta_secs"] < UNDER_A_SECOND
                     and entry["stalled_secs"] is None):
-                found.append((self.finished_at - at, f"{at - self.created_at:.1f} s after submit: {entry['status']}, "
-                              f"{progress['tokens_done']}/{progress['total_tokens']} tokens, eta {entry['eta_secs']} s, "
-                              f"took {self.finished_at - at:.1f} s more"))
+                found.append((self.finished_at - at,
+                              f"{at - self.created_at:.1f} s after submit: {entry['status']}, "
+                              f"{progress['tokens_done']}/{progress['total_tokens']} tokens, "
+                              f"eta {entry['eta_secs']} s, took {self.finished_at - at:.1f} s more"))
         return found
 
     def ran_out(self) -> list[str]:
@@ -121,8 +126,8 @@ def start_stack(workdir: Path, picture_secs: float, job_secs: float,
     processes = [backend, scheduler, frontend]
     for process in processes:
         process.start()
-    frontend.wait_until(lambda: _ok(frontend.url + "/health"), 900 if demo else 60, "200 from /health (every part ready)",
-                        interval=0.2)
+    frontend.wait_until(lambda: _ok(frontend.url + "/health"), 900 if demo else 60,
+                        "200 from /health (every part ready)", interval=0.2)
     return redis_server, processes
 
 
@@ -225,7 +230,8 @@ def _secs(value: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--picture-secs", type=float, default=0.4, help="the stand-in's seconds per picture drawn")
-    parser.add_argument("--job-secs", type=float, default=1.6, help="the stand-in's seconds per job whatever its pictures")
+    parser.add_argument("--job-secs", type=float, default=1.6,
+                        help="the stand-in's seconds per job whatever its pictures")
     parser.add_argument("--quick", action="store_true",
                         help="4 jobs at 0.2 s + 0.05 s a picture: that it runs and reports; no verdict")
     parser.add_argument("--json", type=Path, help="write the report here as JSON")

@@ -23,9 +23,10 @@ cannot produce on demand:
     with StandInBackend() as backend:
         Config(backend_urls=(backend.url,), ...)
 
-`python -m testkit.standin_backend` runs one as a process (STANDIN_PORT,
-STANDIN_MODEL, STANDIN_STEP_SECS, STANDIN_PICTURE_SECS, STANDIN_JOB_SECS), for tests that kill or pause backends; it logs each job it
-is sent ("generate <job_id> <unix time>") and announces itself in Redis when REDIS_URL is set.
+`python -m testkit.standin_backend` runs one as a process (STANDIN_PORT, STANDIN_MODEL,
+STANDIN_STEP_SECS, STANDIN_PICTURE_SECS, STANDIN_JOB_SECS), for tests that kill or pause
+backends and for benchmarks/bench_eta.py; it logs each job it is sent ("generate <job_id>
+<unix time>") and announces itself in Redis when REDIS_URL is set.
 """
 from __future__ import annotations
 
