@@ -350,8 +350,8 @@ class Worker:
                                 reveals=reveals) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
-        # Per picture generated: a Best-of job made its candidates, not only the images it kept.
-        self.queue.record_speed(process_time_secs / max(1, job.candidates or len(images)))
+        # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.
+        self.queue.record_job_time(job.candidates or len(images), process_time_secs)
         log.info("job %s done in %.2f s", job.id, process_time_secs)
 
     def _taller_pictures(self, job: Job, grid: list[int], tiles: list[bytes], codes: list[str]) -> list[bytes]:

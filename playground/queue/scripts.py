@@ -293,12 +293,16 @@ redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 """
 
-# Fold one measurement into a worker's moving average of seconds per image; returns it.
-# KEYS: speed hash. ARGV: worker id, seconds per image, smoothing.
-RECORD_SPEED = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-local new = tonumber(ARGV[2])
-if old then new = tonumber(ARGV[3]) * new + (1 - tonumber(ARGV[3])) * tonumber(old) end
-redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
-return tostring(new)
+# Add a finished job's (pictures, seconds) to a worker's recent ones, keeping the newest
+# ARGV[4]; returns them as JSON, oldest first (the ETA's cost is fitted to them: eta.py).
+# KEYS: speed hash. ARGV: worker id, pictures, seconds, how many to keep.
+RECORD_JOB_TIME = """
+local samples = {}
+local ok, old = pcall(cjson.decode, redis.call('HGET', KEYS[1], ARGV[1]) or '[]')
+if ok and type(old) == 'table' then samples = old end  -- an older version's number: start again
+table.insert(samples, {tonumber(ARGV[2]), tonumber(ARGV[3])})
+while #samples > tonumber(ARGV[4]) do table.remove(samples, 1) end
+local encoded = cjson.encode(samples)
+redis.call('HSET', KEYS[1], ARGV[1], encoded)
+return encoded
 """
