@@ -1,6 +1,7 @@
 """The backend service: /health, /generate (streamed NDJSON progress, then the PNGs) and /cancel.
 
-It holds one model and renders one prompt at a time; the scheduler decides what comes next.
+It holds one model and renders one prompt at a time, or up to BACKEND_SLOTS decoded together;
+the scheduler decides what comes next.
 Creating the app imports no JAX: the model loads in the background (`ModelHolder`), so /health
 answers from the first second.
 """
@@ -89,13 +90,14 @@ def error(status: int, message: str) -> Response:
 
 
 class BackendApi:
-    """The routes over one model: one generation at a time, the others answer while it runs."""
+    """The routes over one model: up to `config.slots` generations at once (decoded together
+    when more than one), the others answer while they run."""
 
     def __init__(self, config: Config, holder: ModelHolder):
         self.config = config
         self.holder = holder
-        self._busy = threading.Lock()
-        self._run: GenerationRun | None = None
+        self._runs_lock = threading.Lock()
+        self._runs: dict[str, GenerationRun] = {}  # job id -> its run, one per slot taken
         self.announcer: Announcer | None = None  # set when the backend announces itself in Redis
         self.stopping = False
 
@@ -115,11 +117,12 @@ class BackendApi:
         elif status == BackendStatus.ERROR:
             body = error_report(holder.model_name, holder.error)
         else:
-            run = self._run
+            runs = list(self._runs)
             body = ready_report(
                 holder.model_name,
                 devices=[str(device) for device in getattr(holder.engine, "devices", [])],
-                busy=self._busy.locked(), job_id=run.job_id if run else None, load_secs=holder.load_secs,
+                slots=self.config.slots, busy=len(runs) >= self.config.slots,
+                job_id=runs[0] if len(runs) == 1 else None, load_secs=holder.load_secs,
                 image_tokens=holder.engine.total_tokens, image_codes=holder.engine.num_codes,
                 ranks=self.clip is not None, clip_model=self.clip.name if self.clip is not None else None)
         if self.announcer is not None:
@@ -140,18 +143,21 @@ class BackendApi:
             body = parse_generate_body(request.get_json(silent=True))
         except BadRequest as exc:
             return error(400, str(exc))
-        if not self._busy.acquire(blocking=False):
-            return error(409, "busy with another job")
-        # A local name: a run that fails at once may have finished (and cleared self._run)
-        # before its stream is built.
-        try:
-            run = GenerationRun(self.holder.engine, body, body.seed or random_seed(),
+        with self._runs_lock:
+            if len(self._runs) >= self.config.slots:
+                return error(409, "busy with another job" if self.config.slots == 1 else "every slot is busy")
+            if body.job_id in self._runs:
+                return error(409, f"job {body.job_id} is already running")
+            # A local name: a run that fails at once may have finished (and left the runs)
+            # before its stream is built.
+            run = GenerationRun(self.holder.engine, self.holder.generate, body, body.seed or random_seed(),
                                 self.config.progress_interval_secs, self._finished,
                                 chunk_delay_secs=self.config.test_chunk_delay_secs)
-            self._run = run
+            self._runs[body.job_id] = run
+        try:
             run.start()
         except BaseException:
-            self._busy.release()  # else the backend would answer 409 for ever
+            self._finished(run)  # else its slot would stay taken for ever
             raise
         return Response(ndjson(run), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
@@ -159,23 +165,23 @@ class BackendApi:
         """Stopping on purpose (SIGTERM): take no new job, hand the running one back at once
         (it ends with `stopped`, so the scheduler counts no attempt), and leave Redis."""
         self.stopping = True
-        run = self._run
-        if run is not None:
+        for run in list(self._runs.values()):
             run.hand_back()
         if self.announcer is not None:
             self.announcer.stop.set()  # withdraws the announcement: the scheduler lets go at once
 
-    def _finished(self) -> None:
-        self._run = None
-        self._busy.release()
+    def _finished(self, run: GenerationRun) -> None:
+        with self._runs_lock:
+            if self._runs.get(run.job_id) is run:
+                del self._runs[run.job_id]
 
     def cancel(self) -> Response:
         body = request.get_json(silent=True)
         job_id = body.get("job_id") if isinstance(body, dict) else None
         if not isinstance(job_id, str):
             return error(400, "job_id must be a string")
-        run = self._run
-        if run is None or run.job_id != job_id:
+        run = self._runs.get(job_id)
+        if run is None:
             return jsonify(cancel_answer(False))
         run.cancel.set()
         return jsonify(cancel_answer(True))
@@ -183,7 +189,7 @@ class BackendApi:
 
 def create_app(config: Config, loader: Callable[[LoadProgress], Any] | None = None) -> Flask:
     app = Flask(__name__)
-    holder = ModelHolder(config.model, loader or default_loader(config)).start()
+    holder = ModelHolder(config.model, loader or default_loader(config), config.slots).start()
     api = BackendApi(config, holder)
     app.extensions["model_holder"] = holder
     app.extensions["backend_api"] = api

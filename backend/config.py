@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.device import DEVICE_CHOICES
+from playground.protocol.health import MAX_SLOTS
 from playground.settings import get_float, get_int, get_list, get_str
 
 
@@ -15,6 +16,8 @@ class Config:
     cache_dir: Path = Path("cache")
     host: str = "127.0.0.1"
     port: int = 8080
+    # Jobs run at once (BACKEND_SLOTS), decoded together; the scheduler feeds each slot.
+    slots: int = 1
     # Batch sizes compiled before the backend reports ready; others compile on first use.
     warm_up_batch_sizes: tuple[int, ...] = (2, 4, 6, 8)
     # How often a running /generate stream reports progress (the scheduler needs ≤ 2 s).
@@ -54,8 +57,12 @@ class Config:
         every = get_str(env, "PREVIEW_EVERY_TOKENS", "").strip()
         if every and not (every.isascii() and every.isdigit()):
             raise ValueError(f"PREVIEW_EVERY_TOKENS must be a whole number (0: no previews), got {every!r}")
+        slots = get_int(env, "BACKEND_SLOTS", cls.slots)
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"BACKEND_SLOTS must be between 1 and {MAX_SLOTS}, got {slots}")
         return cls(
             model=get_str(env, "DALLE_MODEL", cls.model),
+            slots=slots,
             cache_dir=Path(get_str(env, "MODEL_CACHE_DIR", str(cls.cache_dir))),
             host=get_str(env, "BACKEND_HOST", cls.host),
             port=get_int(env, "BACKEND_PORT", cls.port),

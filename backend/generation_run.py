@@ -81,9 +81,10 @@ def preview_of(engine: Any, done: int, codes, total_tokens: int) -> dict:
 
 
 class GenerationRun:
-    def __init__(self, engine: Any, body: GenerateBody, seed: int, progress_interval: float,
-                 on_finish: Callable[[], None], chunk_delay_secs: float = 0.0):
+    def __init__(self, engine: Any, generate: Callable, body: GenerateBody, seed: int, progress_interval: float,
+                 on_finish: Callable[["GenerationRun"], None], chunk_delay_secs: float = 0.0):
         self.engine = engine
+        self._generate = generate  # the engine's, or its batch runner's (BACKEND_SLOTS > 1)
         self.body = body
         self.seed = seed
         self.progress_interval = progress_interval
@@ -142,8 +143,8 @@ class GenerationRun:
                     pictures.start_codes(start["codes"], self.body.keep_rows, self.body.extend)),
                 keep_rows=self.body.keep_rows,
             )
-            result = self.engine.generate(request, on_progress=self._on_progress, cancel=self.cancel,
-                                          on_preview=self._on_preview)
+            result = self._generate(request, on_progress=self._on_progress, cancel=self.cancel,
+                                    on_preview=self._on_preview)
             choice = ranking.choose(self.engine, plan, self.body.text, result.images)
             png_started = time.monotonic()
             scores = choice.scores or [None] * len(choice.indices)
@@ -171,7 +172,7 @@ class GenerationRun:
             self._outcome = error_event(f"{type(exc).__name__}: {exc}")
         finally:
             self._finished.set()
-            self._on_finish()
+            self._on_finish(self)
 
     def _start(self) -> dict | None:
         """The code grid a continuation starts from, and how it was obtained: given, or the

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.engine.progress import LoadProgress
-from playground.protocol import BackendStatus
+from playground.protocol import BackendStatus, Stage
 from playground.writable import StartupError
 
 log = logging.getLogger(__name__)
@@ -17,15 +17,19 @@ log = logging.getLogger(__name__)
 
 class ModelHolder:
     """Owns the engine: loading until the loader returns, then ready, or error with a reason.
+    With more than one slot it also owns the batch runner that decodes their jobs together,
+    compiled before the backend says ready.
 
     The loader is called with the holder's `LoadProgress` and reports into it.
     """
 
-    def __init__(self, model_name: str, loader: Callable[[LoadProgress], Any]):
+    def __init__(self, model_name: str, loader: Callable[[LoadProgress], Any], slots: int = 1):
         self.model_name = model_name
         self._loader = loader
+        self.slots = slots
         self.progress = LoadProgress()
         self._engine: Any = None
+        self._generate: Callable | None = None
         self._error: str | None = None
         self._ready = threading.Event()
         self.load_secs: float | None = None
@@ -37,7 +41,9 @@ class ModelHolder:
     def _load(self) -> None:
         started = time.monotonic()
         try:
-            self._engine = self._loader(self.progress)
+            engine = self._loader(self.progress)
+            self._generate = engine.generate if self.slots == 1 else self._batch_runner(engine).generate
+            self._engine = engine
         except StartupError as exc:  # its message says it all: one line, no traceback
             log.error("loading model %s failed: %s", self.model_name, exc)
             self._error = str(exc)
@@ -55,6 +61,19 @@ class ModelHolder:
         if not self._ready.is_set():
             return BackendStatus.LOADING
         return BackendStatus.ERROR if self._error else BackendStatus.READY
+
+    def _batch_runner(self, engine: Any) -> Any:
+        from backend.engine.batching import BatchRunner  # imports JAX: in the loading thread
+
+        self.progress.set_stage(Stage.COMPILING)
+        runner = BatchRunner(engine, self.slots)
+        runner.warm_up()
+        return runner
+
+    @property
+    def generate(self) -> Callable:
+        """`Engine.generate`'s signature: the engine's own with one slot, else the batch runner's."""
+        return self._generate
 
     @property
     def error(self) -> str | None:

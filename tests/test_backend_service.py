@@ -299,6 +299,35 @@ def test_one_job_at_a_time_and_cancel(client):
     assert client.get("/health").json["busy"] is False
 
 
+def test_slots_run_jobs_together_with_the_pictures_each_gets_alone(engine):
+    """BACKEND_SLOTS=2: two jobs at once through the batch runner, a third refused while both
+    run; each job's pictures are those it gets on a backend of one slot."""
+    alone = create_app(Config(progress_interval_secs=0.02), loader=lambda _progress: engine)
+    assert alone.extensions["model_holder"].wait(30)
+    jobs = [job(job_id="first", text="a red circle", seed=7),
+            job(job_id="second", text="two blue squares", seed=8, num_images=4, top_k=20)]
+    expected = [events_of(alone.test_client().post("/generate", json=body))[-1] for body in jobs]
+
+    app = create_app(Config(slots=2, progress_interval_secs=0.02, test_chunk_delay_secs=0.05),
+                     loader=lambda _progress: engine)
+    assert app.extensions["model_holder"].wait(120)
+    client = app.test_client()
+    assert client.get("/health").json["slots"] == 2
+    streams = [client.post("/generate", json=body, buffered=False).response for body in jobs]
+    starts = [json.loads(next(iter(stream))) for stream in streams]
+    assert [event["event"] for event in starts] == ["started", "started"]
+    health = client.get("/health").json
+    assert health["busy"] is True and health["job_id"] is None  # both slots taken
+    third = client.post("/generate", json=job(job_id="third"))
+    assert third.status_code == 409 and third.json == {"error": "every slot is busy"}
+    ends = [[json.loads(line) for line in stream][-1] for stream in streams]
+    for end, want in zip(ends, expected):
+        assert end["event"] == "done", end
+        assert [pixels(image) for image in end["images"]] == [pixels(image) for image in want["images"]]
+        assert end["codes"] == want["codes"]
+    assert client.get("/health").json["busy"] is False
+
+
 def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, model_cache_dir):
     import requests
 
