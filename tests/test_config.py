@@ -27,6 +27,11 @@ def test_backend_config_from_env():
     assert BackendConfig.from_env({"HF_ENDPOINT": "http://mirror:8000"}).hub_endpoint == "http://mirror:8000"
 
 
+def test_one_slot_unless_told():
+    assert BackendConfig.from_env({}).slots == 1
+    assert BackendConfig.from_env({"BACKEND_SLOTS": "4"}).slots == 4
+
+
 def test_the_demo_model_is_the_default():
     # It ships in the repository: with nothing configured, the playground draws without a download.
     assert BackendConfig.from_env({}).model == "demo"
@@ -45,7 +50,8 @@ def test_previews_are_spaced_by_their_cost_unless_told():
 
 @pytest.mark.parametrize("env", [{"BACKEND_PORT": "eighty"}, {"BACKEND_WARMUP_BATCH_SIZES": "2,x"},
                                  {"DALLE_DEVICE": "cuda"}, {"PREVIEW_EVERY_TOKENS": "-1"},
-                                 {"PREVIEW_EVERY_TOKENS": "often"}])
+                                 {"PREVIEW_EVERY_TOKENS": "often"}, {"BACKEND_SLOTS": "0"},
+                                 {"BACKEND_SLOTS": "17"}, {"BACKEND_SLOTS": "many"}])
 def test_bad_backend_settings_are_named(env):
     name = next(iter(env))
     with pytest.raises(ValueError, match=name):
