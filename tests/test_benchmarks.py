@@ -11,10 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str) -> None:
+def run_script(name: str, *args: str) -> str:
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
 
 
 def test_profile_step_times_every_piece_and_the_vqgan(tmp_path):
@@ -42,3 +43,9 @@ def test_bench_engine_times_an_earlier_engine_alternately(tmp_path):
     entry = json.loads(out.read_text())["against"]["per_images"]["1"]
     assert set(entry) >= {"new", "HEAD", "tokens_speedup", "vqgan_speedup"}
     assert entry["same_codes"] is True
+
+
+def test_bench_upscale_times_the_published_x4v3():
+    report = json.loads(run_script("bench_upscale.py", "--side", "12", "--repeats", "1"))
+    assert report["model"] == "realesr-general-x4v3" and report["output"] == [48, 48]
+    assert report["best_s"] > 0 and report["cpu_seconds_per_picture"][0] > 0
