@@ -13,7 +13,7 @@ import pytest
 
 from backend.engine import esrgan
 from backend.engine.checkpoint import CheckpointError
-from backend.engine.torch_checkpoint import read_state_dict, read_torch_file
+from backend.engine.torch_checkpoint import read_state_dict, read_torch_file, write_state_dict
 from backend.engine.upscaler import load_upscaler
 from reference_data import DATA
 
@@ -65,6 +65,14 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, host
     with pytest.raises(CheckpointError, match=rf"crafted\.pth: refused: .*{name}.*not part of a file of tensors"):
         read_state_dict(path)
     assert not marker.exists()
+
+
+def test_what_a_pickle_does_to_the_names_it_looks_up_stays_in_that_file(tmp_path):
+    # GLOBAL torch.FloatStorage, then BUILD {"dtype": "x"} on it: sets an attribute.
+    path = _with_pickle(tmp_path, b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x01\x00\x00\x00xsb.")
+    with pytest.raises(CheckpointError, match=r"holds a _StorageType, not a dict of tensors"):
+        read_state_dict(path)
+    assert read_state_dict(SRVGG)["body.0.weight"].dtype == np.float32
 
 
 def test_a_storage_missing_from_the_archive_is_named(tmp_path):
@@ -125,3 +133,24 @@ def test_a_file_of_another_configuration_than_expected_is_refused():
         load_upscaler(SRVGG, expected=esrgan.PUBLISHED["realesr-general-x4v3"])
     with pytest.raises(CheckpointError, match=r"srvgg_x4\.pth: conv_first\.weight: missing"):
         load_upscaler(SRVGG, expected=esrgan.PUBLISHED["RealESRGAN_x4plus"])
+
+
+def test_what_write_state_dict_writes_reads_back_exactly(tmp_path):
+    """(That torch.load reads it too was checked once, in the reference venv; the official
+    file's layout is what the reader is tested on above.)"""
+    state = {"a.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "a.bias": np.float32([1.5, -2])}
+    write_state_dict(tmp_path / "ours.pth", state)
+    assert list(read_torch_file(tmp_path / "ours.pth")) == ["params"]
+    back = read_state_dict(tmp_path / "ours.pth")
+    assert list(back) == list(state)
+    for name in state:
+        np.testing.assert_array_equal(back[name], state[name])
+
+
+def test_to_state_dict_undoes_to_params():
+    state = read_state_dict(SRVGG)
+    config = esrgan.infer_config(state)
+    again = esrgan.to_state_dict(esrgan.to_params(state, config), config)
+    assert list(again) == list(esrgan.expected_shapes(config))
+    for name in state:
+        np.testing.assert_array_equal(again[name], state[name])

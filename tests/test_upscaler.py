@@ -48,3 +48,4 @@ def test_upscale_takes_and_gives_uint8_rgb():
 def test_upscale_refuses_what_is_not_an_rgb_uint8_picture(bad):
     with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 picture"):
         load_upscaler(REFERENCE / "srvgg_x4.pth").upscale(bad)
+

@@ -1,15 +1,17 @@
-"""Read the tensors of a PyTorch `.pth` file without torch, and without running its pickle.
+"""Read (and write) the tensors of a PyTorch `.pth` file without torch, and without running its pickle.
 
 `torch.save` writes a zip archive: `<folder>/data.pkl` pickles the saved object, and every
 tensor's storage lies raw in `<folder>/data/<key>` (little-endian, as `<folder>/byteorder`
 says when present). The pickle names torch's rebuild functions; unpickling it with the real
 ones would run whatever a hostile file names (`os.system` and the like), so it is read by an
 unpickler that knows only the few names a file of tensors needs, and builds numpy arrays
-instead. Anything else is refused with `CheckpointError`.
+instead. Anything else is refused with `CheckpointError`. `write_state_dict` writes the same
+format (what `torch.save({"params": state_dict})` writes), for the networks we train ourselves.
 """
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -54,11 +56,13 @@ def _rebuild_parameter(data: np.ndarray, requires_grad, backward_hooks, *_ignore
     return data
 
 
+# What each allowed name stands for, made afresh at each look-up: a pickle can set attributes
+# on what it looked up (BUILD), and that must not outlive the file.
 _ALLOWED = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: lambda *args: _rebuild_tensor(*args),
+    ("torch._utils", "_rebuild_parameter"): lambda: lambda *args: _rebuild_parameter(*args),
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,  # a built-in type: immutable
+    **{("torch", name): (lambda name=name: _StorageType(name)) for name in _STORAGE_DTYPES},
 }
 
 
@@ -69,11 +73,10 @@ class _TensorUnpickler(pickle.Unpickler):
         self.storages: dict[str, np.ndarray] = {}
 
     def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
+        if (module, name) not in _ALLOWED:
             raise CheckpointError(
-                f"refused: the file's pickle names {module}.{name}, which is not part of a file of tensors") from None
+                f"refused: the file's pickle names {module}.{name}, which is not part of a file of tensors")
+        return _ALLOWED[(module, name)]()
 
     def persistent_load(self, pid):
         # ('storage', storage type, key, location, number of elements)
@@ -134,3 +137,63 @@ def read_state_dict(path: Path | str, keys=("params_ema", "params")) -> dict[str
     if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in saved.items()):
         raise CheckpointError(f"{name}: expected a dict of named tensors (under one of {', '.join(keys)})")
     return dict(saved)
+
+
+class _Global:
+    """A name the written pickle refers to (torch's rebuild function, a storage class)."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle only writes what is callable as a REDUCE
+        raise TypeError(f"{self.module}.{self.name} is a name in a written pickle, not a function here")
+
+
+class _Storage:
+    def __init__(self, key: str, array: np.ndarray):
+        self.key, self.array = key, array
+
+
+class _Tensor:
+    def __init__(self, storage: _Storage):
+        self.storage = storage
+
+    def __reduce__(self):
+        shape = self.storage.array.shape
+        strides = tuple(s // self.storage.array.itemsize for s in self.storage.array.strides)
+        return (_Global("torch._utils", "_rebuild_tensor_v2"),
+                (self.storage, 0, shape, strides, False, collections.OrderedDict()))
+
+
+class _TorchPickler(pickle._Pickler):
+    """Writes `_Global`s as pickle GLOBALs (no module of that name need exist here) and each
+    storage as a persistent id, as torch.save does."""
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_torch_global(self, obj: _Global):
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+        self.memoize(obj)
+
+    dispatch[_Global] = save_torch_global
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", _Global("torch", "FloatStorage"), obj.key, "cpu", obj.array.size)
+        return None
+
+
+def write_state_dict(path: Path | str, state: dict[str, np.ndarray], key: str = "params") -> None:
+    """Save `{key: state}` as a float32 torch zip archive that torch.load and `read_state_dict` read."""
+    path = Path(path)
+    folder = path.stem
+    storages = {name: _Storage(str(i), np.ascontiguousarray(array, dtype="<f4"))
+                for i, (name, array) in enumerate(state.items())}
+    payload = io.BytesIO()
+    _TorchPickler(payload, protocol=2).dump(
+        {key: collections.OrderedDict((name, _Tensor(storage)) for name, storage in storages.items())})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(f"{folder}/data.pkl", payload.getvalue())
+        archive.writestr(f"{folder}/byteorder", "little")
+        for storage in storages.values():
+            archive.writestr(f"{folder}/data/{storage.key}", storage.array.tobytes())
+        archive.writestr(f"{folder}/version", "3\n")

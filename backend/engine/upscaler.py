@@ -1,6 +1,6 @@
 """Enlarge a picture with a Real-ESRGAN network: load a release file, run it tile by tile.
 
-    upscaler = load_upscaler("weights/realesr-general-x4v3.pth")
+    upscaler = load_upscaler("demo")  # or a release file: "weights/realesr-general-x4v3.pth"
     big = upscaler.upscale(rgb, progress=lambda done, total: ...)  # (H, W, 3) uint8 -> (4H, 4W, 3)
 
 The picture is handled as the official `RealESRGANer` does it, so results match its own:
@@ -22,6 +22,7 @@ import numpy as np
 
 from . import esrgan
 from .checkpoint import CheckpointError
+from .models import DEMO, DEMO_UPSCALER
 from .torch_checkpoint import read_state_dict
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
@@ -116,15 +117,17 @@ class Upscaler:
 
 
 def load_upscaler(name_or_path: str | Path, expected: esrgan.Config | None = None, **tiling) -> Upscaler:
-    """An Upscaler from an official release file (or one in its format). `expected` is the
-    config it must have (a published model's, see `esrgan.PUBLISHED`); without it, the config
-    is read off the file's shapes. Either way every tensor name and shape is checked, and a
-    wrong file raises CheckpointError naming the first problem."""
-    path = Path(name_or_path)
+    """An Upscaler from `demo` (the shipped demo upscaler) or an official release file (or
+    one in its format). `expected` is the config it must have (a published model's, see
+    `esrgan.PUBLISHED`); without it, the config is read off the file's shapes. Either way every
+    tensor name and shape is checked, and a wrong file raises CheckpointError naming the first
+    problem."""
+    path = DEMO_UPSCALER if str(name_or_path) == DEMO else Path(name_or_path)
     state = read_state_dict(path)
     try:
         config = expected or esrgan.infer_config(state)
         esrgan.check_shapes(state, config)
     except ValueError as error:
         raise CheckpointError(f"{path.name}: {error}") from None
-    return Upscaler(path.stem, config, esrgan.to_params(state, config), **tiling)
+    name = DEMO if path == DEMO_UPSCALER else path.stem
+    return Upscaler(name, config, esrgan.to_params(state, config), **tiling)
