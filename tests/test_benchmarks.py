@@ -12,10 +12,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str) -> None:
+def run_script(name: str, *args: str) -> str:
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
 
 
 def test_profile_step_times_every_piece_and_the_vqgan(tmp_path):
@@ -56,3 +57,9 @@ def test_bench_eta_reports_predicted_against_actual_for_each_job(tmp_path):
                for job in report["jobs"])
     assert 0 <= report["median_submit_error"] and 0 <= report["median_half_error"]
     assert "ran_out_early" in report and "under_a_second_polls" in report
+
+
+def test_bench_upscale_times_the_published_x4v3():
+    report = json.loads(run_script("bench_upscale.py", "--side", "12", "--repeats", "1"))
+    assert report["model"] == "realesr-general-x4v3" and report["output"] == [48, 48]
+    assert report["best_s"] > 0 and report["cpu_seconds_per_picture"][0] > 0

@@ -46,3 +46,12 @@ def test_the_clip_stage_runs_and_writes_a_clip_the_backend_loads(tmp_path):
                                 "a red circle on the left on a gray background")
     assert not train_clip.all_right({"colour": "red", "shape": "circle", "place": "on the right", "background": "gray"},
                                     "a red circle on the left on a gray background")
+
+
+def test_the_upscale_stage_writes_a_file_load_upscaler_reads(tmp_path):
+    from backend.engine.upscaler import load_upscaler
+    from training import train_upscaler
+
+    report = train_upscaler.train(tmp_path / "up.pth", steps=2, batch=2)
+    assert report["scenes"] > 0 and math.isfinite(report["psnr_db"])
+    assert load_upscaler(tmp_path / "up.pth").config == train_upscaler.CONFIG

@@ -1,9 +1,10 @@
-"""Build the demo model: python -m training [--stages vqgan,sharpen,dalle,clip,score,adherence].
+"""Build the demo model: python -m training [--stages vqgan,sharpen,dalle,clip,score,adherence,upscale].
 
 Writes backend/engine/demo_model/vqgan (config.json, flax_model.msgpack), .../dalle (the
 same plus the tokenizer files) and .../clip (the small CLIP that ranks candidates, with its
 tokenizer.json), then scores the engine's `demo` model with `evaluate` and measures what
-ranking with the CLIP gains (`train_clip.adherence`, the table of docs/demo-model.md). The
+ranking with the CLIP gains (`train_clip.adherence`, the table of docs/demo-model.md), and
+trains the demo upscaler (.../upscaler/demo-x4.pth, `train_upscaler`, 128 -> 512). The
 two networks train independently (the DalleBart's codes come from `patch_codes`, not from
 the VQGAN), so the stages can run in either order. Run it under `nice`: it keeps both cores
 busy for most of an hour.
@@ -15,9 +16,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from backend.engine.models import DEMO_FOLDER
+from backend.engine.models import DEMO_FOLDER, DEMO_UPSCALER
 
-from . import train_clip, train_dallebart, train_vqgan
+from . import train_clip, train_dallebart, train_upscaler, train_vqgan
 
 VQGAN_DECODER_STEPS = 3600  # one whole picture a step
 VQGAN_ENCODER_STEPS = 600  # four pictures a step
@@ -27,6 +28,7 @@ DALLE_GUIDED_STEPS = 300  # then with the guided loss (train_dallebart.GUIDED_SC
 CLIP_STEPS = 1500  # 128 captioned scenes a step
 CLIP_FINE_TUNE_STEPS = 600  # then half of each batch hard pairs (train_clip.fine_tune)
 CLIP_PLACE_STEPS = 600  # then the same batches with the place heads (train_clip.learn_places)
+UPSCALER_STEPS = 1200  # 16 crops of 32 -> 128 pixels a step
 
 
 def score() -> dict:
@@ -57,7 +59,7 @@ def adherence() -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stages", default="vqgan,sharpen,dalle,clip,score,adherence")
+    parser.add_argument("--stages", default="vqgan,sharpen,dalle,clip,score,adherence,upscale")
     args = parser.parse_args(argv)
     stages = args.stages.split(",")
     if "vqgan" in stages:
@@ -83,6 +85,9 @@ def main(argv=None) -> None:
         print(json.dumps(score(), indent=1), flush=True)
     if "adherence" in stages:
         print(json.dumps(adherence(), indent=1), flush=True)
+    if "upscale" in stages:
+        report = train_upscaler.train(DEMO_UPSCALER, UPSCALER_STEPS)
+        print(json.dumps({"upscaler_minutes": round(report.pop("minutes"), 1), **report}), flush=True)
 
 
 if __name__ == "__main__":

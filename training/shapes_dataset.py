@@ -136,12 +136,13 @@ def caption(scene: Scene, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def render(scene: Scene) -> Image.Image:
-    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene.background])
+def render(scene: Scene, scale: int = 1) -> Image.Image:
+    """The scene at IMAGE_SIZE pixels, or `scale` times larger (the upscaler's targets)."""
+    image = Image.new("RGB", (IMAGE_SIZE * scale, IMAGE_SIZE * scale), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(image)
     for item in scene.items:
-        half = SIZES[item.size] // 2
-        x, y = item.centre
+        half = SIZES[item.size] // 2 * scale
+        x, y = (c * scale for c in item.centre)
         box = (x - half, y - half, x + half - 1, y + half - 1)
         fill = COLOURS[item.colour]
         if item.shape == "circle":
@@ -149,7 +150,7 @@ def render(scene: Scene) -> Image.Image:
         elif item.shape == "square":
             draw.rectangle(box, fill=fill)
         else:  # an upright isosceles triangle filling its box's base
-            draw.polygon([(box[0], box[3]), (box[2], box[3]), (x - 0.5, box[1])], fill=fill)
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), (x - 0.5 * scale, box[1])], fill=fill)
     return image
 
 

@@ -54,6 +54,9 @@ TINY = "tiny"
 DEMO = "demo"
 DEMO_FOLDER = Path(__file__).resolve().parent / "demo_model"
 MODEL_CHOICES = (DEMO, TINY, *PUBLISHED_MODELS)
+# The demo upscaler (an SRVGGNetCompact trained on the same shapes, 128 -> 512), in
+# Real-ESRGAN's release format.
+DEMO_UPSCALER = DEMO_FOLDER / "upscaler" / "demo-x4.pth"
 
 
 # CLIP, which ranks a job's candidates (clip.py): CLIP_MODEL names one of these, a hub
