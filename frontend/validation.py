@@ -225,10 +225,7 @@ def _start_of(picture, field: str, image_codes: int, keep_rows: int, extend: str
     """A decoded start's codes (a PNG of ours), else the picture squared for the backend to encode."""
     codes = _codes_of(picture, field, image_codes)
     try:
-        rows = None if codes is None else pictures.grid_rows(len(codes))
-        pictures.check_start_size(picture.size, rows)
-        if rows is not None and extend:
-            pictures.check_taller(rows, keep_rows)
+        pictures.check_start(None if codes is None else len(codes), picture.size, keep_rows, extend)
     except ValueError as error:
         raise ValidationError(field, str(error)) from None
     if codes is None:
