@@ -31,8 +31,8 @@ from frontend.validation import (
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public_limits
 from playground.protocol import BackendStatus
-from playground.request_fields import TOP_K, Bounds
 from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
+from playground.request_fields import TEXT, TOP_K, Bounds
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
@@ -346,7 +346,7 @@ def _status_from_entry(entry: dict) -> dict:
     images = entry.get("generated_images") or []
     return {
         "queue_id": entry.get("queue_id"),
-        "text": entry.get("text_prompt"),
+        "text": entry.get(TEXT.library_name),
         "num_images": entry.get("num_images", len(images)),
         "seed": entry.get("seed"),
         "status": DONE,

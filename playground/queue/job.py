@@ -11,7 +11,6 @@ from playground.pictures import unpack_codes
 from playground.queue.states import FINISHED, QUEUED
 from playground.request_fields import ENTRY, GENERATE, JOB, taken_by
 
-SAMPLING_PARAMS = tuple(field.name for field in request_fields.SAMPLING)
 BEST_OF_FIELDS = ("candidates", "rank", "ranked", "candidate_indices", "clip_scores")
 # A continuation's fields that its status shows (not the start's codes or picture).
 PUBLIC_START_FIELDS = tuple(field.name for field in taken_by(ENTRY, request_fields.START))
@@ -138,7 +137,7 @@ class Job:
             "text": self.text,
             "num_images": self.num_images,
             "seed": self.seed,
-            **{name: getattr(self, name) for name in SAMPLING_PARAMS},
+            **{sampling.name: getattr(self, sampling.name) for sampling in request_fields.SAMPLING},
             "status": self.status,
             "position": self.position,
             "progress": {"tokens_done": self.tokens_done, "total_tokens": self.total_tokens},
