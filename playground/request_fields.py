@@ -153,9 +153,9 @@ FIELDS = (TEXT, NUM_IMAGES, SEED, *SAMPLING, CANDIDATES, RANK, MODEL, KEEP_PREVI
 START = (INIT_IMAGE, INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND)
 
 
-def taken_by(place: str, fields=FIELDS) -> tuple[Field, ...]:
-    """The fields `place` takes, in the table's order."""
-    return tuple(field for field in fields if place in field.takes)
+def taken_by(place: str, fields: tuple[Field, ...] | None = None) -> tuple[Field, ...]:
+    """The fields (of the table, or of `fields`) that `place` takes, in their order."""
+    return tuple(field for field in (FIELDS if fields is None else fields) if place in field.takes)
 
 
 def candidate_bounds(num_images: int) -> Bounds:

@@ -56,6 +56,8 @@ def fewer_rows(monkeypatch):
     """The table with another keep_rows rule: every side must follow it."""
     changed = dataclasses.replace(request_fields.KEEP_ROWS, bounds=Bounds(1, 9))
     monkeypatch.setattr(request_fields, "KEEP_ROWS", changed)
+    monkeypatch.setattr(request_fields, "FIELDS", tuple(changed if field.name == changed.name else field
+                                                        for field in request_fields.FIELDS))
     return changed
 
 

@@ -34,9 +34,10 @@ class GenerationRequest:
         if not isinstance(self.text, str):
             raise ValueError("text must be a string")  # noqa: TRY004 - every bad field is a ValueError
         # The engine draws every candidate, and clips a top-k to its codebook.
-        numbers = ((fields.NUM_IMAGES, Bounds(1, max_images)), (fields.SEED, None), (fields.TOP_K, Bounds(1)),
-                   *((field, None) for field in fields.SAMPLING[1:]), (fields.KEEP_ROWS, None))
-        for field, bounds in numbers:
+        bounds_here = {fields.NUM_IMAGES.name: Bounds(1, max_images), fields.TOP_K.name: Bounds(1)}
+        for field in fields.taken_by(fields.ENGINE):
+            if field.kind not in (int, float):
+                continue
             value = getattr(self, field.name)
             if value is None and field not in (fields.NUM_IMAGES, fields.SEED):
                 continue
@@ -44,7 +45,7 @@ class GenerationRequest:
                 raise ValueError(f"{field.name} must be an integer")
             if field.kind is float and not (_is_number(value) and np.isfinite(value)):
                 raise ValueError(f"{field.name} must be a finite number")
-            field.check(value, bounds)
+            field.check(value, bounds_here.get(field.name))
         if (self.init_codes is None) != (self.keep_rows is None):
             raise ValueError("init_codes and keep_rows come together")
         if self.init_codes is not None and not all(_is_int(code) and code >= 0 for code in self.init_codes):
