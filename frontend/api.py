@@ -56,6 +56,16 @@ def backend_report(worker: dict) -> dict:
             "ranks": worker.get("ranks") if alive else None}
 
 
+def backend_reports(workers: list[dict]) -> list[dict]:
+    """One report per backend, from the worker of its first slot, with how many slots it has
+    workers for."""
+    slots: dict[str, list[dict]] = {}
+    for worker in workers:
+        slots.setdefault(worker["backend_url"], []).append(worker)
+    return [{**backend_report(min(serving, key=lambda w: len(w["id"]))), "slots": len(serving)}
+            for serving in slots.values()]
+
+
 class Api:
     def __init__(self, config: Config, queue: JobQueue, store: LibraryStore,
                  openapi: OpenApiDocument | None = None):
@@ -282,7 +292,7 @@ class Api:
         # What a job may name as its `model`, the default first.
         models = scheduler["models"]
         report["models"] = sorted(models, key=lambda model: model != self.config.default_model)
-        report["backends"] = [backend_report(w) for w in workers]
+        report["backends"] = backend_reports(workers)
         healthy = bool(workers) and all(w["alive"] and w["backend_status"] == BackendStatus.READY for w in workers)
         return json_response({"status": "ok" if healthy else "degraded", **report}, 200 if healthy else 503)
 

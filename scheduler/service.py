@@ -1,4 +1,5 @@
-"""The scheduler: one worker thread per backend, all sharing one Redis connection pool.
+"""The scheduler: one worker thread per slot of each backend (one job each), all sharing one
+Redis connection pool.
 
 Threads, not processes: a worker spends its time waiting on Redis and HTTP, so threads
 cost nothing in speed, share one connection pool, and leave a single process to signal,
@@ -15,7 +16,7 @@ import redis
 from playground.backend_registry import BackendRegistry
 from playground.library import LibraryStore
 from scheduler.config import Config
-from scheduler.worker import Worker
+from scheduler.worker import Worker, worker_id_for
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,27 @@ class Scheduler:
         threading.Thread(target=self._discover, name="discovery", daemon=True).start()
         return self
 
-    def _start_worker(self, url: str, announced: bool) -> None:
+    def _start_worker(self, url: str, announced: bool, slot: int = 0) -> None:
         with self._lock:
             if self._stopping.is_set():
                 return
-            current = self._workers.get(url)
+            current = self._workers.get(worker_id_for(url, slot))
             if current and current[1].is_alive():
                 return
+            # The first slot's worker learns how many the backend has, and starts the others.
+            on_slots = (lambda slots: self._start_slots(url, announced, slots)) if slot == 0 else None
             worker = Worker(self.config, url, self.redis, self.library, threading.Event(),
-                            registry=self.registry if announced else None)
+                            registry=self.registry if announced else None, slot=slot, on_slots=on_slots)
             thread = threading.Thread(target=worker.run, name=f"worker {worker.worker_id}")
-            self._workers[url] = (worker, thread)
+            self._workers[worker.worker_id] = (worker, thread)
             thread.start()
-        if announced:
+        if announced and slot == 0:
             log.info("backend %s announced itself: serving it", url)
+
+    def _start_slots(self, url: str, announced: bool, slots: int) -> None:
+        """A worker for each of the backend's slots past the first (each stops when its slot goes)."""
+        for slot in range(1, slots):
+            self._start_worker(url, announced, slot)
 
     def _discover(self) -> None:
         """Serve every announced backend; its worker lets go when the announcements stop."""

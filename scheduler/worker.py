@@ -1,4 +1,4 @@
-"""One worker: feeds one backend, one job at a time, from the shared FIFO queue."""
+"""One worker: feeds one slot of a backend, one job at a time, from the shared FIFO queue."""
 from __future__ import annotations
 
 import base64
@@ -38,20 +38,27 @@ MAX_PREVIEW_BYTES = 64 * 1024
 MAX_KEPT_PREVIEWS = 64
 
 
-def worker_id_for(backend_url: str) -> str:
-    """A stable id per backend, so a restarted scheduler takes back its own worker's job."""
-    return backend_url.split("://", 1)[-1].rstrip("/")
+def worker_id_for(backend_url: str, slot: int = 0) -> str:
+    """A stable id per slot of a backend, so a restarted scheduler takes back its own worker's
+    job; the first slot's is the backend's address."""
+    address = backend_url.split("://", 1)[-1].rstrip("/")
+    return f"{address}#{slot + 1}" if slot else address
 
 
 class Worker:
-    """Serves one backend until its own `stop` event is set (by the scheduler on SIGTERM, or
-    by itself when another scheduler has taken over this backend)."""
+    """Serves one slot of a backend until its own `stop` event is set (by the scheduler on
+    SIGTERM, by itself when another scheduler has taken over this backend, or when the backend
+    no longer has its slot). The first slot's worker tells the scheduler, through `on_slots`,
+    how many slots the backend has."""
 
     def __init__(self, config: Config, backend_url: str, redis_client: redis.Redis,
-                 library: LibraryStore, stop: threading.Event, registry: BackendRegistry | None = None):
+                 library: LibraryStore, stop: threading.Event, registry: BackendRegistry | None = None,
+                 slot: int = 0, on_slots=None):
         self.config = config
         self.backend_url = backend_url
-        self.queue = WorkerQueue(redis_client, worker_id_for(backend_url), backend_url,
+        self.slot = slot
+        self._on_slots = on_slots
+        self.queue = WorkerQueue(redis_client, worker_id_for(backend_url, slot), backend_url,
                                  prefix=config.redis_prefix, max_attempts=config.max_attempts,
                                  heartbeat_ttl_secs=config.heartbeat_ttl_secs)
         self.backend = BackendClient(backend_url, stall_timeout_secs=config.stall_timeout_secs)
@@ -177,6 +184,13 @@ class Worker:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
             self.backend_status = status
+            if status == BackendStatus.READY:
+                if self.slot >= health.slots:
+                    log.warning("worker %s: backend %s now has %d slot(s); letting this one go", self.worker_id,
+                                self.backend_url, health.slots)
+                    return False
+                if self._on_slots is not None:
+                    self._on_slots(health.slots)
             # A busy backend is still finishing a job we hung up on (or someone else's).
             if health.idle:
                 self._ready_checked_at = time.monotonic()
@@ -313,8 +327,8 @@ class Worker:
                                 reveals=reveals) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
-        # Per picture generated: a Best-of job made its candidates, not only the images it kept.
-        self.queue.record_speed(process_time_secs / max(1, job.candidates or len(images)))
+        # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.
+        self.queue.record_job_time(job.candidates or len(images), process_time_secs)
         log.info("job %s done in %.2f s", job.id, process_time_secs)
 
 

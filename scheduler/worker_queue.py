@@ -30,10 +30,10 @@ from playground.queue import (
     Keys,
     scripts,
 )
+from playground.queue.eta import SPEED_SAMPLES, job_times
 
 MAX_ATTEMPTS = 3
 HEARTBEAT_TTL_SECS = 6
-SPEED_SMOOTHING = 0.3  # weight of the newest measurement in the moving average
 
 
 def process_owner() -> str:
@@ -86,7 +86,7 @@ class WorkerQueue:
         self._finish = redis_client.register_script(scripts.FINISH)
         self._put_back = redis_client.register_script(scripts.PUT_BACK)
         self._take_identity = redis_client.register_script(scripts.TAKE_IDENTITY)
-        self._record_speed = redis_client.register_script(scripts.RECORD_SPEED)
+        self._record_job_time = redis_client.register_script(scripts.RECORD_JOB_TIME)
         self._unregister = redis_client.register_script(scripts.UNREGISTER)
 
     # -- identity and heartbeat ------------------------------------------------------------
@@ -211,7 +211,8 @@ class WorkerQueue:
         return recorded, float(at)
 
     def put_back(self, job: Job, reason: str, count_attempt: bool = True) -> str:
-        """Return the job to the front of the queue (or fail it after its last attempt).
+        """Return the job to the front of the queue, in submission order among jobs put back
+        (or fail it after its last attempt).
 
         `count_attempt=False` when the job never really ran or we stopped it ourselves
         (backend busy, scheduler shutting down). Returns the job's new status ('' when the
@@ -270,7 +271,8 @@ class WorkerQueue:
 
     # -- speed -----------------------------------------------------------------------------
 
-    def record_speed(self, secs_per_image: float) -> float:
-        """Fold one measurement into this worker's moving average of seconds per image."""
-        return float(self._record_speed(keys=[self.keys.speed],
-                                        args=[self.worker_id, repr(secs_per_image), SPEED_SMOOTHING]))
+    def record_job_time(self, pictures: int, secs: float) -> list[tuple[int, float]]:
+        """Add a finished job to this worker's recent ones (the ETA's cost is fitted to them);
+        returns them, oldest first."""
+        return job_times(self._record_job_time(keys=[self.keys.speed],
+                                               args=[self.worker_id, pictures, repr(secs), SPEED_SAMPLES]))

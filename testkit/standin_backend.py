@@ -14,21 +14,26 @@ cannot produce on demand:
 - "previews": one good preview (`PREVIEW_JPEG` for each image, at 128 tokens), then three
   the scheduler must skip (malformed, too big, more pictures than images), then done once
   `release` is set (or after 10 s);
-- anything else: done, with `num_images` copies of `png` (after `step_secs` × 4 of progress);
+- anything else: done, with `num_images` copies of `png` (after `step_secs` × 4 of progress,
+  or, with `picture_secs`, after `job_secs` + `picture_secs` for each picture it draws (its
+  Best-of candidates, else its images), spread evenly over the tokens: a real model's step
+  costs a part whatever the batch (reading the weights) and a part for each picture in it);
   a continuation's also gives its start's grid (the `init_codes` sent) and codes for each image.
 
     with StandInBackend() as backend:
         Config(backend_urls=(backend.url,), ...)
 
-`python -m testkit.standin_backend` runs one as a process (STANDIN_PORT,
-STANDIN_MODEL, STANDIN_STEP_SECS), for tests that kill or pause backends; it logs each job it
-is sent ("generate <job_id> <unix time>") and announces itself in Redis when REDIS_URL is set.
+`python -m testkit.standin_backend` runs one as a process (STANDIN_PORT, STANDIN_MODEL,
+STANDIN_STEP_SECS, STANDIN_PICTURE_SECS, STANDIN_JOB_SECS, STANDIN_SLOTS), for tests that kill
+or pause backends and for benchmarks/bench_eta.py; it logs each job it is sent ("generate
+<job_id> <unix time>") and announces itself in Redis when REDIS_URL is set.
 """
 from __future__ import annotations
 
 import base64
 import io
 import json
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,9 +78,16 @@ class StandInBackend(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, png: bytes | None = None, model: str = "stand-in", port: int = 0, step_secs: float = 0.0):
+    def __init__(self, png: bytes | None = None, model: str = "stand-in", port: int = 0, step_secs: float = 0.0,
+                 picture_secs: float = 0.0, job_secs: float = 0.0, slots: int = 1):
         super().__init__(("127.0.0.1", port), _Handler)
         self.step_secs = step_secs
+        self.picture_secs = picture_secs  # the tokens of one picture; 0: by step_secs
+        self.job_secs = job_secs  # the tokens' part that does not grow with the pictures (with picture_secs)
+        self.slots = slots  # what /health says; it runs any number of jobs at once regardless
+        self._running_lock = threading.Lock()
+        self.running = 0  # /generate calls being answered now
+        self.most_running = 0  # the most at once so far
         self.log_calls = False  # print each /generate (the process does, for its log)
         self.png_base64 = base64.b64encode(png or solid_png()).decode()
         self.model = model
@@ -130,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.loading.is_set():
             report, status = loading_report(self.server.model, self.server.loading_details), 503
         else:
-            report, status = ready_report(self.server.model), 200
+            report, status = ready_report(self.server.model, slots=self.server.slots), 200
         self._send("application/json", json.dumps(report).encode(), status=status)
 
     def do_POST(self):
@@ -143,6 +155,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.log_calls:
             print(f"generate {body['job_id']} {time.time():.6f}", flush=True)
         self.server.calls.append(body["text"])
+        with self.server._running_lock:
+            self.server.running += 1
+            self.server.most_running = max(self.server.most_running, self.server.running)
+        try:
+            self._generate(body)
+        finally:
+            with self.server._running_lock:
+                self.server.running -= 1
+
+    def _generate(self, body: dict) -> None:
         if body["text"] == "server error":
             return self._send("text/html", b"<h1>Internal Server Error</h1>", status=500)
         seed = body["seed"] or PICKED_SEED
@@ -160,6 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._hang(started)
         elif body["text"] == "previews":
             return self._previews(started, body["num_images"], self._done(body, seed))
+        elif self.server.picture_secs:
+            return self._draw(started, body, self._done(body, seed))
         elif self.server.step_secs:
             return self._stream_slowly(started, self._done(body, seed), steps=4, pause=self.server.step_secs,
                                        job_id=body["job_id"])
@@ -194,6 +218,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._chunk(ending or error_event("the test should have cancelled this job"))
         self.wfile.write(b"0\r\n\r\n")
+
+    def _draw(self, started: dict, body: dict, ending: dict) -> None:
+        """The tokens in `job_secs` + `picture_secs` per picture drawn, a progress line at least
+        every half second (a real backend sends one a second)."""
+        tokens_secs = self.server.job_secs + self.server.picture_secs * (body.get("candidates") or body["num_images"])
+        steps = max(4, math.ceil(tokens_secs / 0.5))
+        self._stream_slowly(started, ending, steps=steps, pause=tokens_secs / steps, job_id=body["job_id"])
 
     def _previews(self, started: dict, num_images: int, ending: dict) -> None:
         self.send_response(200)
@@ -230,12 +261,15 @@ def main() -> None:
 
     server = StandInBackend(model=os.environ.get("STANDIN_MODEL", "stand-in"),
                             port=int(os.environ.get("STANDIN_PORT", "0")),
-                            step_secs=float(os.environ.get("STANDIN_STEP_SECS", "0")))
+                            step_secs=float(os.environ.get("STANDIN_STEP_SECS", "0")),
+                            picture_secs=float(os.environ.get("STANDIN_PICTURE_SECS", "0")),
+                            job_secs=float(os.environ.get("STANDIN_JOB_SECS", "0")),
+                            slots=int(os.environ.get("STANDIN_SLOTS", "1")))
     server.log_calls = True
     if os.environ.get("REDIS_URL"):
         import redis
 
-        report = ready_report(server.model)
+        report = ready_report(server.model, slots=server.slots)
         Announcer(BackendRegistry(redis.Redis.from_url(os.environ["REDIS_URL"])), server.url, lambda: report).start()
     print(f"stand-in backend on {server.url}", flush=True)
     server.serve_forever()

@@ -1,6 +1,8 @@
 """Fixtures shared by the whole suite: a real Redis server per test session, flushed per test."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis
 
@@ -8,6 +10,19 @@ from playground.redis_server import RedisServer
 
 # The browser fixtures, registered here so that each session-scoped one starts once.
 from browser import browser, page, ui_stack  # noqa: F401
+
+# Tests marked slow (minutes each) run only when asked: the suite, as CI runs it, keeps to its
+# time budget, and each has a shorter neighbour that runs every time.
+RUN_SLOW = "RUN_SLOW"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(RUN_SLOW) == "1" or "slow" in config.getoption("markexpr", ""):
+        return
+    skip = pytest.mark.skip(reason=f"slow: {RUN_SLOW}=1 ./run-tests.sh runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

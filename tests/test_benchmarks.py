@@ -1,6 +1,7 @@
-"""The engine's benchmark scripts run end to end on the tiny model (their figures come from
-real machines; here only that they work and report what the docs quote). Each runs as its
-own process, as people run it (JAX's compilation cache folder is set once per process)."""
+"""The benchmark scripts run end to end, the engine's on the tiny model, the ETA's on the
+stand-in backend (their figures come from real machines; here only that they work and report
+what the docs quote). Each runs as its own process, as people run it (JAX's compilation cache
+folder is set once per process)."""
 from __future__ import annotations
 
 import json
@@ -42,3 +43,16 @@ def test_bench_engine_times_an_earlier_engine_alternately(tmp_path):
     entry = json.loads(out.read_text())["against"]["per_images"]["1"]
     assert set(entry) >= {"new", "HEAD", "tokens_speedup", "vqgan_speedup"}
     assert entry["same_codes"] is True
+
+
+def test_bench_eta_reports_predicted_against_actual_for_each_job(tmp_path):
+    """The whole stack with the stand-in backend, a short queue: the table and the medians come
+    out (the figures are for the full run on a real machine, not checked here)."""
+    out = tmp_path / "eta.json"
+    run_script("bench_eta.py", "--quick", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert len(report["jobs"]) == 4 and all(job["actual_secs"] > 0 for job in report["jobs"])
+    assert all(job["submit_predicted_secs"] is not None and job["half_predicted_secs"] is not None
+               for job in report["jobs"])
+    assert 0 <= report["median_submit_error"] and 0 <= report["median_half_error"]
+    assert "ran_out_early" in report and "under_a_second_polls" in report

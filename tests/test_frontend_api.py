@@ -334,7 +334,7 @@ def test_health_reports_each_part(url, worker, redis_client):
     assert health["scheduler"]["alive_workers"] == 1
     assert health["backends"] == [{"url": "http://127.0.0.1:8080", "status": "ready", "model": "tiny",
                                    "error": None, "worker": "worker-1", "stage": None, "files": [],
-                                   "ranks": True}]
+                                   "ranks": True, "slots": 1}]
     worker.heartbeat(BackendStatus.READY, "tiny", ranks=False)  # CLIP_MODEL=none
     assert requests.get(f"{url}/health").json()["backends"][0]["ranks"] is False
     download = {"name": "dalle-mini/dalle-mega/flax_model.msgpack", "bytes_done": 5, "bytes_total": 10}
@@ -343,7 +343,7 @@ def test_health_reports_each_part(url, worker, redis_client):
     assert response.status_code == 503
     assert response.json()["backends"][0] | {"worker": None} == {
         "url": "http://127.0.0.1:8080", "status": "loading", "model": "mega", "error": None, "worker": None,
-        "stage": "downloading", "files": [download], "ranks": None}
+        "stage": "downloading", "files": [download], "ranks": None, "slots": 1}
     # Ready again: the loading details are gone.
     worker.heartbeat(BackendStatus.READY, "mega", loading={"stage": Stage.COMPILING, "files": [download]})
     assert requests.get(f"{url}/health").json()["backends"][0]["files"] == []

@@ -9,7 +9,7 @@ import redis
 
 from playground.protocol import BackendStatus
 from playground.queue import Job, JobNotFound, JobQueue, Keys, QueueFull
-from playground.queue.eta import STALLED_AFTER_SECS, estimate
+from playground.queue.eta import FIXED_SHARE_GUESS, SPEED_SAMPLES, STALLED_AFTER_SECS, JobCost, estimate, job_times
 from scheduler.worker_queue import WorkerQueue
 
 
@@ -97,7 +97,7 @@ def test_running_first_then_queued_with_eta_from_measured_speed(queue, redis_cli
     ids = [queue.submit(params(str(i), num_images=2)).id for i in range(3)]
     # Without a measured speed there is no ETA rather than a made-up one.
     assert all(j.eta_secs is None for j in queue.unfinished())
-    worker.record_speed(secs_per_image=1.0)
+    worker.record_job_time(pictures=2, secs=2.0)
     running = worker.claim(timeout=1, model="tiny")
     listed = queue.unfinished()
     assert [j.id for j in listed] == ids
@@ -110,12 +110,15 @@ def test_running_first_then_queued_with_eta_from_measured_speed(queue, redis_cli
     assert etas[2] == pytest.approx(6.0, abs=0.2)
 
 
-def test_speed_is_a_moving_average_of_measurements(redis_client):
+def test_a_worker_keeps_its_last_job_times_with_their_pictures(redis_client):
+    # An older version's moving average (a bare number) is dropped, not misread.
+    redis_client.hset(Keys().speed, "w1", "2.5")
+    assert job_times(redis_client.hget(Keys().speed, "w1")) == []
     worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
-    worker.record_speed(secs_per_image=2.0)
-    worker.record_speed(secs_per_image=4.0)
-    speed = float(redis_client.hget(Keys().speed, "w1"))
-    assert 2.0 < speed < 4.0
+    for pictures in range(1, SPEED_SAMPLES + 3):
+        kept = worker.record_job_time(pictures=pictures, secs=pictures + 0.25)
+    assert kept == [(n, n + 0.25) for n in range(3, SPEED_SAMPLES + 3)]  # the newest, oldest first
+    assert job_times(redis_client.hget(Keys().speed, "w1")) == kept
 
 
 def test_eta_spreads_queued_jobs_over_two_workers(queue, redis_client):
@@ -124,7 +127,7 @@ def test_eta_spreads_queued_jobs_over_two_workers(queue, redis_client):
     for worker, speed in ((fast, 1.0), (slow, 3.0)):
         worker.register()
         worker.heartbeat(backend_status=BackendStatus.READY, model="tiny")
-        worker.record_speed(secs_per_image=speed)
+        worker.record_job_time(pictures=2, secs=2 * speed)
     for i in range(3):
         queue.submit(params(str(i), num_images=2))
     etas = [j.eta_secs for j in queue.unfinished()]
@@ -308,8 +311,36 @@ def test_etas_count_the_candidates_and_the_running_job_s_own_pace():
     quiet = Job(id="quiet", text="z", num_images=2, seed=1, status="running", started_at=now - 20,
                 progress_at=now - STALLED_AFTER_SECS - 1, tokens_done=128, total_tokens=256)
     estimate([(slow, "w1"), (quiet, "w2")], {"": [best_of]}, {"w1": "tiny", "w2": "tiny"},
-             {"w1": 1.0, "w2": 1.0}, now)
-    assert slow.eta_secs == pytest.approx(30.0)  # 64 of 256 tokens in 10 s: 30 s more at that pace, not 0
+             {"w1": JobCost(0.0, 1.0), "w2": JobCost(0.0, 1.0)}, now)
+    # 64 of 256 tokens by its report 9 s in: 27 s more at that pace, 1 s of which has passed; not 0.
+    assert slow.eta_secs == pytest.approx(26.0)
     assert slow.stalled_secs is None and quiet.stalled_secs == pytest.approx(STALLED_AFTER_SECS + 1)
-    # w2 is free first (its job, half done in 20 s, needs 20 s more); 8 candidates at 1 s each follow.
-    assert best_of.eta_secs == pytest.approx(20.0 + 8.0)
+    # w2 is free first (its job, half done 14 s in, 6 s ago, needs 8 s more); 8 candidates at 1 s each follow.
+    assert best_of.eta_secs == pytest.approx(8.0 + 8.0)
+
+
+def test_a_job_s_cost_is_a_fixed_part_and_a_part_per_picture_fitted_to_the_last_jobs():
+    """A real model's step costs a part whatever the batch: seconds per picture measured on 2
+    pictures would make an 8-picture job twice as long as it is."""
+    cost = JobCost.fit([(2, 2.4), (8, 4.8), (16, 8.0)])  # 1.6 s + 0.4 s a picture
+    assert (cost.fixed_secs, cost.secs_per_picture) == (pytest.approx(1.6), pytest.approx(0.4))
+    assert cost.secs(4) == pytest.approx(3.2)
+    # One picture count measured: the split is a guess, and its own count comes out exact.
+    guess = JobCost.fit([(2, 2.4), (2, 2.4)])
+    assert guess.fixed_secs == pytest.approx(FIXED_SHARE_GUESS * 2.4) and guess.secs(2) == pytest.approx(2.4)
+    assert JobCost.fit([]) is None
+    # Newer jobs weigh more: a backend that became twice as slow is followed within a few jobs.
+    slower = [(2, 2.4), (8, 4.8)] * 4 + [(2, 4.8), (8, 9.6)] * 2
+    assert JobCost.fit(slower).secs(8) == pytest.approx(9.6, rel=0.15)
+    # Noise never makes a part negative.
+    shrinking = JobCost.fit([(2, 5.0), (8, 1.0)])
+    assert shrinking.secs_per_picture == 0.0 and 1.0 < shrinking.fixed_secs < 5.0
+    assert JobCost.fit([(2, 0.1), (8, 8.0)]).fixed_secs == 0.0
+
+
+def test_queued_etas_add_up_the_fitted_costs_of_the_jobs_ahead():
+    now = 1000.0
+    small, large = (Job(id=i, text="x", num_images=n, seed=1) for i, n in (("small", 2), ("large", 8)))
+    estimate([], {"": [small, large]}, {"w1": "tiny"}, {"w1": JobCost(1.6, 0.4)}, now)
+    assert small.eta_secs == pytest.approx(2.4)
+    assert large.eta_secs == pytest.approx(2.4 + 4.8)

@@ -19,7 +19,7 @@ from playground.protocol import (
     ready_report,
     stopped_event,
 )
-from playground.protocol.health import MAX_LOADING_FILES, MAX_NAME_CHARS
+from playground.protocol.health import MAX_LOADING_FILES, MAX_NAME_CHARS, MAX_SLOTS
 from testkit.processes import REPO_ROOT
 
 
@@ -44,7 +44,7 @@ def test_reports_and_events_say_what_the_document_says():
     assert loading_report("mini", {"stage": Stage.DOWNLOADING, "files": []}) == {
         "status": "loading", "model": "mini", "error": None, "stage": "downloading", "files": []}
     assert error_report("mini", "no GPU") == {"status": "error", "model": "mini", "error": "no GPU", "stage": "error"}
-    assert set(ready_report("mini")) == {"status", "model", "error", "stage", "devices", "busy", "job_id",
+    assert set(ready_report("mini")) == {"status", "model", "error", "stage", "devices", "slots", "busy", "job_id",
                                          "load_secs", "image_tokens", "image_codes", "ranks", "clip_model"}
     assert ENDINGS == (Event.DONE, Event.CANCELLED, Event.ERROR, Event.STOPPED)
 
@@ -72,3 +72,12 @@ def test_the_scheduler_reads_any_health_answer():
     assert loading["stage"] is None and len(loading["files"]) == MAX_LOADING_FILES
     assert loading["files"][0] == {"name": "x" * MAX_NAME_CHARS, "bytes_done": 0, "bytes_total": None}
     assert parse_health(ready_report("mini")).loading is None
+
+
+def test_a_backends_slots_are_read_within_bounds():
+    """What a /health says of its slots starts that many workers: a wrong answer is bounded."""
+    for said, read in [(None, 1), (3, 3), (0, 1), (-2, 1), (10**6, MAX_SLOTS), (True, 1), ("4", 1), (2.0, 1)]:
+        body = ready_report("mini") | ({"slots": said} if said is not None else {})
+        if said is None:
+            del body["slots"]
+        assert parse_health(body).slots == read, said

@@ -57,8 +57,8 @@ def test_each_worker_takes_only_its_model_s_jobs_in_order(redis_client):
 def test_etas_count_only_the_workers_of_the_job_s_model(redis_client):
     queue = JobQueue(redis_client)
     mega, mini = worker_for(redis_client, "mega", "gpu0"), worker_for(redis_client, "mini", "gpu1")
-    mega.record_speed(10.0)
-    mini.record_speed(1.0)
+    mega.record_job_time(pictures=2, secs=20.0)
+    mini.record_job_time(pictures=2, secs=2.0)
     slow, fast = queue.submit(job("slow", "mega")), queue.submit(job("fast", "mini"))
     listed = {j.id: j for j in queue.unfinished()}
     assert listed[slow.id].eta_secs == pytest.approx(20.0, abs=0.5)

@@ -11,9 +11,10 @@ import pytest
 from backend.engine import GenerationRequest, load_engine
 from training import shapes_dataset, train_dallebart, train_vqgan
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
+@pytest.mark.slow
 def test_every_stage_runs_and_the_engine_loads_the_result(tmp_path):
     model = tmp_path / "model"
     vqgan_report = train_vqgan.train(model / "vqgan", decoder_steps=2, encoder_steps=2)
@@ -28,6 +29,7 @@ def test_every_stage_runs_and_the_engine_loads_the_result(tmp_path):
     assert [np.asarray(image).shape for image in result.images] == [(size, size, 3)] * 2
 
 
+# The short one that runs every time (about a minute): the CLIP stage end to end.
 def test_the_clip_stage_runs_and_writes_a_clip_the_backend_loads(tmp_path):
     from backend.engine.clip import load_clip
     from training import train_clip

@@ -201,6 +201,21 @@ def test_a_running_job_whose_backend_goes_quiet_shows_as_stalled(page, frontend_
     expect(row.locator(".badge")).to_have_text("Generating")
 
 
+def test_finishing_only_once_the_last_token_is_drawn(page, frontend_url, worker):
+    """Under a second left with tokens to come reads so; "finishing" means decoding."""
+    worker.record_job_time(pictures=2, secs=0.5)  # the ETA of a 2-image job is below a second
+    page.goto(frontend_url)
+    queue_id = submit_prompt(page, "a prompt almost drawn", num_images=2)
+    row = page.locator(f'#queue [data-queue-id="{queue_id}"]')
+    claimed = worker.claim(timeout=1, model="tiny")
+    worker.progress(claimed, 255, 256)
+    expect(row.locator(".tokens")).to_have_text("255 / 256 tokens")
+    expect(row.locator(".queue-meta")).to_have_text("2 images · under a second left")
+    worker.progress(claimed, 256, 256)
+    expect(row.locator(".tokens")).to_have_text("decoding images…")
+    expect(row.locator(".queue-meta")).to_have_text("2 images · finishing")
+
+
 def test_create_comes_back_when_the_server_does_not_answer(page, frontend_url):
     page.route("**/prompt", lambda route: None)  # the request goes out; no answer ever comes
     page.goto(frontend_url)

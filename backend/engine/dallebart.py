@@ -347,7 +347,8 @@ def encode(params, config: DalleBartConfig, input_ids, attention_mask):
 
 
 def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: int):
-    """One decoder layer on rows x [R, Q, D] at `positions` [Q]: causal self-attention,
+    """One decoder layer on rows x [R, Q, D] at `positions` [Q] (or [R, Q], each row at its
+    own positions): causal self-attention,
     cross-attention to the text, then the GLU, each a residual block.
 
     remember(keys, values) takes the layer's new self-attention keys and values [R, H, Q, hd]
@@ -358,7 +359,9 @@ def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: i
     hidden = _layer_norm(x, layer["pre_self_attn_norm"])
     blocks, kept = remember(*_keys_values(layer["self_attn"], hidden, heads))
     key_positions = jnp.arange(sum(keys.shape[-2] for keys, _ in blocks))
-    causal_bias = _mask_bias(key_positions <= positions[:, None])  # (Q, K)
+    causal_bias = _mask_bias(key_positions <= positions[..., None])  # (Q, K), or (R, Q, K) per row
+    if positions.ndim == 2:  # rows at their own positions: a bias per row, for every head
+        causal_bias = causal_bias[:, None]
     x = x + _attention_block(layer["self_attn"], hidden, blocks, causal_bias, layer["post_self_attn_norm"], heads)
     hidden = _layer_norm(x, layer["pre_cross_attn_norm"])
     x = x + _attention_block(layer["cross_attn"], hidden, [cross_kv], cross_bias, layer["post_cross_attn_norm"], heads)
@@ -366,7 +369,7 @@ def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: i
 
 
 def _decoder(params, config: DalleBartConfig, tokens, positions, remembers, cross_kv, encoder_mask):
-    """The decoder on rows of tokens [R, Q] at `positions` [Q], layer i's self-attention keys
+    """The decoder on rows of tokens [R, Q] at `positions` [Q] or [R, Q], layer i's self-attention keys
     and values through remembers[i] → logits [R, Q, V] and what each layer's remember kept."""
     decoder = params["decoder"]
     x = _embed(decoder, tokens, positions)  # (R, Q, D)
@@ -447,6 +450,41 @@ def write_position(blocks, keys, values, position, first_written: int = 0):
         else:
             new_pair = tuple(new.astype(cached.dtype) for cached, new in zip(pair, (keys, values)))
         written.append(tuple(jax.lax.dynamic_update_slice(cached, new, at) for cached, new in zip(pair, new_pair)))
+    return tuple(written)
+
+
+def decode_rows_step(params, config: DalleBartConfig, tokens, positions, cache, cross_kv, encoder_mask):
+    """`decode_step` with every image at its own position and with its own prompt: the step
+    of a batch of several jobs (batching.py).
+
+    tokens [B, 2], positions [B] int32 (a row at T or beyond computes at T - 1 and writes
+    nothing), cache as in `decode_step` (every block given may be written), cross_kv and
+    encoder_mask per row: [2B, H, S, hd] and [2B, S], rows 2b and 2b + 1 as in the cache.
+    """
+    row_positions = jnp.repeat(positions, 2)  # (2B,)
+
+    def remember(blocks, keys, values):  # (2B, H, 1, hd) each
+        written = write_rows(blocks, keys, values, row_positions)
+        return written, written
+
+    remembers = [functools.partial(remember, blocks) for blocks in cache]
+    rows = tokens.reshape(-1, 1)
+    within = jnp.minimum(row_positions, config.image_length - 1)[:, None]  # (2B, 1)
+    logits, new_cache = _decoder(params, config, rows, within, remembers, cross_kv, encoder_mask)
+    return logits.reshape(tokens.shape + (-1,)), new_cache  # (B, 2, V)
+
+
+def write_rows(blocks, keys, values, row_positions):
+    """One layer's cache blocks with keys/values [2B, H, 1, hd] written, in place, each row at
+    its own position: a scatter per block, which drops the rows whose position it does not hold."""
+    size = blocks[0][0].shape[2]
+    rows = jnp.arange(keys.shape[0])
+    written = []
+    for index, pair in enumerate(blocks):
+        local = row_positions - index * size
+        local = jnp.where((local >= 0) & (local < size), local, size)  # `size`: out of range, dropped
+        written.append(tuple(cached.at[rows, :, local].set(new[:, :, 0].astype(cached.dtype), mode="drop")
+                             for cached, new in zip(pair, (keys, values))))
     return tuple(written)
 
 

@@ -97,18 +97,22 @@ def seed_key(seed: int) -> np.ndarray:
 def _sample(logits, keys, sampling, num_codes):
     """Super-conditioning, temperature, top-k, top-p, then one draw per row.
 
-    logits [B, 2, V] (conditional, unconditional), keys [B, 2] raw per-row keys. k and p are
-    run-time values. When k is at most the largest of TOP_K_TIERS (the usual case) only the
-    best scores of the smallest tier that holds k are ranked (a partial sort, ~100x cheaper on
-    a CPU than sorting 16k scores per row and step); a larger k takes the full sort. Every
-    tier draws among the same array (its ranks padded with -inf to the largest tier): the same
-    random numbers, so the same code whichever tier ranks it.
+    logits [B, 2, V] (conditional, unconditional), keys [B, 2] raw per-row keys. The sampling
+    values are run-time scalars, or arrays [B] (a batch of several jobs): one per row. When k
+    is at most the largest of TOP_K_TIERS (the usual case) only the best scores of the
+    smallest tier that holds every row's k are ranked (a partial sort, ~100x cheaper on a CPU
+    than sorting 16k scores per row and step); a larger k takes the full sort. Every tier
+    draws among the same array (its ranks padded with -inf to the largest tier): the same
+    random numbers, so the same code whichever tier ranks it; and in a batch where some row
+    needs the full sort, the others still draw as the largest tier does.
     """
+    per_row = lambda name: jnp.reshape(sampling[name], (-1, 1))  # noqa: E731 - [B or 1, 1], broadcast on rows
     cond, uncond = logits[:, 0], logits[:, 1]
-    scores = uncond + sampling["condition_scale"] * (cond - uncond)
+    scores = uncond + per_row("condition_scale") * (cond - uncond)
     valid = jnp.arange(scores.shape[-1]) < num_codes  # only VQGAN codes; never start/pad/padding ids
-    scores = jnp.where(valid, scores / sampling["temperature"], -jnp.inf)
-    k = jnp.clip(sampling["top_k"], 1, num_codes)
+    scores = jnp.where(valid, scores / per_row("temperature"), -jnp.inf)
+    k = jnp.clip(per_row("top_k"), 1, num_codes)
+    top_p = per_row("top_p")
     tiers = sorted({min(tier, num_codes) for tier in TOP_K_TIERS})
     draw = jax.vmap(jax.random.categorical)
 
@@ -117,25 +121,26 @@ def _sample(logits, keys, sampling, num_codes):
             ranked, indices = jax.lax.top_k(scores, candidates)
             padding = ((0, 0), (0, tiers[-1] - candidates))
             ranked = jnp.pad(ranked, padding, constant_values=-jnp.inf)
-            kept = _nucleus(ranked, k, sampling["top_p"])
+            kept = _nucleus(ranked, k, top_p)
             choice = draw(keys, jnp.where(kept, ranked, -jnp.inf))
             return jnp.take_along_axis(jnp.pad(indices, padding), choice[:, None], axis=1)[:, 0]
         return pick
 
     def among_all(scores):
         ranked = -jnp.sort(-scores, axis=-1)
-        kept = _nucleus(ranked, k, sampling["top_p"])
+        kept = _nucleus(ranked, k, top_p)
         threshold = jnp.min(jnp.where(kept, ranked, jnp.inf), axis=-1, keepdims=True)
-        return draw(keys, jnp.where(scores >= threshold, scores, -jnp.inf))
+        everything = draw(keys, jnp.where(scores >= threshold, scores, -jnp.inf))
+        return jnp.where(k[:, 0] > tiers[-1], everything, among_best(tiers[-1])(scores))
 
-    tier = sum((k > candidates).astype(jnp.int32) for candidates in tiers)
+    tier = jnp.max(sum((k > candidates).astype(jnp.int32) for candidates in tiers))
     branches = [among_best(candidates) for candidates in tiers] + [among_all]
     return jax.lax.switch(tier, branches, scores).astype(jnp.int32)
 
 
 def _nucleus(ranked, k, top_p):
     """Which of the descending scores `ranked` [B, N] survive top-k, then top-p on what is left."""
-    rank = jnp.arange(ranked.shape[-1])
+    rank = jnp.arange(ranked.shape[-1])  # k and top_p: [B or 1, 1]
     in_top_k = rank < k
     probs = jax.nn.softmax(jnp.where(in_top_k, ranked, -jnp.inf), axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
@@ -155,6 +160,14 @@ class DecodingState(NamedTuple):
         """Where each part lives: every array split along its batch axis over the devices."""
         cache = [((batch_sharding(4), batch_sharding(4)),) * cache_blocks] * decoder_layers
         return DecodingState(cache, batch_sharding(1), batch_sharding(2), batch_sharding(2))
+
+
+class JobStart(NamedTuple):
+    """A job ready to decode (`Engine.start_job`)."""
+    cross_kv: list  # per decoder layer, the (keys, values) of its two encoder rows [2, H, S, hd]
+    encoder_mask: jax.Array  # [2, S]
+    state: DecodingState  # its rows, image i in row i
+    first: int  # the first position to decode
 
 
 @dataclasses.dataclass
@@ -324,18 +337,14 @@ class Engine:
 
         return decode_codes(vqgan_params, self.vqgan_config, codes)
 
-    def _compile(self, num_images: int) -> _Programs:
-        batch = self.padded_batch(num_images)
+    def _compile_prepare(self, batch: int) -> _Programs:
         config = self.config
         text = jax.ShapeDtypeStruct((2, config.max_text_length), jnp.int32, sharding=self._replicated)
         key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=self._replicated)
         rows = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=self._batch_sharding(1))
         prepare = jax.jit(self._prepare_fn, out_shardings=(self._replicated, self._state_shardings()))
         prepare = prepare.lower(self.params, text, text, key, rows).compile()
-        programs = _Programs(prepare, {}, (prepare.out_info, text))
-        for start in range(0, self.total_tokens, self.chunk_steps):
-            self._compile_chunk(programs, start, self.chunk_steps)
-        return programs
+        return _Programs(prepare, {}, (prepare.out_info, text))
 
     def _compile_chunk(self, programs: _Programs, start: int, steps: int) -> Callable:
         """The program for the chunk of `steps` steps from `start` (shared by every chunk of
@@ -405,10 +414,20 @@ class Engine:
     def programs(self, num_images: int) -> _Programs:
         """The compiled programs for this batch size (compiled now if warm_up did not)."""
         batch = self.padded_batch(num_images)
-        if batch not in self._programs:
+        if batch not in self._programs or not self._programs[batch].chunks:
             started = time.monotonic()
-            self._programs[batch] = self._compile(num_images)
+            programs = self.preparation(num_images)
+            for start in range(0, self.total_tokens, self.chunk_steps):
+                self._compile_chunk(programs, start, self.chunk_steps)
             log.info("compiled batch %d in %.1f s", batch, time.monotonic() - started)
+        return self._programs[batch]
+
+    def preparation(self, num_images: int) -> _Programs:
+        """The programs that start a job of this batch size (its chunks compiled only by
+        `programs`): a batch of several jobs starts each with these, then decodes it in its own."""
+        batch = self.padded_batch(num_images)
+        if batch not in self._programs:
+            self._programs[batch] = self._compile_prepare(batch)
         return self._programs[batch]
 
     def chunk_program(self, num_images: int, start: int, steps: int | None = None) -> Callable:
@@ -507,26 +526,23 @@ class Engine:
         if max(request.init_codes) >= self.num_codes:
             raise ValueError(f"init_codes must be below {self.num_codes}, the model's codebook")
 
-    def _generate_codes(self, request, on_progress, cancel, steps_per_chunk, on_preview=None):
+    def first_position(self, request: GenerationRequest) -> int:
+        """Where a request's decoding starts: after a continuation's kept rows, else at 0."""
+        return 0 if request.init_codes is None else request.keep_rows * self.row_length
+
+    def start_job(self, request: GenerationRequest, programs: _Programs, seed: int, timings: dict) -> JobStart:
+        """A request's prompt encoded and its rows' decoding state made, in the batch size of
+        `programs`: image i in row i, a continuation's kept positions cached (its time in
+        `timings`). The single-job path decodes this state; a batch of jobs copies it in."""
         self.check_continuation(request)
-        seed = request.seed or random_seed()
-        sampling = request.sampling()
-        programs = self.programs(request.num_images)
-        steps = steps_per_chunk or self.chunk_steps
-        first = 0 if request.init_codes is None else request.keep_rows * self.row_length
-        if (self.total_tokens - first) % steps:
-            raise ValueError(f"steps_per_chunk must divide {self.total_tokens - first}")
-        batch = self.padded_batch(request.num_images)
+        first = self.first_position(request)
+        batch = programs.prepared[0][1].codes.shape[0]
         input_ids, attention_mask = self.encode_text(request.text)
-        put = lambda value: jax.device_put(value, self._replicated)
+        put = lambda value: jax.device_put(value, self._replicated)  # noqa: E731
         cross_kv, state = programs.prepare(
             self.params, put(input_ids), put(attention_mask), put(seed_key(seed)),
             jax.device_put(np.arange(batch, dtype=np.int32), self._batch_sharding(1)))
-        device_sampling = {"top_k": put(np.int32(min(sampling["top_k"], 2**31 - 1))),
-                           **{name: put(np.float32(sampling[name]))
-                              for name in ("top_p", "temperature", "condition_scale")}}
         encoder_mask = put(attention_mask)
-        timings = {}
         if first:
             prefill = self._compile_prefill(programs)
             started = time.perf_counter()
@@ -537,6 +553,23 @@ class Engine:
             # Waited for once, so the report can tell the prefill from the decoding after it.
             state.tokens.block_until_ready()
             timings["prefill_secs"] = time.perf_counter() - started
+        return JobStart(cross_kv, encoder_mask, state, first)
+
+    def _generate_codes(self, request, on_progress, cancel, steps_per_chunk, on_preview=None):
+        self.check_continuation(request)
+        seed = request.seed or random_seed()
+        sampling = request.sampling()
+        programs = self.programs(request.num_images)
+        steps = steps_per_chunk or self.chunk_steps
+        first = self.first_position(request)
+        if (self.total_tokens - first) % steps:
+            raise ValueError(f"steps_per_chunk must divide {self.total_tokens - first}")
+        put = lambda value: jax.device_put(value, self._replicated)
+        device_sampling = {"top_k": put(np.int32(min(sampling["top_k"], 2**31 - 1))),
+                           **{name: put(np.float32(sampling[name]))
+                              for name in ("top_p", "temperature", "condition_scale")}}
+        timings = {}
+        cross_kv, encoder_mask, state, _ = self.start_job(request, programs, seed, timings)
         total = self.total_tokens
         previews = None
         if on_preview is not None and self.preview_every != 0:

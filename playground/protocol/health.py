@@ -17,6 +17,9 @@ from enum import StrEnum
 MAX_LOADING_FILES = 16
 MAX_NAME_CHARS = 200
 MAX_STAGE_CHARS = 40
+# Jobs a backend may run at once (its `slots`, BACKEND_SLOTS): the scheduler runs a worker for
+# each, so a wrong answer must not start hundreds.
+MAX_SLOTS = 16
 
 
 class BackendStatus(StrEnum):
@@ -45,14 +48,15 @@ def error_report(model: str, error: str | None) -> dict:
     return {"status": BackendStatus.ERROR, "model": model, "error": error, "stage": BackendStatus.ERROR}
 
 
-def ready_report(model: str, *, devices: list[str] = (), busy: bool = False, job_id: str | None = None,
-                 load_secs: float | None = None, image_tokens: int | None = None, image_codes: int | None = None,
-                 ranks: bool | None = None, clip_model: str | None = None) -> dict:
-    """A ready backend: its devices, the job it runs (`busy`, `job_id`), what the scheduler and
+def ready_report(model: str, *, devices: list[str] = (), slots: int = 1, busy: bool = False,
+                 job_id: str | None = None, load_secs: float | None = None, image_tokens: int | None = None,
+                 image_codes: int | None = None, ranks: bool | None = None, clip_model: str | None = None) -> dict:
+    """A ready backend: its devices, how many jobs it runs at once (`slots`), whether all of
+    them are taken (`busy`) and by which job (`job_id`, with one slot), what the scheduler and
     the frontend need of its model (tokens per image; the codebook, which bounds top-k), and
     whether it ranks Best of N candidates with CLIP, with which."""
     return {"status": BackendStatus.READY, "model": model, "error": None, "stage": BackendStatus.READY,
-            "devices": list(devices), "busy": busy, "job_id": job_id, "load_secs": load_secs,
+            "devices": list(devices), "slots": slots, "busy": busy, "job_id": job_id, "load_secs": load_secs,
             "image_tokens": image_tokens, "image_codes": image_codes, "ranks": ranks, "clip_model": clip_model}
 
 
@@ -65,7 +69,8 @@ class Health:
     error: str | None = None
     image_codes: int | None = None
     ranks: bool | None = None  # said by a ready backend only
-    busy: bool = False  # still running a job (one its client hung up on, or someone else's)
+    busy: bool = False  # no free slot: still running jobs (ones their clients hung up on, or others')
+    slots: int = 1  # jobs it runs at once: the scheduler serves it with a worker for each
     loading: dict | None = None  # while loading: `loading_state`
 
     @property
@@ -88,8 +93,15 @@ def parse_health(body) -> Health:
     return Health(status=status, model=body.get("model"), error=body.get("error"),
                   image_codes=body.get("image_codes"),
                   ranks=body["ranks"] if isinstance(body.get("ranks"), bool) else None,
-                  busy=bool(body.get("busy")),
+                  busy=bool(body.get("busy")), slots=_slots(body.get("slots")),
                   loading=loading_state(body) if status == BackendStatus.LOADING else None)
+
+
+def _slots(value) -> int:
+    """A backend's `slots`: 1 when it does not say (one from before slots existed), bounded."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 1
+    return min(max(value, 1), MAX_SLOTS)
 
 
 def loading_state(health: dict) -> dict:

@@ -1,8 +1,28 @@
 """Where each unfinished job stands: its position in its model's line, the seconds until it is
-done, and whether any live backend can run it at all."""
+done, and whether any live backend can run it at all.
+
+The model of the estimate. A backend's job takes `fixed_secs + secs_per_picture × pictures`
+(`JobCost`): each decoding step costs a part whatever the batch (reading the weights, the
+text's cross-attention) and a part for each picture in it, and a Best-of job draws its
+candidates. On a 2-core CPU mini takes 11.6 s for 1 image and 27 s for 8, about 9.4 s + 2.2 s
+a picture; on a GPU the fixed part weighs even more. So seconds per picture alone, measured on
+one size, is wrong by half or more for another. Each worker keeps the time of its last jobs
+(`SPEED_SAMPLES`, with their pictures), and the cost is fitted to them by least squares, the
+newer weighing more (`RECENCY`), so a backend that gets slower or faster is followed within a
+few jobs. While only one picture count has been measured, the split between the two parts is
+not known: half its time is taken as fixed (`FIXED_SHARE_GUESS`), the middle between a step
+that costs the same for any batch and one that costs in proportion to it.
+
+A queued job waits for the jobs ahead of it on the worker that will take it, then its own
+cost. A running job has its cost less its elapsed time left, but never less than its own pace
+up to its last progress report says for its tokens left: a job slower than the fit does not
+run out of ETA half-way.
+"""
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from playground.queue.job import Job
 
@@ -10,37 +30,91 @@ from playground.queue.job import Job
 # stalled. The backend sends a line at least every second (docs/architecture.md), so this is
 # well past a hiccup, and well before the scheduler gives up on it (SCHEDULER_STALL_TIMEOUT).
 STALLED_AFTER_SECS = 5.0
+# The jobs a worker's cost is fitted to, the newest last.
+SPEED_SAMPLES = 12
+# The weight of a job in the fit, relative to the one after it.
+RECENCY = 0.7
+# With one picture count measured, the share of its time taken as the fixed part.
+FIXED_SHARE_GUESS = 0.5
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """Seconds a worker's backend takes for a job: `fixed_secs + secs_per_picture × pictures`."""
+    fixed_secs: float
+    secs_per_picture: float
+
+    def secs(self, pictures: int) -> float:
+        return self.fixed_secs + self.secs_per_picture * pictures
+
+    @staticmethod
+    def fit(samples: Sequence[tuple[int, float]]) -> JobCost | None:
+        """Weighted least squares of (pictures, seconds) samples, oldest first; None when there
+        are none. Neither part is ever negative."""
+        if not samples:
+            return None
+        weights = [RECENCY ** age for age in range(len(samples) - 1, -1, -1)]
+        total = sum(weights)
+        pictures = sum(w * n for w, (n, _) in zip(weights, samples))
+        secs = sum(w * t for w, (_, t) in zip(weights, samples))
+        squares = sum(w * n * n for w, (n, _) in zip(weights, samples))
+        products = sum(w * n * t for w, (n, t) in zip(weights, samples))
+        spread = total * squares - pictures * pictures
+        if spread <= 1e-9 * total * squares:  # one picture count: the split is a guess
+            fixed = FIXED_SHARE_GUESS * secs / total
+            return JobCost(fixed, (secs - fixed * total) / pictures)
+        per_picture = (total * products - pictures * secs) / spread
+        fixed = (secs - per_picture * pictures) / total
+        if fixed < 0:
+            return JobCost(0.0, products / squares)
+        if per_picture < 0:
+            return JobCost(secs / total, 0.0)
+        return JobCost(fixed, per_picture)
+
+
+def job_times(recorded: str | bytes | None) -> list[tuple[int, float]]:
+    """A worker's recent (pictures, seconds), oldest first, from its field in the speed hash
+    (JSON, written by scripts.RECORD_JOB_TIME); [] when none, or an older version's number."""
+    try:
+        samples = json.loads(recorded or "[]")
+    except ValueError:
+        return []
+    if not isinstance(samples, list):
+        return []
+    return [(int(pictures), float(secs)) for pictures, secs in samples]
 
 
 def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], workers: dict[str, str],
-             speeds: dict[str, float], now: float) -> None:
+             costs: dict[str, JobCost], now: float) -> None:
     """Set position and ETA: each queued job goes, in order, to the worker free soonest among
     those that can run it.
 
     `running` pairs each running job with its worker's id; `queued` maps each model to its
     queue in order ("": the jobs naming no model, which any worker takes first); `workers` maps
-    each live worker to its backend's model ("" while not known). A worker's speed is its
-    measured seconds per picture generated (a Best-of job generates its candidates); one not yet
-    measured borrows the average of the others. A running job's own progress, once it has some,
-    is the better guide: the rest of it cannot go faster than it has gone so far. With no
+    each live worker to its backend's model ("" while not known); `costs`, each measured
+    worker's `JobCost`. One not yet measured borrows the average of the others; with no
     measurement at all, ETAs stay None. Positions count within a model's queue. A queued job
     that no live worker can run gets `unserved`, the reason; a running one whose backend has
     gone quiet, `stalled_secs`.
     """
-    average = sum(speeds.values()) / len(speeds) if speeds else None
+    average = (JobCost(sum(c.fixed_secs for c in costs.values()) / len(costs),
+                       sum(c.secs_per_picture for c in costs.values()) / len(costs)) if costs else None)
     free_at: dict[str, float] = {wid: now for wid in workers}
     for job, wid in running:
         job.position = 0
         quiet = now - (job.progress_at or job.started_at or now)
         job.stalled_secs = quiet if quiet >= STALLED_AFTER_SECS else None
-        speed = speeds.get(wid, average)
-        if speed is None:
+        cost = costs.get(wid, average)
+        if cost is None:
             continue
-        elapsed = now - (job.started_at or now)
-        remaining = max(0.0, speed * pictures(job) - elapsed)
+        started = job.started_at or now
+        remaining = max(0.0, cost.secs(pictures(job)) - (now - started))
         done = job.tokens_done / job.total_tokens if job.total_tokens else 0.0
-        if 0 < done < 1:  # at its own pace so far, the tokens left (the pictures' decoding aside)
-            remaining = max(remaining, elapsed * (1 - done) / done)
+        if 0 < done < 1 and job.progress_at:
+            # At its own pace up to its last report, the tokens left (the pictures' decoding
+            # aside), less the time since that report: the backend reports every second or so.
+            took = job.progress_at - started
+            remaining = max(remaining, took * (1 - done) / done - (now - job.progress_at))
         job.eta_secs = remaining
         if wid in free_at:
             free_at[wid] = now + remaining
@@ -52,8 +126,9 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
             if not pool or average is None:
                 continue
             # The worker free soonest takes it, as the real workers do; a tie goes to the faster.
-            wid = min(pool, key=lambda w: (free_at[w], speeds.get(w, average)))
-            free_at[wid] += speeds.get(wid, average) * pictures(job)
+            secs = {wid: costs.get(wid, average).secs(pictures(job)) for wid in pool}
+            wid = min(pool, key=lambda w: (free_at[w], secs[w]))
+            free_at[wid] += secs[wid]
             job.eta_secs = free_at[wid] - now
 
 

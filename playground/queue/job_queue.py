@@ -12,7 +12,7 @@ import uuid
 import redis
 
 from playground.queue import scripts
-from playground.queue.eta import estimate
+from playground.queue.eta import JobCost, estimate, job_times
 from playground.queue.job import Job, encode_job_fields
 from playground.queue.keys import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, Keys
 
@@ -85,12 +85,13 @@ class JobQueue:
             keys=[self.keys.queue, self.keys.workers, self.keys.speed], args=[self.keys.prefix]))
         now = picture["now"]
         running: list[tuple[Job, str]] = []
-        speeds: dict[str, float] = {}
+        costs: dict[str, JobCost] = {}
         models: dict[str, str] = {}  # live worker -> its backend's model
         # cjson writes an empty Lua table as {}, hence the `or []`.
         for worker in picture["workers"] or []:
-            if worker["speed"]:
-                speeds[worker["id"]] = float(worker["speed"])
+            cost = JobCost.fit(job_times(worker["speed"]))
+            if cost is not None:
+                costs[worker["id"]] = cost
             if worker["alive"]:
                 models[worker["id"]] = worker["model"]
             running.extend((Job.from_hash(h), worker["id"]) for h in worker["running"] or [])
@@ -99,7 +100,7 @@ class JobQueue:
             job = Job.from_hash(h)
             queued.setdefault(job.model or "", []).append(job)
         running.sort(key=lambda item: item[0].started_at or item[0].created_at)
-        estimate(running, queued, models, speeds, now)
+        estimate(running, queued, models, costs, now)
         waiting = sorted((job for jobs in queued.values() for job in jobs), key=lambda job: job.created_at)
         return [job for job, _ in running] + waiting
 
@@ -144,7 +145,7 @@ class JobQueue:
         for i, wid in enumerate(worker_ids):
             info = {k.decode(): v.decode() for k, v in replies[3 * i].items()}
             heartbeat = info.get("heartbeat")
-            speed = replies[3 * i + 2]
+            times = job_times(replies[3 * i + 2])
             workers.append({
                 "id": wid,
                 "alive": bool(replies[3 * i + 1]),
@@ -157,7 +158,8 @@ class JobQueue:
                 "ranks": {"1": True, "0": False}.get(info.get("ranks", "")),
                 "job_id": info.get("job_id") or None,
                 "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
-                "secs_per_image": None if speed is None else round(float(speed), 3),
+                # Of its last job, per picture drawn (for the fitted cost: eta.JobCost).
+                "secs_per_image": round(times[-1][1] / times[-1][0], 3) if times else None,
             })
         models = sorted({w["model"] for w in workers if w["alive"] and w["model"]})
         return {"workers": workers, "alive_workers": sum(w["alive"] for w in workers),

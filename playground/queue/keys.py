@@ -4,13 +4,13 @@
     <prefix>:queue                 the same for jobs naming no model (any backend takes them)
     <prefix>:models                set of the models that have a queue
     <prefix>:job:<id>              hash: parameters, status, timestamps, attempts, progress
-    <prefix>:workers               set of worker ids (one per backend URL)
+    <prefix>:workers               set of worker ids (one per slot of each backend)
     <prefix>:worker:<wid>          hash: backend_url, backend_status, model, job_id, heartbeat
     <prefix>:worker:<wid>:alive    string with a TTL, renewed by the worker's heartbeat
     <prefix>:processing:<wid>      list holding the job the worker is running (0 or 1 id)
     <prefix>:preview:<id>          hash, only while the job runs (with a TTL as a safety net):
                                    tokens_done and "0", "1", … the newest preview JPEG of each image
-    <prefix>:speed                 hash: worker id -> measured seconds per image (moving average)
+    <prefix>:speed                 hash: worker id -> its last jobs' [pictures, seconds] (JSON; eta.py)
     <prefix>:backends              set of the URLs of backends that announce themselves
     <prefix>:backend:<url>         string with a TTL: that backend's announcement (JSON: url, status, model)
 

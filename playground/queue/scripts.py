@@ -225,7 +225,7 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 return status .. ' ' .. finished
 """
 
-# Put a job back at the front of the queue, or fail it when it has had its attempts, or
+# Put a job back in the queue where its submission puts it, or fail it when it has had its attempts, or
 # cancel it when that was asked. Returns the new status, '' when nothing was done.
 # The worker putting back its own job names its claim (refused, '', when no longer the
 # job's); recovery of a dead worker's job names none: the job is in that worker's
@@ -257,7 +257,19 @@ end
 if ARGV[3] ~= '1' and attempts > 0 then attempts = attempts - 1 end
 redis.call('HSET', KEYS[2], 'status', QUEUED, 'attempts', attempts, 'last_error', ARGV[2],
            'tokens_done', '0', 'started_at', '', 'worker', '', 'backend', '')
-redis.call('LPUSH', queue_of(ARGV[8], redis.call('HGET', KEYS[2], 'model')), ARGV[1])
+-- Back in submission order, not simply at the front, so jobs put back together (a batch's
+-- slots, several backends) keep theirs. Only jobs put back before it can be older than it, so
+-- the walk from the head is short.
+local queue = queue_of(ARGV[8], redis.call('HGET', KEYS[2], 'model'))
+local created = tonumber(redis.call('HGET', KEYS[2], 'created_at') or '0')
+for i = 0, redis.call('LLEN', queue) - 1 do
+  local other = redis.call('LINDEX', queue, i)
+  if tonumber(redis.call('HGET', ARGV[8] .. ':job:' .. other, 'created_at') or '0') > created then
+    redis.call('LINSERT', queue, 'BEFORE', other, ARGV[1])
+    return QUEUED
+  end
+end
+redis.call('RPUSH', queue, ARGV[1])
 return QUEUED
 """
 
@@ -281,12 +293,16 @@ redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 """
 
-# Fold one measurement into a worker's moving average of seconds per image; returns it.
-# KEYS: speed hash. ARGV: worker id, seconds per image, smoothing.
-RECORD_SPEED = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-local new = tonumber(ARGV[2])
-if old then new = tonumber(ARGV[3]) * new + (1 - tonumber(ARGV[3])) * tonumber(old) end
-redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
-return tostring(new)
+# Add a finished job's (pictures, seconds) to a worker's recent ones, keeping the newest
+# ARGV[4]; returns them as JSON, oldest first (the ETA's cost is fitted to them: eta.py).
+# KEYS: speed hash. ARGV: worker id, pictures, seconds, how many to keep.
+RECORD_JOB_TIME = """
+local samples = {}
+local ok, old = pcall(cjson.decode, redis.call('HGET', KEYS[1], ARGV[1]) or '[]')
+if ok and type(old) == 'table' then samples = old end  -- an older version's number: start again
+table.insert(samples, {tonumber(ARGV[2]), tonumber(ARGV[3])})
+while #samples > tonumber(ARGV[4]) do table.remove(samples, 1) end
+local encoded = cjson.encode(samples)
+redis.call('HSET', KEYS[1], ARGV[1], encoded)
+return encoded
 """

@@ -10,10 +10,11 @@ export function formatSeconds(secs) {
   return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
 }
 
-// eta_secs comes from the measured speed; null means the server cannot know yet.
-export function formatEta(secs) {
+// eta_secs comes from the measured speed; null means the server cannot know yet. "finishing"
+// only once the last token is drawn (the pictures are being decoded): before, it would not be true.
+export function formatEta(secs, drawing) {
   if (secs === null || secs === undefined || !Number.isFinite(secs)) return "ETA unknown";
-  if (secs < 1) return "finishing";
+  if (secs < 1) return drawing ? "under a second left" : "finishing";
   return `about ${formatSeconds(secs)} left`;
 }
 

@@ -72,10 +72,12 @@ function queueRow(queueId, onCancel) {
       prompt.textContent = job.text;
       prompt.title = job.text;
     }
+    // Tokens still to come (a queued job's are all to come): never "finishing" then.
+    const drawing = !running || !(job.progress?.tokens_done >= job.progress?.total_tokens);
     meta.textContent = stalled
       ? `${job.num_images} images · no progress for ${formatSeconds(job.stalled_secs)}; the backend may be stuck `
         + "(the scheduler gives up on it and runs the job again after a while)"
-      : `${job.num_images} images · ${formatEta(job.eta_secs)}`;
+      : `${job.num_images} images · ${formatEta(job.eta_secs, drawing)}`;
     progressLine.hidden = !running;
     const done = job.progress?.tokens_done;
     const total = job.progress?.total_tokens;
