@@ -10,7 +10,8 @@ from typing import Any
 from PIL import Image
 
 from playground import pictures
-from playground.limits import MAX_CANDIDATES, MAX_IMAGES, MAX_KEEP_ROWS, MAX_SEED, MAX_TEXT_LENGTH
+from playground import request_fields as fields
+from playground.request_fields import Bounds, Field, FieldError
 
 
 class BadRequest(ValueError):
@@ -39,20 +40,21 @@ class GenerateBody:
     rank: bool | None = None
 
 
-def _integer(body: dict, name: str) -> int:
-    value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{name} must be an integer")
-    return value
-
-
-def _optional_number(body: dict, name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
+def _value(body: dict, field: Field, bounds: Bounds | None = None) -> float | None:
+    """A number field as the protocol sends it (a JSON number; an int field an integer), checked
+    by its field's rule; null for an optional one (no default: the backend's own applies)."""
+    value = body.get(field.name)
+    if value is None and field.default is None and not field.required:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(f"{name} must be a finite number or null")
-    return float(value)
+    if field.kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"{field.name} must be an integer")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{field.name} must be a finite number or null")
+    try:
+        return field.check(value if field.kind is int else float(value), bounds)
+    except FieldError as error:
+        raise BadRequest(str(error)) from None
 
 
 def parse_generate_body(body: Any) -> GenerateBody:
@@ -62,34 +64,15 @@ def parse_generate_body(body: Any) -> GenerateBody:
     if not isinstance(job_id, str) or not 0 < len(job_id) <= 100:
         raise BadRequest("job_id must be a non-empty string of at most 100 characters")
     text = body.get("text")
-    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
-        raise BadRequest(f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters")
-    num_images = _integer(body, "num_images")
-    if not 1 <= num_images <= MAX_IMAGES:
-        raise BadRequest(f"num_images must be between 1 and {MAX_IMAGES}")
-    seed = _integer(body, "seed")
-    if not 0 <= seed <= MAX_SEED:
-        raise BadRequest(f"seed must be between 0 and {MAX_SEED}")
-
-    top_k = body.get("top_k")
-    if top_k is not None:
-        top_k = _integer(body, "top_k")
-        if top_k < 1:
-            raise BadRequest("top_k must be at least 1")
-    top_p = _optional_number(body, "top_p")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise BadRequest("top_p must be greater than 0 and at most 1")
-    temperature = _optional_number(body, "temperature")
-    if temperature is not None and temperature <= 0:
-        raise BadRequest("temperature must be greater than 0")
-    condition_scale = _optional_number(body, "condition_scale")
-    if condition_scale is not None and condition_scale < 0:
-        raise BadRequest("condition_scale must be at least 0")
-    candidates = body.get("candidates")
-    if candidates is not None:
-        candidates = _integer(body, "candidates")
-        if not num_images <= candidates <= MAX_CANDIDATES:
-            raise BadRequest(f"candidates must be between num_images ({num_images}) and {MAX_CANDIDATES}")
+    max_text = fields.TEXT.bounds.maximum
+    if not isinstance(text, str) or not text.strip() or len(text) > max_text:
+        raise BadRequest(f"text must be a non-empty string of at most {max_text} characters")
+    num_images = _value(body, fields.NUM_IMAGES)
+    seed = _value(body, fields.SEED)
+    # No upper limit here: the engine clips a top-k to its codebook.
+    top_k = _value(body, fields.TOP_K, Bounds(1))
+    top_p, temperature, condition_scale = (_value(body, field) for field in fields.SAMPLING[1:])
+    candidates = _value(body, fields.CANDIDATES, fields.candidate_bounds(num_images))
     rank = body.get("rank")
     if rank is not None and not isinstance(rank, bool):
         raise BadRequest("rank must be true, false or null")
@@ -122,11 +105,9 @@ def _start(body: dict) -> tuple:
             pictures.check_start_size(picture.size, None)
         except (TypeError, ValueError, binascii.Error) as error:
             raise BadRequest(f"init_picture must be a base64 PNG, JPEG or WebP picture ({error})") from None
-    keep_rows = _integer(body, "keep_rows")
-    if not 1 <= keep_rows <= MAX_KEEP_ROWS:
-        raise BadRequest(f"keep_rows must be between 1 and {MAX_KEEP_ROWS}")
+    keep_rows = _value(body, fields.KEEP_ROWS)
     extend = body.get("extend")
-    if extend not in (None, "down"):
+    if extend not in (None, *fields.EXTEND_CHOICES):
         raise BadRequest('extend must be "down" or null')
     if codes is not None and extend:
         try:

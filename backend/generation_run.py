@@ -15,7 +15,7 @@ from backend import ranking
 from backend.engine import GenerationCancelled, GenerationRequest
 from backend.generate_request import GenerateBody
 from backend.png import encode_pngs
-from playground import pictures
+from playground import pictures, request_fields
 from playground.protocol import (
     cancelled_event,
     done_event,
@@ -41,10 +41,7 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
         "prompt": body.text,
         "seed": str(seed),
         "image_index": str(index),
-        "gen_top_k": str(params.get("top_k")),
-        "gen_top_p": str(params.get("top_p")),
-        "temperature": str(params.get("temperature")),
-        "condition_scale": str(params.get("condition_scale")),
+        **{field.library_name: str(params.get(field.name)) for field in request_fields.SAMPLING},
         "model": model,
         "software": "dalle-playground",
     }
@@ -54,18 +51,7 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
         metadata.update(clip_score=str(clip_score), candidates=str(candidates))
     if codes is not None:
         metadata[pictures.CODES_KEY] = pictures.pack_codes(codes)
-    values = [f"Steps: {steps}", "Sampler: DALL-E top-k/top-p", f"Seed: {seed}",
-              f"Top k: {params.get('top_k')}", f"Top p: {params.get('top_p')}",
-              f"Temperature: {params.get('temperature')}", f"CFG scale: {params.get('condition_scale')}"]
-    if size is not None:
-        values.append(f"Size: {size[0]}x{size[1]}")
-    values.append(f"Model: {model}")
-    if clip_score is not None:
-        values.append(f"CLIP score: {clip_score}")
-        values.append(f"Best of: {candidates}")
-    if body.keep_rows is not None:
-        values.append(f"Kept rows: {body.keep_rows}")
-    metadata["parameters"] = f"{body.text}\n{', '.join(values)}"
+    metadata["parameters"] = pictures.parameters_text(metadata, size, steps)
     return metadata
 
 

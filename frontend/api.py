@@ -21,6 +21,7 @@ from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
 from frontend.validation import (
     ValidationError,
+    check_number,
     parse_form_data,
     parse_json_object,
     route_model,
@@ -31,6 +32,7 @@ from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public_limits
 from playground.protocol import BackendStatus
 from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
+from playground.request_fields import TEXT, TOP_K, Bounds
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
@@ -131,9 +133,8 @@ class Api:
         params = validate_prompt(body)
         params["model"] = route_model(params["model"], served, self.config.default_model)
         image_codes = served.get(params["model"]) or IMAGE_CODES  # the chosen model's codebook
-        if params["top_k"] is not None and params["top_k"] > image_codes:
-            raise ValidationError("gen_top_k", f"must be between 1 and {image_codes} for model "
-                                               f"{params['model']}, not {params['top_k']}")
+        if params["top_k"] is not None:
+            check_number(TOP_K, params["top_k"], Bounds(1, image_codes), note=f" for model {params['model']}")
         params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes,
                                      decode=lambda work: self._decoder.submit(work).result()))
         try:
@@ -355,7 +356,7 @@ def _status_from_entry(entry: dict) -> dict:
     images = entry.get("generated_images") or []
     return {
         "queue_id": entry.get("queue_id"),
-        "text": entry.get("text_prompt"),
+        "text": entry.get(TEXT.library_name),
         "num_images": entry.get("num_images", len(images)),
         "seed": entry.get("seed"),
         "status": DONE,

@@ -17,20 +17,12 @@ from typing import Any
 import multipart
 
 from playground import pictures
-from playground.limits import (
-    DEFAULT_KEEP_ROWS,
-    IMAGE_CODES,
-    IMAGE_COUNTS,
-    MAX_CANDIDATES,
-    MAX_KEEP_ROWS,
-    MAX_SEED,
-    MAX_TEXT_LENGTH,
-)
+from playground import request_fields as fields
+from playground.limits import IMAGE_CODES, IMAGE_COUNTS
 from playground.queue import UUID_PATTERN
+from playground.request_fields import Bounds, Field, FieldError, number_text
 
-_IMAGE_COUNT_CHOICES = ", ".join(map(str, IMAGE_COUNTS[:-1])) + f" or {IMAGE_COUNTS[-1]}"  # "2, 4, 6 or 8"
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
-MAX_MODEL_NAME = 200
 LIBRARY_IMAGE = re.compile(rf"/?library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
 # A data: URL's head, any media type and parameters: "data:image/png;base64,".
 _DATA_URL = re.compile(r"\s*data:[a-z0-9.+/=;-]{0,100};base64,", re.IGNORECASE)
@@ -140,15 +132,13 @@ def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dic
     it means nothing."""
     num_images = _num_images(body.get("num_images"))
     return {
-        "text": _text(body.get("text"), MAX_TEXT_LENGTH),
+        "text": _text(body.get("text"), fields.TEXT.bounds.maximum),
         "num_images": num_images,
-        "candidates": _candidates(body.get("candidates"), num_images),
+        "candidates": _candidates(body, num_images),
         "rank": _optional_bool(body.get("rank"), "rank"),
-        "seed": _seed(body.get("seed", 0)),
-        "top_k": _optional_int(body, "gen_top_k", minimum=1, maximum=image_codes),
-        "top_p": _optional_float(body, "gen_top_p", above=0.0, at_most=1.0),
-        "temperature": _optional_float(body, "temperature", above=0.0),
-        "condition_scale": _optional_float(body, "condition_scale", at_least=0.0),
+        "seed": _number(body, fields.SEED),
+        "top_k": _number(body, fields.TOP_K, Bounds(1, image_codes)),
+        **{field.name: _number(body, field) for field in fields.SAMPLING[1:]},
         "model": _optional_model(body.get("model")),
         "keep_previews": _flag(body, "keep_previews"),
     }
@@ -172,7 +162,7 @@ def route_model(asked: str | None, served: dict[str, int | None], default: str) 
 def _optional_model(value: Any) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > MAX_MODEL_NAME or not value.isprintable():
+    if not isinstance(value, str) or len(value) > fields.MODEL.bounds.maximum or not value.isprintable():
         raise ValidationError("model", f"must be the name of a served model, not {_describe(value)}")
     return value
 
@@ -180,7 +170,7 @@ def _optional_model(value: Any) -> str | None:
 def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str], bytes | None],
                    max_upload_bytes: int, image_codes: int = IMAGE_CODES,
                    decode: Callable[[Callable[[], dict]], dict] = lambda work: work()) -> dict[str, Any]:
-    """A continuation's job fields (playground.queue.Job's START_FIELDS) from a /prompt body,
+    """A continuation's job fields (request_fields.START) from a /prompt body,
     or {} for a fresh job. The start is a library image (`init_image`) or an upload
     (`init_image_data`: base64 text, or a form's file as bytes); a PNG of ours gives its codes,
     any other picture is squared here and encoded by the backend's VQGAN. Only an absent (or
@@ -196,12 +186,9 @@ def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str]
         return {}
     if path is not None and data is not None:
         raise ValidationError("init_image", "give init_image or init_image_data, not both")
-    keep_rows = body.get("keep_rows")
-    keep_rows = DEFAULT_KEEP_ROWS if keep_rows in (None, "") else _as_int(keep_rows, "keep_rows")
-    if not 1 <= keep_rows <= MAX_KEEP_ROWS:
-        raise ValidationError("keep_rows", f"must be between 1 and {MAX_KEEP_ROWS}, not {keep_rows}")
+    keep_rows = _number(body, fields.KEEP_ROWS)
     extend = body.get("extend")
-    if extend not in (None, "", "down"):
+    if extend not in (None, "", *fields.EXTEND_CHOICES):
         raise ValidationError("extend", f'must be "down" or null, not {_describe(extend)}')
     if path is not None:
         field = "init_image"
@@ -238,10 +225,7 @@ def _start_of(picture, field: str, image_codes: int, keep_rows: int, extend: str
     """A decoded start's codes (a PNG of ours), else the picture squared for the backend to encode."""
     codes = _codes_of(picture, field, image_codes)
     try:
-        rows = None if codes is None else pictures.grid_rows(len(codes))
-        pictures.check_start_size(picture.size, rows)
-        if rows is not None and extend:
-            pictures.check_taller(rows, keep_rows)
+        pictures.check_start(None if codes is None else len(codes), picture.size, keep_rows, extend)
     except ValueError as error:
         raise ValidationError(field, str(error)) from None
     if codes is None:
@@ -302,21 +286,16 @@ def _text(value: Any, max_chars: int) -> str:
 
 def _num_images(value: Any) -> int:
     if value is None:
-        raise ValidationError("num_images", f"is required ({_IMAGE_COUNT_CHOICES})")
+        raise ValidationError("num_images", f"is required ({fields.image_count_choices()})")
     number = _as_int(value, "num_images")
     if number not in IMAGE_COUNTS:
-        raise ValidationError("num_images", f"must be {_IMAGE_COUNT_CHOICES}, not {_describe(value)}")
+        raise ValidationError("num_images", f"must be {fields.image_count_choices()}, not {_describe(value)}")
     return number
 
 
-def _candidates(value: Any, num_images: int) -> int | None:
-    """How many candidates to generate (num_images … MAX_CANDIDATES); None: num_images."""
-    if value is None or value == "":
-        return None
-    number = _as_int(value, "candidates")
-    if not num_images <= number <= MAX_CANDIDATES:
-        raise ValidationError("candidates", f"must be between num_images ({num_images}) and {MAX_CANDIDATES}, "
-                                            f"not {number}")
+def _candidates(body: dict, num_images: int) -> int | None:
+    """How many candidates to generate; None: num_images."""
+    number = _number(body, fields.CANDIDATES, fields.candidate_bounds(num_images))
     return None if number == num_images else number
 
 
@@ -331,15 +310,6 @@ def _optional_bool(value: Any, field: str) -> bool | None:
     raise ValidationError(field, f"must be true or false, not {_describe(value)}")
 
 
-def _seed(value: Any) -> int:
-    if value is None or value == "":
-        return 0
-    seed = _as_int(value, "seed")
-    if not 0 <= seed <= MAX_SEED:
-        raise ValidationError("seed", f"must be between 0 and {MAX_SEED} (0 = random), not {seed}")
-    return seed
-
-
 def _flag(body: dict, field: str) -> bool:
     """An option that is off unless set: a JSON boolean, or a form's text for one."""
     value = body.get(field)
@@ -350,29 +320,23 @@ def _flag(body: dict, field: str) -> bool:
     raise ValidationError(field, f"must be true or false, not {_describe(value)}")
 
 
-def _optional_int(body: dict, field: str, minimum: int, maximum: int) -> int | None:
-    value = body.get(field)
+def _number(body: dict, field: Field, bounds: Bounds | None = None) -> float | None:
+    """A number field of the body, checked by its rule (`bounds`: this request's); absent, null
+    or "": its default."""
+    name = field.public_name
+    value = body.get(name)
     if value is None or value == "":
-        return None
-    number = _as_int(value, field)
-    if not minimum <= number <= maximum:
-        raise ValidationError(field, f"must be between {minimum} and {maximum}, not {number}")
-    return number
+        return field.default
+    return check_number(field, _as_int(value, name) if field.kind is int else _as_float(value, name), bounds)
 
 
-def _optional_float(body: dict, field: str, above: float | None = None,
-                    at_least: float | None = None, at_most: float | None = None) -> float | None:
-    value = body.get(field)
-    if value is None or value == "":
-        return None
-    number = _as_float(value, field)
-    if above is not None and not number > above:
-        raise ValidationError(field, f"must be greater than {above:g}, not {number:g}")
-    if at_least is not None and not number >= at_least:
-        raise ValidationError(field, f"must be at least {at_least:g}, not {number:g}")
-    if at_most is not None and not number <= at_most:
-        raise ValidationError(field, f"must be at most {at_most:g}, not {number:g}")
-    return number
+def check_number(field: Field, number: float, bounds: Bounds | None = None, note: str | None = None) -> float:
+    """`number` if it keeps its field's rule, else a 400 naming the field, the rule and the number."""
+    try:
+        return field.check(number, bounds)
+    except FieldError as error:
+        raise ValidationError(field.public_name, f"must be {error.broken}{field.note if note is None else note}, "
+                                                 f"not {number_text(number)}") from None
 
 
 def _as_int(value: Any, field: str) -> int:

@@ -14,6 +14,7 @@ only library.json and the job's own folder, never the whole library.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -28,7 +29,9 @@ from typing import Protocol
 import filelock
 from filelock import FileLock
 
-from playground.queue import UUID_PATTERN
+from playground import pictures
+from playground.queue import UUID_PATTERN, Job
+from playground.request_fields import ENTRY, SAMPLING, START, TEXT, taken_by
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,36 @@ REQUIRED_FIELDS = ("queue_id", "text_prompt", "creation_unixtime")
 
 # An entry's lists with one element per generated image, in the same order.
 PER_IMAGE_FIELDS = ("clip_scores", "candidate_indices")
+
+
+def job_entry(job: Job, done: dict, image_count: int, model: str | None, backend_url: str,
+              process_time_secs: float) -> dict:
+    """A finished job's entry (before add_job gives its pictures and the commit its time): its
+    request by the entry's names, with the values the backend says it used (`done`, the
+    protocol's done event); a continuation's start; Best of N's choice; the kept previews."""
+    used = done.get("params") or {}
+    entry = {
+        "queue_id": job.id,
+        TEXT.library_name: job.text,
+        "creation_unixtime": 0.0,  # set to the queue's time of the commit
+        "process_time_secs": round(process_time_secs, 3),
+        "seed": int(done.get("seed", job.seed)),
+        "num_images": image_count,
+        **{field.library_name: used.get(field.name, getattr(job, field.name)) for field in SAMPLING},
+        "model": done.get("model") or model,
+        "backend": backend_url,
+        "secs_per_image": round(process_time_secs / max(1, image_count), 3),
+    }
+    if job.keep_rows is not None:
+        entry.update({field.library_name: getattr(job, field.name) for field in taken_by(ENTRY, START)})
+        entry["init_source"] = (done.get("start") or {}).get("source", job.init_source)
+    if done.get("candidate_indices") is not None:  # Best of N: which candidates, their scores
+        entry.update(candidates=done.get("candidates"), ranked=bool(done.get("ranked")),
+                     candidate_indices=done["candidate_indices"], clip_scores=done.get("clip_scores"))
+    if job.keep_previews:
+        entry["keep_previews"] = True  # the option, in the job's folder with its reveals
+    return entry
+
 
 def _check_uuid(value: str, what: str) -> str:
     if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
@@ -261,6 +294,20 @@ class LibraryStore:
             return entry
         shutil.rmtree(staging, ignore_errors=True)
         return entry
+
+    def start_picture(self, job: Job) -> bytes | None:
+        """The picture a continuation started from: the library's file, or the upload (None
+        when the file was deleted from the library since the job was queued)."""
+        if job.init_image is None:
+            try:
+                return base64.b64decode(job.init_picture or "", validate=True)
+            except ValueError as exc:  # binascii.Error is one
+                raise pictures.BadStart(f"the start picture {exc}") from None
+        try:
+            return (self.root / job.init_image.removeprefix("library/")).read_bytes()
+        except OSError as exc:
+            log.warning("job %s: no start picture to extend (%s)", job.id, exc)
+            return None
 
     def publishing(self, queue_id: str, token: str) -> bool:
         """Whether a result staged under this claim is still on its way into the library (a

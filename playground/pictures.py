@@ -18,6 +18,7 @@ import warnings
 
 from PIL import Image, PngImagePlugin
 
+from playground import request_fields
 from playground.limits import IMAGE_ROWS as ROW
 from playground.limits import MAX_START_ROWS
 
@@ -142,6 +143,15 @@ def check_taller(rows: int, keep_rows: int) -> None:
                        f"{MAX_START_ROWS}, the most a picture may have")
 
 
+def check_start(code_count: int | None, size: tuple[int, int], keep_rows: int, extend: str | None) -> None:
+    """BadStart unless a start picture of `size` carrying `code_count` codes (None: a picture
+    to encode) can start a job that keeps `keep_rows` rows, extending it down or not."""
+    rows = None if code_count is None else grid_rows(code_count)
+    check_start_size(size, rows)
+    if rows is not None and extend:
+        check_taller(rows, keep_rows)
+
+
 def text_chunks(picture: Image.Image) -> dict[str, str]:
     """A PNG's text chunks (none for other formats)."""
     return {str(key): str(value) for key, value in getattr(picture, "text", {}).items()}
@@ -178,6 +188,49 @@ def png_bytes(picture: Image.Image, text: dict[str, str] | None = None) -> bytes
     return buffer.getvalue()
 
 
+def parameters_text(chunks: dict[str, str], size: tuple[int, int] | None, steps: int) -> str:
+    """The A1111-style `parameters` text that other image tools' PNG-info readers show, made
+    from a picture's own text chunks (png_metadata's), its size and the tokens drawn."""
+    top_k, top_p, temperature, condition_scale = (chunks[field.library_name] for field in request_fields.SAMPLING)
+    values = [f"Steps: {steps}", "Sampler: DALL-E top-k/top-p", f"Seed: {chunks['seed']}", f"Top k: {top_k}",
+              f"Top p: {top_p}", f"Temperature: {temperature}", f"CFG scale: {condition_scale}"]
+    if size is not None:
+        values.append(f"Size: {size[0]}x{size[1]}")
+    values.append(f"Model: {chunks['model']}")
+    if "clip_score" in chunks:
+        values.append(f"CLIP score: {chunks['clip_score']}")
+        values.append(f"Best of: {chunks['candidates']}")
+    if "keep_rows" in chunks:
+        values.append(f"Kept rows: {chunks['keep_rows']}")
+    return f"{chunks['prompt']}\n{', '.join(values)}"
+
+
+def taller_pictures(start: bytes, grid: list[int], tiles: list[bytes], codes: list[str], keep_rows: int) -> list[bytes]:
+    """Each new tile of a job that extended `start` (its PNG, JPEG or WebP, whose code grid is
+    `grid`) below it: the start picture, then the tile's rows under the kept ones. Each PNG
+    carries the taller grid's codes, so it can be extended again, and the tile's text with the
+    taller size. A start that does not fit its grid (or would grow too tall) raises BadStart
+    before anything is allocated for it."""
+    try:
+        rows = grid_rows(len(grid))
+        check_taller(rows, keep_rows)  # before the picture is decoded
+        top = open_picture(start)
+        check_start_size(top.size, rows)
+    except ValueError as exc:
+        raise BadStart(f"the start picture {exc}") from None
+    taller = []
+    for png, packed in zip(tiles, codes):
+        tile = open_picture(png)
+        picture = stitch_below(top, tile, keep_rows)
+        tile_codes = unpack_codes(packed)
+        metadata = text_chunks(tile)
+        metadata[CODES_KEY] = pack_codes(taller_codes(grid, tile_codes, keep_rows))
+        if "parameters" in metadata:
+            metadata["parameters"] = parameters_text(metadata, picture.size, len(tile_codes))
+        taller.append(png_bytes(picture, metadata))
+    return taller
+
+
 def stitch_below(top: Image.Image, tile: Image.Image, keep_rows: int) -> Image.Image:
     """`top` with the rows of `tile` below its first `keep_rows` code rows appended (`top`
     is scaled to the tile's width first when an upload of another size started it)."""
@@ -193,6 +246,13 @@ def stitch_below(top: Image.Image, tile: Image.Image, keep_rows: int) -> Image.I
 
 REVEAL_FRAME_MS = 200
 REVEAL_LAST_FRAME_MS = 2000
+
+
+def reveals(previews: list[list[bytes]], finals: list[bytes]) -> list[bytes]:
+    """Each finished picture's reveal (reveal_webp): `previews` holds each preview event's
+    pictures, which may lack the last images."""
+    return [reveal_webp([kept[index] for kept in previews if index < len(kept)], png)
+            for index, png in enumerate(finals)]
 
 
 def reveal_webp(previews: list[bytes], final: bytes) -> bytes:

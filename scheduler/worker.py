@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import re
 import threading
 import time
 
@@ -12,7 +11,7 @@ import redis
 
 from playground import pictures
 from playground.backend_registry import BackendRegistry
-from playground.library import LibraryStore
+from playground.library import LibraryStore, job_entry
 from playground.limits import IMAGE_TOKENS
 from playground.protocol import BackendStatus, Event, event_kind
 from playground.queue import DONE, Job
@@ -306,46 +305,24 @@ class Worker:
 
     def _store(self, job: Job, event: dict, process_time_secs: float) -> None:
         images = [base64.b64decode(data, validate=True) for data in event["images"]]
-        params = event.get("params") or {}
-        entry = {
-            "queue_id": job.id,
-            "text_prompt": job.text,
-            "creation_unixtime": 0.0,  # set to Redis's time of the commit
-            "process_time_secs": round(process_time_secs, 3),
-            "seed": int(event.get("seed", job.seed)),
-            "num_images": len(images),
-            "gen_top_k": params.get("top_k", job.top_k),
-            "gen_top_p": params.get("top_p", job.top_p),
-            "temperature": params.get("temperature", job.temperature),
-            "condition_scale": params.get("condition_scale", job.condition_scale),
-            "model": event.get("model") or self.model,
-            "backend": self.backend_url,
-            "secs_per_image": round(process_time_secs / max(1, len(images)), 3),
-        }
+        entry = job_entry(job, event, len(images), self.model, self.backend_url, process_time_secs)
         codes = [str(c) for c in event.get("codes") or []]
         extended: list[bytes] = []
-        if job.keep_rows is not None:
-            start = event.get("start") or {}
-            entry.update(init_image=job.init_image, init_source=start.get("source", job.init_source),
-                         keep_rows=job.keep_rows, extend=job.extend)
-            if job.extend:
-                extended = self._taller_pictures(job, start.get("codes") or [], images, codes)
-        if event.get("candidate_indices") is not None:  # Best of N: which candidates, their scores
-            entry.update(candidates=event.get("candidates"), ranked=bool(event.get("ranked")),
-                         candidate_indices=event["candidate_indices"], clip_scores=event.get("clip_scores"))
+        if job.extend:
+            start = self.library.start_picture(job)
+            if start is not None:  # else deleted from the library since: the new tiles are stored alone
+                grid = (event.get("start") or {}).get("codes") or []
+                extended = pictures.taller_pictures(start, grid, images, codes, job.keep_rows)
         fields = {"seed": entry["seed"], "model": entry["model"] or "", "codes": codes,
                   "process_time_secs": entry["process_time_secs"]}
         if event.get("candidate_indices") is not None:
             fields["best_of"] = {name: event.get(name) for name in ("ranked", "candidate_indices", "clip_scores")}
         reveals = []
         if job.keep_previews:
-            entry["keep_previews"] = True  # the option, in the job's folder with its reveals
             try:
-                reveals = [pictures.reveal_webp([kept[index] for kept in self._kept_previews if index < len(kept)], png)
-                           for index, png in enumerate(images)]
+                reveals = pictures.reveals(self._kept_previews, images)
             except Exception as exc:  # a preview that was no picture (or a decompression bomb): the images count, not it
                 log.warning("job %s: no reveal: %r", job.id, exc)
-                reveals = []
         if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields),
                                 reveals=reveals) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
@@ -353,40 +330,6 @@ class Worker:
         # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.
         self.queue.record_job_time(job.candidates or len(images), process_time_secs)
         log.info("job %s done in %.2f s", job.id, process_time_secs)
-
-    def _taller_pictures(self, job: Job, grid: list[int], tiles: list[bytes], codes: list[str]) -> list[bytes]:
-        """Each new tile below the picture it extends: the start picture (the library's file,
-        or the upload), then the tile's rows under the kept ones; its PNG carries the taller
-        grid's codes, so it can be extended again. A start that does not fit its grid (or
-        would grow too tall) raises BadStart before anything is allocated for it."""
-        try:
-            data = None if job.init_image is None else (
-                self.library.root / job.init_image.removeprefix("library/")).read_bytes()
-        except OSError as exc:
-            # Deleted from the library since the job was queued: the new tiles are stored alone.
-            log.warning("job %s: no start picture to extend (%s); storing the tiles only", job.id, exc)
-            return []
-        try:
-            if data is None:  # the upload of ours that the job started from
-                data = base64.b64decode(job.init_picture or "", validate=True)
-            rows = pictures.grid_rows(len(grid))
-            pictures.check_taller(rows, job.keep_rows)
-            top = pictures.open_picture(data)
-            pictures.check_start_size(top.size, rows)
-        except ValueError as exc:  # binascii.Error is one
-            raise pictures.BadStart(f"the start picture {exc}") from None
-        taller = []
-        for png, packed in zip(tiles, codes):
-            tile = pictures.open_picture(png)
-            picture = pictures.stitch_below(top, tile, job.keep_rows)
-            metadata = pictures.text_chunks(tile)
-            metadata[pictures.CODES_KEY] = pictures.pack_codes(
-                pictures.taller_codes(grid, pictures.unpack_codes(packed), job.keep_rows))
-            if "parameters" in metadata:
-                metadata["parameters"] = re.sub(r"Size: \d+x\d+", f"Size: {picture.width}x{picture.height}",
-                                                metadata["parameters"])
-            taller.append(pictures.png_bytes(picture, metadata))
-        return taller
 
 
 class _LibraryAttempt:

@@ -47,7 +47,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
-from playground import pictures
+from playground import pictures, request_fields
 from playground.limits import MAX_CANDIDATES, random_seed
 from playground.protocol import Stage
 
@@ -520,8 +520,7 @@ class Engine:
         """ValueError unless the request's start fits this model (its code count and codebook)."""
         if request.init_codes is None:
             return
-        if not 1 <= request.keep_rows <= self.max_keep_rows:
-            raise ValueError(f"keep_rows must be from 1 to {self.max_keep_rows}")
+        request_fields.KEEP_ROWS.check(request.keep_rows, request_fields.Bounds(1, self.max_keep_rows))
         if len(request.init_codes) != self.total_tokens:
             raise ValueError(f"init_codes must be {self.total_tokens} codes")
         if max(request.init_codes) >= self.num_codes:

@@ -6,9 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from playground.limits import MAX_CANDIDATES, MAX_SEED
+from playground import request_fields as fields
+from playground.request_fields import Bounds
 
-DEFAULT_SAMPLING = {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "condition_scale": 10.0}
+DEFAULT_SAMPLING = {field.name: field.model_default for field in fields.SAMPLING}
 
 
 class GenerationCancelled(Exception):
@@ -28,26 +29,25 @@ class GenerationRequest:
     init_codes: tuple[int, ...] | None = None
     keep_rows: int | None = None
 
-    def validate(self, max_images: int = MAX_CANDIDATES) -> None:
+    def validate(self, max_images: int = fields.CANDIDATES.bounds.maximum) -> None:
         """Raise ValueError naming the first bad field."""
         if not isinstance(self.text, str):
             raise ValueError("text must be a string")  # noqa: TRY004 - every bad field is a ValueError
-        if not _is_int(self.num_images) or not 1 <= self.num_images <= max_images:
-            raise ValueError(f"num_images must be an integer from 1 to {max_images}")
-        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}")
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise ValueError("top_k must be an integer >= 1")
-        checks = (("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("temperature", lambda v: v > 0, "> 0"),
-                  ("condition_scale", lambda v: v >= 0, ">= 0"))
-        for name, ok, rule in checks:
-            value = getattr(self, name)
-            if value is not None and (not _is_number(value) or not np.isfinite(value) or not ok(value)):
-                raise ValueError(f"{name} must be a number {rule}")
+        # The engine draws every candidate, and clips a top-k to its codebook.
+        bounds_here = {fields.NUM_IMAGES.name: Bounds(1, max_images), fields.TOP_K.name: Bounds(1)}
+        for field in fields.taken_by(fields.ENGINE):
+            if field.kind not in (int, float):
+                continue
+            value = getattr(self, field.name)
+            if value is None and field not in (fields.NUM_IMAGES, fields.SEED):
+                continue
+            if field.kind is int and not _is_int(value):
+                raise ValueError(f"{field.name} must be an integer")
+            if field.kind is float and not (_is_number(value) and np.isfinite(value)):
+                raise ValueError(f"{field.name} must be a finite number")
+            field.check(value, bounds_here.get(field.name))
         if (self.init_codes is None) != (self.keep_rows is None):
             raise ValueError("init_codes and keep_rows come together")
-        if self.keep_rows is not None and (not _is_int(self.keep_rows) or self.keep_rows < 1):
-            raise ValueError("keep_rows must be an integer >= 1")
         if self.init_codes is not None and not all(_is_int(code) and code >= 0 for code in self.init_codes):
             raise ValueError("init_codes must be integers >= 0")
 

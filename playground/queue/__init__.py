@@ -9,7 +9,7 @@
 
 The scheduler's side is `scheduler.worker_queue`, built on the same scripts and keys.
 """
-from playground.queue.job import SAMPLING_PARAMS, UUID_PATTERN, Job, encode_job_fields
+from playground.queue.job import UUID_PATTERN, Job, encode_job_fields
 from playground.queue.job_queue import DEFAULT_MAX_QUEUED, JobNotFound, JobQueue, QueueFull
 from playground.queue.keys import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, PREVIEW_TTL_SECS, Keys
 from playground.queue.states import CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING
@@ -17,5 +17,5 @@ from playground.queue.states import CANCELLED, DONE, FAILED, FINISHED, QUEUED, R
 __all__ = [
     "CANCELLED", "DEFAULT_FINISHED_TTL_SECS", "DEFAULT_MAX_QUEUED", "DEFAULT_PREFIX", "DONE",
     "FAILED", "FINISHED", "Job", "JobNotFound", "JobQueue", "Keys", "PREVIEW_TTL_SECS", "QUEUED", "QueueFull",
-    "RUNNING", "SAMPLING_PARAMS", "UUID_PATTERN", "encode_job_fields",
+    "RUNNING", "UUID_PATTERN", "encode_job_fields",
 ]

@@ -1,32 +1,25 @@
 """One job: the request's fields, everything known about its run, and its Redis hash."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from playground import request_fields
 from playground.limits import IMAGE_TOKENS
 from playground.pictures import unpack_codes
 from playground.queue.states import FINISHED, QUEUED
+from playground.request_fields import ENTRY, GENERATE, JOB, taken_by
 
-SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "condition_scale")
 BEST_OF_FIELDS = ("candidates", "rank", "ranked", "candidate_indices", "clip_scores")
-# A continuation's fields, stored only when set: "" in the hash is None.
-PUBLIC_START_FIELDS = ("init_image", "init_source", "keep_rows", "extend")
-START_FIELDS = ("init_image", "init_source", "init_codes", "init_picture", "keep_rows", "extend")
+# A continuation's fields that its status shows (not the start's codes or picture).
+PUBLIC_START_FIELDS = tuple(field.name for field in taken_by(ENTRY, request_fields.START))
+# The request as the job keeps it; its model is routed, and stored, by the submit script.
+REQUEST_FIELDS = tuple(field for field in taken_by(JOB) if field is not request_fields.MODEL)
 # Job ids are lowercase uuids (they name the library's folders), and so are the library's image names.
 UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-
-
-def _float_or_none(raw: str | None) -> float | None:
-    return float(raw) if raw not in (None, "") else None
-
-
-def _int_or_none(raw: str | None) -> int | None:
-    return int(raw) if raw not in (None, "") else None
-
-
-def _bool_or_none(raw: str | None) -> bool | None:
-    return None if raw in (None, "") else raw == "1"
+# A field the queue works out when asked, never stored in the hash.
+_WORKED_OUT = {"stored": False}
 
 
 @dataclass
@@ -82,55 +75,32 @@ class Job:
     codes: list[str] = field(default_factory=list)  # each image's codes (pictures.pack_codes), once done
     process_time_secs: float | None = None
     # Filled in by JobQueue from the queue as a whole, not stored in the hash.
-    position: int | None = None
-    eta_secs: float | None = None
-    unserved: str | None = None  # queued with no live backend that can run it: why (eta.unserved_reason)
-    stalled_secs: float | None = None  # running, and nothing heard from its backend for this long (eta)
+    position: int | None = field(default=None, metadata=_WORKED_OUT)
+    eta_secs: float | None = field(default=None, metadata=_WORKED_OUT)
+    # Queued with no live backend that can run it: why (eta.unserved_reason).
+    unserved: str | None = field(default=None, metadata=_WORKED_OUT)
+    # Running, and nothing heard from its backend for this long (eta).
+    stalled_secs: float | None = field(default=None, metadata=_WORKED_OUT)
+
+    @classmethod
+    def from_request(cls, job_id: str, params: dict) -> Job:
+        """A new job of a validated request (its fields by their job names; the model it must
+        run on, None: any backend)."""
+        values = {field.name: _of_kind(field.kind, params.get(field.name)) for field in taken_by(JOB)}
+        return cls(id=job_id, **{**values, "model": values["model"] or None,
+                                 "keep_previews": bool(values["keep_previews"])})
 
     @classmethod
     def from_hash(cls, raw: dict) -> Job:
+        """The job its Redis hash holds: each stored field decoded by its type; absent or "" is
+        the field's default."""
         h = raw if isinstance(next(iter(raw), ""), str) else {k.decode(): v.decode() for k, v in raw.items()}
-        return cls(
-            id=h["id"],
-            text=h["text"],
-            num_images=int(h["num_images"]),
-            seed=int(h["seed"]),
-            top_k=_int_or_none(h.get("top_k")),
-            top_p=_float_or_none(h.get("top_p")),
-            temperature=_float_or_none(h.get("temperature")),
-            condition_scale=_float_or_none(h.get("condition_scale")),
-            init_image=h.get("init_image") or None,
-            init_source=h.get("init_source") or None,
-            init_codes=h.get("init_codes") or None,
-            init_picture=h.get("init_picture") or None,
-            keep_rows=_int_or_none(h.get("keep_rows")),
-            extend=h.get("extend") or None,
-            candidates=_int_or_none(h.get("candidates")),
-            rank=_bool_or_none(h.get("rank")),
-            ranked=_bool_or_none(h.get("ranked")),
-            candidate_indices=json.loads(h["candidate_indices"]) if h.get("candidate_indices") else None,
-            clip_scores=json.loads(h["clip_scores"]) if h.get("clip_scores") else None,
-            status=h.get("status", QUEUED),
-            created_at=float(h.get("created_at") or 0),
-            started_at=_float_or_none(h.get("started_at")),
-            progress_at=_float_or_none(h.get("progress_at")),
-            finished_at=_float_or_none(h.get("finished_at")),
-            attempts=int(h.get("attempts") or 0),
-            claim=int(h.get("claim") or 0),
-            error=h.get("error") or None,
-            last_error=h.get("last_error") or None,
-            worker=h.get("worker") or None,
-            backend=h.get("backend") or None,
-            model=h.get("model") or None,
-            tokens_done=int(h.get("tokens_done") or 0),
-            total_tokens=int(h.get("total_tokens") or IMAGE_TOKENS),
-            cancel_requested=h.get("cancel_requested") == "1",
-            preview_tokens=_int_or_none(h.get("preview_tokens")),
-            keep_previews=h.get("keep_previews") == "1",
-            images=json.loads(h.get("images") or "[]"),
-            codes=json.loads(h.get("codes") or "[]"),
-            process_time_secs=_float_or_none(h.get("process_time_secs")),
-        )
+        values = {}
+        for stored in _STORED:
+            text = h.get(stored.name)
+            if text not in (None, ""):
+                values[stored.name] = _decode(stored.type, text)
+        return cls(**values)
 
     @property
     def finished(self) -> bool:
@@ -144,18 +114,15 @@ class Job:
 
     def params(self) -> dict:
         """The generation request as the backend protocol names it."""
-        params = {"job_id": self.attempt_id, "text": self.text, "num_images": self.num_images, "seed": self.seed,
-                  **{name: getattr(self, name) for name in SAMPLING_PARAMS}}
-        if self.candidates is not None:
-            params["candidates"] = self.candidates
-        if self.rank is not None:
-            params["rank"] = self.rank
-        if self.keep_rows is not None:  # a fresh job's body stays as it always was
-            params.update(keep_rows=self.keep_rows, extend=self.extend)
-            if self.init_codes is not None:
-                params["init_codes"] = unpack_codes(self.init_codes)
-            else:
-                params["init_picture"] = self.init_picture
+        params = {"job_id": self.attempt_id}
+        for sent in taken_by(GENERATE):
+            value = getattr(self, sent.name)
+            # The sampling values go as null for the backend's own; a fresh job's body has no start.
+            if value is not None or sent in request_fields.SAMPLING or (sent is request_fields.EXTEND
+                                                                        and self.keep_rows is not None):
+                params[sent.name] = value
+        if self.init_codes is not None:
+            params["init_codes"] = unpack_codes(self.init_codes)
         return params
 
     def to_status(self) -> dict:
@@ -170,7 +137,7 @@ class Job:
             "text": self.text,
             "num_images": self.num_images,
             "seed": self.seed,
-            **{name: getattr(self, name) for name in SAMPLING_PARAMS},
+            **{sampling.name: getattr(self, sampling.name) for sampling in request_fields.SAMPLING},
             "status": self.status,
             "position": self.position,
             "progress": {"tokens_done": self.tokens_done, "total_tokens": self.total_tokens},
@@ -195,19 +162,32 @@ class Job:
 
 
 def encode_job_fields(job: Job) -> dict[str, str]:
-    """The Redis hash of a new job (only the fields set at submission)."""
-    return {
-        "id": job.id,
-        "text": job.text,
-        "num_images": str(job.num_images),
-        "seed": str(job.seed),
-        **{name: "" if getattr(job, name) is None else repr(getattr(job, name)) for name in SAMPLING_PARAMS},
-        "status": job.status,
-        "attempts": "0",
-        "tokens_done": "0",
-        "total_tokens": str(IMAGE_TOKENS),
-        **{name: str(getattr(job, name)) for name in START_FIELDS if getattr(job, name) is not None},
-        **({"keep_previews": "1"} if job.keep_previews else {}),
-        **({"candidates": str(job.candidates)} if job.candidates is not None else {}),
-        **({"rank": "1" if job.rank else "0"} if job.rank is not None else {}),
-    }
+    """The Redis hash of a new job: its request and where its run starts; None is left out."""
+    names = ("id", *(field.name for field in REQUEST_FIELDS), "status", "attempts", "tokens_done", "total_tokens")
+    return {name: _encode(getattr(job, name)) for name in names if getattr(job, name) is not None}
+
+
+_STORED = [stored for stored in dataclasses.fields(Job) if stored.metadata.get("stored", True)]
+
+
+def _of_kind(kind: type, value):
+    """A request's value as its field's kind (a number may come as another kind of number)."""
+    return kind(value) if value is not None and kind in (int, float) else value
+
+
+def _encode(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _decode(annotation: str, text: str):
+    """A hash value as the type Job's field is annotated with ("int | None", "list[str]", ...)."""
+    kind = annotation.removesuffix(" | None")
+    if kind == "bool":
+        return text == "1"
+    if kind.startswith("list["):
+        return json.loads(text)
+    return {"int": int, "float": float, "str": str}[kind](text)

@@ -13,7 +13,7 @@ import redis
 
 from playground.queue import scripts
 from playground.queue.eta import JobCost, estimate, job_times
-from playground.queue.job import START_FIELDS, Job, encode_job_fields
+from playground.queue.job import Job, encode_job_fields
 from playground.queue.keys import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, Keys
 
 DEFAULT_MAX_QUEUED = 1000
@@ -41,22 +41,8 @@ class JobQueue:
         self._cancel = redis_client.register_script(scripts.CANCEL)
 
     def submit(self, params: dict) -> Job:
-        """Queue a validated request (text, num_images, seed, optional sampling values, the
-        model it must run on (none: any backend), and for a continuation the START_FIELDS of Job)."""
-        job = Job(
-            id=str(uuid.uuid4()),
-            text=params["text"],
-            num_images=int(params["num_images"]),
-            seed=int(params["seed"]),
-            top_k=None if params.get("top_k") is None else int(params["top_k"]),
-            **{name: None if params.get(name) is None else float(params[name])
-               for name in ("top_p", "temperature", "condition_scale")},
-            model=params.get("model") or None,
-            keep_previews=bool(params.get("keep_previews")),
-            candidates=None if params.get("candidates") is None else int(params["candidates"]),
-            rank=params.get("rank"),
-            **{name: params.get(name) for name in START_FIELDS},
-        )
+        """Queue a validated request (Job.from_request)."""
+        job = Job.from_request(str(uuid.uuid4()), params)
         flat = [item for pair in encode_job_fields(job).items() for item in pair]
         created = self._submit(keys=[self.keys.models, self.keys.job(job.id)],
                                args=[self.max_queued, job.id, self.keys.prefix, job.model or "", *flat])
