@@ -22,6 +22,9 @@ import pytest
 from playground.library import LibraryStore
 from testkit.stack import Stack
 
+# How long a page action or an assertion waits for the page (a busy machine is slow).
+UI_TIMEOUT_MS = 15_000
+
 DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
@@ -49,7 +52,10 @@ def browser():
         if os.environ.get("CI") == "true":  # CI must run the browser tests, not pass without them
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # Assertions wait as long as actions do: their 5 s default fails on a busy machine.
+    expect.set_options(timeout=UI_TIMEOUT_MS)
 
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
@@ -71,7 +77,7 @@ def page(browser):
     """A page in a fresh context. Fails the test on an uncaught script error or a
     Content-Security-Policy violation, which would otherwise pass unnoticed."""
     context = browser.new_context(viewport=DESKTOP, color_scheme="light")
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(UI_TIMEOUT_MS)
     new_page = context.new_page()
     problems: list[str] = []
     new_page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
