@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 DATA = Path(__file__).parent / "data"
 # float32 on both sides; what is left is summation order (XLA versions, fused vs separate ops).
@@ -34,3 +35,23 @@ def full_float32_matmuls():
     # The references ran on a CPU; on a GPU, float32 matmuls may otherwise run in TF32.
     with jax.default_matmul_precision("float32"):
         yield
+
+
+def reference_fixtures(reference: Path):
+    """A fidelity test module's fixtures: full float32 matmuls for every test (autouse), and
+    the `vectors` and `inputs` the reference wrote into `reference`, read once."""
+
+    @pytest.fixture(autouse=True)
+    def float32_matmuls():
+        with full_float32_matmuls():
+            yield
+
+    @pytest.fixture(scope="module")
+    def vectors():
+        return load_vectors(reference)
+
+    @pytest.fixture(scope="module")
+    def inputs():
+        return load_inputs(reference)
+
+    return float32_matmuls, vectors, inputs

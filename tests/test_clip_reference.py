@@ -9,27 +9,15 @@ import pytest
 from PIL import Image
 
 from backend.engine import clip
-from reference_data import DATA, assert_close, full_float32_matmuls, load_inputs, load_vectors
+from reference_data import DATA, assert_close, reference_fixtures
 
 REFERENCE = DATA / "reference_clip"
 MODEL = REFERENCE / "model"
 PIXELS = 1e-3  # preprocessing: the same PIL resize, float32 arithmetic in another order
 
 
-@pytest.fixture(autouse=True)
-def float32_matmuls():
-    with full_float32_matmuls():
-        yield
-
-
-@pytest.fixture(scope="module")
-def vectors():
-    return load_vectors(REFERENCE)
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    return load_inputs(REFERENCE)
+# Every test here runs at full float32 matmul precision, against these vectors and inputs.
+float32_matmuls, vectors, inputs = reference_fixtures(REFERENCE)
 
 
 @pytest.fixture(scope="module")

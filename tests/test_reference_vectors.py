@@ -18,26 +18,14 @@ import pytest
 
 from backend.engine import GenerationRequest, checkpoint, dallebart, load_engine
 from backend.engine.vqgan import decode_codes
-from reference_data import DATA, assert_close, full_float32_matmuls, load_inputs, load_vectors
+from reference_data import DATA, assert_close, reference_fixtures
 
 REFERENCE = DATA / "reference"
 MODEL = REFERENCE / "model"
 
 
-@pytest.fixture(autouse=True)
-def float32_matmuls():
-    with full_float32_matmuls():
-        yield
-
-
-@pytest.fixture(scope="module")
-def vectors():
-    return load_vectors(REFERENCE)
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    return load_inputs(REFERENCE)
+# Every test here runs at full float32 matmul precision, against these vectors and inputs.
+float32_matmuls, vectors, inputs = reference_fixtures(REFERENCE)
 
 
 @pytest.fixture(scope="module")

@@ -7,26 +7,14 @@ import numpy as np
 import pytest
 
 from backend.engine.upscaler import load_upscaler
-from reference_data import DATA, assert_close, full_float32_matmuls, load_inputs, load_vectors
+from reference_data import DATA, assert_close, reference_fixtures
 
 REFERENCE = DATA / "reference_upscaler"
 MODELS = ["srvgg_x4", "rrdb_x4", "rrdb_x2"]
 
 
-@pytest.fixture(autouse=True)
-def float32_matmuls():
-    with full_float32_matmuls():
-        yield
-
-
-@pytest.fixture(scope="module")
-def vectors():
-    return load_vectors(REFERENCE)
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    return load_inputs(REFERENCE)
+# Every test here runs at full float32 matmul precision, against these vectors and inputs.
+float32_matmuls, vectors, inputs = reference_fixtures(REFERENCE)
 
 
 def _upscaler(name, inputs, tile):
