@@ -42,3 +42,16 @@ def test_bench_engine_times_an_earlier_engine_alternately(tmp_path):
     entry = json.loads(out.read_text())["against"]["per_images"]["1"]
     assert set(entry) >= {"new", "HEAD", "tokens_speedup", "vqgan_speedup"}
     assert entry["same_codes"] is True
+
+
+def test_bench_batching_runs_jobs_one_at_a_time_and_together(tmp_path):
+    """The two ways draw the same codes; the report holds what the docs quote."""
+    out = tmp_path / "batching.json"
+    run_script("bench_batching.py", "--model", "tiny", "--jobs", "3", "--images", "1", "--sizes", "2,4",
+               "--rounds", "1", "--lone-rounds", "1", "--cache-dir", str(tmp_path), "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["same_codes"] is True
+    for way in ("one_at_a_time", "batched"):
+        assert report[way]["jobs_per_minute"] > 0 and len(report[way]["latencies_secs"]) == 3
+        assert report[way]["lone_job_secs"] > 0
+    assert "speed_up" in report and "lone_job_slower_percent" in report
