@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,3 +65,29 @@ def test_bench_upscale_times_the_published_x4v3():
     report = json.loads(run_script("bench_upscale.py", "--side", "12", "--repeats", "1"))
     assert report["model"] == "realesr-general-x4v3" and report["output"] == [48, 48]
     assert report["best_s"] > 0 and report["cpu_seconds_per_picture"][0] > 0
+
+
+def test_bench_batching_runs_jobs_one_at_a_time_and_together(tmp_path):
+    """The two ways draw the same codes; the report holds what the docs quote."""
+    out = tmp_path / "batching.json"
+    run_script("bench_batching.py", "--model", "tiny", "--jobs", "3", "--images", "1", "--sizes", "2,4",
+               "--rounds", "1", "--lone-rounds", "1", "--cache-dir", str(tmp_path), "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["same_codes"] is True
+    for way in ("one_at_a_time", "batched"):
+        assert report[way]["jobs_per_minute"] > 0 and len(report[way]["latencies_secs"]) == 3
+        assert report[way]["lone_job_secs"] > 0
+    assert "speed_up" in report and "lone_job_slower_percent" in report
+
+
+@pytest.mark.slow
+def test_bench_serving_runs_one_slot_and_batched_slots_through_the_stack(tmp_path):
+    """Two whole stacks on the demo model (minutes: the batched backend compiles its programs)."""
+    out = tmp_path / "serving.json"
+    run_script("bench_serving.py", "--model", "demo", "--jobs", "2", "--slots", "2", "--rounds", "1",
+               "--lone-rounds", "1", "--cache-dir", str(tmp_path), "--json", str(out))
+    report = json.loads(out.read_text())
+    for way in ("one_slot", "batched"):
+        assert report[way]["jobs_per_minute"] > 0 and len(report[way]["latencies_secs"]) == 2
+        assert report[way]["lone_job_secs"] > 0
+    assert report["batched"]["slots"] == 2 and "speed_up" in report and "lone_job_slower_percent" in report
