@@ -1,6 +1,7 @@
-"""Chaos (issue 19): three stand-in backends and two schedulers on one Redis, hundreds of jobs,
-while a seeded random loop kills (-9), pauses (SIGSTOP past the heartbeat, then SIGCONT) and
-restarts the services at random times, Redis included; some pauses catch a scheduler while it
+"""Chaos (issue 19): three stand-in backends of two slots each (two jobs at once, a scheduler
+worker per slot) and two schedulers on one Redis, hundreds of jobs, while a seeded random loop
+kills (-9), pauses (SIGSTOP past the heartbeat, then SIGCONT) and restarts the services at
+random times, Redis included; some pauses catch a scheduler while it
 stores a result (its staging folder exists). At the end every job must have ended exactly once,
 the library must hold exactly the done jobs' images, and no backend may have been sent a job
 after it ended (in particular after a cancel). A watcher reads the library all along: no result
@@ -45,6 +46,7 @@ HEARTBEAT_TTL = 2          # SCHEDULER_HEARTBEAT_TTL: a paused scheduler loses i
 STALL_TIMEOUT = 3          # SCHEDULER_STALL_TIMEOUT: a paused backend is given up after this
 STEP_SECS = 0.05           # each stand-in job: 4 progress lines this far apart, then done
 BACKENDS = 3
+BACKEND_SLOTS = 2          # each stand-in says it runs two jobs at once: a scheduler worker per slot
 SCHEDULERS = 2
 CANCEL_SHARE = 0.05
 SETTLE_SECS = 4.0          # after the last job ends: time for the sweeps to settle `.staging`
@@ -268,7 +270,8 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
     workdir = Path(workdir or Path(cluster.workdir) / "chaos")
     logs, library_dir = workdir / "logs", workdir / "library"
     submit_secs = submit_secs if submit_secs is not None else jobs * 0.12
-    result = ScenarioResult("chaos", "faults", f"{jobs} jobs on {BACKENDS} stand-in backends and {SCHEDULERS} "
+    result = ScenarioResult("chaos", "faults", f"{jobs} jobs on {BACKENDS} stand-in backends of {BACKEND_SLOTS} "
+                            f"slots and {SCHEDULERS} "
                             "schedulers sharing one Redis, while random services (Redis included) are killed "
                             "(-9) and restarted, or paused past the heartbeat (some while storing a result) and resumed (seed "
                             f"{seed}; `python -m reliability --only chaos --seed {seed}` replays it)")
@@ -282,7 +285,8 @@ def chaos(cluster, jobs: int = 200, seed: int = DEFAULT_SEED, submit_secs: float
     for i in range(BACKENDS):
         port = free_port()
         backends.append(_Service(f"backend-{i + 1}", ServiceProcess(
-            "testkit.standin_backend", {"STANDIN_PORT": str(port), "STANDIN_STEP_SECS": str(STEP_SECS)},
+            "testkit.standin_backend", {"STANDIN_PORT": str(port), "STANDIN_STEP_SECS": str(STEP_SECS),
+                                        "STANDIN_SLOTS": str(BACKEND_SLOTS)},
             logs / f"backend-{i + 1}.log", url=f"http://127.0.0.1:{port}")))
     env = {"SCHEDULER_HEARTBEAT_TTL": str(HEARTBEAT_TTL), "SCHEDULER_STALL_TIMEOUT": str(STALL_TIMEOUT)}
     schedulers = [_Service(f"scheduler-{name}", scheduler_process(

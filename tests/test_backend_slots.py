@@ -10,6 +10,7 @@ import pytest
 
 from frontend.api import backend_reports
 from playground.queue import JobQueue
+from playground.queue.eta import JobCost, job_times
 from playground.queue.keys import Keys
 from scheduler.config import Config
 from scheduler.service import Scheduler
@@ -66,6 +67,19 @@ def test_each_slot_gets_a_worker_and_jobs_start_in_fifo_order(backend, scheduler
     starts = [job.started_at for job in finished]
     assert starts == sorted(starts), starts  # no job started before one submitted earlier
     assert {job.worker for job in finished} == set(slot_ids)
+
+    # Positions and ETAs count the slots: each of three jobs queued behind three running ones
+    # waits for one job to end, not for one, two and three of them.
+    more = [queue.submit({"text": f"more {i}", "num_images": 2, "seed": i + 1}) for i in range(2 * SLOTS)]
+    listed = wait_until(lambda: (lambda jobs: sum(j.status == "running" for j in jobs) == SLOTS and jobs)(
+        [job for job in queue.unfinished() if job.id in {m.id for m in more}]), what="full slots")
+    waiting = [job for job in listed if job.status == "queued"]
+    assert [job.position for job in waiting] == [1, 2, 3]
+    speeds = redis_client.hgetall(Keys().speed)
+    job_secs = max(JobCost.fit(job_times(speeds[wid.encode()])).secs(2) for wid in slot_ids)
+    running_left = max(job.eta_secs for job in listed if job.status == "running")
+    # One slot would give the third waiting job running_left + 3 × job_secs.
+    assert all(job.eta_secs <= running_left + job_secs + 0.01 for job in waiting), (waiting, job_secs)
 
 
 def test_slots_a_backend_no_longer_has_lose_their_workers(backend, scheduler, redis_client):
