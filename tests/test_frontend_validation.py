@@ -258,6 +258,7 @@ def test_a_start_is_kept_with_its_job(connection, queue):
     job = queue.record(payload["queue_id"])
     assert pictures.unpack_codes(job.init_codes) == list(range(256))
     assert job.init_picture == OURS and job.params()["init_codes"] == list(range(256))
+    assert "init_picture" not in job.params()  # the backend takes one start: the codes; the picture tops the result
     status, payload, _ = post(connection, json.dumps({**GOOD, "init_image_data": _jpeg()}).encode())
     job = queue.record(payload["queue_id"])
     square = Image.open(io.BytesIO(base64.b64decode(job.init_picture)))

@@ -122,7 +122,9 @@ class Job:
                                                                         and self.keep_rows is not None):
                 params[sent.name] = value
         if self.init_codes is not None:
+            # Codes are the start; a picture beside them is only for the scheduler's stitching.
             params["init_codes"] = unpack_codes(self.init_codes)
+            params.pop(request_fields.INIT_PICTURE.name, None)
         return params
 
     def to_status(self) -> dict:
