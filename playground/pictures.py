@@ -23,6 +23,9 @@ from playground.limits import IMAGE_ROWS as ROW
 from playground.limits import MAX_START_ROWS
 
 CODES_KEY = "dalle_codes"
+# An upscaled picture's text names the library picture it enlarges (and its upscaler and scale):
+# such a picture is not upscaled again.
+UPSCALED_FROM_KEY = "upscale_of"
 SQUARE = ROW * ROW
 MAX_CODE = 2**16 - 1
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")

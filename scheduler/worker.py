@@ -15,6 +15,7 @@ from playground.library import LibraryStore, job_entry
 from playground.limits import IMAGE_TOKENS
 from playground.protocol import BackendStatus, Event, event_kind
 from playground.queue import DONE, Job
+from playground.queue.job import UPSCALE_KIND
 from scheduler.backend_client import (
     BackendClient,
     BackendLost,
@@ -72,6 +73,7 @@ class Worker:
         self.backend_error: str | None = None
         self.backend_loading: dict | None = None  # stage and downloads while the model loads
         self.ranks: bool | None = None  # whether the ready backend ranks Best of N with CLIP
+        self.upscale_model: str | None = None  # the ready backend's upscaler (None: none)
         self.model: str | None = None
         self._ready_checked_at = 0.0
         self._kept_previews: list[list[bytes]] = []  # the running job's, when it keeps them
@@ -150,7 +152,8 @@ class Worker:
         while not self.stop.wait(self.config.heartbeat_interval_secs if beats else 0):
             try:
                 if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes,
-                                            loading=self.backend_loading, ranks=self.ranks):
+                                            loading=self.backend_loading, ranks=self.ranks,
+                                            upscale_model=self.upscale_model):
                     log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
                     self.stop.set()
                     return
@@ -180,6 +183,7 @@ class Worker:
             self.backend_error = health.error
             self.backend_loading = health.loading
             self.ranks = health.ranks
+            self.upscale_model = health.upscale_model
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
@@ -210,6 +214,9 @@ class Worker:
         started = time.monotonic()
         self._kept_previews = []
         log.info("job %s (attempt %d, claim %d) -> %s", job.id, job.attempts, job.claim, self.backend_url)
+        if job.kind == UPSCALE_KIND:  # queued by POST /upscale; its run through the backend is not written yet
+            self._ended(job, self.queue.finish_failed(job, "this scheduler does not run upscale jobs yet"))
+            return
         try:
             with self.backend.generate(job.params()) as stream:
                 self._follow(job, stream, started)
