@@ -43,6 +43,9 @@ class Config:
     # CLIP, which ranks a job's candidates: "demo", a hub repository, a folder, "none"; ""
     # picks by model (backend.engine.models.default_clip: the demo's CLIP with the demo model).
     clip_model: str = ""
+    # The upscaler of upscale jobs (UPSCALE_MODEL): "demo" (the shipped one), a release file's
+    # path, or None ("none": this backend upscales nothing).
+    upscale_model: str | None = "demo"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -77,4 +80,11 @@ class Config:
             preview_every_tokens=int(every) if every else None,
             test_chunk_delay_secs=get_float(env, "BACKEND_TEST_CHUNK_DELAY_SECS", 0.0),
             clip_model=get_str(env, "CLIP_MODEL", ""),
+            upscale_model=_upscale_model(get_str(env, "UPSCALE_MODEL", "demo")),
         )
+
+
+def _upscale_model(value: str) -> str | None:
+    """UPSCALE_MODEL: "none" (any case) for no upscaler, empty for the demo's."""
+    value = value.strip()
+    return None if value.lower() == "none" else value or "demo"
