@@ -199,7 +199,7 @@ class BackendApi:
                               f"pixels on a side are upscaled")
         return self._stream(body.job_id, lambda: UpscaleRun(upscaler, self._upscaling, body.job_id, body.source,
                                                             picture, self.config.progress_interval_secs,
-                                                            self._finished))
+                                                            self._finished, self.config.test_tile_delay_secs))
 
     def _stream(self, job_id: str, make_run: Callable[[], StreamedRun]) -> Response:
         """Start the run in a free slot and stream its events; 409 when none is free."""

@@ -38,6 +38,9 @@ class Config:
     # Tests only: a pause after each chunk of tokens, so a small model runs long enough to
     # show several previews.
     test_chunk_delay_secs: float = 0.0
+    # Tests only: a wait after each tile of an upscale (a cancel cuts it short), so one runs
+    # long enough to be cancelled.
+    test_tile_delay_secs: float = 0.0
     # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
     cache_host_path: str = ""
     # CLIP, which ranks a job's candidates: "demo", a hub repository, a folder, "none"; ""
@@ -79,6 +82,7 @@ class Config:
             cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
             preview_every_tokens=int(every) if every else None,
             test_chunk_delay_secs=get_float(env, "BACKEND_TEST_CHUNK_DELAY_SECS", 0.0),
+            test_tile_delay_secs=get_float(env, "BACKEND_TEST_TILE_DELAY_SECS", 0.0),
             clip_model=get_str(env, "CLIP_MODEL", ""),
             upscale_model=_upscale_model(get_str(env, "UPSCALE_MODEL", "demo")),
         )

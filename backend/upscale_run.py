@@ -29,12 +29,15 @@ class UpscaleRun(StreamedRun):
     at a time per instance, whatever the slots)."""
 
     def __init__(self, upscaler: Any, lock: threading.Lock, job_id: str, source: str, picture: Image.Image,
-                 progress_interval: float, on_finish: Callable[[StreamedRun], None]):
+                 progress_interval: float, on_finish: Callable[[StreamedRun], None], tile_delay_secs: float = 0.0):
         super().__init__(job_id, 0, 1, progress_interval, on_finish)
         self.upscaler, self._lock, self.source, self.picture = upscaler, lock, source, picture
+        self._tile_delay_secs = tile_delay_secs
 
     def _on_tile(self, done: int, total: int) -> None:
         self._tokens_done, self._total_tokens = done, total
+        if self._tile_delay_secs:
+            self.cancel.wait(self._tile_delay_secs)
         if self.cancel.is_set():
             raise _Cancelled()
 

@@ -174,7 +174,7 @@ class Api:
     def submit_upscale(self, request: Request) -> Response:
         """An upscale of a library picture, queued as a job like any other (docs/upscaler.md)."""
         body = parse_json_object(request.body or b"")
-        params = validate_upscale(body, self.library.entry, self._library_png)
+        params = validate_upscale(body, self.library.entry, self._library_png, self.library.upscale_of)
         self._served_models()
         params["upscale_model"] = route_upscaler(params["upscale_model"], self._upscalers, self._any_ready)
         return self._queued(params)

@@ -218,7 +218,8 @@ def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str]
 
 
 def validate_upscale(body: dict[str, Any], library_entry: Callable[[str], dict | None],
-                     read_library_image: Callable[[str, str], bytes | None]) -> dict[str, Any]:
+                     read_library_image: Callable[[str, str], bytes | None],
+                     upscaled: Callable[[str], str | None]) -> dict[str, Any]:
     """An upscale job's fields from a POST /upscale body: `path`, a picture a library entry lists
     (generated or extended), neither upscaled already nor itself an upscale, at most
     MAX_UPSCALE_SIDE pixels on its longest side; `model`, the upscaler asked for (checked by
@@ -235,9 +236,9 @@ def validate_upscale(body: dict[str, Any], library_entry: Callable[[str], dict |
     content = read_library_image(found.group(1), found.group(2)) if listed else None
     if content is None:
         raise ValidationError(field, f"there is no library picture {path}")
-    upscaled = (entry.get("upscaled") or {}).get(path)
-    if upscaled:
-        raise ValidationError(field, f"is upscaled already: {upscaled}")
+    made = upscaled(path)
+    if made is not None:
+        raise ValidationError(field, f"is upscaled already: {made}")
     try:
         with pictures.open_picture(content) as picture:
             size, chunks = picture.size, pictures.text_chunks(picture)

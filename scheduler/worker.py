@@ -14,6 +14,7 @@ from playground.backend_registry import BackendRegistry
 from playground.library import LibraryStore, job_entry
 from playground.limits import IMAGE_TOKENS
 from playground.protocol import BackendStatus, Event, event_kind
+from playground.protocol.upscale import upscale_body
 from playground.queue import DONE, Job
 from playground.queue.job import UPSCALE_KIND
 from scheduler.backend_client import (
@@ -214,11 +215,8 @@ class Worker:
         started = time.monotonic()
         self._kept_previews = []
         log.info("job %s (attempt %d, claim %d) -> %s", job.id, job.attempts, job.claim, self.backend_url)
-        if job.kind == UPSCALE_KIND:  # queued by POST /upscale; its run through the backend is not written yet
-            self._ended(job, self.queue.finish_failed(job, "this scheduler does not run upscale jobs yet"))
-            return
         try:
-            with self.backend.generate(job.params()) as stream:
+            with self._start(job) as stream:
                 self._follow(job, stream, started)
         except BackendUnavailable as exc:
             # It never started, or its backend handed it back on a planned stop: not an attempt.
@@ -243,6 +241,15 @@ class Worker:
             log.exception("job %s failed in the worker", job.id)
             if not self.queue.put_back(job, f"worker error: {exc!r}"):
                 _lost(job, "put-back")
+
+    def _start(self, job: Job):
+        """The backend's stream of the job: a generation, or an upscale of its library picture."""
+        if job.kind != UPSCALE_KIND:
+            return self.backend.generate(job.params())
+        picture = self.library.picture(job.upscale_of)
+        if picture is None:
+            raise pictures.BadStart(f"the picture {job.upscale_of} is no longer in the library")
+        return self.backend.upscale(upscale_body(job.attempt_id, job.upscale_of, picture, job.upscale_model))
 
     def _follow(self, job: Job, stream, started: float) -> None:
         cancelling = False
@@ -335,7 +342,9 @@ class Worker:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
         # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.
-        self.queue.record_job_time(job.candidates or len(images), process_time_secs)
+        # An upscale's time says nothing of a generation's (the ETAs' fit).
+        if job.kind != UPSCALE_KIND:
+            self.queue.record_job_time(job.candidates or len(images), process_time_secs)
         log.info("job %s done in %.2f s", job.id, process_time_secs)
 
 

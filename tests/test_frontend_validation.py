@@ -376,14 +376,15 @@ UPSCALE_PICTURES = {
     "largest": pictures.png_bytes(Image.new("RGB", (1024, 16))),
     "too large": pictures.png_bytes(Image.new("RGB", (1025, 16))),
     "an upscale": pictures.png_bytes(Image.new("RGB", (64, 64)), {pictures.UPSCALED_FROM_KEY: "library/a/b.png"}),
+    "upscaled already": pictures.png_bytes(Image.new("RGB", (16, 16))),
 }
 
 
 @pytest.fixture(scope="module")
 def upscale_world(redis_server, tmp_path_factory):
     """A server over a library of one entry with a picture of each kind, one taller picture
-    (extended), and a PNG in the entry's folder that the entry does not list; the served
-    upscalers read afresh on every request."""
+    (extended), and a PNG in the entry's folder that the entry does not list, and an upscale
+    job's entry of one of them; the served upscalers read afresh on every request."""
     root = tmp_path_factory.mktemp("upscale-library")
     store = LibraryStore(root)
     tall = pictures.png_bytes(Image.new("RGB", (256, 1024)))
@@ -392,6 +393,8 @@ def upscale_world(redis_server, tmp_path_factory):
     paths = dict(zip(UPSCALE_PICTURES, entry["generated_images"]))
     paths["tall"] = entry["extended_images"][0]
     paths["unlisted"] = f"library/{entry['queue_id']}/{uuid.uuid4()}.png"
+    store.add_job({"queue_id": str(uuid.uuid4()), "text_prompt": "a squirrel", "creation_unixtime": time.time(),
+                   "upscale_of": paths["upscaled already"]}, [pictures.png_bytes(Image.new("RGB", (64, 64)))])
     (root / paths["unlisted"].removeprefix("library/")).write_bytes(UPSCALE_PICTURES["small"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(api, "SERVED_MODELS_RECHECK_SECS", 0.0)
@@ -433,6 +436,7 @@ BAD_UPSCALES = [
     ("unlisted", "path"),
     ("too large", "path"),
     ("an upscale", "path"),
+    ("upscaled already", "path"),
     ({"model": 5}, "model"),
     ({"model": "x" * 201}, "model"),
     ({"model": "realesrgan-x4plus"}, "model"),
