@@ -34,7 +34,8 @@ from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public_limits
 from playground.protocol import BackendStatus
 from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
-from playground.request_fields import TEXT, TOP_K, Bounds
+from playground.queue.job import GENERATE_KIND, UPSCALE_KIND
+from playground.request_fields import TEXT, TOP_K, UPSCALE_OF, Bounds
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
@@ -375,6 +376,7 @@ def _status_from_entry(entry: dict) -> dict:
     images = entry.get("generated_images") or []
     return {
         "queue_id": entry.get("queue_id"),
+        "kind": UPSCALE_KIND if entry.get(UPSCALE_OF.library_name) else GENERATE_KIND,
         "text": entry.get(TEXT.library_name),
         "num_images": entry.get("num_images", len(images)),
         "seed": entry.get("seed"),
