@@ -77,3 +77,22 @@ def test_a_running_upscale_is_cancelled(stack, drawn):
     assert not any(e["queue_id"] == job_id for e in listed)
     # The picture was not upscaled: it still can be.
     assert stack.run_prompt({"path": drawn["images"][1]}, timeout=180, route="/upscale")["status"] == "done"
+
+
+def test_an_upscale_whose_scheduler_dies_mid_run_is_run_again(stack):
+    """Crash recovery is the generations': the restarted worker takes its job back and runs it."""
+    path = stack.run_prompt({**PROMPT, "seed": 77}, timeout=120)["images"][0]
+    response = requests.post(stack.frontend.url + "/upscale", json={"path": path}, timeout=30)
+    assert response.status_code == 200, response.text
+    job_id = response.json()["queue_id"]
+    deadline = time.monotonic() + 120
+    while status(stack, job_id)["status"] == "queued" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status(stack, job_id)["status"] == "running", stack.logs_tail()
+    stack.scheduler.kill()  # mid-tile: the upscale waits TILE_DELAY_SECS after it
+    stack.scheduler.start()
+    while status(stack, job_id)["status"] in ("queued", "running") and time.monotonic() < deadline + 120:
+        time.sleep(0.1)
+    done = status(stack, job_id)
+    assert done["status"] == "done" and done["attempts"] >= 2, (done, stack.logs_tail())
+    assert done["result"]["upscale_of"] == path and len(done["result"]["generated_images"]) == 1
