@@ -20,10 +20,12 @@ from backend.config import Config
 from backend.device import check_device
 from backend.engine.progress import LoadProgress
 from backend.generate_request import BadRequest, parse_generate_body
-from backend.generation_run import GenerationRun
+from backend.generation_run import GenerationRun, StreamedRun
 from backend.model_holder import ModelHolder
+from backend.upscale_run import UpscaleRun
+from playground import pictures
 from playground.backend_registry import Announcer, BackendRegistry
-from playground.limits import random_seed
+from playground.limits import MAX_UPSCALE_SIDE, random_seed
 from playground.protocol import (
     STOPPING,
     BackendStatus,
@@ -33,6 +35,7 @@ from playground.protocol import (
     loading_report,
     ready_report,
 )
+from playground.protocol.upscale import parse_upscale_body
 from playground.writable import ensure_writable
 
 
@@ -50,9 +53,21 @@ def default_loader(config: Config) -> Callable[[LoadProgress], Any]:
         progress.set_stage(Stage.COMPILING)
         engine.warm_up(config.warm_up_batch_sizes)
         engine.rank_with(load_ranker(config, engine, progress))
+        engine.upscaler = load_upscale_model(config, progress)
         return engine
 
     return load
+
+
+def load_upscale_model(config: Config, progress: LoadProgress) -> Any:
+    """The upscaler of upscale jobs (UPSCALE_MODEL); None for none. Each picture size compiles
+    on its first use (a 256-pixel picture: one tile)."""
+    if config.upscale_model is None:
+        return None
+    from backend.engine.upscaler import load_upscaler
+
+    progress.set_stage(Stage.READING)
+    return load_upscaler(config.upscale_model)
 
 
 def load_ranker(config: Config, engine: Any, progress: LoadProgress) -> Any:
@@ -74,7 +89,7 @@ def load_ranker(config: Config, engine: Any, progress: LoadProgress) -> Any:
     return clip
 
 
-def ndjson(run: GenerationRun):
+def ndjson(run: StreamedRun):
     events = run.events()
     try:
         for event in events:
@@ -97,7 +112,8 @@ class BackendApi:
         self.config = config
         self.holder = holder
         self._runs_lock = threading.Lock()
-        self._runs: dict[str, GenerationRun] = {}  # job id -> its run, one per slot taken
+        self._runs: dict[str, StreamedRun] = {}  # job id -> its run (a generation, an upscale), one per slot taken
+        self._upscaling = threading.Lock()  # the upscaler runs one picture at a time
         self.announcer: Announcer | None = None  # set when the backend announces itself in Redis
         self.stopping = False
 
@@ -124,7 +140,8 @@ class BackendApi:
                 slots=self.config.slots, busy=len(runs) >= self.config.slots,
                 job_id=runs[0] if len(runs) == 1 else None, load_secs=holder.load_secs,
                 image_tokens=holder.engine.total_tokens, image_codes=holder.engine.num_codes,
-                ranks=self.clip is not None, clip_model=self.clip.name if self.clip is not None else None)
+                ranks=self.clip is not None, clip_model=self.clip.name if self.clip is not None else None,
+                upscale_model=self.upscaler.name if self.upscaler is not None else None)
         if self.announcer is not None:
             body["announce"] = self.announcer.state()
         return body
@@ -133,27 +150,68 @@ class BackendApi:
     def clip(self) -> Any:
         return getattr(self.holder.engine, "clip", None)
 
-    def generate(self) -> Response:
+    @property
+    def upscaler(self) -> Any:
+        return getattr(self.holder.engine, "upscaler", None)
+
+    def _unready(self) -> Response | None:
         if self.stopping:  # 503: the scheduler tries again elsewhere, no attempt counted
             return error(503, STOPPING)
         if self.holder.status != BackendStatus.READY:
             return error(503, f"model {self.holder.model_name} is {self.holder.status}: "
                               f"{self.holder.error or 'try again soon'}")
+        return None
+
+    def generate(self) -> Response:
+        refused = self._unready()
+        if refused is not None:
+            return refused
         try:
             body = parse_generate_body(request.get_json(silent=True))
         except BadRequest as exc:
             return error(400, str(exc))
+        return self._stream(body.job_id, lambda: GenerationRun(
+            self.holder.engine, self.holder.generate, body, body.seed or random_seed(),
+            self.config.progress_interval_secs, self._finished, chunk_delay_secs=self.config.test_chunk_delay_secs))
+
+    def upscale(self) -> Response:
+        """An upscale job (playground/protocol/upscale.py): one picture, enlarged by this
+        backend's upscaler, in a slot as a generation."""
+        refused = self._unready()
+        if refused is not None:
+            return refused
+        upscaler = self.upscaler
+        try:
+            body = parse_upscale_body(request.get_json(silent=True))
+        except ValueError as exc:
+            return error(400, str(exc))
+        if upscaler is None:
+            return error(400, "model: this backend upscales nothing (its UPSCALE_MODEL is none)")
+        if body.model is not None and body.model != upscaler.name:
+            return error(400, f"model: this backend upscales with {upscaler.name}, not {body.model[:100]!r}")
+        try:
+            picture = pictures.open_picture(body.picture)
+        except ValueError as exc:  # its words follow the field's name: "is not a PNG, …"
+            return error(400, f"picture {exc}")
+        if max(picture.size) > MAX_UPSCALE_SIDE:
+            picture.close()
+            return error(400, f"picture is {picture.size[0]}×{picture.size[1]}; at most {MAX_UPSCALE_SIDE} "
+                              f"pixels on a side are upscaled")
+        return self._stream(body.job_id, lambda: UpscaleRun(upscaler, self._upscaling, body.job_id, body.source,
+                                                            picture, self.config.progress_interval_secs,
+                                                            self._finished, self.config.test_tile_delay_secs))
+
+    def _stream(self, job_id: str, make_run: Callable[[], StreamedRun]) -> Response:
+        """Start the run in a free slot and stream its events; 409 when none is free."""
         with self._runs_lock:
             if len(self._runs) >= self.config.slots:
                 return error(409, "busy with another job" if self.config.slots == 1 else "every slot is busy")
-            if body.job_id in self._runs:
-                return error(409, f"job {body.job_id} is already running")
+            if job_id in self._runs:
+                return error(409, f"job {job_id} is already running")
             # A local name: a run that fails at once may have finished (and left the runs)
             # before its stream is built.
-            run = GenerationRun(self.holder.engine, self.holder.generate, body, body.seed or random_seed(),
-                                self.config.progress_interval_secs, self._finished,
-                                chunk_delay_secs=self.config.test_chunk_delay_secs)
-            self._runs[body.job_id] = run
+            run = make_run()
+            self._runs[job_id] = run
         try:
             run.start()
         except BaseException:
@@ -170,7 +228,7 @@ class BackendApi:
         if self.announcer is not None:
             self.announcer.stop.set()  # withdraws the announcement: the scheduler lets go at once
 
-    def _finished(self, run: GenerationRun) -> None:
+    def _finished(self, run: StreamedRun) -> None:
         with self._runs_lock:
             if self._runs.get(run.job_id) is run:
                 del self._runs[run.job_id]
@@ -198,6 +256,7 @@ def create_app(config: Config, loader: Callable[[LoadProgress], Any] | None = No
         api.announcer = Announcer(registry, config.advertise_url, api.report).start()
     app.add_url_rule("/health", view_func=api.health, methods=["GET"])
     app.add_url_rule("/generate", view_func=api.generate, methods=["POST"])
+    app.add_url_rule("/upscale", view_func=api.upscale, methods=["POST"])
     app.add_url_rule("/cancel", view_func=api.cancel, methods=["POST"])
     app.register_error_handler(404, lambda _exc: error(404, "not found"))
     app.register_error_handler(405, lambda _exc: error(405, "method not allowed"))

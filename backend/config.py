@@ -38,11 +38,17 @@ class Config:
     # Tests only: a pause after each chunk of tokens, so a small model runs long enough to
     # show several previews.
     test_chunk_delay_secs: float = 0.0
+    # Tests only: a wait after each tile of an upscale (a cancel cuts it short), so one runs
+    # long enough to be cancelled.
+    test_tile_delay_secs: float = 0.0
     # The host side of the cache folder (MODEL_CACHE_VOLUME, passed in by compose), for messages.
     cache_host_path: str = ""
     # CLIP, which ranks a job's candidates: "demo", a hub repository, a folder, "none"; ""
     # picks by model (backend.engine.models.default_clip: the demo's CLIP with the demo model).
     clip_model: str = ""
+    # The upscaler of upscale jobs (UPSCALE_MODEL): "demo" (the shipped one), a release file's
+    # path, or None ("none": this backend upscales nothing).
+    upscale_model: str | None = "demo"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -76,5 +82,13 @@ class Config:
             cache_host_path=get_str(env, "MODEL_CACHE_HOST_PATH", ""),
             preview_every_tokens=int(every) if every else None,
             test_chunk_delay_secs=get_float(env, "BACKEND_TEST_CHUNK_DELAY_SECS", 0.0),
+            test_tile_delay_secs=get_float(env, "BACKEND_TEST_TILE_DELAY_SECS", 0.0),
             clip_model=get_str(env, "CLIP_MODEL", ""),
+            upscale_model=_upscale_model(get_str(env, "UPSCALE_MODEL", "demo")),
         )
+
+
+def _upscale_model(value: str) -> str | None:
+    """UPSCALE_MODEL: "none" (any case) for no upscaler, empty for the demo's."""
+    value = value.strip()
+    return None if value.lower() == "none" else value or "demo"

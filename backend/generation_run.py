@@ -66,12 +66,14 @@ def preview_of(engine: Any, done: int, codes, total_tokens: int) -> dict:
     return preview_event(done, total_tokens, width, height, images)
 
 
-class GenerationRun:
-    def __init__(self, engine: Any, generate: Callable, body: GenerateBody, seed: int, progress_interval: float,
-                 on_finish: Callable[["GenerationRun"], None], chunk_delay_secs: float = 0.0):
-        self.engine = engine
-        self._generate = generate  # the engine's, or its batch runner's (BACKEND_SLOTS > 1)
-        self.body = body
+class StreamedRun:
+    """One job of the backend (a generation, an upscale): its work runs in a thread of its own
+    (`_run`, which sets `_outcome`, the last event) while `events` streams started, progress
+    (`_tokens_done` of `_total_tokens`, the work's units), previews and that last event."""
+
+    def __init__(self, job_id: str, seed: int, total: int, progress_interval: float,
+                 on_finish: Callable[["StreamedRun"], None]):
+        self.job_id = job_id
         self.seed = seed
         self.progress_interval = progress_interval
         self.cancel = threading.Event()
@@ -79,24 +81,52 @@ class GenerationRun:
         self._on_finish = on_finish
         self._finished = threading.Event()
         self._tokens_done = 0
-        self._total_tokens = engine.total_tokens
+        self._total_tokens = total
         self._outcome: dict | None = None
-        self._chunk_delay_secs = chunk_delay_secs
         self._preview: dict | None = None  # the newest preview event, sent at the next tick
 
-    @property
-    def job_id(self) -> str:
-        return self.body.job_id
-
-    def start(self) -> "GenerationRun":
-        threading.Thread(target=self._run, name=f"generate-{self.job_id}", daemon=True).start()
+    def start(self) -> "StreamedRun":
+        threading.Thread(target=self._run, name=f"run-{self.job_id}", daemon=True).start()
         return self
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     def hand_back(self) -> None:
         """The backend is stopping: end the stream with `stopped` at its next tick (within
-        a progress interval, whatever the engine is doing) and stop the engine."""
+        a progress interval, whatever the work is doing) and stop the work."""
         self._handed_back.set()
         self.cancel.set()
+
+    def events(self) -> Iterator[dict]:
+        """The NDJSON events; a client that goes away (GeneratorExit) cancels the run."""
+        try:
+            yield started_event(self.seed, self._total_tokens)
+            sent = None
+            while not self._finished.wait(self.progress_interval):
+                if self._handed_back.is_set():
+                    yield stopped_event()
+                    return
+                yield progress_event(self._tokens_done, self._total_tokens)
+                preview = self._preview
+                if preview is not sent:  # only the newest: one that was overtaken is never sent
+                    sent = preview
+                    yield preview
+            yield self._outcome
+        finally:
+            if not self._finished.is_set() and not self._handed_back.is_set():
+                log.info("client of job %s went away: cancelling", self.job_id)
+                self.cancel.set()
+
+
+class GenerationRun(StreamedRun):
+    def __init__(self, engine: Any, generate: Callable, body: GenerateBody, seed: int, progress_interval: float,
+                 on_finish: Callable[[StreamedRun], None], chunk_delay_secs: float = 0.0):
+        super().__init__(body.job_id, seed, engine.total_tokens, progress_interval, on_finish)
+        self.engine = engine
+        self._generate = generate  # the engine's, or its batch runner's (BACKEND_SLOTS > 1)
+        self.body = body
+        self._chunk_delay_secs = chunk_delay_secs
 
     def _on_progress(self, done: int, total: int) -> None:
         self._tokens_done, self._total_tokens = done, total
@@ -168,23 +198,3 @@ class GenerationRun:
         if self.body.init_picture is not None:
             return {"source": "encoded", "codes": self.engine.encode_picture(self.body.init_picture).tolist()}
         return None
-
-    def events(self) -> Iterator[dict]:
-        """The NDJSON events; a client that goes away (GeneratorExit) cancels the run."""
-        try:
-            yield started_event(self.seed, self._total_tokens)
-            sent = None
-            while not self._finished.wait(self.progress_interval):
-                if self._handed_back.is_set():
-                    yield stopped_event()
-                    return
-                yield progress_event(self._tokens_done, self._total_tokens)
-                preview = self._preview
-                if preview is not sent:  # only the newest: one that was overtaken is never sent
-                    sent = preview
-                    yield preview
-            yield self._outcome
-        finally:
-            if not self._finished.is_set() and not self._handed_back.is_set():
-                log.info("client of job %s went away: cancelling", self.job_id)
-                self.cancel.set()

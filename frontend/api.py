@@ -25,14 +25,17 @@ from frontend.validation import (
     parse_form_data,
     parse_json_object,
     route_model,
+    route_upscaler,
     validate_prompt,
     validate_start,
+    validate_upscale,
 )
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public_limits
 from playground.protocol import BackendStatus
 from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
-from playground.request_fields import TEXT, TOP_K, Bounds
+from playground.queue.job import GENERATE_KIND, UPSCALE_KIND
+from playground.request_fields import TEXT, TOP_K, UPSCALE_OF, Bounds
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
@@ -77,6 +80,8 @@ class Api:
         self.files = FileCache()
         self.router = self._routes()
         self._served: dict[str, int | None] = {}
+        self._upscalers: set[str] = set()  # the upscalers the live backends serve
+        self._any_ready = False  # whether a live backend is ready (and has said its upscaler)
         # Start pictures are decoded here, a few at a time: the memory of decodes arriving
         # together is bounded, and stays with these threads rather than every connection's.
         self._decoder = ThreadPoolExecutor(config.decodes_at_once, thread_name_prefix="picture-decode")
@@ -109,6 +114,7 @@ class Api:
         router.add("DELETE", "/library/{queue_id}/{image_id}.png", self.delete_image, changes_state=True,
                    params=uuid)
         router.add("GET", "/library/{queue_id}/{image_id}.webp", self.library_reveal, params=uuid)
+        router.add("POST", "/upscale", self.submit_upscale, changes_state=True)
         router.add("GET", "/jobs/{job_id}", self.job_status, params=uuid)
         router.add("GET", "/jobs/{job_id}/preview", self.job_preview, params=uuid)
         router.add("POST", "/jobs/{job_id}/cancel", self.cancel_job, changes_state=True, params=uuid)
@@ -137,6 +143,9 @@ class Api:
             check_number(TOP_K, params["top_k"], Bounds(1, image_codes), note=f" for model {params['model']}")
         params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes,
                                      decode=lambda work: self._decoder.submit(work).result()))
+        return self._queued(params)
+
+    def _queued(self, params: dict) -> Response:
         try:
             job = self.queue.submit(params)
         except QueueFull as full:
@@ -157,8 +166,19 @@ class Api:
             for worker in workers:
                 if worker["alive"] and worker["model"]:
                     served[worker["model"]] = max(worker["image_codes"] or 0, served.get(worker["model"]) or 0) or None
+            ready = [worker for worker in workers if worker["alive"] and worker["backend_status"] == BackendStatus.READY]
+            self._upscalers = {worker["upscale_model"] for worker in ready if worker.get("upscale_model")}
+            self._any_ready = bool(ready)
             self._served, self._served_checked = served, now
         return self._served
+
+    def submit_upscale(self, request: Request) -> Response:
+        """An upscale of a library picture, queued as a job like any other (docs/upscaler.md)."""
+        body = parse_json_object(request.body or b"")
+        params = validate_upscale(body, self.library.entry, self._library_png, self.library.upscale_of)
+        self._served_models()
+        params["upscale_model"] = route_upscaler(params["upscale_model"], self._upscalers, self._any_ready)
+        return self._queued(params)
 
     def queue_status(self, request: Request) -> Response:
         return json_response([job.to_status() for job in self.queue.unfinished()])
@@ -356,6 +376,7 @@ def _status_from_entry(entry: dict) -> dict:
     images = entry.get("generated_images") or []
     return {
         "queue_id": entry.get("queue_id"),
+        "kind": UPSCALE_KIND if entry.get(UPSCALE_OF.library_name) else GENERATE_KIND,
         "text": entry.get(TEXT.library_name),
         "num_images": entry.get("num_images", len(images)),
         "seed": entry.get("seed"),

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from playground.library import LibraryStore
+from playground.request_fields import UPSCALE_OF
 from frontend.responses import json_bytes
 
 
@@ -32,6 +33,7 @@ class _Snapshot:
     prompts: list[str]  # lower-cased text_prompt, for the case-insensitive filter
     by_score: list[int]  # entry positions, best CLIP score first, unscored ones last (newest first)
     by_id: dict[str, dict]
+    upscaled: dict[str, str]  # a picture -> the upscale job's picture made of it
 
 
 class LibraryView:
@@ -67,6 +69,10 @@ class LibraryView:
     def entry(self, queue_id: str) -> dict | None:
         return self._current().by_id.get(queue_id)
 
+    def upscale_of(self, picture: str) -> str | None:
+        """The picture an upscale job made of `picture` ("library/<queue_id>/<image>.png"), if any."""
+        return self._current().upscaled.get(picture)
+
     def _current(self) -> _Snapshot:
         entries = self.store.entries()
         snapshot = self._snapshot
@@ -80,6 +86,8 @@ class LibraryView:
                     prompts=[str(entry.get("text_prompt", "")).casefold() for entry in entries],
                     by_score=sorted(range(len(entries)), key=lambda i: _score_key(entries[i], i)),
                     by_id={entry.get("queue_id"): entry for entry in entries},
+                    upscaled={entry[UPSCALE_OF.library_name]: (entry.get("generated_images") or [""])[0]
+                              for entry in entries if isinstance(entry.get(UPSCALE_OF.library_name), str)},
                 )
             return self._snapshot
 

@@ -18,7 +18,7 @@ import multipart
 
 from playground import pictures
 from playground import request_fields as fields
-from playground.limits import IMAGE_CODES, IMAGE_COUNTS
+from playground.limits import IMAGE_CODES, IMAGE_COUNTS, MAX_UPSCALE_SIDE
 from playground.queue import UUID_PATTERN
 from playground.request_fields import Bounds, Field, FieldError, number_text
 
@@ -160,11 +160,7 @@ def route_model(asked: str | None, served: dict[str, int | None], default: str) 
 
 
 def _optional_model(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > fields.MODEL.bounds.maximum or not value.isprintable():
-        raise ValidationError("model", f"must be the name of a served model, not {_describe(value)}")
-    return value
+    return _optional_name(value, fields.MODEL, "a served model")
 
 
 def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str], bytes | None],
@@ -219,6 +215,63 @@ def validate_start(body: dict[str, Any], read_library_image: Callable[[str, str]
     if data is not None and extend and start["init_source"] == "codes":
         start["init_picture"] = base64.b64encode(content).decode("ascii")  # an upload of ours tops the taller pictures
     return {**start, "keep_rows": keep_rows, "extend": extend or None}
+
+
+def validate_upscale(body: dict[str, Any], library_entry: Callable[[str], dict | None],
+                     read_library_image: Callable[[str, str], bytes | None],
+                     upscaled: Callable[[str], str | None]) -> dict[str, Any]:
+    """An upscale job's fields from a POST /upscale body: `path`, a picture a library entry lists
+    (generated or extended), neither upscaled already nor itself an upscale, at most
+    MAX_UPSCALE_SIDE pixels on its longest side; `model`, the upscaler asked for (checked by
+    route_upscaler). The job's text is the picture's prompt; unknown keys are ignored, as
+    /prompt does. `library_entry(queue_id)` gives a job's entry, None if there is none."""
+    field = fields.UPSCALE_OF.public_name
+    path = body.get(field)
+    found = LIBRARY_IMAGE.fullmatch(path) if isinstance(path, str) else None
+    if not found:
+        raise ValidationError(field, "must look like library/<queue_id>/<image-uuid>.png")
+    path = f"library/{found.group(1)}/{found.group(2)}.png"
+    entry = library_entry(found.group(1))
+    listed = entry is not None and path in [*entry.get("generated_images", []), *entry.get("extended_images", [])]
+    content = read_library_image(found.group(1), found.group(2)) if listed else None
+    if content is None:
+        raise ValidationError(field, f"there is no library picture {path}")
+    made = upscaled(path)
+    if made is not None:
+        raise ValidationError(field, f"is upscaled already: {made}")
+    try:
+        with pictures.open_picture(content) as picture:
+            size, chunks = picture.size, pictures.text_chunks(picture)
+    except ValueError as error:
+        raise ValidationError(field, str(error)) from None
+    if pictures.UPSCALED_FROM_KEY in chunks:
+        raise ValidationError(field, f"is itself an upscale of {chunks[pictures.UPSCALED_FROM_KEY][:100]}")
+    if max(size) > MAX_UPSCALE_SIDE:
+        raise ValidationError(field, f"is {size[0]}×{size[1]}; pictures of at most {MAX_UPSCALE_SIDE} pixels "
+                                     f"on a side are upscaled")
+    return {"text": entry.get(fields.TEXT.library_name) or path, "num_images": 1, "seed": 0, "upscale_of": path,
+            "upscale_model": _optional_name(body.get(fields.UPSCALE_MODEL.public_name), fields.UPSCALE_MODEL,
+                                            "an upscaler")}
+
+
+def route_upscaler(asked: str | None, served: set[str], ready: bool) -> str | None:
+    """The upscaler an upscale job runs with: asked for, one a live backend serves; not asked,
+    None (the backend's own), unless `ready` backends serve none at all."""
+    choices = ", ".join(sorted(served)) or "none"
+    if asked is not None and asked not in served:
+        raise ValidationError(fields.UPSCALE_MODEL.public_name,
+                              f"{asked!r} is not an upscaler any backend serves (served: {choices})")
+    if asked is None and ready and not served:
+        raise ValidationError(fields.UPSCALE_MODEL.public_name, "no backend upscales (their UPSCALE_MODEL is none)")
+    return asked
+
+
+def _optional_name(value: Any, field: Field, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > field.bounds.maximum or not value.isprintable():
+        raise ValidationError(field.public_name, f"must be the name of {what}, not {_describe(value)}")
+    return value
 
 
 def _start_of(picture, field: str, image_codes: int, keep_rows: int, extend: str | None) -> dict[str, str]:

@@ -31,7 +31,7 @@ from filelock import FileLock
 
 from playground import pictures
 from playground.queue import UUID_PATTERN, Job
-from playground.request_fields import ENTRY, SAMPLING, START, TEXT, taken_by
+from playground.request_fields import ENTRY, SAMPLING, START, TEXT, UPSCALE_MODEL, UPSCALE_OF, taken_by
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ _IMAGE_URL_RE = re.compile(rf"library/({UUID_PATTERN})/({UUID_PATTERN})\.png")
 _IMAGE_NAME_RE = re.compile(rf"{UUID_PATTERN}\.(png|webp)")
 _TOKEN_RE = re.compile(r"[0-9]{1,12}")
 REQUIRED_FIELDS = ("queue_id", "text_prompt", "creation_unixtime")
+UPSCALE_SCALE = "upscale_scale"  # an upscale job's entry: how many times larger its picture is
 
 
 # An entry's lists with one element per generated image, in the same order.
@@ -78,6 +79,9 @@ def job_entry(job: Job, done: dict, image_count: int, model: str | None, backend
                      candidate_indices=done["candidate_indices"], clip_scores=done.get("clip_scores"))
     if job.keep_previews:
         entry["keep_previews"] = True  # the option, in the job's folder with its reveals
+    if job.upscale_of is not None:  # an upscale: its picture, and the upscaler that enlarged it how much
+        entry.update({UPSCALE_OF.library_name: job.upscale_of, UPSCALE_MODEL.library_name: done.get("model"),
+                      UPSCALE_SCALE: (done.get("params") or {}).get("scale")})
     return entry
 
 
@@ -294,6 +298,13 @@ class LibraryStore:
             return entry
         shutil.rmtree(staging, ignore_errors=True)
         return entry
+
+    def picture(self, url: str) -> bytes | None:
+        """A library picture's bytes ("library/<queue_id>/<image>.png"), None when it is gone."""
+        try:
+            return (self.root / url.removeprefix("library/")).read_bytes()
+        except OSError:
+            return None
 
     def start_picture(self, job: Job) -> bytes | None:
         """The picture a continuation started from: the library's file, or the upload (None

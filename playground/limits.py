@@ -22,6 +22,9 @@ IMAGE_ROWS = 16  # codes per row of that grid, and rows of a square picture (the
 MAX_KEEP_ROWS = 15
 DEFAULT_KEEP_ROWS = 8
 MAX_START_ROWS = 64
+# POST /upscale takes a library picture up to this many pixels on its longest side: a 256-pixel
+# picture and the taller ones extended from it (up to 1024 pixels high) become at most 4096.
+MAX_UPSCALE_SIDE = 1024
 
 
 def public_limits(served_codes: dict[str, int | None], max_upload_bytes: int) -> dict:
@@ -37,6 +40,7 @@ def public_limits(served_codes: dict[str, int | None], max_upload_bytes: int) ->
         "keep_rows_default": DEFAULT_KEEP_ROWS,
         "start_rows_max": MAX_START_ROWS,
         "upload_max_bytes": max_upload_bytes,
+        "upscale_side_max": MAX_UPSCALE_SIDE,
         "image_tokens": IMAGE_TOKENS,
         "image_rows": IMAGE_ROWS,
         "image_codes": max(filter(None, served_codes.values()), default=IMAGE_CODES),

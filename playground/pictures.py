@@ -13,6 +13,7 @@ import array
 import base64
 import binascii
 import io
+import re
 import sys
 import warnings
 
@@ -23,6 +24,11 @@ from playground.limits import IMAGE_ROWS as ROW
 from playground.limits import MAX_START_ROWS
 
 CODES_KEY = "dalle_codes"
+# An upscaled picture's text names the library picture it enlarges (and its upscaler and scale):
+# such a picture is not upscaled again.
+UPSCALED_FROM_KEY = "upscale_of"
+UPSCALE_MODEL_KEY = "upscale_model"
+UPSCALE_SCALE_KEY = "upscale_scale"
 SQUARE = ROW * ROW
 MAX_CODE = 2**16 - 1
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -203,6 +209,18 @@ def parameters_text(chunks: dict[str, str], size: tuple[int, int] | None, steps:
     if "keep_rows" in chunks:
         values.append(f"Kept rows: {chunks['keep_rows']}")
     return f"{chunks['prompt']}\n{', '.join(values)}"
+
+
+def upscaled_text(chunks: dict[str, str], source: str, model: str, scale: int, size: tuple[int, int]) -> dict[str, str]:
+    """The text of an upscaled picture, from its source's own text chunks: what the source says
+    (its prompt, seed, values), less its codes (they draw the small picture, not this one), and
+    which picture (`source`), upscaler and scale made it; its `parameters` text says so too."""
+    text = {key: value for key, value in chunks.items() if key not in (CODES_KEY, "parameters")}
+    text.update({UPSCALED_FROM_KEY: source, UPSCALE_MODEL_KEY: model, UPSCALE_SCALE_KEY: str(scale)})
+    upscale = f"Size: {size[0]}x{size[1]}, Upscale: x{scale} ({model})"
+    own = re.sub(r", Size: [0-9]+x[0-9]+", "", chunks.get("parameters", ""))
+    text["parameters"] = f"{own}, {upscale}" if own else upscale  # not a picture of ours: the upscale alone
+    return text
 
 
 def taller_pictures(start: bytes, grid: list[int], tiles: list[bytes], codes: list[str], keep_rows: int) -> list[bytes]:

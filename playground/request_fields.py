@@ -27,6 +27,7 @@ from playground.limits import (
 
 # Where a field is taken.
 PROMPT = "POST /prompt"  # the public API, checked by the frontend
+UPSCALE = "POST /upscale"  # the public API's upscale of a library picture, checked by the frontend
 JOB = "job"  # the job's Redis hash (playground.queue.Job)
 GENERATE = "POST /generate"  # the backend protocol, checked by the backend
 ENGINE = "engine"  # backend.engine's GenerationRequest
@@ -93,10 +94,10 @@ class Field:
     bounds: Bounds | None = None  # a number's range (a str's: its length)
     default: object = None  # when not given; None: the model's value, or not asked for
     model_default: float | None = None  # a sampling value's when not given (the engine's)
-    prompt_name: str | None = None  # its name in POST /prompt, when another
+    prompt_name: str | None = None  # its name in the public request (POST /prompt, /upscale), when another
     entry_name: str | None = None  # its name in a library entry and a PNG's text, when another
     note: str = ""  # said after the rule in POST /prompt's 400
-    required: bool = False  # POST /prompt refuses a body without it
+    required: bool = False  # the public request (POST /prompt, /upscale) refuses a body without it
 
     @property
     def public_name(self) -> str:
@@ -147,9 +148,13 @@ INIT_PICTURE = Field("init_picture", str, frozenset({JOB, GENERATE}))
 KEEP_ROWS = Field("keep_rows", int, _EVERYWHERE, Bounds(1, MAX_KEEP_ROWS), default=DEFAULT_KEEP_ROWS)
 EXTEND = Field("extend", str, _NOT_ENGINE)
 EXTEND_CHOICES = ("down",)
+# An upscale job (POST /upscale): the library picture it enlarges ("library/<queue_id>/<image>.png",
+# `path` in the request) and the upscaler asked for (`model` in the request; None: the backend's).
+UPSCALE_OF = Field("upscale_of", str, frozenset({UPSCALE, JOB, ENTRY}), prompt_name="path", required=True)
+UPSCALE_MODEL = Field("upscale_model", str, frozenset({UPSCALE, JOB, ENTRY}), Bounds(None, 200), prompt_name="model")
 
 FIELDS = (TEXT, NUM_IMAGES, SEED, *SAMPLING, CANDIDATES, RANK, MODEL, KEEP_PREVIEWS, INIT_IMAGE,
-          INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND)
+          INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND, UPSCALE_OF, UPSCALE_MODEL)
 START = (INIT_IMAGE, INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND)
 
 

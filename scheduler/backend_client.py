@@ -82,8 +82,15 @@ class BackendClient:
 
     def generate(self, params: dict) -> GenerationStream:
         """Start a job; raises BackendUnavailable or BackendRejected if the backend does not take it."""
+        return self._start("/generate", params)
+
+    def upscale(self, body: dict) -> GenerationStream:
+        """Start an upscale job (playground.protocol.upscale); it streams as a generation."""
+        return self._start("/upscale", body)
+
+    def _start(self, route: str, body: dict) -> GenerationStream:
         try:
-            response = self.session.post(f"{self.base_url}/generate", json=params, stream=True,
+            response = self.session.post(f"{self.base_url}{route}", json=body, stream=True,
                                          timeout=(self.connect_timeout_secs, self.stall_timeout_secs))
         except requests.RequestException as exc:
             if _never_connected(exc):

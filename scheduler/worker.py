@@ -14,7 +14,9 @@ from playground.backend_registry import BackendRegistry
 from playground.library import LibraryStore, job_entry
 from playground.limits import IMAGE_TOKENS
 from playground.protocol import BackendStatus, Event, event_kind
+from playground.protocol.upscale import upscale_body
 from playground.queue import DONE, Job
+from playground.queue.job import UPSCALE_KIND
 from scheduler.backend_client import (
     BackendClient,
     BackendLost,
@@ -72,6 +74,7 @@ class Worker:
         self.backend_error: str | None = None
         self.backend_loading: dict | None = None  # stage and downloads while the model loads
         self.ranks: bool | None = None  # whether the ready backend ranks Best of N with CLIP
+        self.upscale_model: str | None = None  # the ready backend's upscaler (None: none)
         self.model: str | None = None
         self._ready_checked_at = 0.0
         self._kept_previews: list[list[bytes]] = []  # the running job's, when it keeps them
@@ -150,7 +153,8 @@ class Worker:
         while not self.stop.wait(self.config.heartbeat_interval_secs if beats else 0):
             try:
                 if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes,
-                                            loading=self.backend_loading, ranks=self.ranks):
+                                            loading=self.backend_loading, ranks=self.ranks,
+                                            upscale_model=self.upscale_model):
                     log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
                     self.stop.set()
                     return
@@ -180,6 +184,7 @@ class Worker:
             self.backend_error = health.error
             self.backend_loading = health.loading
             self.ranks = health.ranks
+            self.upscale_model = health.upscale_model
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
@@ -211,7 +216,7 @@ class Worker:
         self._kept_previews = []
         log.info("job %s (attempt %d, claim %d) -> %s", job.id, job.attempts, job.claim, self.backend_url)
         try:
-            with self.backend.generate(job.params()) as stream:
+            with self._start(job) as stream:
                 self._follow(job, stream, started)
         except BackendUnavailable as exc:
             # It never started, or its backend handed it back on a planned stop: not an attempt.
@@ -236,6 +241,15 @@ class Worker:
             log.exception("job %s failed in the worker", job.id)
             if not self.queue.put_back(job, f"worker error: {exc!r}"):
                 _lost(job, "put-back")
+
+    def _start(self, job: Job):
+        """The backend's stream of the job: a generation, or an upscale of its library picture."""
+        if job.kind != UPSCALE_KIND:
+            return self.backend.generate(job.params())
+        picture = self.library.picture(job.upscale_of)
+        if picture is None:
+            raise pictures.BadStart(f"the picture {job.upscale_of} is no longer in the library")
+        return self.backend.upscale(upscale_body(job.attempt_id, job.upscale_of, picture, job.upscale_model))
 
     def _follow(self, job: Job, stream, started: float) -> None:
         cancelling = False
@@ -328,7 +342,9 @@ class Worker:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
         # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.
-        self.queue.record_job_time(job.candidates or len(images), process_time_secs)
+        # An upscale's time says nothing of a generation's (the ETAs' fit).
+        if job.kind != UPSCALE_KIND:
+            self.queue.record_job_time(job.candidates or len(images), process_time_secs)
         log.info("job %s done in %.2f s", job.id, process_time_secs)
 
 

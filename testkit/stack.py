@@ -87,10 +87,10 @@ class Stack:
                 return False
         self.frontend.wait_until(healthy, timeout, "200 from /health (every part ready)", interval=0.3)
 
-    def run_prompt(self, body: dict, timeout: float = 180) -> dict:
-        """POST /prompt and wait for the job: its finished status (with the library entry),
-        which must be done."""
-        response = requests.post(self.frontend.url + "/prompt", json=body, timeout=30)
+    def run_prompt(self, body: dict, timeout: float = 180, route: str = "/prompt") -> dict:
+        """POST /prompt (or another route that queues a job: /upscale) and wait for the job: its
+        finished status (with the library entry), which must be done."""
+        response = requests.post(self.frontend.url + route, json=body, timeout=30)
         assert response.status_code == 200, response.text
         job_id = response.json()["queue_id"]
         deadline = time.monotonic() + timeout

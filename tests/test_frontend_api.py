@@ -617,3 +617,16 @@ def test_responses_match_the_documented_schemas(url, server, worker, store):
     gone = requests.get(f"{url}/jobs/{job_id}")
     check(gone, "/jobs/{job_id}")
     assert gone.json()["status"] == "done" and "result" not in gone.json()
+
+
+def test_an_upscale_job_redis_forgot_is_told_by_its_entry(url, store):
+    """Its kind, and the larger picture in its result's generated_images."""
+    source = store.add_job({"queue_id": str(uuid.uuid4()), "text_prompt": "a fox", "creation_unixtime": time.time()},
+                           [b"\x89PNG small"])["generated_images"][0]
+    upscale = store.add_job({"queue_id": str(uuid.uuid4()), "text_prompt": "a fox", "creation_unixtime": time.time(),
+                             "upscale_of": source, "upscale_model": "demo", "upscale_scale": 4}, [b"\x89PNG big"])
+    status = requests.get(f"{url}/jobs/{upscale['queue_id']}").json()
+    assert (status["kind"], status["status"], status["result"]["upscale_of"]) == ("upscale", "done", source)
+    assert status["result"]["generated_images"] == upscale["generated_images"]
+    source_status = requests.get(f"{url}/jobs/{source.split('/')[1]}").json()
+    assert source_status["kind"] == "generate"

@@ -168,6 +168,24 @@ def test_continuation_bodies_answer_200_or_a_named_400(world, data):
             assert job.init_source is not None, body
 
 
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_upscale_bodies_answer_200_or_a_named_400(world, data):
+    """POST /upscale: library paths (pictures, files that are no pictures, missing), any value,
+    any model; with no backend ready, only a model left to the backend is queued."""
+    paths = st.sampled_from(world["images"] + ["library/" + str(uuid.uuid4()) + "/" + str(uuid.uuid4()) + ".png"])
+    body = data.draw(st.one_of(json_values, st.fixed_dictionaries({}, optional={
+        "path": st.one_of(paths, paths.map(lambda path: "/" + path), prompt_values),
+        "model": st.one_of(st.sampled_from(["demo", "", None]), prompt_values)})), label="body")
+    status, payload = send(world["server"], "POST", "/upscale", json.dumps(body).encode(), {})
+    assert status in (200, 400, 429), (body, payload)
+    if status == 400:
+        assert json.loads(payload)["field"] in (None, "path", "model"), (body, payload)
+    if status == 200:
+        job = settled(world, payload)
+        assert job.kind == "upscale" and job.upscale_of in world["images"], body
+
+
 def settled(world, payload: bytes):
     """The job a 200 queued, cancelled at once: the queue's cap is left for the 429s of other
     tests, and the next examples still get their 200s."""

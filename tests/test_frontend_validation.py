@@ -7,6 +7,8 @@ import http.client
 import io
 import json
 import os
+import time
+import uuid
 
 import pytest
 from PIL import Image
@@ -14,8 +16,12 @@ from PIL import Image
 from frontend.config import Config
 from frontend.threaded import serving
 from frontend.validation import ValidationError, validate_prompt
+from frontend import api
 from playground import pictures
+from playground.library import LibraryStore
+from playground.protocol import BackendStatus
 from playground.queue import JobQueue
+from scheduler.worker_queue import WorkerQueue
 from testkit import hostile_uploads
 
 GOOD = {"text": "a squirrel", "num_images": "6", "seed": 12345}
@@ -361,4 +367,119 @@ def test_missing_content_length_is_411(connection, queue):
     response = connection.getresponse()
     assert response.status == 411
     assert "Content-Length" in json.loads(response.read())["error"]
+    assert queue.unfinished() == []
+
+
+# -- POST /upscale ------------------------------------------------------------------------------
+
+UPSCALE_PICTURES = {
+    "small": pictures.png_bytes(Image.new("RGB", (256, 256), (9, 99, 199))),
+    "largest": pictures.png_bytes(Image.new("RGB", (1024, 16))),
+    "too large": pictures.png_bytes(Image.new("RGB", (1025, 16))),
+    "an upscale": pictures.png_bytes(Image.new("RGB", (64, 64)), {pictures.UPSCALED_FROM_KEY: "library/a/b.png"}),
+    "upscaled already": pictures.png_bytes(Image.new("RGB", (16, 16))),
+}
+
+
+@pytest.fixture(scope="module")
+def upscale_world(redis_server, tmp_path_factory):
+    """A server over a library of one entry with a picture of each kind, one taller picture
+    (extended), and a PNG in the entry's folder that the entry does not list, and an upscale
+    job's entry of one of them; the served upscalers read afresh on every request."""
+    root = tmp_path_factory.mktemp("upscale-library")
+    store = LibraryStore(root)
+    tall = pictures.png_bytes(Image.new("RGB", (256, 1024)))
+    entry = store.add_job({"queue_id": str(uuid.uuid4()), "text_prompt": "a squirrel", "creation_unixtime": time.time()},
+                          list(UPSCALE_PICTURES.values()), extended=[tall])
+    paths = dict(zip(UPSCALE_PICTURES, entry["generated_images"]))
+    paths["tall"] = entry["extended_images"][0]
+    paths["unlisted"] = f"library/{entry['queue_id']}/{uuid.uuid4()}.png"
+    store.add_job({"queue_id": str(uuid.uuid4()), "text_prompt": "a squirrel", "creation_unixtime": time.time(),
+                   "upscale_of": paths["upscaled already"]}, [pictures.png_bytes(Image.new("RGB", (64, 64)))])
+    (root / paths["unlisted"].removeprefix("library/")).write_bytes(UPSCALE_PICTURES["small"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(api, "SERVED_MODELS_RECHECK_SECS", 0.0)
+        with serving(Config(port=0, redis_url=redis_server.url, library_dir=root)) as server:
+            yield {"server": server, "paths": paths}
+
+
+@pytest.fixture
+def upscale_connection(upscale_world, redis_url):
+    connection = http.client.HTTPConnection(*upscale_world["server"].server_address[:2], timeout=10)
+    yield connection
+    connection.close()
+
+
+def serve_upscaler(redis_client, upscale_model: str | None) -> None:
+    """A live, ready backend (its worker's heartbeat) with this upscaler."""
+    worker = WorkerQueue(redis_client, "worker-1", "http://127.0.0.1:8080")
+    assert worker.register()
+    assert worker.heartbeat(BackendStatus.READY, "demo", upscale_model=upscale_model)
+
+
+def post_upscale(connection, body) -> tuple[int, dict]:
+    connection.request("POST", "/upscale", body=body if isinstance(body, bytes) else json.dumps(body),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+BAD_UPSCALES = [
+    # (body, or the name of a picture of upscale_world as its path; the field named)
+    (b"", None),
+    (b"[]", None),
+    ({}, "path"),
+    ({"path": 5}, "path"),
+    ({"path": ""}, "path"),
+    ({"path": "library/x.png"}, "path"),
+    ({"path": "../library.json"}, "path"),
+    ({"path": MISSING}, "path"),
+    ("unlisted", "path"),
+    ("too large", "path"),
+    ("an upscale", "path"),
+    ("upscaled already", "path"),
+    ({"model": 5}, "model"),
+    ({"model": "x" * 201}, "model"),
+    ({"model": "realesrgan-x4plus"}, "model"),
+]
+
+
+@pytest.mark.parametrize("body,field", BAD_UPSCALES, ids=[f"{i}-{f}" for i, (_, f) in enumerate(BAD_UPSCALES)])
+def test_bad_upscales_are_refused_naming_the_field_and_queue_nothing(upscale_world, upscale_connection, redis_client,
+                                                                      queue, body, field):
+    serve_upscaler(redis_client, "demo")
+    paths = upscale_world["paths"]
+    if isinstance(body, str):
+        body = {"path": paths[body]}
+    elif isinstance(body, dict) and "model" in body:
+        body = {"path": paths["small"], **body}
+    status, payload = post_upscale(upscale_connection, body)
+    assert status == 400, payload
+    assert payload.get("field") == field and payload["error"].startswith(f"{field}:" if field else ""), payload
+    assert queue.unfinished() == []
+    status, payload = post_upscale(upscale_connection, {"path": paths["small"]})  # the same connection still works
+    assert status == 200, payload
+
+
+@pytest.mark.parametrize("picture,model,served", [("small", None, "demo"), ("small", "demo", "demo"),
+                                                  ("largest", "", "demo"), ("tall", None, "demo"),
+                                                  ("small", None, None)])
+def test_an_upscale_is_queued_as_a_job(upscale_world, upscale_connection, redis_client, queue, picture, model, served):
+    """Any picture an entry lists, up to the largest side, with a served upscaler or the
+    backend's own; with no backend ready yet, it waits for one."""
+    if served:
+        serve_upscaler(redis_client, served)
+    path = upscale_world["paths"][picture]
+    status, payload = post_upscale(upscale_connection, {"path": "/" + path, "model": model})
+    assert status == 200, payload
+    job = queue.get(payload["queue_id"])
+    assert (job.kind, job.upscale_of, job.upscale_model, job.text, job.num_images) == \
+        ("upscale", path, model or None, "a squirrel", 1)
+    assert job.to_status()["kind"] == "upscale" and job.to_status()["upscale_of"] == path
+
+
+def test_an_upscale_needs_a_backend_that_upscales(upscale_world, upscale_connection, redis_client, queue):
+    serve_upscaler(redis_client, None)
+    status, payload = post_upscale(upscale_connection, {"path": upscale_world["paths"]["small"]})
+    assert status == 400 and payload["field"] == "model" and "UPSCALE_MODEL" in payload["error"], payload
     assert queue.unfinished() == []

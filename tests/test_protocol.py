@@ -45,7 +45,8 @@ def test_reports_and_events_say_what_the_document_says():
         "status": "loading", "model": "mini", "error": None, "stage": "downloading", "files": []}
     assert error_report("mini", "no GPU") == {"status": "error", "model": "mini", "error": "no GPU", "stage": "error"}
     assert set(ready_report("mini")) == {"status", "model", "error", "stage", "devices", "slots", "busy", "job_id",
-                                         "load_secs", "image_tokens", "image_codes", "ranks", "clip_model"}
+                                         "load_secs", "image_tokens", "image_codes", "ranks", "clip_model",
+                                         "upscale_model"}
     assert ENDINGS == (Event.DONE, Event.CANCELLED, Event.ERROR, Event.STOPPED)
 
 

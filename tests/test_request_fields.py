@@ -13,11 +13,15 @@ from frontend.validation import ValidationError, validate_prompt, validate_start
 from playground import request_fields
 from playground.pictures import pack_codes
 from playground.queue import Job, encode_job_fields
-from playground.request_fields import FIELDS, GENERATE, JOB, PROMPT, Bounds, taken_by
+from playground.request_fields import GENERATE, JOB, PROMPT, UPSCALE, Bounds, taken_by
 
 
 def _prompt_schema() -> dict:
     return OpenApiDocument.load().document["components"]["schemas"]["PromptRequest"]
+
+
+def _upscale_schema() -> dict:
+    return OpenApiDocument.load().document["components"]["schemas"]["UpscaleRequest"]
 
 
 def _number_schema(property_schema: dict) -> dict:
@@ -29,7 +33,14 @@ def _number_schema(property_schema: dict) -> dict:
 def test_openapi_takes_the_fields_of_the_table():
     schema = _prompt_schema()
     assert set(schema["properties"]) == {field.public_name for field in taken_by(PROMPT)}
-    assert set(schema["required"]) == {field.public_name for field in FIELDS if field.required}
+    assert set(schema["required"]) == {field.public_name for field in taken_by(PROMPT) if field.required}
+
+
+def test_openapi_takes_the_upscale_fields_of_the_table():
+    schema = _upscale_schema()
+    assert set(schema["properties"]) == {field.public_name for field in taken_by(UPSCALE)}
+    assert set(schema["required"]) == {field.public_name for field in taken_by(UPSCALE) if field.required}
+    assert schema["properties"]["model"]["maxLength"] == request_fields.UPSCALE_MODEL.bounds.maximum
 
 
 @pytest.mark.parametrize("field", [field for field in taken_by(PROMPT) if field.kind in (int, float)
@@ -90,9 +101,18 @@ def test_a_job_keeps_and_sends_every_field_it_takes():
               init_image="library/a/b.png", init_source="codes", init_codes=pack_codes([0] * 256), keep_rows=5, extend="down")
     hashed = encode_job_fields(job)
     # The submit script stores the model; a start is codes or a picture, here codes.
-    assert {field.name for field in taken_by(JOB)} - set(hashed) == {"model", "init_picture"}
+    # A generation has no upscale fields.
+    assert {field.name for field in taken_by(JOB)} - set(hashed) == {"model", "init_picture", "upscale_of",
+                                                                     "upscale_model"}
     again = Job.from_hash({**hashed, "model": "mega"})
     assert all(getattr(again, field.name) == getattr(job, field.name) for field in taken_by(JOB))
     sent = job.params()
     assert set(sent) == {"job_id", *(field.name for field in taken_by(GENERATE) if field.name != "init_picture")}
     assert parse_generate_body(sent).init_codes == (0,) * 256
+
+
+def test_an_upscale_job_keeps_its_fields():
+    job = Job(id="0" * 8, text="a fox", num_images=1, seed=0, upscale_of="library/a/b.png", upscale_model="demo")
+    again = Job.from_hash(encode_job_fields(job))
+    assert (again.kind, again.upscale_of, again.upscale_model) == ("upscale", "library/a/b.png", "demo")
+    assert Job(id="1", text="a fox", num_images=1, seed=0).kind == "generate"

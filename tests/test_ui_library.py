@@ -287,3 +287,29 @@ def test_the_library_follows_the_variations_started_from_it(page, ui_stack, tag)
     expect(page.locator("#library-count")).to_have_text(f"2 jobs match “{tag}”")
     expect(page.locator("#library-coming")).to_be_hidden()
     assert cards.first.get_attribute("data-queue-id") != source["queue_id"]  # the new one, on top
+
+
+def test_a_picture_is_upscaled_from_the_viewer_which_shows_and_downloads_the_result(page, ui_stack, tag):
+    source = add_library_job(ui_stack.library_dir, f"{tag} a lighthouse", num_images=1)
+    [path] = source["generated_images"]
+    page.goto(f"{ui_stack.frontend.url}/library.html?q={tag}")
+    page.locator(f'article.job[data-queue-id="{source["queue_id"]}"] .thumb').click()
+    viewer = page.locator("dialog.viewer[open]")
+    viewer.get_by_role("button", name="Upscale ×4").click()
+    expect(viewer.get_by_role("status")).to_have_text("Queued: the picture 4× the size appears at the top of the library.")
+    page.keyboard.press("Escape")
+    # The library follows the job until its entry, the larger picture, is there.
+    cards = page.locator("article.job")
+    expect(cards).to_have_count(2, timeout=120_000)
+    upscale = json.loads(page.request.get(f"{ui_stack.frontend.url}/getlibrary?q={tag}").text())[0]
+    assert (upscale["upscale_of"], upscale["upscale_model"], upscale["upscale_scale"]) == (path, "demo", 4)
+    [big] = upscale["generated_images"]
+    page.locator(f'article.job[data-queue-id="{upscale["queue_id"]}"] .thumb').click()
+    shown = viewer.locator("figure > img")
+    expect(shown).to_have_attribute("src", big)
+    expect(viewer.locator(".picture-details")).to_have_text("Upscaled×4 by demo, from a library picture")
+    expect(viewer.get_by_role("link", name="Download")).to_have_attribute("href", big)
+    expect(viewer.get_by_role("button", name="Upscale ×4")).to_have_count(0)  # an upscale is not upscaled again
+    small = Image.open(io.BytesIO(page.request.get(f"{ui_stack.frontend.url}/{path}").body()))
+    page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=shown.element_handle())
+    assert shown.evaluate("image => [image.naturalWidth, image.naturalHeight]") == [small.width * 4, small.height * 4]

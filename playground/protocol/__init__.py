@@ -4,6 +4,8 @@ twin of `playground.queue` (the contract between the frontend and the scheduler)
     health.py   GET /health: the backend's statuses, its loading stages, the report's fields
                 (built by the backend, read by the scheduler's worker)
     events.py   POST /generate: the NDJSON events, each built and read here; POST /cancel
+    upscale.py  POST /upscale: its body (built by the scheduler, read by the backend); it
+                answers with the events of events.py
 
 docs/architecture.md ("Backend HTTP protocol") describes it; how a backend announces itself
 in Redis is `playground.backend_registry`.

@@ -20,6 +20,7 @@ MAX_STAGE_CHARS = 40
 # Jobs a backend may run at once (its `slots`, BACKEND_SLOTS): the scheduler runs a worker for
 # each, so a wrong answer must not start hundreds.
 MAX_SLOTS = 16
+MAX_UPSCALE_MODEL_CHARS = 200  # as request_fields.UPSCALE_MODEL's bound: the name a job may ask for
 
 
 class BackendStatus(StrEnum):
@@ -50,14 +51,17 @@ def error_report(model: str, error: str | None) -> dict:
 
 def ready_report(model: str, *, devices: list[str] = (), slots: int = 1, busy: bool = False,
                  job_id: str | None = None, load_secs: float | None = None, image_tokens: int | None = None,
-                 image_codes: int | None = None, ranks: bool | None = None, clip_model: str | None = None) -> dict:
+                 image_codes: int | None = None, ranks: bool | None = None, clip_model: str | None = None,
+                 upscale_model: str | None = None) -> dict:
     """A ready backend: its devices, how many jobs it runs at once (`slots`), whether all of
     them are taken (`busy`) and by which job (`job_id`, with one slot), what the scheduler and
     the frontend need of its model (tokens per image; the codebook, which bounds top-k), and
-    whether it ranks Best of N candidates with CLIP, with which."""
+    whether it ranks Best of N candidates with CLIP, with which; the upscaler it runs upscale jobs
+    with (None: none)."""
     return {"status": BackendStatus.READY, "model": model, "error": None, "stage": BackendStatus.READY,
             "devices": list(devices), "slots": slots, "busy": busy, "job_id": job_id, "load_secs": load_secs,
-            "image_tokens": image_tokens, "image_codes": image_codes, "ranks": ranks, "clip_model": clip_model}
+            "image_tokens": image_tokens, "image_codes": image_codes, "ranks": ranks, "clip_model": clip_model,
+            "upscale_model": upscale_model}
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Health:
     error: str | None = None
     image_codes: int | None = None
     ranks: bool | None = None  # said by a ready backend only
+    upscale_model: str | None = None  # the upscaler of a ready backend (None: it upscales nothing)
     busy: bool = False  # no free slot: still running jobs (ones their clients hung up on, or others')
     slots: int = 1  # jobs it runs at once: the scheduler serves it with a worker for each
     loading: dict | None = None  # while loading: `loading_state`
@@ -93,8 +98,14 @@ def parse_health(body) -> Health:
     return Health(status=status, model=body.get("model"), error=body.get("error"),
                   image_codes=body.get("image_codes"),
                   ranks=body["ranks"] if isinstance(body.get("ranks"), bool) else None,
+                  upscale_model=_upscale_model(body.get("upscale_model")),
                   busy=bool(body.get("busy")), slots=_slots(body.get("slots")),
                   loading=loading_state(body) if status == BackendStatus.LOADING else None)
+
+
+def _upscale_model(value) -> str | None:
+    """A backend's `upscale_model` as the heartbeat may publish it: a short printable name, or None."""
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_UPSCALE_MODEL_CHARS and value.isprintable() else None
 
 
 def _slots(value) -> int:

@@ -12,6 +12,9 @@ from playground.queue.states import FINISHED, QUEUED
 from playground.request_fields import ENTRY, GENERATE, JOB, taken_by
 
 BEST_OF_FIELDS = ("candidates", "rank", "ranked", "candidate_indices", "clip_scores")
+# What a job does: draws pictures from a prompt, or enlarges a library picture (POST /upscale).
+GENERATE_KIND, UPSCALE_KIND = "generate", "upscale"
+UPSCALE_FIELDS = tuple(field.name for field in (request_fields.UPSCALE_OF, request_fields.UPSCALE_MODEL))
 # A continuation's fields that its status shows (not the start's codes or picture).
 PUBLIC_START_FIELDS = tuple(field.name for field in taken_by(ENTRY, request_fields.START))
 # The request as the job keeps it; its model is routed, and stored, by the submit script.
@@ -52,6 +55,10 @@ class Job:
     ranked: bool | None = None
     candidate_indices: list[int] | None = None
     clip_scores: list[float] | None = None
+    # An upscale job (None for a generation): the library picture it enlarges and the upscaler
+    # asked for (None: the backend's). Its text is the picture's prompt, its num_images 1.
+    upscale_of: str | None = None
+    upscale_model: str | None = None
     status: str = QUEUED
     created_at: float = 0.0
     started_at: float | None = None
@@ -107,6 +114,13 @@ class Job:
         return self.status in FINISHED
 
     @property
+    def kind(self) -> str:
+        """UPSCALE_KIND for a job that enlarges a library picture, else GENERATE_KIND: an upscale is
+        told apart by the picture it enlarges, so every other part of a job (its claim, progress,
+        cancel, attempts) stays one code path."""
+        return GENERATE_KIND if self.upscale_of is None else UPSCALE_KIND
+
+    @property
     def attempt_id(self) -> str:
         """The backend's name for this attempt at the job: a late /cancel from a worker that has
         lost the job cannot stop the attempt that took it over."""
@@ -136,6 +150,7 @@ class Job:
         """
         return {
             "queue_id": self.id,
+            "kind": self.kind,
             "text": self.text,
             "num_images": self.num_images,
             "seed": self.seed,
@@ -160,6 +175,7 @@ class Job:
             "codes": self.codes,
             **{name: getattr(self, name) for name in PUBLIC_START_FIELDS},
             **{name: getattr(self, name) for name in BEST_OF_FIELDS},
+            **{name: getattr(self, name) for name in UPSCALE_FIELDS},
         }
 
 

@@ -156,6 +156,7 @@ class JobQueue:
                 "image_codes": int(info["image_codes"]) if info.get("image_codes") else None,
                 "loading": _json_or_none(info.get("backend_loading")),
                 "ranks": {"1": True, "0": False}.get(info.get("ranks", "")),
+                "upscale_model": info.get("upscale_model") or None,
                 "job_id": info.get("job_id") or None,
                 "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
                 # Of its last job, per picture drawn (for the fitted cost: eta.JobCost).

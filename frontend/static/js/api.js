@@ -57,6 +57,11 @@ export async function submitPrompt(params) {
   return (await request("POST", "prompt", params)).json();
 }
 
+// An upscale of a library picture ({path, model}), queued as a job: {queue_id}.
+export async function submitUpscale(params) {
+  return (await request("POST", "upscale", params)).json();
+}
+
 // The state of Redis, the scheduler and every backend. 503 ("not everything is ready")
 // carries the same report, so both are answers here.
 export async function systemHealth() {

@@ -1,10 +1,12 @@
 // Image thumbnails and the full-size view: previous/next (buttons and arrow keys), what made
-// the picture, its download and, for a library picture, variations, extend below and "use as
-// start".
+// the picture, its download and, for a library picture, variations, extend below, "use as
+// start" and "upscale ×4".
+import { submitUpscale } from "./api.js";
 import { continueFrom, startLink } from "./continue.js";
 import { el, setChildren } from "./dom.js";
 import { downloadName, formatSettings } from "./format.js";
 import { limits } from "./limits.js";
+import { rememberJob } from "./myjobs.js";
 import { rowPicker } from "./rows.js";
 
 // A second click within this time makes a double-click (delete), not a view.
@@ -37,6 +39,10 @@ function pictureLabel(entry, src) {
 // What made the picture (its prompt is the caption): seed, values, model, its CLIP score, and
 // its start.
 function pictureDetails(entry, src) {
+  if (entry.upscale_of) {
+    return el("dl", { class: "picture-details" }, el("dt", {}, "Upscaled"),
+      el("dd", {}, `×${entry.upscale_scale ?? "?"} by ${entry.upscale_model ?? "the backend's upscaler"}, from a library picture`));
+  }
   const at = (entry.generated_images ?? []).indexOf(src);
   const score = at >= 0 ? entry.clip_scores?.[at] : undefined;
   const rows = [
@@ -54,6 +60,7 @@ function pictureDetails(entry, src) {
 function drawExact(image) {
   // Room is left under it for the caption, what made it and the buttons.
   const fit = Math.min(VIEW_MAX_PX, window.innerWidth * 0.8, window.innerHeight - VIEW_ROOM_PX);
+  if (image.naturalWidth > fit) return; // a large one (an upscale) is scaled down to fit
   const factor = Math.max(1, Math.floor(fit / image.naturalWidth));
   image.style.width = `${image.naturalWidth * factor}px`;
   image.classList.add("exact");
@@ -101,11 +108,13 @@ function openViewer({ src, alt, onDelete, entry, mode = "view", thumb = null }) 
       setChildren(figure, image, el("figcaption", {}, entry ? entry.text_prompt : alt), entry && pictureDetails(entry, src));
       // A picture whose previews were kept: its reveal, the picture forming, plays in its place.
       const reveal = entry?.reveal_images?.[(entry.generated_images ?? []).indexOf(src)];
-      setChildren(continuation, entry && [
+      // An upscale's picture is not drawn from or upscaled again: it is downloaded.
+      setChildren(continuation, entry && !entry.upscale_of && [
         reveal && el("button", { type: "button", onclick: () => { image.src = reveal; } }, "Watch it form"),
         el("button", { type: "button", onclick: () => show("variations") }, "Variations"),
         el("button", { type: "button", onclick: () => show("extend") }, "Extend below"),
-        el("a", { class: "button", href: startLink(entry, src) }, "Use as start")]);
+        el("a", { class: "button", href: startLink(entry, src) }, "Use as start"),
+        upscaleButton()]);
       return;
     }
     const extend = newMode === "extend";
@@ -132,6 +141,29 @@ function openViewer({ src, alt, onDelete, entry, mode = "view", thumb = null }) 
       ? "The rows below the line start a new picture under this one."
       : "The rows above the line are kept; the rest are drawn anew with new seeds."));
     setChildren(continuation, go, el("button", { type: "button", onclick: () => show("view") }, "Back"));
+  }
+
+  // Queues the picture's upscale; the library shows the new, larger picture when it is done.
+  function upscaleButton() {
+    const button = el("button", {
+      type: "button",
+      onclick: async () => {
+        button.disabled = true;
+        status.classList.remove("is-error");
+        status.textContent = "Sending…";
+        try {
+          const { queue_id: queueId } = await submitUpscale({ path: src });
+          rememberJob(queueId, entry.text_prompt);
+          document.dispatchEvent(new CustomEvent("job-queued", { detail: { queueId } }));
+          status.textContent = "Queued: the picture 4× the size appears at the top of the library.";
+        } catch (error) {
+          status.classList.add("is-error");
+          status.textContent = error.message;
+          button.disabled = false;
+        }
+      },
+    }, "Upscale ×4");
+    return button;
   }
 
   const stepButton = (step, label) => {
