@@ -90,6 +90,20 @@ class StreamedRun:
         return self
 
     def _run(self) -> None:
+        try:
+            self._outcome = self._work()
+        except GenerationCancelled:
+            self._outcome = stopped_event() if self._handed_back.is_set() else cancelled_event()
+        except Exception as exc:  # e.g. out of memory: reported to the scheduler, the service lives on
+            log.exception("job %s failed", self.job_id)
+            self._outcome = error_event(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._finished.set()
+            self._on_finish(self)
+
+    def _work(self) -> dict:
+        """The job's work, in the run's thread: its `done` event. GenerationCancelled when
+        `cancel` stopped it."""
         raise NotImplementedError
 
     def hand_back(self) -> None:
@@ -142,53 +156,44 @@ class GenerationRun(StreamedRun):
         except Exception:  # a preview that cannot be drawn must not cost the job its pictures
             log.exception("job %s: no preview at %d tokens", self.job_id, done)
 
-    def _run(self) -> None:
+    def _work(self) -> dict:
         started = time.monotonic()
-        try:
-            start = self._start()
-            plan = ranking.plan(self.engine, self.body.num_images, self.body.candidates, self.body.rank)
-            request = GenerationRequest(
-                text=self.body.text,
-                num_images=plan.generate,
-                seed=self.seed,
-                top_k=self.body.top_k,
-                top_p=self.body.top_p,
-                temperature=self.body.temperature,
-                condition_scale=self.body.condition_scale,
-                init_codes=None if start is None else tuple(
-                    pictures.start_codes(start["codes"], self.body.keep_rows, self.body.extend)),
-                keep_rows=self.body.keep_rows,
-            )
-            result = self._generate(request, on_progress=self._on_progress, cancel=self.cancel,
-                                    on_preview=self._on_preview)
-            choice = ranking.choose(self.engine, plan, self.body.text, result.images)
-            png_started = time.monotonic()
-            scores = choice.scores or [None] * len(choice.indices)
-            metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index,
-                                     result.codes[index], result.images[index].size, self.engine.total_tokens,
-                                     score, plan.generate)
-                        for index, score in zip(choice.indices, scores)]
-            kept = [result.images[index] for index in choice.indices]
-            images = [base64.b64encode(png).decode("ascii") for png in encode_pngs(kept, metadata)]
-            timings = dict(result.timings)
-            if plan.ranked:
-                timings["rank_secs"] = choice.secs
-            timings["png_secs"] = time.monotonic() - png_started
-            timings["total_secs"] = time.monotonic() - started
-            self._outcome = done_event(
-                seed=result.seed, model=self.engine.model_name, params=result.params, images=images,
-                codes=[pictures.pack_codes(result.codes[index]) for index in choice.indices], timings=timings,
-                # Best of N: how many were generated, which were kept (best first), their scores.
-                candidates=plan.generate, ranked=plan.ranked, candidate_indices=choice.indices,
-                clip_scores=choice.scores, start=start)
-        except GenerationCancelled:
-            self._outcome = stopped_event() if self._handed_back.is_set() else cancelled_event()
-        except Exception as exc:  # e.g. out of memory: reported to the scheduler, the service lives on
-            log.exception("generation of job %s failed", self.job_id)
-            self._outcome = error_event(f"{type(exc).__name__}: {exc}")
-        finally:
-            self._finished.set()
-            self._on_finish(self)
+        start = self._start()
+        plan = ranking.plan(self.engine, self.body.num_images, self.body.candidates, self.body.rank)
+        request = GenerationRequest(
+            text=self.body.text,
+            num_images=plan.generate,
+            seed=self.seed,
+            top_k=self.body.top_k,
+            top_p=self.body.top_p,
+            temperature=self.body.temperature,
+            condition_scale=self.body.condition_scale,
+            init_codes=None if start is None else tuple(
+                pictures.start_codes(start["codes"], self.body.keep_rows, self.body.extend)),
+            keep_rows=self.body.keep_rows,
+        )
+        result = self._generate(request, on_progress=self._on_progress, cancel=self.cancel,
+                                on_preview=self._on_preview)
+        choice = ranking.choose(self.engine, plan, self.body.text, result.images)
+        png_started = time.monotonic()
+        scores = choice.scores or [None] * len(choice.indices)
+        metadata = [png_metadata(self.body, result.seed, result.params, self.engine.model_name, index,
+                                 result.codes[index], result.images[index].size, self.engine.total_tokens,
+                                 score, plan.generate)
+                    for index, score in zip(choice.indices, scores)]
+        kept = [result.images[index] for index in choice.indices]
+        images = [base64.b64encode(png).decode("ascii") for png in encode_pngs(kept, metadata)]
+        timings = dict(result.timings)
+        if plan.ranked:
+            timings["rank_secs"] = choice.secs
+        timings["png_secs"] = time.monotonic() - png_started
+        timings["total_secs"] = time.monotonic() - started
+        return done_event(
+            seed=result.seed, model=self.engine.model_name, params=result.params, images=images,
+            codes=[pictures.pack_codes(result.codes[index]) for index in choice.indices], timings=timings,
+            # Best of N: how many were generated, which were kept (best first), their scores.
+            candidates=plan.generate, ranked=plan.ranked, candidate_indices=choice.indices,
+            clip_scores=choice.scores, start=start)
 
     def _start(self) -> dict | None:
         """The code grid a continuation starts from, and how it was obtained: given, or the

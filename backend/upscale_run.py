@@ -3,7 +3,6 @@ streams a progress line per tile (playground/protocol/upscale.py)."""
 from __future__ import annotations
 
 import base64
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,17 +11,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from backend.engine.request import GenerationCancelled
 from backend.generation_run import StreamedRun
 from backend.png import encode_png
 from playground import pictures
-from playground.protocol import cancelled_event, done_event, error_event, stopped_event
-
-log = logging.getLogger(__name__)
-
-
-class _Cancelled(Exception):
-    """Raised from the upscaler's progress callback: the job was cancelled or handed back."""
-
+from playground.protocol import done_event
 
 class UpscaleRun(StreamedRun):
     """`picture`: the decoded library picture; `lock`: held while the upscaler runs (one call
@@ -39,31 +32,24 @@ class UpscaleRun(StreamedRun):
         if self._tile_delay_secs:
             self.cancel.wait(self._tile_delay_secs)
         if self.cancel.is_set():
-            raise _Cancelled()
+            raise GenerationCancelled()
 
-    def _run(self) -> None:
+    def _work(self) -> dict:
         started = time.monotonic()
         try:
             chunks = pictures.text_chunks(self.picture)
             rgb = np.asarray(self.picture.convert("RGB"))
             with self._lock:
                 if self.cancel.is_set():
-                    raise _Cancelled()
+                    raise GenerationCancelled()
                 big = self.upscaler.upscale(rgb, progress=self._on_tile)
-            upscaled = time.monotonic()
-            height, width = big.shape[:2]
-            text = pictures.upscaled_text(chunks, self.source, self.upscaler.name, self.upscaler.scale, (width, height))
-            png = base64.b64encode(encode_png(big, text)).decode("ascii")
-            self._outcome = done_event(
-                seed=0, model=self.upscaler.name, params={"scale": self.upscaler.scale}, images=[png],
-                timings={"upscale_secs": upscaled - started, "png_secs": time.monotonic() - upscaled,
-                         "total_secs": time.monotonic() - started})
-        except _Cancelled:
-            self._outcome = stopped_event() if self._handed_back.is_set() else cancelled_event()
-        except Exception as exc:  # e.g. out of memory: reported to the scheduler, the service lives on
-            log.exception("upscale of job %s failed", self.job_id)
-            self._outcome = error_event(f"{type(exc).__name__}: {exc}")
         finally:
             self.picture.close()
-            self._finished.set()
-            self._on_finish(self)
+        upscaled = time.monotonic()
+        height, width = big.shape[:2]
+        text = pictures.upscaled_text(chunks, self.source, self.upscaler.name, self.upscaler.scale, (width, height))
+        png = base64.b64encode(encode_png(big, text)).decode("ascii")
+        return done_event(
+            seed=0, model=self.upscaler.name, params={"scale": self.upscaler.scale}, images=[png],
+            timings={"upscale_secs": upscaled - started, "png_secs": time.monotonic() - upscaled,
+                     "total_secs": time.monotonic() - started})
