@@ -35,7 +35,7 @@ from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public
 from playground.protocol import BackendStatus
 from playground.queue import DONE, RUNNING, UUID_PATTERN, JobNotFound, JobQueue, QueueFull
 from playground.queue.job import GENERATE_KIND, UPSCALE_KIND
-from playground.request_fields import TEXT, TOP_K, UPSCALE_OF, Bounds
+from playground.request_fields import TEXT, TOP_K, UPSCALE_AFTER, UPSCALE_OF, Bounds
 
 PAGES = {"/": "index.html", "/index.html": "index.html",
          "/advanced.html": "advanced.html", "/library.html": "library.html"}
@@ -141,6 +141,8 @@ class Api:
         image_codes = served.get(params["model"]) or IMAGE_CODES  # the chosen model's codebook
         if params["top_k"] is not None:
             check_number(TOP_K, params["top_k"], Bounds(1, image_codes), note=f" for model {params['model']}")
+        if params[UPSCALE_AFTER.name] is not None:
+            route_upscaler(None, self._upscalers, self._any_ready, field=UPSCALE_AFTER.public_name)
         params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes,
                                      decode=lambda work: self._decoder.submit(work).result()))
         return self._queued(params)

@@ -20,6 +20,7 @@ from playground import pictures
 from playground import request_fields as fields
 from playground.limits import IMAGE_CODES, IMAGE_COUNTS, MAX_UPSCALE_SIDE
 from playground.queue import UUID_PATTERN
+from playground.queue.job import upscale_request
 from playground.request_fields import Bounds, Field, FieldError, number_text
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
@@ -141,7 +142,23 @@ def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dic
         **{field.name: _number(body, field) for field in fields.SAMPLING[1:]},
         "model": _optional_model(body.get("model")),
         "keep_previews": _flag(body, "keep_previews"),
+        fields.UPSCALE_AFTER.name: _upscale_after(body.get(fields.UPSCALE_AFTER.public_name)),
     }
+
+
+def _upscale_after(value: Any) -> int | None:
+    """`upscale`: a scale the upscalers give (UPSCALE_CHOICES), or absent, null, "" or 0 for none;
+    whether any backend upscales is route_upscaler's to say."""
+    field = fields.UPSCALE_AFTER.public_name
+    if value is None or value == "":
+        return None
+    number = _as_int(value, field)
+    if number == 0:
+        return None
+    if number not in fields.UPSCALE_CHOICES:
+        choices = " or ".join(map(str, fields.UPSCALE_CHOICES))
+        raise ValidationError(field, f"must be {choices} (or 0 for none), not {_describe(value)}")
+    return number
 
 
 def route_model(asked: str | None, served: dict[str, int | None], default: str) -> str:
@@ -249,20 +266,21 @@ def validate_upscale(body: dict[str, Any], library_entry: Callable[[str], dict |
     if max(size) > MAX_UPSCALE_SIDE:
         raise ValidationError(field, f"is {size[0]}×{size[1]}; pictures of at most {MAX_UPSCALE_SIDE} pixels "
                                      f"on a side are upscaled")
-    return {"text": entry.get(fields.TEXT.library_name) or path, "num_images": 1, "seed": 0, "upscale_of": path,
-            "upscale_model": _optional_name(body.get(fields.UPSCALE_MODEL.public_name), fields.UPSCALE_MODEL,
-                                            "an upscaler")}
+    return upscale_request(path, entry.get(fields.TEXT.library_name) or path,
+                           _optional_name(body.get(fields.UPSCALE_MODEL.public_name), fields.UPSCALE_MODEL,
+                                          "an upscaler"))
 
 
-def route_upscaler(asked: str | None, served: set[str], ready: bool) -> str | None:
+def route_upscaler(asked: str | None, served: set[str], ready: bool, field: str | None = None) -> str | None:
     """The upscaler an upscale job runs with: asked for, one a live backend serves; not asked,
-    None (the backend's own), unless `ready` backends serve none at all."""
+    None (the backend's own), unless `ready` backends serve none at all. `field`: the request's
+    field a refusal names (POST /upscale's `model`, or POST /prompt's `upscale`)."""
+    field = field or fields.UPSCALE_MODEL.public_name
     choices = ", ".join(sorted(served)) or "none"
     if asked is not None and asked not in served:
-        raise ValidationError(fields.UPSCALE_MODEL.public_name,
-                              f"{asked!r} is not an upscaler any backend serves (served: {choices})")
+        raise ValidationError(field, f"{asked!r} is not an upscaler any backend serves (served: {choices})")
     if asked is None and ready and not served:
-        raise ValidationError(fields.UPSCALE_MODEL.public_name, "no backend upscales (their UPSCALE_MODEL is none)")
+        raise ValidationError(field, "no backend upscales (their UPSCALE_MODEL is none)")
     return asked
 
 

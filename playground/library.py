@@ -31,7 +31,8 @@ from filelock import FileLock
 
 from playground import pictures
 from playground.queue import UUID_PATTERN, Job
-from playground.request_fields import ENTRY, SAMPLING, START, TEXT, UPSCALE_MODEL, UPSCALE_OF, taken_by
+from playground.request_fields import (ENTRY, SAMPLING, START, TEXT, UPSCALE_AFTER, UPSCALE_MODEL, UPSCALE_OF,
+                                       taken_by)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ _IMAGE_NAME_RE = re.compile(rf"{UUID_PATTERN}\.(png|webp)")
 _TOKEN_RE = re.compile(r"[0-9]{1,12}")
 REQUIRED_FIELDS = ("queue_id", "text_prompt", "creation_unixtime")
 UPSCALE_SCALE = "upscale_scale"  # an upscale job's entry: how many times larger its picture is
+UPSCALE_JOBS = "upscale_jobs"  # a job's entry that asked `upscale`: the upscale job of each picture, in order
 
 
 # An entry's lists with one element per generated image, in the same order.
@@ -54,10 +56,11 @@ PER_IMAGE_FIELDS = ("clip_scores", "candidate_indices")
 
 
 def job_entry(job: Job, done: dict, image_count: int, model: str | None, backend_url: str,
-              process_time_secs: float) -> dict:
+              process_time_secs: float, upscale_jobs: list[str] = ()) -> dict:
     """A finished job's entry (before add_job gives its pictures and the commit its time): its
     request by the entry's names, with the values the backend says it used (`done`, the
-    protocol's done event); a continuation's start; Best of N's choice; the kept previews."""
+    protocol's done event); a continuation's start; Best of N's choice; the kept previews; the
+    upscale jobs its commit queues (`upscale_jobs`, one per picture)."""
     used = done.get("params") or {}
     entry = {
         "queue_id": job.id,
@@ -79,6 +82,8 @@ def job_entry(job: Job, done: dict, image_count: int, model: str | None, backend
                      candidate_indices=done["candidate_indices"], clip_scores=done.get("clip_scores"))
     if job.keep_previews:
         entry["keep_previews"] = True  # the option, in the job's folder with its reveals
+    if upscale_jobs:
+        entry.update({UPSCALE_AFTER.library_name: job.upscale, UPSCALE_JOBS: list(upscale_jobs)})
     if job.upscale_of is not None:  # an upscale: its picture, and the upscaler that enlarged it how much
         entry.update({UPSCALE_OF.library_name: job.upscale_of, UPSCALE_MODEL.library_name: done.get("model"),
                       UPSCALE_SCALE: (done.get("params") or {}).get("scale")})
@@ -305,6 +310,19 @@ class LibraryStore:
             return (self.root / url.removeprefix("library/")).read_bytes()
         except OSError:
             return None
+
+    def published_picture(self, url: str, resolve) -> bytes | None:
+        """A library picture an upscale job enlarges. One queued by its source job's commit may be
+        on its way still: the commit is made under the lock and published before it is let go,
+        so its writer is waited for; a publish a crash cut short is finished (recover_staged,
+        `resolve` as there). None when it is gone."""
+        picture = self.picture(url)
+        if picture is None:
+            with self._locked():
+                pass
+            self.recover_staged(resolve)
+            picture = self.picture(url)
+        return picture
 
     def start_picture(self, job: Job) -> bytes | None:
         """The picture a continuation started from: the library's file, or the upload (None

@@ -152,9 +152,15 @@ EXTEND_CHOICES = ("down",)
 # `path` in the request) and the upscaler asked for (`model` in the request; None: the backend's).
 UPSCALE_OF = Field("upscale_of", str, frozenset({UPSCALE, JOB, ENTRY}), prompt_name="path", required=True)
 UPSCALE_MODEL = Field("upscale_model", str, frozenset({UPSCALE, JOB, ENTRY}), Bounds(None, 200), prompt_name="model")
+# POST /prompt's `upscale`: once the job is done, each of its pictures is queued for an upscale by
+# this much (the upscalers' scale, UPSCALE_CHOICES; None, 0: not asked). Not sent to the backend:
+# the scheduler queues the upscale jobs in the job's commit (docs/upscaler.md).
+UPSCALE_AFTER = Field("upscale", int, frozenset({PROMPT, JOB, ENTRY}))
+UPSCALE_CHOICES = (4,)
 
 FIELDS = (TEXT, NUM_IMAGES, SEED, *SAMPLING, CANDIDATES, RANK, MODEL, KEEP_PREVIEWS, INIT_IMAGE,
-          INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND, UPSCALE_OF, UPSCALE_MODEL)
+          INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND, UPSCALE_OF, UPSCALE_MODEL,
+          UPSCALE_AFTER)
 START = (INIT_IMAGE, INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND)
 
 

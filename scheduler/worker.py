@@ -6,6 +6,7 @@ import binascii
 import logging
 import threading
 import time
+import uuid
 
 import redis
 
@@ -16,7 +17,7 @@ from playground.limits import IMAGE_TOKENS
 from playground.protocol import BackendStatus, Event, event_kind
 from playground.protocol.upscale import upscale_body
 from playground.queue import DONE, Job
-from playground.queue.job import UPSCALE_KIND
+from playground.queue.job import UPSCALE_KIND, queued_job, upscale_request
 from scheduler.backend_client import (
     BackendClient,
     BackendLost,
@@ -246,7 +247,7 @@ class Worker:
         """The backend's stream of the job: a generation, or an upscale of its library picture."""
         if job.kind != UPSCALE_KIND:
             return self.backend.generate(job.params())
-        picture = self.library.picture(job.upscale_of)
+        picture = self.library.published_picture(job.upscale_of, self.queue.staged_outcome)
         if picture is None:
             raise pictures.BadStart(f"the picture {job.upscale_of} is no longer in the library")
         return self.backend.upscale(upscale_body(job.attempt_id, job.upscale_of, picture, job.upscale_model))
@@ -319,7 +320,9 @@ class Worker:
 
     def _store(self, job: Job, event: dict, process_time_secs: float) -> None:
         images = [base64.b64decode(data, validate=True) for data in event["images"]]
-        entry = job_entry(job, event, len(images), self.model, self.backend_url, process_time_secs)
+        # Named now, so the staged entry lists the upscale jobs its commit queues.
+        upscale_jobs = [str(uuid.uuid4()) for _ in images] if job.upscale else []
+        entry = job_entry(job, event, len(images), self.model, self.backend_url, process_time_secs, upscale_jobs)
         codes = [str(c) for c in event.get("codes") or []]
         extended: list[bytes] = []
         if job.extend:
@@ -337,7 +340,7 @@ class Worker:
                 reveals = pictures.reveals(self._kept_previews, images)
             except Exception as exc:  # a preview that was no picture (or a decompression bomb): the images count, not it
                 log.warning("job %s: no reveal: %r", job.id, exc)
-        if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields),
+        if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields, upscale_jobs),
                                 reveals=reveals) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
@@ -349,14 +352,18 @@ class Worker:
 
 
 class _LibraryAttempt:
-    """This worker's claim of a job, which fences the library's write of its result."""
+    """This worker's claim of a job, which fences the library's write of its result; its commit
+    also queues the upscales of its pictures (`upscale_jobs`, their ids, in picture order), each
+    as POST /upscale queues one, so they are queued exactly when the result is."""
 
-    def __init__(self, queue: WorkerQueue, job: Job, fields: dict):
-        self.queue, self.job, self.fields = queue, job, fields
+    def __init__(self, queue: WorkerQueue, job: Job, fields: dict, upscale_jobs: list[str] = ()):
+        self.queue, self.job, self.fields, self.upscale_jobs = queue, job, fields, upscale_jobs
         self.token = str(job.claim)
 
     def commit(self, urls: list[str]) -> float | None:
-        outcome = self.queue.finish_done(self.job, images=urls, **self.fields)
+        upscales = [queued_job(job_id, upscale_request(url, self.job.text))
+                    for job_id, url in zip(self.upscale_jobs, urls)]
+        outcome = self.queue.finish_done(self.job, images=urls, then_queue=upscales, **self.fields)
         # Else lost, or cancelled at the last moment.
         return outcome[1] if outcome is not None and outcome[0] == DONE else None
 

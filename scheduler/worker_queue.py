@@ -182,17 +182,18 @@ class WorkerQueue:
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == b"1"
 
     def finish_done(self, job: Job, seed: int, model: str, images: list[str],
-                    process_time_secs: float, codes: list[str] = (), best_of: dict | None = None
-                    ) -> tuple[str, float] | None:
+                    process_time_secs: float, codes: list[str] = (), best_of: dict | None = None,
+                    then_queue: list[dict] = ()) -> tuple[str, float] | None:
         """Mark the job done (or cancelled, if that was asked meanwhile); returns the status
         recorded and Redis's time of it, or None when the claim was lost. `best_of`: the
-        backend's ranked, candidate_indices and clip_scores."""
+        backend's ranked, candidate_indices and clip_scores. `then_queue`: jobs (job.queued_job)
+        queued in the same step when it ends done, and only then."""
         ranking = {}
         if best_of:
             ranking = {"ranked": "1" if best_of.get("ranked") else "0",
                        "candidate_indices": json.dumps(best_of.get("candidate_indices")),
                        "clip_scores": json.dumps(best_of.get("clip_scores")) if best_of.get("clip_scores") else ""}
-        return self._finish_as(job, DONE, seed=seed, model=model, images=json.dumps(images),
+        return self._finish_as(job, DONE, then_queue, seed=seed, model=model, images=json.dumps(images),
                                codes=json.dumps(list(codes)), process_time_secs=repr(process_time_secs),
                                error="", **ranking)
 
@@ -202,11 +203,12 @@ class WorkerQueue:
     def finish_cancelled(self, job: Job) -> tuple[str, float] | None:
         return self._finish_as(job, CANCELLED, error="")
 
-    def _finish_as(self, job: Job, status: str, **fields) -> tuple[str, float] | None:
+    def _finish_as(self, job: Job, status: str, then_queue: list[dict] = (), **fields) -> tuple[str, float] | None:
         flat = [str(item) for pair in fields.items() for item in pair]
         outcome = self._finish(keys=[self.processing, self.keys.job(job.id), self.worker_key,
                                      self.keys.preview(job.id)],
-                               args=[job.id, job.claim, self.finished_ttl_secs, status, *flat])
+                               args=[job.id, job.claim, self.finished_ttl_secs, status, self.keys.prefix,
+                                     json.dumps(list(then_queue)), *flat])
         if not outcome:
             return None
         recorded, at = outcome.decode().split()

@@ -79,7 +79,7 @@ prompt_values = st.one_of(json_values, st.sampled_from(["2", "4", "6", "8", "0",
 prompt_bodies = st.fixed_dictionaries({}, optional={
     name: prompt_values for name in ("text", "num_images", "seed", "gen_top_k", "gen_top_p",
                                      "temperature", "condition_scale", "model", "path", "keep_previews",
-                                     "candidates", "rank")})
+                                     "candidates", "rank", "upscale")})
 bodies = st.one_of(
     st.none(),
     st.binary(max_size=300),
@@ -186,6 +186,19 @@ def test_upscale_bodies_answer_200_or_a_named_400(world, data):
         assert job.kind == "upscale" and job.upscale_of in world["images"], body
 
 
+@FUZZ_SETTINGS
+@given(value=st.one_of(prompt_values, st.sampled_from([4, "4", " 4", 0, "0", "", None, 4.0, "4.0", 2, -4])))
+def test_upscale_on_a_prompt_answers_200_or_a_400_naming_it(world, value):
+    """POST /prompt's `upscale`: any value is kept as 4 or none, or refused naming the field."""
+    status, payload = send(world["server"], "POST", "/prompt",
+                           json.dumps({"text": "x", "num_images": 2, "upscale": value}).encode(), {})
+    assert status in (200, 400, 429), (value, payload)
+    if status == 400:
+        assert json.loads(payload)["field"] == "upscale", (value, payload)
+    if status == 200:
+        assert settled(world, payload).upscale in (4, None), value
+
+
 def settled(world, payload: bytes):
     """The job a 200 queued, cancelled at once: the queue's cap is left for the 429s of other
     tests, and the next examples still get their 200s."""
@@ -214,9 +227,9 @@ HOSTILE_UPLOAD_PARTS = [
     ("init_image_data", b"", None, "")]
 multipart_parts = st.lists(st.tuples(
     st.sampled_from(["text", "num_images", "seed", "keep_rows", "extend", "init_image", "init_image_data",
-                     "keep_previews", ""])
+                     "keep_previews", "upscale", ""])
     | st.text(max_size=10),
-    st.sampled_from([b"x", b"2", b"8", b"down", b"", OUR_PNG, OUR_PNG[:40], b"\xff\xfe", *HOSTILE_PICTURES])
+    st.sampled_from([b"x", b"2", b"4", b"8", b"down", b"", OUR_PNG, OUR_PNG[:40], b"\xff\xfe", *HOSTILE_PICTURES])
     | st.binary(max_size=60),
     st.none() | st.sampled_from(["a.png", "", "\"q\""]),
     st.sampled_from(PART_HEADERS)), max_size=6)

@@ -132,6 +132,8 @@ BAD_BODIES = [
     # No backend serves it (none has reported yet, and the server's default is not this).
     (json.dumps({**GOOD, "model": "mega"}).encode(), "model"),
     # Keeping the previews for a reveal (issue 17).
+    *[(json.dumps({**GOOD, "upscale": value}).encode(), "upscale")
+      for value in (2, 8, -4, 4.5, "4x", "x4", True, [4], {"scale": 4}, 10**30)],
     (json.dumps({**GOOD, "keep_previews": "maybe"}).encode(), "keep_previews"),
     (json.dumps({**GOOD, "keep_previews": 1}).encode(), "keep_previews"),
     (json.dumps({**GOOD, "keep_previews": [True]}).encode(), "keep_previews"),
@@ -223,7 +225,10 @@ GOOD_BODIES = [
     ({"text": "x", "num_images": 2, "candidates": 2, "rank": False}, {"candidates": None, "rank": False}),
     ({"text": "x", "num_images": 2, "candidates": "", "rank": ""}, {"candidates": None, "rank": None}),
     ({"text": "x", "num_images": 2, "keep_rows": None, "extend": ""}, {"keep_rows": None, "init_source": None}),
-    ({"text": "x", "num_images": 2}, {"keep_previews": False}),
+    ({"text": "x", "num_images": 2}, {"keep_previews": False, "upscale": None}),
+    ({"text": "x", "num_images": 2, "upscale": 4}, {"upscale": 4}),
+    ({"text": "x", "num_images": 2, "upscale": " 4 "}, {"upscale": 4}),
+    *[({"text": "x", "num_images": 2, "upscale": value}, {"upscale": None}) for value in (0, "0", "", None)],
     ({"text": "x", "num_images": 2, "keep_previews": True}, {"keep_previews": True}),
     ({"text": "x", "num_images": 2, "keep_previews": "on"}, {"keep_previews": True}),
     ({"text": "x", "num_images": 2, "keep_previews": "false"}, {"keep_previews": False}),
@@ -483,3 +488,21 @@ def test_an_upscale_needs_a_backend_that_upscales(upscale_world, upscale_connect
     status, payload = post_upscale(upscale_connection, {"path": upscale_world["paths"]["small"]})
     assert status == 400 and payload["field"] == "model" and "UPSCALE_MODEL" in payload["error"], payload
     assert queue.unfinished() == []
+
+
+@pytest.mark.parametrize("served", ["demo", None])
+def test_a_prompt_upscaled_needs_a_backend_that_upscales(upscale_world, upscale_connection, redis_client, queue,
+                                                         served):
+    """`upscale` on POST /prompt: refused (naming `upscale`) while the ready backends serve no
+    upscaler, as POST /upscale is; else the job keeps it."""
+    serve_upscaler(redis_client, served)
+    upscale_connection.request("POST", "/prompt", body=json.dumps({**GOOD, "upscale": 4}),
+                               headers={"Content-Type": "application/json"})
+    response = upscale_connection.getresponse()
+    status, payload = response.status, json.loads(response.read())
+    if served is None:
+        assert status == 400 and payload["field"] == "upscale" and "UPSCALE_MODEL" in payload["error"], payload
+        assert queue.unfinished() == []
+    else:
+        assert status == 200, payload
+        assert queue.get(payload["queue_id"]).to_status()["upscale"] == 4

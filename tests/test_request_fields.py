@@ -44,7 +44,8 @@ def test_openapi_takes_the_upscale_fields_of_the_table():
 
 
 @pytest.mark.parametrize("field", [field for field in taken_by(PROMPT) if field.kind in (int, float)
-                                   and field is not request_fields.NUM_IMAGES], ids=lambda field: field.name)
+                                   and field.bounds is not None and field is not request_fields.NUM_IMAGES],
+                         ids=lambda field: field.name)
 def test_openapi_states_each_number_s_rule(field):
     stated = _number_schema(_prompt_schema()["properties"][field.public_name])
     assert stated["type"] == ("integer" if field.kind is int else "number")
@@ -60,6 +61,7 @@ def test_openapi_states_the_lengths_and_choices():
         (text.bounds.minimum, text.bounds.maximum)
     assert properties["model"]["maxLength"] == request_fields.MODEL.bounds.maximum
     assert properties["extend"]["enum"] == [*request_fields.EXTEND_CHOICES, None]
+    assert _number_schema(properties["upscale"])["enum"] == [0, *request_fields.UPSCALE_CHOICES]
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def test_a_sampling_value_is_checked_by_its_field_on_every_side():
 def test_a_job_keeps_and_sends_every_field_it_takes():
     job = Job(id="0" * 8, text="a fox", num_images=4, seed=9, top_k=64, top_p=0.9, temperature=1.5,
               condition_scale=3.0, candidates=8, rank=False, model="mega", keep_previews=True,
-              init_image="library/a/b.png", init_source="codes", init_codes=pack_codes([0] * 256), keep_rows=5, extend="down")
+              init_image="library/a/b.png", init_source="codes", init_codes=pack_codes([0] * 256), keep_rows=5, extend="down", upscale=4)
     hashed = encode_job_fields(job)
     # The submit script stores the model; a start is codes or a picture, here codes.
     # A generation has no upscale fields.

@@ -109,3 +109,18 @@ def test_a_refusal_from_the_server_is_shown_at_its_field(page, ui_stack):
     expect(page.locator("#gen_top_p-error")).to_have_text("Top-p: the server says no to 0.5")
     expect(page.locator("#gen_top_p")).to_be_focused()
     expect(page.locator("#form-status")).to_have_text("Please correct the highlighted field.")
+
+
+def test_upscale_x4_asks_for_the_upscales(page, ui_stack):
+    """The checkbox sends `upscale: 4`; the job keeps it (its upscales are the stack test's)."""
+    page.goto(f"{ui_stack.frontend.url}/advanced.html")
+    sent = prompt_requests(page)
+    page.fill("#text", "a fox upscaled")
+    page.get_by_label("Upscale ×4").check()
+    with page.expect_response(lambda response: response.url.endswith("/prompt")) as answer:
+        page.click("#submit")
+    assert answer.value.status == 200
+    assert sent[-1].post_data_json["upscale"] == 4
+    queue_id = answer.value.json()["queue_id"]
+    assert page.request.get(f"{ui_stack.frontend.url}/jobs/{queue_id}").json()["upscale"] == 4
+    page.request.post(f"{ui_stack.frontend.url}/jobs/{queue_id}/cancel")

@@ -96,3 +96,28 @@ def test_an_upscale_whose_scheduler_dies_mid_run_is_run_again(stack):
     done = status(stack, job_id)
     assert done["status"] == "done" and done["attempts"] >= 2, (done, stack.logs_tail())
     assert done["result"]["upscale_of"] == path and len(done["result"]["generated_images"]) == 1
+
+
+def test_a_prompt_with_upscale_queues_an_upscale_of_each_picture(stack):
+    """`upscale: 4` on POST /prompt: the job's commit queues one upscale job per picture, in
+    picture order; its result lists them, and each one's entry holds its big picture."""
+    done = stack.run_prompt({**PROMPT, "seed": 99, "upscale": 4}, timeout=120)
+    entry = done["result"]
+    assert entry["upscale"] == 4 and len(entry["upscale_jobs"]) == len(entry["generated_images"]) == 2, entry
+    deadline = time.monotonic() + 300
+    upscales = []
+    for job_id, source in zip(entry["upscale_jobs"], entry["generated_images"]):
+        while status(stack, job_id)["status"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        upscale = status(stack, job_id)
+        assert upscale["status"] == "done", (upscale, stack.logs_tail())
+        assert (upscale["kind"], upscale["upscale_of"], upscale["text"]) == ("upscale", source, PROMPT["text"])
+        [big_path] = upscale["result"]["generated_images"]
+        assert png(stack, big_path).size == tuple(4 * side for side in png(stack, source).size)
+        upscales.append(upscale)
+    assert upscales[0]["created_at"] <= upscales[1]["created_at"] and \
+        upscales[0]["started_at"] <= upscales[1]["started_at"]  # queued, and so run, in picture order
+    listed = {e["queue_id"]: e for e in requests.get(stack.frontend.url + "/getlibrary", timeout=10).json()}
+    assert listed[done["queue_id"]]["upscale_jobs"] == entry["upscale_jobs"]
+    assert all(listed[job_id]["upscale_of"] == source
+               for job_id, source in zip(entry["upscale_jobs"], entry["generated_images"]))

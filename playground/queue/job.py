@@ -14,7 +14,8 @@ from playground.request_fields import ENTRY, GENERATE, JOB, taken_by
 BEST_OF_FIELDS = ("candidates", "rank", "ranked", "candidate_indices", "clip_scores")
 # What a job does: draws pictures from a prompt, or enlarges a library picture (POST /upscale).
 GENERATE_KIND, UPSCALE_KIND = "generate", "upscale"
-UPSCALE_FIELDS = tuple(field.name for field in (request_fields.UPSCALE_OF, request_fields.UPSCALE_MODEL))
+UPSCALE_FIELDS = tuple(field.name for field in (request_fields.UPSCALE_OF, request_fields.UPSCALE_MODEL,
+                                                 request_fields.UPSCALE_AFTER))
 # A continuation's fields that its status shows (not the start's codes or picture).
 PUBLIC_START_FIELDS = tuple(field.name for field in taken_by(ENTRY, request_fields.START))
 # The request as the job keeps it; its model is routed, and stored, by the submit script.
@@ -59,6 +60,8 @@ class Job:
     # asked for (None: the backend's). Its text is the picture's prompt, its num_images 1.
     upscale_of: str | None = None
     upscale_model: str | None = None
+    # A generation asking for its pictures to be upscaled this much once it is done (None: not).
+    upscale: int | None = None
     status: str = QUEUED
     created_at: float = 0.0
     started_at: float | None = None
@@ -177,6 +180,21 @@ class Job:
             **{name: getattr(self, name) for name in BEST_OF_FIELDS},
             **{name: getattr(self, name) for name in UPSCALE_FIELDS},
         }
+
+
+def upscale_request(picture: str, text: str, model: str | None = None) -> dict:
+    """The request of an upscale job of a library picture (a validated POST /upscale, or a picture
+    of a job that asked for `upscale`): one picture, under its prompt."""
+    return {"text": text, "num_images": 1, "seed": 0, request_fields.UPSCALE_OF.name: picture,
+            request_fields.UPSCALE_MODEL.name: model}
+
+
+def queued_job(job_id: str, params: dict) -> dict:
+    """A new job of a validated request as the queue's scripts queue it (scripts._QUEUE_JOB):
+    its id, the model it must run on ("": any backend) and its hash's fields, flat."""
+    job = Job.from_request(job_id, params)
+    return {"id": job.id, "model": job.model or "",
+            "fields": [item for pair in encode_job_fields(job).items() for item in pair]}
 
 
 def encode_job_fields(job: Job) -> dict[str, str]:

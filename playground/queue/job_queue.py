@@ -13,7 +13,7 @@ import redis
 
 from playground.queue import scripts
 from playground.queue.eta import JobCost, estimate, job_times
-from playground.queue.job import Job, encode_job_fields
+from playground.queue.job import Job, queued_job
 from playground.queue.keys import DEFAULT_FINISHED_TTL_SECS, DEFAULT_PREFIX, Keys
 
 DEFAULT_MAX_QUEUED = 1000
@@ -42,12 +42,13 @@ class JobQueue:
 
     def submit(self, params: dict) -> Job:
         """Queue a validated request (Job.from_request)."""
-        job = Job.from_request(str(uuid.uuid4()), params)
-        flat = [item for pair in encode_job_fields(job).items() for item in pair]
-        created = self._submit(keys=[self.keys.models, self.keys.job(job.id)],
-                               args=[self.max_queued, job.id, self.keys.prefix, job.model or "", *flat])
+        queued = queued_job(str(uuid.uuid4()), params)
+        created = self._submit(keys=[self.keys.models, self.keys.job(queued["id"])],
+                               args=[self.max_queued, queued["id"], self.keys.prefix, queued["model"],
+                                     *queued["fields"]])
         if not created:
             raise QueueFull(f"the queue is full ({self.max_queued} prompts waiting); try again later")
+        job = Job.from_request(queued["id"], params)
         created_at, _, model = created.decode().partition(" ")
         job.created_at = float(created_at)  # Redis's clock, as every time of the queue
         job.model = model or None

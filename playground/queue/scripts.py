@@ -50,31 +50,40 @@ end
 
 # -- the frontend's side -------------------------------------------------------------------
 
-# Queue a new job in its model's queue unless max_queued jobs wait in all queues together.
-# A job naming no model goes to the one model all live workers serve, where their blocking
-# claim wakes at once; only with several models (or none reported) does it wait in the plain
-# queue, which workers look at between claims. Returns "<creation time> <model>", or 0 when full.
+# Queue a new job (its hash's fields, flat) in its model's queue. A job naming no model goes to
+# the one model all live workers serve, where their blocking claim wakes at once; only with
+# several models (or none reported) does it wait in the plain queue, which workers look at
+# between claims. Returns "<creation time> <model>". Shared by a submit and by the commit of a
+# job that queues upscales of its pictures (FINISH), so both queue a job the same way.
+_QUEUE_JOB = _NOW + _QUEUES + """
+local function queue_job(prefix, job_id, model, fields)
+  if model == '' then
+    local served = nil
+    for _, wid in ipairs(redis.call('SMEMBERS', prefix .. ':workers')) do
+      local served_by = redis.call('HGET', prefix .. ':worker:' .. wid, 'model')
+      if served_by and served_by ~= '' and redis.call('EXISTS', prefix .. ':worker:' .. wid .. ':alive') == 1 then
+        if served == nil then served = served_by elseif served ~= served_by then served = false end
+      end
+    end
+    if served then model = served end
+  end
+  local created = now()
+  redis.call('HSET', prefix .. ':job:' .. job_id, 'created_at', created, 'model', model, unpack(fields))
+  if model ~= '' then redis.call('SADD', prefix .. ':models', model) end
+  redis.call('RPUSH', queue_of(prefix, model), job_id)
+  return created .. ' ' .. model
+end
+"""
+
+# Queue a new job unless max_queued jobs wait in all queues together. Returns "<creation time>
+# <model>", or 0 when full.
 # KEYS: models set, job hash. ARGV: max_queued, job id, prefix, model, then field, value, ...
-SUBMIT = _NOW + _QUEUES + """
-local prefix, model = ARGV[3], ARGV[4]
+SUBMIT = _QUEUE_JOB + """
+local prefix = ARGV[3]
 local waiting = 0
 for _, queue in ipairs(all_queues(prefix)) do waiting = waiting + redis.call('LLEN', queue) end
 if waiting >= tonumber(ARGV[1]) then return 0 end
-if model == '' then
-  local served = nil
-  for _, wid in ipairs(redis.call('SMEMBERS', prefix .. ':workers')) do
-    local served_by = redis.call('HGET', prefix .. ':worker:' .. wid, 'model')
-    if served_by and served_by ~= '' and redis.call('EXISTS', prefix .. ':worker:' .. wid .. ':alive') == 1 then
-      if served == nil then served = served_by elseif served ~= served_by then served = false end
-    end
-  end
-  if served then model = served end
-end
-local created = now()
-redis.call('HSET', KEYS[2], 'created_at', created, 'model', model, unpack(ARGV, 5))
-if model ~= '' then redis.call('SADD', KEYS[1], model) end
-redis.call('RPUSH', queue_of(prefix, model), ARGV[2])
-return created .. ' ' .. model
+return queue_job(prefix, ARGV[2], ARGV[4], {unpack(ARGV, 5)})
 """
 
 # Everything /queue_status needs in one round trip: the workers (alive or not, their model,
@@ -199,12 +208,16 @@ return 0
 
 # Record how a running job ended (the fields include its finished status). A job finishing
 # as done whose cancel was asked for meanwhile ends cancelled instead; one ending done has
-# all its tokens. Returns the status recorded with the finish time ("done 1732612345.123456"),
-# or '' when the claim is no longer the job's: nothing is changed then (the caller's result
-# is late and is dropped). Its preview goes with it. For a done job this is the commit point
-# of its result: the library publishes it only after this (LibraryStore.add_job).
-# KEYS: processing list, job hash, worker hash, preview hash. ARGV: job id, claim, ttl, status, field, value, ...
-FINISH = _STATUSES + _NOW + _STILL_MINE + """
+# all its tokens, and queues the jobs it asked for (the upscales of its pictures: a JSON list of
+# {id, model, fields}) in the same step, so they are queued exactly when it commits, once. Over
+# max_queued, as a job accepted before. Returns the status recorded with the finish time
+# ("done 1732612345.123456"), or '' when the claim is no longer the job's: nothing is changed
+# then (the caller's result is late and is dropped). Its preview goes with it. For a done job
+# this is the commit point of its result: the library publishes it only after this
+# (LibraryStore.add_job).
+# KEYS: processing list, job hash, worker hash, preview hash.
+# ARGV: job id, claim, ttl, status, prefix, the jobs to queue when done, field, value, ...
+FINISH = _STATUSES + _STILL_MINE + _QUEUE_JOB + """
 if not still_mine(ARGV[2]) then return '' end
 redis.call('LREM', KEYS[1], 0, ARGV[1])
 redis.call('DEL', KEYS[4])
@@ -216,9 +229,12 @@ if status ~= CANCELLED and redis.call('HGET', KEYS[2], 'cancel_requested') == '1
   status = CANCELLED
   redis.call('HSET', KEYS[2], 'status', status, 'finished_at', finished, 'error', '')
 else
-  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', finished, unpack(ARGV, 5))
+  redis.call('HSET', KEYS[2], 'status', status, 'finished_at', finished, unpack(ARGV, 7))
   if status == DONE then
     redis.call('HSET', KEYS[2], 'tokens_done', redis.call('HGET', KEYS[2], 'total_tokens'))
+    for _, queued in ipairs(cjson.decode(ARGV[6])) do
+      queue_job(ARGV[5], queued.id, queued.model, queued.fields)
+    end
   end
 end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))

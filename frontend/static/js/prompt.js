@@ -10,6 +10,8 @@ import { startPicture } from "./start.js";
 import { SAMPLING_FIELDS, topKLimit, validatePrompt } from "./validation.js";
 
 const FIELDS = ["text", "num_images", "best_of", "seed", "model", ...SAMPLING_FIELDS];
+// What the advanced page's "Upscale ×4" asks: POST /prompt's `upscale` (the upscalers' scale).
+const UPSCALE_SCALE = 4;
 
 const form = document.getElementById("prompt-form");
 const textInput = document.getElementById("text");
@@ -175,6 +177,8 @@ async function submit(event) {
   Object.assign(params, start?.params());
   const keepPreviews = document.getElementById("keep_previews");
   if (keepPreviews?.checked) params.keep_previews = true;
+  const upscale = document.getElementById("upscale");
+  if (upscale?.checked) params.upscale = UPSCALE_SCALE;
   submitButton.disabled = true;
   setStatus("Sending…");
   try {
