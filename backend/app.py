@@ -64,10 +64,13 @@ def load_upscale_model(config: Config, progress: LoadProgress) -> Any:
     on its first use (a 256-pixel picture: one tile)."""
     if config.upscale_model is None:
         return None
+    from backend.engine import esrgan
+    from backend.engine.upscaler_choice import resolve_upscaler
     from backend.engine.upscaler import load_upscaler
 
+    path, published = resolve_upscaler(config.upscale_model, config.cache_dir, progress, config.hub_endpoint)
     progress.set_stage(Stage.READING)
-    return load_upscaler(config.upscale_model)
+    return load_upscaler(path, expected=esrgan.PUBLISHED[published] if published else None)
 
 
 def load_ranker(config: Config, engine: Any, progress: LoadProgress) -> Any:

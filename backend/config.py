@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.device import DEVICE_CHOICES
+from backend.engine import upscaler_choice
 from playground.protocol.health import MAX_SLOTS
 from playground.settings import get_float, get_int, get_list, get_str
 
@@ -46,8 +47,9 @@ class Config:
     # CLIP, which ranks a job's candidates: "demo", a hub repository, a folder, "none"; ""
     # picks by model (backend.engine.models.default_clip: the demo's CLIP with the demo model).
     clip_model: str = ""
-    # The upscaler of upscale jobs (UPSCALE_MODEL): "demo" (the shipped one), a release file's
-    # path, or None ("none": this backend upscales nothing).
+    # The upscaler of upscale jobs (UPSCALE_MODEL): "demo" (the shipped one), a published name
+    # or a hub file "<org>/<repo>/<file>.pth" (downloaded into the cache), a release file's path,
+    # or None ("none": this backend upscales nothing). backend.engine.upscaler_choice.
     upscale_model: str | None = "demo"
 
     @classmethod
@@ -89,6 +91,12 @@ class Config:
 
 
 def _upscale_model(value: str) -> str | None:
-    """UPSCALE_MODEL: "none" (any case) for no upscaler, empty for the demo's."""
+    """UPSCALE_MODEL: "none" (any case) for no upscaler, empty for the demo's; a name that is
+    none of the choices is refused at once (backend.engine.upscaler_choice)."""
     value = value.strip()
-    return None if value.lower() == "none" else value or "demo"
+    if value.lower() == upscaler_choice.NONE:
+        return None
+    error = upscaler_choice.choice_error(value or upscaler_choice.DEMO)
+    if error is not None:
+        raise ValueError(f"UPSCALE_MODEL names an {error}")
+    return value or upscaler_choice.DEMO

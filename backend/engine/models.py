@@ -153,6 +153,11 @@ def _require_files(folder: Path, names, what: str) -> None:
         raise ModelUnavailableError(f"{what} lacks {', '.join(missing)}")
 
 
+# How a setting takes files copied by hand, as a download's error says it (a folder, but for these).
+_FOLDER_COPY = f"put them in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' subfolder) and set {{setting}} to that folder"
+_LOCAL_COPY = {"UPSCALE_MODEL": "set {setting} to the path of the file"}
+
+
 def download(repo: str, revision: str | None, files, cache_dir: Path, model: str, optional=(),
              progress: LoadProgress | None = None, endpoint: str | None = None,
              setting: str = "DALLE_MODEL") -> Path:
@@ -171,8 +176,8 @@ def download(repo: str, revision: str | None, files, cache_dir: Path, model: str
             f"not in {hub_cache} and could not be downloaded: {reason}. "
             f"Connect this machine to the internet once (the files stay in MODEL_CACHE_DIR; an "
             f"interrupted download resumes), put the files in the cache with `hf download` (see "
-            f"docs/engine.md), or put them in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' "
-            f"subfolder) and set {setting} to that folder.") from error
+            f"docs/engine.md), or {_LOCAL_COPY.get(setting, _FOLDER_COPY).format(setting=setting)}."
+        ) from error
     _require_files(folder, files, f"the download of {at}")
     return folder
 
