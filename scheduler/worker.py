@@ -361,7 +361,7 @@ class _LibraryAttempt:
         self.token = str(job.claim)
 
     def commit(self, urls: list[str]) -> float | None:
-        upscales = [queued_job(job_id, upscale_request(url, self.job.text))
+        upscales = [queued_job(Job.from_request(job_id, upscale_request(url, self.job.text)))
                     for job_id, url in zip(self.upscale_jobs, urls)]
         outcome = self.queue.finish_done(self.job, images=urls, then_queue=upscales, **self.fields)
         # Else lost, or cancelled at the last moment.

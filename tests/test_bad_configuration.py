@@ -21,7 +21,8 @@ def run_module(module: str, tmp_path, redis_url: str, timeout: float = 60, **set
 
 @pytest.mark.parametrize("module,name,value", [
     ("backend", "LOG_LEVEL", "LOUD"), ("scheduler", "LOG_LEVEL", "LOUD"), ("frontend", "LOG_LEVEL", "LOUD"),
-    ("backend", "BACKEND_PORT", "80a"), ("backend", "PREVIEW_EVERY_TOKENS", "often"), ("backend", "UPSCALE_MODEL", "x4v3"),
+    ("backend", "BACKEND_PORT", "80a"), ("backend", "PREVIEW_EVERY_TOKENS", "often"),
+    ("backend", "UPSCALE_MODEL", "x4v3"),
     ("scheduler", "SCHEDULER_MAX_ATTEMPTS", "three"), ("frontend", "FRONTEND_PORT", "http"),
 ])
 def test_a_bad_setting_exits_with_one_line(module, name, value, tmp_path, redis_url):

@@ -154,7 +154,8 @@ def _require_files(folder: Path, names, what: str) -> None:
 
 
 # How a setting takes files copied by hand, as a download's error says it (a folder, but for these).
-_FOLDER_COPY = f"put them in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' subfolder) and set {{setting}} to that folder"
+_FOLDER_COPY = (f"put them in a folder (the VQGAN's in its '{VQGAN_SUBFOLDER}/' subfolder) and set {{setting}} "
+                f"to that folder")
 _LOCAL_COPY = {"UPSCALE_MODEL": "set {setting} to the path of the file"}
 
 

@@ -189,10 +189,9 @@ def upscale_request(picture: str, text: str, model: str | None = None) -> dict:
             request_fields.UPSCALE_MODEL.name: model}
 
 
-def queued_job(job_id: str, params: dict) -> dict:
-    """A new job of a validated request as the queue's scripts queue it (scripts._QUEUE_JOB):
-    its id, the model it must run on ("": any backend) and its hash's fields, flat."""
-    job = Job.from_request(job_id, params)
+def queued_job(job: Job) -> dict:
+    """A new job (Job.from_request) as the queue's scripts queue it (scripts._QUEUE_JOB): its id,
+    the model it must run on ("": any backend) and its hash's fields, flat."""
     return {"id": job.id, "model": job.model or "",
             "fields": [item for pair in encode_job_fields(job).items() for item in pair]}
 

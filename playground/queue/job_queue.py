@@ -42,13 +42,12 @@ class JobQueue:
 
     def submit(self, params: dict) -> Job:
         """Queue a validated request (Job.from_request)."""
-        queued = queued_job(str(uuid.uuid4()), params)
-        created = self._submit(keys=[self.keys.models, self.keys.job(queued["id"])],
-                               args=[self.max_queued, queued["id"], self.keys.prefix, queued["model"],
-                                     *queued["fields"]])
+        job = Job.from_request(str(uuid.uuid4()), params)
+        queued = queued_job(job)
+        created = self._submit(keys=[self.keys.models, self.keys.job(job.id)],
+                               args=[self.max_queued, job.id, self.keys.prefix, queued["model"], *queued["fields"]])
         if not created:
             raise QueueFull(f"the queue is full ({self.max_queued} prompts waiting); try again later")
-        job = Job.from_request(queued["id"], params)
         created_at, _, model = created.decode().partition(" ")
         job.created_at = float(created_at)  # Redis's clock, as every time of the queue
         job.model = model or None
