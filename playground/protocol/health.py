@@ -52,16 +52,16 @@ def error_report(model: str, error: str | None) -> dict:
 def ready_report(model: str, *, devices: list[str] = (), slots: int = 1, busy: bool = False,
                  job_id: str | None = None, load_secs: float | None = None, image_tokens: int | None = None,
                  image_codes: int | None = None, ranks: bool | None = None, clip_model: str | None = None,
-                 upscale_model: str | None = None) -> dict:
+                 upscale_model: str | None = None, grid_cells_max: int | None = None) -> dict:
     """A ready backend: its devices, how many jobs it runs at once (`slots`), whether all of
     them are taken (`busy`) and by which job (`job_id`, with one slot), what the scheduler and
     the frontend need of its model (tokens per image; the codebook, which bounds top-k), and
     whether it ranks Best of N candidates with CLIP, with which; the upscaler it runs upscale jobs
-    with (None: none)."""
+    with (None: none); the most cells of a grid sweep it makes (`grid_cells_max`, playground/grid.py)."""
     return {"status": BackendStatus.READY, "model": model, "error": None, "stage": BackendStatus.READY,
             "devices": list(devices), "slots": slots, "busy": busy, "job_id": job_id, "load_secs": load_secs,
             "image_tokens": image_tokens, "image_codes": image_codes, "ranks": ranks, "clip_model": clip_model,
-            "upscale_model": upscale_model}
+            "upscale_model": upscale_model, "grid_cells_max": grid_cells_max}
 
 
 @dataclass(frozen=True)
