@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+from playground import pictures
 from playground import request_fields as fields
 from playground.limits import MAX_GRID_CELLS
 from playground.request_fields import Field, FieldError, number_text
@@ -33,7 +34,7 @@ class GridError(ValueError):
     """A grid the request may not have; `where` is the part at fault ("grid.x.values[2]")."""
 
     def __init__(self, where: str, message: str):
-        self.where = where
+        self.where, self.message = where, message
         super().__init__(f"{where} {message}")
 
 
@@ -63,6 +64,9 @@ class Grid:
     def size(self) -> int:
         return self.columns * self.rows
 
+    def axis_of(self, field: Field) -> Axis | None:
+        return next((axis for axis in (self.x, self.y) if axis is not None and axis.field is field), None)
+
     def cells(self) -> list[dict]:
         """Each cell's own values by field name, row by row."""
         rows = [{}] if self.y is None else [{self.y.field.name: value} for value in self.y.values]
@@ -84,7 +88,7 @@ def parse_grid(value, read_value=None, max_cells: int = MAX_GRID_CELLS) -> Grid:
             value = json.loads(value)
         except ValueError:
             raise GridError("grid", "is not valid JSON") from None
-    if not isinstance(value, dict) or "x" not in value:
+    if not isinstance(value, dict) or value.get("x") is None:
         raise GridError("grid", 'must be an object with an axis "x" and maybe "y"')
     unknown = sorted(set(value) - set(AXES))
     if unknown:
@@ -152,10 +156,12 @@ SHEET_BACKGROUND = "white"
 SHEET_INK = "black"
 
 
-def sheet(grid: Grid, pictures: list[Image.Image]) -> Image.Image:
+def sheet(grid: Grid, cells: list[Image.Image]) -> Image.Image:
     """The cells' pictures tiled as the grid, x's values along the top, y's down the left."""
+    if len(cells) != grid.size:
+        raise ValueError(f"a sheet of {grid.size} cells needs as many pictures, not {len(cells)}")
     font = ImageFont.load_default(SHEET_FONT_SIZE)
-    width, height = pictures[0].size
+    width, height = cells[0].size
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     top = SHEET_FONT_SIZE * 3 + 2 * SHEET_MARGIN  # two lines of a column's label
 
@@ -190,8 +196,21 @@ def sheet(grid: Grid, pictures: list[Image.Image]) -> Image.Image:
             draw.multiline_text((SHEET_MARGIN // 2, top + row * height + height // 2), "\n".join(lines),
                                 fill=SHEET_INK, font=font, anchor="lm")
         for column in range(grid.columns):
-            canvas.paste(pictures[row * grid.columns + column].convert("RGB"), (left + column * width, top + row * height))
+            canvas.paste(cells[row * grid.columns + column].convert("RGB"),
+                         (left + column * width, top + row * height))
     return canvas
+
+
+def sheet_png(grid: Grid, pngs: list[bytes], prompt: str) -> bytes:
+    """The sheet of a grid job's pictures as a PNG whose text says it is a sheet (SHEET_KEY: its
+    grid), so it is never taken for a picture to continue or upscale."""
+    cells = [pictures.open_picture(png) for png in pngs]
+    try:
+        return pictures.png_bytes(sheet(grid, cells), {SHEET_KEY: grid.text(), "prompt": prompt,
+                                                       "software": "dalle-playground"})
+    finally:
+        for cell in cells:
+            cell.close()
 
 
 def _cut(measure: ImageDraw.ImageDraw, font, text: str, room: int) -> str:

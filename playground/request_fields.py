@@ -153,8 +153,13 @@ EXTEND_CHOICES = ("down",)
 UPSCALE_OF = Field("upscale_of", str, frozenset({UPSCALE, JOB, ENTRY}), prompt_name="path", required=True)
 UPSCALE_MODEL = Field("upscale_model", str, frozenset({UPSCALE, JOB, ENTRY}), Bounds(None, 200), prompt_name="model")
 
+# A grid sweep (playground/grid.py, whose rules it follows): an object in the public request and
+# the backend protocol, its JSON text in the job.
+GRID = Field("grid", str, frozenset({PROMPT, JOB, GENERATE, ENTRY}))
+
 FIELDS = (TEXT, NUM_IMAGES, SEED, *SAMPLING, CANDIDATES, RANK, MODEL, KEEP_PREVIEWS, INIT_IMAGE,
-          INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND, UPSCALE_OF, UPSCALE_MODEL)
+          INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND, UPSCALE_OF, UPSCALE_MODEL,
+          GRID)
 START = (INIT_IMAGE, INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND)
 
 

@@ -14,6 +14,7 @@ from frontend.config import Config
 from frontend.openapi import OpenApiDocument
 from frontend.threaded import serving
 from playground import limits
+from playground.grid import GRID_FIELDS
 from playground.protocol import BackendStatus
 from scheduler.worker_queue import WorkerQueue
 
