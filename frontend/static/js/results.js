@@ -8,6 +8,9 @@ function doneDetails(entry) {
   const images = entry.generated_images ?? [];
   const perImage = entry.process_time_secs / (entry.num_images || images.length || 1);
   return [
+    // A grid sweep: its labelled sheet first, the cells as pictures below.
+    entry.sheet_image && el("a", { class: "grid-sheet", href: entry.sheet_image, target: "_blank", rel: "noopener" },
+      el("img", { src: entry.sheet_image, alt: `Grid sheet of ${entry.text_prompt}`, loading: "lazy", decoding: "async" })),
     el("p", { class: "meta" },
       `Seed ${entry.seed ?? "–"} · ${images.length} images · ${formatSeconds(entry.process_time_secs)}`
       + ` (${formatSeconds(perImage)} per image)`),
