@@ -49,6 +49,11 @@ def test_a_grid_made_from_the_advanced_page_shows_its_sheet_and_cells(page, ui_s
     expect(sheet).to_have_attribute("alt", f"Grid sheet of {prompt}")
     page.wait_for_function("img => img.complete && img.naturalWidth > 2 * 256", arg=sheet.element_handle())
     expect(card.locator(".thumb img")).to_have_count(4)
+    # The library card shows the sheet too.
+    library = page.context.new_page()
+    library.goto(f"{ui_stack.frontend.url}/library.html")
+    expect(library.locator(".grid-sheet img").first).to_have_attribute("alt", f"Grid sheet of {prompt}")
+    library.close()
     # A cell in the viewer says its own values.
     card.locator(".thumb").nth(3).click()
     details = page.locator(".picture-details")

@@ -2,15 +2,13 @@
 import { el } from "./dom.js";
 import { formatSeconds } from "./format.js";
 import { previewPictures } from "./previews.js";
-import { thumbnail } from "./viewer.js";
+import { gridSheet, thumbnail } from "./viewer.js";
 
 function doneDetails(entry) {
   const images = entry.generated_images ?? [];
   const perImage = entry.process_time_secs / (entry.num_images || images.length || 1);
   return [
-    // A grid sweep: its labelled sheet first, the cells as pictures below.
-    entry.sheet_image && el("a", { class: "grid-sheet", href: entry.sheet_image, target: "_blank", rel: "noopener" },
-      el("img", { src: entry.sheet_image, alt: `Grid sheet of ${entry.text_prompt}`, loading: "lazy", decoding: "async" })),
+    gridSheet(entry), // a grid sweep: its labelled sheet first, the cells as pictures below
     el("p", { class: "meta" },
       `Seed ${entry.seed ?? "–"} · ${images.length} images · ${formatSeconds(entry.process_time_secs)}`
       + ` (${formatSeconds(perImage)} per image)`),

@@ -234,6 +234,14 @@ export function thumbnail({ src, alt, onDelete, entry, tall = false }) {
   return button;
 }
 
+// A grid sweep's labelled sheet (none for any other job): a link to it at full size. It is no
+// picture of its own: no viewer, no variations or upscale.
+export function gridSheet(entry) {
+  if (!entry.sheet_image) return null;
+  return el("a", { class: "grid-sheet", href: entry.sheet_image, target: "_blank", rel: "noopener" },
+    el("img", { src: entry.sheet_image, alt: `Grid sheet of ${entry.text_prompt}`, loading: "lazy", decoding: "async" }));
+}
+
 // A library picture: its thumbnail and, under it, the continuation actions.
 export function libraryPicture({ src, onDelete, entry, tall = false }) {
   const alt = pictureLabel(entry, src);
