@@ -44,7 +44,8 @@ def preview_event(tokens_done: int, total_tokens: int, width: int, height: int, 
 
 def done_event(*, seed: int, model: str, params: dict, images: list[str], timings: dict, codes: list[str] = (),
                candidates: int | None = None, ranked: bool = False, candidate_indices: list[int] | None = None,
-               clip_scores: list[float] | None = None, start: dict | None = None, cells: list[dict] | None = None) -> dict:
+               clip_scores: list[float] | None = None, start: dict | None = None,
+               cells: list[dict] | None = None) -> dict:
     """The pictures (base64 PNGs) and their packed codes; Best of N: how many candidates were
     generated, which were kept (best first) and their scores; a continuation: its `start`; a
     grid (playground/grid.py): each picture's `cells` values (its swept fields and its seed)."""
