@@ -364,6 +364,25 @@ def test_a_grid_s_cells_are_the_pictures_lone_jobs_of_their_values_get(engine, c
         assert (meta["prompt"], meta["temperature"], meta["grid_cell"], meta["image_index"]) == ("a fox", "2.0", "1", "0")
 
 
+def test_a_grid_decoded_together_previews_all_its_cells(engine):
+    engine.preview_every = 32
+    try:
+        app = create_app(Config(slots=2, progress_interval_secs=0.02, test_chunk_delay_secs=0.03),
+                         loader=lambda _progress: engine)
+        assert app.extensions["model_holder"].wait(120)
+        grid = {"x": {"field": "seed", "values": [1, 2]}, "y": {"field": "condition_scale", "values": [1, 5]}}
+        events = events_of(app.test_client().post("/generate", json=job(grid=grid, num_images=4)))
+    finally:
+        engine.preview_every = None
+    assert events[-1]["event"] == "done"
+    previews = [e for e in events if e["event"] == "preview"]
+    assert previews and all(len(event["images"]) == 4 for event in previews)
+    tokens = [e["tokens_done"] for e in previews]
+    assert tokens == sorted(set(tokens))
+    progress = [e["tokens_done"] for e in events if e["event"] == "progress"]
+    assert progress == sorted(progress) and progress[-1] <= 256
+
+
 def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, model_cache_dir):
     import requests
 
