@@ -143,6 +143,7 @@ class BackendApi:
                 slots=self.config.slots, busy=len(runs) >= self.config.slots,
                 job_id=runs[0] if len(runs) == 1 else None, load_secs=holder.load_secs,
                 image_tokens=holder.engine.total_tokens, image_codes=holder.engine.num_codes,
+                grid_cells_max=holder.grid_cells_max,
                 ranks=self.clip is not None, clip_model=self.clip.name if self.clip is not None else None,
                 upscale_model=self.upscaler.name if self.upscaler is not None else None)
         if self.announcer is not None:
@@ -173,9 +174,13 @@ class BackendApi:
             body = parse_generate_body(request.get_json(silent=True))
         except BadRequest as exc:
             return error(400, str(exc))
+        if body.grid is not None and body.grid.size > self.holder.grid_cells_max:
+            return error(400, f"grid has {body.grid.size} cells; this backend makes at most "
+                              f"{self.holder.grid_cells_max} together")
         return self._stream(body.job_id, lambda: GenerationRun(
             self.holder.engine, self.holder.generate, body, body.seed or random_seed(),
-            self.config.progress_interval_secs, self._finished, chunk_delay_secs=self.config.test_chunk_delay_secs))
+            self.config.progress_interval_secs, self._finished, chunk_delay_secs=self.config.test_chunk_delay_secs,
+            generate_group=self.holder.generate_group, together=self.holder.slots > 1))
 
     def upscale(self) -> Response:
         """An upscale job (playground/protocol/upscale.py): one picture, enlarged by this

@@ -11,6 +11,7 @@ from PIL import Image
 
 from playground import pictures
 from playground import request_fields as fields
+from playground.grid import Grid, GridError, parse_grid
 from playground.request_fields import Bounds, Field, FieldError
 
 
@@ -38,6 +39,8 @@ class GenerateBody:
     # CLIP keeps the best num_images (None: when this backend has CLIP).
     candidates: int | None = None
     rank: bool | None = None
+    # A grid sweep (playground/grid.py): one picture per cell, num_images of them.
+    grid: Grid | None = None
 
 
 def _value(body: dict, field: Field, bounds: Bounds | None = None) -> float | None:
@@ -67,7 +70,13 @@ def parse_generate_body(body: Any) -> GenerateBody:
     max_text = fields.TEXT.bounds.maximum
     if not isinstance(text, str) or not text.strip() or len(text) > max_text:
         raise BadRequest(f"text must be a non-empty string of at most {max_text} characters")
-    num_images = _value(body, fields.NUM_IMAGES)
+    grid = _grid(body)
+    if grid is None:
+        num_images = _value(body, fields.NUM_IMAGES)
+    elif body.get("num_images") != grid.size:
+        raise BadRequest(f"num_images must be the grid's cells ({grid.size})")
+    else:
+        num_images = grid.size
     seed = _value(body, fields.SEED)
     # No upper limit here: the engine clips a top-k to its codebook.
     top_k = _value(body, fields.TOP_K, Bounds(1))
@@ -76,8 +85,20 @@ def parse_generate_body(body: Any) -> GenerateBody:
     rank = body.get("rank")
     if rank is not None and not isinstance(rank, bool):
         raise BadRequest("rank must be true, false or null")
+    start = _start(body)
+    if grid is not None and (candidates is not None or start[0] is not None or start[1] is not None):
+        raise BadRequest("grid makes one picture per cell: no candidates, no start")
     return GenerateBody(job_id, text, num_images, seed, top_k, top_p, temperature, condition_scale,
-                        *_start(body), candidates=candidates, rank=rank)
+                        *start, candidates=candidates, rank=rank, grid=grid)
+
+
+def _grid(body: dict) -> Grid | None:
+    if body.get("grid") is None:
+        return None
+    try:
+        return parse_grid(body["grid"])
+    except GridError as error:
+        raise BadRequest(str(error)) from None
 
 
 def _start(body: dict) -> tuple:

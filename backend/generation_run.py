@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import threading
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from backend import ranking
@@ -33,7 +35,8 @@ PREVIEW_QUALITY = 80  # JPEG: a 128-pixel preview is about 3 kB
 
 def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index: int,
                  codes=None, size: tuple[int, int] | None = None, steps: int = 256,
-                 clip_score: float | None = None, candidates: int | None = None) -> dict[str, str]:
+                 clip_score: float | None = None, candidates: int | None = None,
+                 cell: int | None = None) -> dict[str, str]:
     """What a PNG says about itself, so the file alone tells how to make it again: our own
     fields, its codes (`dalle_codes`, to start new work from it exactly) and an A1111-style
     `parameters` text that the PNG-info readers of other image tools show."""
@@ -49,6 +52,8 @@ def png_metadata(body: GenerateBody, seed: int, params: dict, model: str, index:
         metadata.update(keep_rows=str(body.keep_rows), extend=body.extend or "")
     if clip_score is not None:  # `image_index` is then the candidate's index among `candidates`
         metadata.update(clip_score=str(clip_score), candidates=str(candidates))
+    if cell is not None:  # a grid's cell, drawn as image 0 of a job of its own values
+        metadata["grid_cell"] = str(cell)
     if codes is not None:
         metadata[pictures.CODES_KEY] = pictures.pack_codes(codes)
     metadata["parameters"] = pictures.parameters_text(metadata, size, steps)
@@ -135,12 +140,18 @@ class StreamedRun:
 
 class GenerationRun(StreamedRun):
     def __init__(self, engine: Any, generate: Callable, body: GenerateBody, seed: int, progress_interval: float,
-                 on_finish: Callable[[StreamedRun], None], chunk_delay_secs: float = 0.0):
+                 on_finish: Callable[[StreamedRun], None], chunk_delay_secs: float = 0.0,
+                 generate_group: Callable | None = None, together: bool = False):
         super().__init__(body.job_id, seed, engine.total_tokens, progress_interval, on_finish)
         self.engine = engine
         self._generate = generate  # the engine's, or its batch runner's (BACKEND_SLOTS > 1)
+        # A grid's cells: the holder's generate_group; `together`: decoded in one batch.
+        self._generate_group = generate_group
+        self._together = together
         self.body = body
         self._chunk_delay_secs = chunk_delay_secs
+        self._cells_done: list[int] = []
+        self._cell_previews: dict[int, Any] = {}
 
     def _on_progress(self, done: int, total: int) -> None:
         self._tokens_done, self._total_tokens = done, total
@@ -157,6 +168,8 @@ class GenerationRun(StreamedRun):
             log.exception("job %s: no preview at %d tokens", self.job_id, done)
 
     def _work(self) -> dict:
+        if self.body.grid is not None:
+            return self._grid_work()
         started = time.monotonic()
         start = self._start()
         plan = ranking.plan(self.engine, self.body.num_images, self.body.candidates, self.body.rank)
@@ -194,6 +207,59 @@ class GenerationRun(StreamedRun):
             # Best of N: how many were generated, which were kept (best first), their scores.
             candidates=plan.generate, ranked=plan.ranked, candidate_indices=choice.indices,
             clip_scores=choice.scores, start=start)
+
+    def _cell_bodies(self) -> list[GenerateBody]:
+        """Each cell's request: the job's, with the cell's values (its seed 0: the job's)."""
+        return [dataclasses.replace(self.body, num_images=1, grid=None, **values)
+                for values in self.body.grid.cells()]
+
+    def _grid_work(self) -> dict:
+        """A grid sweep: one picture per cell, the cells decoded together (with a batch runner)
+        or one after another; progress is the cells' together, a cancel stops them all."""
+        started = time.monotonic()
+        bodies = self._cell_bodies()
+        count = len(bodies)
+        self._cells_done = [0] * count
+        requests = [GenerationRequest(text=body.text, num_images=1, seed=body.seed or self.seed, top_k=body.top_k,
+                                      top_p=body.top_p, temperature=body.temperature,
+                                      condition_scale=body.condition_scale) for body in bodies]
+        previews = ([lambda done, codes, cell=cell: self._on_cell_preview(cell, done, codes) for cell in range(count)]
+                    if self._together else None)  # one after another: no previews
+        results = self._generate_group(
+            requests, on_progress=[lambda done, total, cell=cell: self._on_cell_progress(cell, done, total)
+                                   for cell in range(count)],
+            cancel=self.cancel, on_preview=previews)
+        png_started = time.monotonic()
+        metadata = [png_metadata(body, request.seed, result.params, self.engine.model_name, 0, result.codes[0],
+                                 result.images[0].size, self.engine.total_tokens, cell=cell)
+                    for cell, (body, request, result) in enumerate(zip(bodies, requests, results))]
+        pngs = encode_pngs([result.images[0] for result in results], metadata)
+        swept = {axis.field.name for axis in (self.body.grid.x, self.body.grid.y) if axis is not None}
+        timings = {"tokens_secs": max(result.timings.get("tokens_secs", 0.0) for result in results),
+                   "png_secs": time.monotonic() - png_started, "total_secs": time.monotonic() - started}
+        return done_event(
+            seed=self.seed, model=self.engine.model_name,
+            params={name: value for name, value in results[0].params.items() if name not in swept},
+            images=[base64.b64encode(png).decode("ascii") for png in pngs],
+            codes=[pictures.pack_codes(result.codes[0]) for result in results], timings=timings,
+            cells=[{**values, "seed": request.seed} for values, request in zip(self.body.grid.cells(), requests)])
+
+    def _on_cell_progress(self, cell: int, done: int, total: int) -> None:
+        self._cells_done[cell] = done
+        self._tokens_done, self._total_tokens = sum(self._cells_done) // len(self._cells_done), total
+        if self._chunk_delay_secs and cell == 0:
+            time.sleep(self._chunk_delay_secs)
+
+    def _on_cell_preview(self, cell: int, done: int, codes) -> None:
+        """Decoded together, the cells offer their previews one after another at each boundary:
+        the last one's completes the picture of them all."""
+        self._cell_previews[cell] = codes[0]
+        if cell == len(self._cells_done) - 1 and len(self._cell_previews) == len(self._cells_done):
+            try:
+                self._preview = preview_of(self.engine, done, np.stack([self._cell_previews[k][:done] for k in
+                                                                        range(cell + 1)]), self._total_tokens)
+            except Exception:  # as _on_preview: a preview never costs the job its pictures
+                log.exception("job %s: no preview at %d tokens", self.job_id, done)
 
     def _start(self) -> dict | None:
         """The code grid a continuation starts from, and how it was obtained: given, or the

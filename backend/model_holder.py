@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.engine.progress import LoadProgress
+from playground.limits import MAX_GRID_CELLS
 from playground.protocol import BackendStatus, Stage
 from playground.writable import StartupError
 
@@ -30,6 +31,8 @@ class ModelHolder:
         self.progress = LoadProgress()
         self._engine: Any = None
         self._generate: Callable | None = None
+        self._generate_group: Callable | None = None
+        self.grid_cells_max = MAX_GRID_CELLS  # the most cells of a grid it makes (a batch runner's rows)
         self._error: str | None = None
         self._ready = threading.Event()
         self.load_secs: float | None = None
@@ -42,7 +45,12 @@ class ModelHolder:
         started = time.monotonic()
         try:
             engine = self._loader(self.progress)
-            self._generate = engine.generate if self.slots == 1 else self._batch_runner(engine).generate
+            if self.slots == 1:
+                self._generate, self._generate_group = engine.generate, _one_after_another(engine.generate)
+            else:
+                runner = self._batch_runner(engine)
+                self._generate, self._generate_group = runner.generate, runner.generate_group
+                self.grid_cells_max = min(MAX_GRID_CELLS, runner.max_rows)
             self._engine = engine
         except StartupError as exc:  # its message says it all: one line, no traceback
             log.error("loading model %s failed: %s", self.model_name, exc)
@@ -76,6 +84,13 @@ class ModelHolder:
         return self._generate
 
     @property
+    def generate_group(self) -> Callable:
+        """Several requests as one job (a grid's cells): `(requests, on_progress=[...], cancel,
+        on_preview=[...])` -> their results. Decoded together by the batch runner; with one
+        slot, one after another."""
+        return self._generate_group
+
+    @property
     def error(self) -> str | None:
         return self._error
 
@@ -85,3 +100,12 @@ class ModelHolder:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
+
+
+def _one_after_another(generate: Callable) -> Callable:
+    def generate_group(requests, on_progress=None, cancel=None, on_preview=None) -> list:
+        none = [None] * len(requests)
+        return [generate(request, on_progress=progress, cancel=cancel, on_preview=preview)
+                for request, progress, preview in zip(requests, on_progress or none, on_preview or none)]
+
+    return generate_group

@@ -20,6 +20,7 @@ from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
 from frontend.validation import (
+    check_grid,
     ValidationError,
     check_number,
     parse_form_data,
@@ -30,6 +31,7 @@ from frontend.validation import (
     validate_start,
     validate_upscale,
 )
+from playground import grid as grids
 from playground.library import LibraryStore
 from playground.limits import IMAGE_CODES, IMAGE_TOKENS, MAX_TEXT_LENGTH, public_limits
 from playground.protocol import BackendStatus
@@ -82,6 +84,7 @@ class Api:
         self._served: dict[str, int | None] = {}
         self._upscalers: set[str] = set()  # the upscalers the live backends serve
         self._any_ready = False  # whether a live backend is ready (and has said its upscaler)
+        self._grid_cells_max: dict[str, int] = {}  # each model's largest grid its ready backends make
         # Start pictures are decoded here, a few at a time: the memory of decodes arriving
         # together is bounded, and stays with these threads rather than every connection's.
         self._decoder = ThreadPoolExecutor(config.decodes_at_once, thread_name_prefix="picture-decode")
@@ -143,6 +146,9 @@ class Api:
             check_number(TOP_K, params["top_k"], Bounds(1, image_codes), note=f" for model {params['model']}")
         if params[UPSCALE_AFTER.name] is not None:
             route_upscaler(None, self._upscalers, self._any_ready, field=UPSCALE_AFTER.public_name)
+        if params["grid"] is not None:
+            check_grid(grids.parse_grid(params["grid"]), image_codes, params["model"],
+                       self._grid_cells_max.get(params["model"]) if self._any_ready else None)
         params.update(validate_start(body, self._library_png, self.config.max_upload_bytes, image_codes,
                                      decode=lambda work: self._decoder.submit(work).result()))
         return self._queued(params)
@@ -170,6 +176,11 @@ class Api:
                     served[worker["model"]] = max(worker["image_codes"] or 0, served.get(worker["model"]) or 0) or None
             ready = [worker for worker in workers if worker["alive"] and worker["backend_status"] == BackendStatus.READY]
             self._upscalers = {worker["upscale_model"] for worker in ready if worker.get("upscale_model")}
+            self._grid_cells_max = {}  # each model's: the largest of its ready backends' (0: none makes grids)
+            for worker in ready:
+                if worker["model"]:
+                    self._grid_cells_max[worker["model"]] = max(worker.get("grid_cells_max") or 0,
+                                                                self._grid_cells_max.get(worker["model"], 0))
             self._any_ready = bool(ready)
             self._served, self._served_checked = served, now
         return self._served

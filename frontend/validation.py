@@ -16,6 +16,7 @@ from typing import Any
 
 import multipart
 
+from playground import grid as grids
 from playground import pictures
 from playground import request_fields as fields
 from playground.limits import IMAGE_CODES, IMAGE_COUNTS, MAX_UPSCALE_SIDE
@@ -130,12 +131,16 @@ def validate_prompt(body: dict[str, Any], image_codes: int = IMAGE_CODES) -> dic
     condition_scale, model (None: not asked for; see route_model), candidates and rank (Best
     of N; None: not asked for, the backend decides). Unknown keys are ignored,
     as the original server did. `image_codes` is the largest served codebook: a top-k beyond
-    it means nothing."""
-    num_images = _num_images(body.get("num_images"))
+    it means nothing. A grid sweep (`grid`, playground/grid.py) draws one picture per cell:
+    num_images is then its cells (the body's must be left out or 1), and with a grid of
+    prompts the body's text may be left out (the job's title: the prompts, joined)."""
+    grid = _grid(body)
+    num_images = _num_images(body.get("num_images")) if grid is None else _grid_images(body, grid)
     return {
-        "text": _text(body.get("text"), fields.TEXT.bounds.maximum),
+        "text": _job_text(body, grid),
         "num_images": num_images,
-        "candidates": _candidates(body, num_images),
+        "candidates": _candidates(body, num_images) if grid is None else None,
+        "grid": None if grid is None else grid.text(),
         "rank": _optional_bool(body.get("rank"), "rank"),
         "seed": _number(body, fields.SEED),
         "top_k": _number(body, fields.TOP_K, Bounds(1, image_codes)),
@@ -159,6 +164,58 @@ def _upscale_after(value: Any) -> int | None:
         choices = " or ".join(map(str, fields.UPSCALE_CHOICES))
         raise ValidationError(field, f"must be {choices} (or 0 for none), not {_describe(value)}")
     return number
+
+
+def _grid(body: dict) -> grids.Grid | None:
+    """The body's grid sweep (an object, or its JSON text from a form); absent, null or "": none."""
+    value = body.get(fields.GRID.public_name)
+    if value is None or value == "":
+        return None
+    try:
+        return grids.parse_grid(value, _grid_value)
+    except grids.GridError as error:
+        name = fields.GRID.public_name
+        raise ValidationError(name, error.message if error.where == name else str(error)) from None
+
+
+def _grid_value(field: Field, value: Any) -> float:
+    """A grid's number as the body's numbers come: a JSON number, or a string of one."""
+    return _as_int(value, "") if field.kind is int else _as_float(value, "")
+
+
+def _grid_images(body: dict, grid: grids.Grid) -> int:
+    """A grid job's pictures: one per cell (Best of N and a start are not for grids)."""
+    if body.get("num_images") not in (None, "", 1, "1"):
+        raise ValidationError("num_images", f"must be 1 or left out with a grid: it draws one picture per cell "
+                                            f"({grid.size}), not {_describe(body.get('num_images'))}")
+    for name in ("candidates", "init_image", "init_image_data"):
+        if body.get(name) not in (None, ""):
+            raise ValidationError(name, "must be left out with a grid: it draws one fresh picture per cell")
+    return grid.size
+
+
+def check_grid(grid: grids.Grid, image_codes: int, model: str, cells_max: int | None) -> None:
+    """A grid against what serves it: its top-k values within the model's codebook, its cells
+    within the most its ready backends make (`cells_max`; None: none ready, MAX_GRID_CELLS holds)."""
+    for name in ("x", "y"):
+        axis = getattr(grid, name)
+        if axis is not None and axis.field is fields.TOP_K:
+            for index, value in enumerate(axis.values):
+                if value > image_codes:
+                    raise ValidationError(fields.GRID.public_name, f"grid.{name}.values[{index}] (top_k) must be at "
+                                                                   f"most {image_codes} for model {model}, not {value}")
+    if cells_max is not None and grid.size > cells_max:
+        raise ValidationError(fields.GRID.public_name, f"has {grid.size} cells; the backends of model {model} make "
+                                                       f"at most {cells_max}" if cells_max else
+                              f"model {model}'s backends make no grids")
+
+
+def _job_text(body: dict, grid: grids.Grid | None) -> str:
+    """The body's text; a grid of prompts' when the body has none: its prompts, joined."""
+    prompts = None if grid is None else grid.axis_of(fields.TEXT)
+    if prompts is not None and body.get("text") in (None, ""):
+        return " · ".join(prompts.values)[:int(fields.TEXT.bounds.maximum)]
+    return _text(body.get("text"), fields.TEXT.bounds.maximum)
 
 
 def route_model(asked: str | None, served: dict[str, int | None], default: str) -> str:
@@ -294,6 +351,8 @@ def _optional_name(value: Any, field: Field, what: str) -> str | None:
 
 def _start_of(picture, field: str, image_codes: int, keep_rows: int, extend: str | None) -> dict[str, str]:
     """A decoded start's codes (a PNG of ours), else the picture squared for the backend to encode."""
+    if grids.SHEET_KEY in pictures.text_chunks(picture):
+        raise ValidationError(field, "is a grid's sheet, not a picture to continue; start from one of its cells")
     codes = _codes_of(picture, field, image_codes)
     try:
         pictures.check_start(None if codes is None else len(codes), picture.size, keep_rows, extend)

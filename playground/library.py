@@ -52,7 +52,8 @@ UPSCALE_JOBS = "upscale_jobs"  # a job's entry that asked `upscale`: the upscale
 
 
 # An entry's lists with one element per generated image, in the same order.
-PER_IMAGE_FIELDS = ("clip_scores", "candidate_indices")
+PER_IMAGE_FIELDS = ("clip_scores", "candidate_indices", "cells")
+SHEET_IMAGE = "sheet_image"  # a grid job's entry: its labelled sheet (playground/grid.py), no picture of its own
 
 
 def job_entry(job: Job, done: dict, image_count: int, model: str | None, backend_url: str,
@@ -84,6 +85,8 @@ def job_entry(job: Job, done: dict, image_count: int, model: str | None, backend
         entry["keep_previews"] = True  # the option, in the job's folder with its reveals
     if upscale_jobs:
         entry.update({UPSCALE_AFTER.library_name: job.upscale, UPSCALE_JOBS: list(upscale_jobs)})
+    if job.grid is not None:  # a grid sweep: its axes, and each picture's own values (with its seed)
+        entry.update(grid=json.loads(job.grid), cells=done.get("cells"))
     if job.upscale_of is not None:  # an upscale: its picture, and the upscaler that enlarged it how much
         entry.update({UPSCALE_OF.library_name: job.upscale_of, UPSCALE_MODEL.library_name: done.get("model"),
                       UPSCALE_SCALE: (done.get("params") or {}).get("scale")})
@@ -123,8 +126,9 @@ class Attempt(Protocol):
 
 def _image_names(entry: dict) -> list[str]:
     """The file names of an entry's pictures: its images, the taller pictures it made, the reveals."""
+    sheet = [entry[SHEET_IMAGE]] if isinstance(entry.get(SHEET_IMAGE), str) else []
     return [url.rsplit("/", 1)[1] for url in [*entry.get("generated_images", []), *entry.get("extended_images", []),
-                                               *entry.get("reveal_images", [])]]
+                                               *entry.get("reveal_images", []), *sheet]]
 
 
 def _created(entry: dict) -> float:
@@ -230,10 +234,11 @@ class LibraryStore:
     # -- writing -------------------------------------------------------------------------
 
     def add_job(self, entry: dict, images: list[bytes], extended: list[bytes] = (),
-                attempt: Attempt | None = None, reveals: list[bytes] = ()) -> dict | None:
+                attempt: Attempt | None = None, reveals: list[bytes] = (), sheet: bytes | None = None) -> dict | None:
         """Store a finished job's PNGs and entry; returns the entry with `generated_images`
         (and with `extended_images`, the taller pictures of a job that extended a picture, and
-        `reveal_images`, each image's previews as an animated WebP, when they were kept).
+        `reveal_images`, each image's previews as an animated WebP, when they were kept; and
+        `sheet_image`, a grid job's labelled sheet).
 
         With `attempt`, the queue is the commit point: the PNGs are first written to
         `.staging/<queue_id>.<attempt.token>/`, out of sight; then, under the library's lock,
@@ -254,13 +259,18 @@ class LibraryStore:
         staging = self.root / STAGING_DIR / f"{queue_id}.{token}"
         pngs = {f"{uuid.uuid4()}.png": png for png in [*images, *extended]}
         pngs.update({f"{uuid.uuid4()}.webp": webp for webp in reveals})
+        if sheet is not None:
+            pngs[f"{uuid.uuid4()}.png"] = sheet
         urls = [f"library/{queue_id}/{name}" for name in pngs]
         entry = {**entry, "generated_images": urls[:len(images)]}
         if extended:
             entry["extended_images"] = urls[len(images):len(images) + len(extended)]
         entry.pop("reveal_images", None)  # only the reveals written now: none of an entry given again
         if reveals:
-            entry["reveal_images"] = urls[len(images) + len(extended):]
+            entry["reveal_images"] = urls[len(images) + len(extended):len(images) + len(extended) + len(reveals)]
+        entry.pop(SHEET_IMAGE, None)
+        if sheet is not None:
+            entry[SHEET_IMAGE] = urls[-1]
         if attempt is None:
             # Unfenced (tools, tests): staged inside the lock, so the staging sweep, which looks
             # only while it holds the lock, never sees it half-written.
@@ -434,6 +444,8 @@ class LibraryStore:
                              for name in ("generated_images", "extended_images") if name in entry}
                 if not any(remaining.values()):
                     return self._delete_job_locked(queue_id, entries)
+                if relative_url == entry.get(SHEET_IMAGE):  # a grid's sheet: its pictures stay
+                    remaining[SHEET_IMAGE] = None
                 # Lists that run along generated_images (Best of N) lose the same place.
                 generated = entry.get("generated_images") or []
                 if relative_url in generated:

@@ -9,6 +9,9 @@ MAX_IMAGES = max(IMAGE_COUNTS)  # the most one generation makes (the backend and
 # Best of N: a job may generate up to this many candidates in one batched pass, of which CLIP
 # keeps the best num_images (2× or 4× in the UI). The engine's batch is up to this size.
 MAX_CANDIDATES = 16
+# A grid sweep (grid.py) makes one picture per cell, at most this many, decoded together when
+# its backend batches jobs (BACKEND_SLOTS > 1), and at most what that backend batches.
+MAX_GRID_CELLS = 16
 MAX_SEED = 2**32  # inclusive, as the original README says; 0 asks for a random seed
 MAX_TEXT_LENGTH = 1000  # characters in a prompt (and in a library search)
 # The published models' image: 16×16 VQGAN codes from a codebook of 16384. The model a backend
@@ -36,6 +39,7 @@ def public_limits(served_codes: dict[str, int | None], max_upload_bytes: int) ->
         "image_counts": list(IMAGE_COUNTS),
         "seed_max": MAX_SEED,
         "candidates_max": MAX_CANDIDATES,
+        "grid_cells_max": MAX_GRID_CELLS,
         "keep_rows_max": MAX_KEEP_ROWS,
         "keep_rows_default": DEFAULT_KEEP_ROWS,
         "start_rows_max": MAX_START_ROWS,

@@ -158,9 +158,13 @@ UPSCALE_MODEL = Field("upscale_model", str, frozenset({UPSCALE, JOB, ENTRY}), Bo
 UPSCALE_AFTER = Field("upscale", int, frozenset({PROMPT, JOB, ENTRY}))
 UPSCALE_CHOICES = (4,)
 
+# A grid sweep (playground/grid.py, whose rules it follows): an object in the public request and
+# the backend protocol, its JSON text in the job.
+GRID = Field("grid", str, frozenset({PROMPT, JOB, GENERATE, ENTRY}))
+
 FIELDS = (TEXT, NUM_IMAGES, SEED, *SAMPLING, CANDIDATES, RANK, MODEL, KEEP_PREVIEWS, INIT_IMAGE,
           INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND, UPSCALE_OF, UPSCALE_MODEL,
-          UPSCALE_AFTER)
+          UPSCALE_AFTER, GRID)
 START = (INIT_IMAGE, INIT_IMAGE_DATA, INIT_SOURCE, INIT_CODES, INIT_PICTURE, KEEP_ROWS, EXTEND)
 
 

@@ -10,6 +10,7 @@ import uuid
 
 import redis
 
+from playground import grid as grids
 from playground import pictures
 from playground.backend_registry import BackendRegistry
 from playground.library import LibraryStore, job_entry
@@ -76,6 +77,7 @@ class Worker:
         self.backend_loading: dict | None = None  # stage and downloads while the model loads
         self.ranks: bool | None = None  # whether the ready backend ranks Best of N with CLIP
         self.upscale_model: str | None = None  # the ready backend's upscaler (None: none)
+        self.grid_cells_max: int | None = None  # the most cells of a grid the ready backend makes
         self.model: str | None = None
         self._ready_checked_at = 0.0
         self._kept_previews: list[list[bytes]] = []  # the running job's, when it keeps them
@@ -155,7 +157,8 @@ class Worker:
             try:
                 if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes,
                                             loading=self.backend_loading, ranks=self.ranks,
-                                            upscale_model=self.upscale_model):
+                                            upscale_model=self.upscale_model,
+                                            grid_cells_max=self.grid_cells_max):
                     log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
                     self.stop.set()
                     return
@@ -186,6 +189,7 @@ class Worker:
             self.backend_loading = health.loading
             self.ranks = health.ranks
             self.upscale_model = health.upscale_model
+            self.grid_cells_max = health.grid_cells_max
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
@@ -340,8 +344,11 @@ class Worker:
                 reveals = pictures.reveals(self._kept_previews, images)
             except Exception as exc:  # a preview that was no picture (or a decompression bomb): the images count, not it
                 log.warning("job %s: no reveal: %r", job.id, exc)
+        sheet = None
+        if job.grid is not None:  # the cells' pictures tiled, labelled with the values
+            sheet = grids.sheet_png(grids.parse_grid(job.grid), images, job.text)
         if self.library.add_job(entry, images, extended, attempt=_LibraryAttempt(self.queue, job, fields, upscale_jobs),
-                                reveals=reveals) is None:
+                                reveals=reveals, sheet=sheet) is None:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
         # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.

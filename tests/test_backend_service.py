@@ -231,6 +231,16 @@ def test_same_seed_same_pngs_and_largest_seed_works(client):
         (job(init_picture=base64.b64encode(hostile_uploads.png(1, 65536)).decode(), keep_rows=8), "init_picture"),
         (job(init_picture=base64.b64encode(hostile_uploads.png_header(1, 16_777_216)).decode(), keep_rows=8),
          "init_picture"),
+        # A grid sweep (playground/grid.py): its parts named; one picture per cell.
+        (job(grid={"x": {"field": "top_k", "values": [1]}}), "grid.x.values"),
+        (job(grid={"x": {"field": "top_k", "values": [1, 0]}}, num_images=2), "grid.x.values[1]"),
+        (job(grid={"x": {"field": "width", "values": [1, 2]}}, num_images=2), "grid.x.field"),
+        (job(grid={"x": {"field": "seed", "values": [1, 2]}, "y": {"field": "seed", "values": [1, 2]}},
+             num_images=4), "grid.y.field"),
+        (job(grid={"x": {"field": "seed", "values": [1, 2]}}, num_images=4), "num_images"),
+        (job(grid={"x": {"field": "seed", "values": list(range(1, 17))},
+                   "y": {"field": "top_k", "values": [1, 2]}}, num_images=32), "grid"),
+        (job(grid={"x": {"field": "seed", "values": [1, 2]}}, num_images=2, candidates=4), "grid"),
     ],
 )
 def test_bad_requests_name_the_field(client, body, field):
@@ -326,6 +336,51 @@ def test_slots_run_jobs_together_with_the_pictures_each_gets_alone(engine):
         assert [pixels(image) for image in end["images"]] == [pixels(image) for image in want["images"]]
         assert end["codes"] == want["codes"]
     assert client.get("/health").json["busy"] is False
+
+
+def test_a_grid_s_cells_are_the_pictures_lone_jobs_of_their_values_get(engine, client):
+    """A grid sweep: one picture per cell, each that of a one-picture job of the cell's values
+    (the same with one slot, cells one after another, and with two, decoded together); each
+    PNG says its own values."""
+    grid = {"x": {"field": "temperature", "values": [0.5, 2]}, "y": {"field": "text", "values": ["a fox", "a cat"]}}
+    body = job(grid=grid, num_images=4, top_k=30)
+    singles = [events_of(client.post("/generate", json=job(num_images=1, text=text, temperature=temperature,
+                                                             top_k=30)))[-1]
+               for text in ("a fox", "a cat") for temperature in (0.5, 2)]
+    one_slot = events_of(client.post("/generate", json=body))[-1]
+    app = create_app(Config(slots=2, progress_interval_secs=0.02), loader=lambda _progress: engine)
+    assert app.extensions["model_holder"].wait(120)
+    batched_client = app.test_client()
+    assert batched_client.get("/health").json["grid_cells_max"] == 16
+    batched = events_of(batched_client.post("/generate", json=body))[-1]
+    for done in (one_slot, batched):
+        assert done["event"] == "done", done
+        assert done["codes"] == [single["codes"][0] for single in singles]
+        assert [pixels(image) for image in done["images"]] == [pixels(single["images"][0]) for single in singles]
+        assert done["cells"] == [{"text": text, "temperature": temperature, "seed": 7}
+                                 for text in ("a fox", "a cat") for temperature in (0.5, 2.0)]
+        assert "temperature" not in done["params"] and done["params"]["top_k"] == 30
+        meta = read_png_metadata(base64.b64decode(done["images"][1]))
+        assert (meta["prompt"], meta["temperature"], meta["grid_cell"], meta["image_index"]) == ("a fox", "2.0", "1", "0")
+
+
+def test_a_grid_decoded_together_previews_all_its_cells(engine):
+    engine.preview_every = 32
+    try:
+        app = create_app(Config(slots=2, progress_interval_secs=0.02, test_chunk_delay_secs=0.03),
+                         loader=lambda _progress: engine)
+        assert app.extensions["model_holder"].wait(120)
+        grid = {"x": {"field": "seed", "values": [1, 2]}, "y": {"field": "condition_scale", "values": [1, 5]}}
+        events = events_of(app.test_client().post("/generate", json=job(grid=grid, num_images=4)))
+    finally:
+        engine.preview_every = None
+    assert events[-1]["event"] == "done"
+    previews = [e for e in events if e["event"] == "preview"]
+    assert previews and all(len(event["images"]) == 4 for event in previews)
+    tokens = [e["tokens_done"] for e in previews]
+    assert tokens == sorted(set(tokens))
+    progress = [e["tokens_done"] for e in events if e["event"] == "progress"]
+    assert progress == sorted(progress) and progress[-1] <= 256
 
 
 def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, model_cache_dir):

@@ -121,3 +121,42 @@ def test_on_the_demo_model(tmp_path_factory):
             assert_same(job.result(timeout=900), single)
     finally:
         runner.close()
+
+
+def test_a_grid_s_cells_join_together_and_draw_what_lone_jobs_draw(engine, runner):
+    """A grid's cells (playground/grid.py) as one group: one boundary, one slot, beside a job
+    already running; each cell's codes are a lone job's of its values."""
+    from playground.grid import parse_grid
+
+    grid = parse_grid({"x": {"field": "temperature", "values": [0.5, 1.5]},
+                       "y": {"field": "seed", "values": [21, 22]}})
+    cells = [GenerationRequest(PROMPT, 1, **{"seed": 5, **values}) for values in grid.cells()]
+    expected = alone(engine, cells)
+    other = mix(engine)[1]
+    other_alone = alone(engine, [other])[0]
+    reports: list = []  # every progress report in order: "other", or a cell's index
+    with recorded_compiles() as compiles:
+        running = runner.submit(other, on_progress=lambda done, total: reports.append("other"))
+        group = runner.submit_group(cells, on_progress=[
+            lambda done, total, cell=cell: reports.append(cell) for cell in range(len(cells))])
+        results = [job.result(timeout=600) for job in group]
+        assert_same(running.result(timeout=600), other_alone)
+    assert compiles == []
+    for batched, single in zip(results, expected):
+        assert_same(batched, single)
+    # Together, in one slot beside the running job (4 slots: as 4 jobs the last cell would wait
+    # for it): each cell first reports after as many of the other job's reports.
+    before = {reports.count("other") if cell not in reports else reports[:reports.index(cell)].count("other")
+              for cell in range(len(cells))}
+    assert len(before) == 1, reports
+    assert len({id(job.group) for job in group}) == 1
+
+
+def test_a_cancelled_grid_stops_every_cell(engine, runner):
+    cells = [GenerationRequest(PROMPT, 1, seed=seed) for seed in (1, 2, 3)]
+    cancel = threading.Event()
+    group = runner.submit_group(cells, on_progress=[lambda done, total: done >= 64 and cancel.set()] * 3,
+                                cancel=cancel)
+    for job in group:
+        with pytest.raises(GenerationCancelled):
+            job.result(timeout=600)

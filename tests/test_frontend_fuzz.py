@@ -20,6 +20,7 @@ from frontend.config import Config
 from frontend.server import KNOWN_METHODS, METHOD_TOKEN
 from frontend.threaded import serving
 from playground import pictures
+from playground.limits import MAX_GRID_CELLS
 from playground.library import LibraryStore
 from playground.queue import JobQueue
 from testkit import hostile_uploads
@@ -166,6 +167,35 @@ def test_continuation_bodies_answer_200_or_a_named_400(world, data):
         job = settled(world, payload)
         if body.get("init_image_data") is not None:  # only its absence means "no picture"
             assert job.init_source is not None, body
+
+
+grid_values = st.one_of(prompt_values, st.sampled_from(["0.5", "1", "a fox", " ", "x" * 1001]),
+                        st.floats(min_value=-2, max_value=2))
+grid_axes = st.one_of(json_values, st.fixed_dictionaries({}, optional={
+    "field": st.one_of(st.sampled_from(["top_k", "top_p", "temperature", "condition_scale", "seed", "text",
+                                        "gen_top_k", ""]), json_values),
+    "values": st.one_of(st.lists(grid_values, max_size=18), json_values)}))
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_grid_bodies_answer_200_or_a_named_400(world, data):
+    """A grid sweep: any axes, fields and values (the object or its JSON text); queued, it draws
+    one picture per cell, at most MAX_GRID_CELLS."""
+    grid = data.draw(st.one_of(json_values, st.fixed_dictionaries({}, optional={"x": grid_axes, "y": grid_axes})),
+                     label="grid")
+    body = data.draw(st.fixed_dictionaries({"grid": st.one_of(st.just(grid), st.just(json.dumps(grid)))}, optional={
+        "text": st.one_of(st.just("x"), prompt_values), "num_images": st.one_of(st.just(1), prompt_values),
+        "candidates": prompt_values}), label="body")
+    status, payload = send(world["server"], "POST", "/prompt", json.dumps(body).encode(), {})
+    assert status in (200, 400, 429), (body, payload)
+    if status == 400:
+        assert json.loads(payload)["field"] in ("grid", "text", "num_images", "candidates", "seed", "gen_top_k",
+                                                "gen_top_p", "temperature", "condition_scale"), payload
+    if status == 200:
+        job = settled(world, payload)
+        if job.grid is not None:
+            assert 2 <= job.num_images <= MAX_GRID_CELLS and job.to_status()["grid"]["x"]["values"]
 
 
 @FUZZ_SETTINGS

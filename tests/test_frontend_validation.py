@@ -192,6 +192,31 @@ BAD_BODIES = [
     (json.dumps({**GOOD, "rank": "maybe"}).encode(), "rank"),
     (json.dumps({**GOOD, "rank": 1}).encode(), "rank"),
     (json.dumps({**GOOD, "rank": {}}).encode(), "rank"),
+    # A grid sweep (playground/grid.py): its part named in the message; one picture per cell.
+    *[(json.dumps({"text": "x", "grid": grid}).encode(), "grid") for grid in [
+        [1, 2], "{not json", {"y": {"field": "seed", "values": [1, 2]}},
+        {"x": {"field": "seed", "values": [1, 2]}, "z": {}},
+        {"x": {"field": "width", "values": [1, 2]}}, {"x": {"field": "gen_top_k", "values": [1, 2]}},
+        {"x": {"field": "seed", "values": [1]}}, {"x": {"field": "seed", "values": "1,2"}},
+        {"x": {"field": "seed", "values": list(range(1, 18))}},
+        {"x": {"field": "seed", "values": [1, 2]}, "y": {"field": "seed", "values": [3, 4]}},
+        {"x": {"field": "seed", "values": [1, 2, 3, 4, 5]}, "y": {"field": "top_k", "values": [1, 2, 3, 4]}},
+        {"x": {"field": "top_k", "values": [1, 0]}}, {"x": {"field": "top_k", "values": [1, 2.5]}},
+        {"x": {"field": "top_k", "values": [1, 16385]}}, {"x": {"field": "top_p", "values": [0.5, 0]}},
+        {"x": {"field": "temperature", "values": [1, "hot"]}}, {"x": {"field": "temperature", "values": [1, None]}},
+        {"x": {"field": "condition_scale", "values": [1, -1]}}, {"x": {"field": "seed", "values": [1, 2**32 + 1]}},
+        {"x": {"field": "seed", "values": [1, True]}}, {"x": {"field": "text", "values": ["a fox", "  "]}},
+        {"x": {"field": "text", "values": ["a fox", "x" * 1001]}}, {"x": {"field": "text", "values": ["a fox", 7]}},
+        {"x": {"field": "text", "values": ["a fox", "a\u0000cat"]}}]],
+    (json.dumps({"text": "x", "num_images": 2, "grid": {"x": {"field": "seed", "values": [1, 2]}}}).encode(),
+     "num_images"),
+    (json.dumps({"text": "x", "candidates": 4, "grid": {"x": {"field": "seed", "values": [1, 2]}}}).encode(),
+     "candidates"),
+    (json.dumps({"text": "x", "init_image_data": PICTURE, "grid": {"x": {"field": "seed", "values": [1, 2]}}}).encode(),
+     "init_image_data"),
+    (json.dumps({"grid": {"x": {"field": "seed", "values": [1, 2]}}}).encode(), "text"),
+    # A grid's sheet is no picture to continue.
+    (json.dumps({**GOOD, "init_image_data": _png(text={"grid_sheet": "{}"})}).encode(), "init_image_data"),
 ]
 
 
@@ -250,6 +275,17 @@ GOOD_BODIES = [
       for data in (hostile_uploads.webp_canvas(),)],
     ({"text": "x", "num_images": 2, "init_image_data": base64.b64encode(hostile_uploads.png(64, 128, rows=32)).decode(),
       "extend": "down", "keep_rows": 8}, {"init_source": "codes", "extend": "down"}),
+    # A grid sweep: num_images is its cells; a grid of prompts needs no text; numbers as strings.
+    ({"text": "x", "grid": {"x": {"field": "temperature", "values": ["0.5", 1, 1.5]},
+                            "y": {"field": "seed", "values": [0, 9]}}},
+     {"num_images": 6, "grid": '{"x":{"field":"temperature","values":[0.5,1.0,1.5]},'
+                               '"y":{"field":"seed","values":[0,9]}}'}),
+    ({"num_images": "1", "grid": {"x": {"field": "text", "values": [" a fox ", "a cat"]}}},
+     {"num_images": 2, "text": "a fox · a cat"}),
+    ({"text": "x", "num_images": "", "grid": json.dumps({"x": {"field": "top_k", "values": [1, 16384]}})},
+     {"num_images": 2}),
+    ({"text": "x", "num_images": 2, "grid": None}, {"grid": None}),
+    ({"text": "x", "grid": {"x": {"field": "seed", "values": list(range(1, 17))}}}, {"num_images": 16}),
 ]
 
 
@@ -481,6 +517,25 @@ def test_an_upscale_is_queued_as_a_job(upscale_world, upscale_connection, redis_
     assert (job.kind, job.upscale_of, job.upscale_model, job.text, job.num_images) == \
         ("upscale", path, model or None, "a squirrel", 1)
     assert job.to_status()["kind"] == "upscale" and job.to_status()["upscale_of"] == path
+
+
+@pytest.mark.parametrize("advertised,cells,status", [(4, 6, 400), (4, 4, 200), (None, 2, 400), (16, 16, 200)])
+def test_a_grid_is_at_most_what_the_ready_backends_make(upscale_world, upscale_connection, redis_client, queue,
+                                                        advertised, cells, status):
+    """The ready backends' /health `grid_cells_max` (passed on by their workers' heartbeats)
+    bounds a grid; a backend that says none makes no grids."""
+    worker = WorkerQueue(redis_client, "worker-1", "http://127.0.0.1:8080")
+    assert worker.register()
+    assert worker.heartbeat(BackendStatus.READY, "demo", grid_cells_max=advertised)
+    upscale_connection.request("POST", "/prompt", body=json.dumps(
+        {"text": "x", "grid": {"x": {"field": "seed", "values": list(range(1, cells + 1))}}}),
+        headers={"Content-Type": "application/json"})
+    response = upscale_connection.getresponse()
+    payload = json.loads(response.read())
+    assert response.status == status, payload
+    if status == 400:
+        assert payload["field"] == "grid" and "make" in payload["error"]
+        assert queue.unfinished() == []
 
 
 def test_an_upscale_needs_a_backend_that_upscales(upscale_world, upscale_connection, redis_client, queue):

@@ -70,6 +70,28 @@ def test_a_jobs_reveals_live_and_go_with_it(tmp_path):
     assert store.delete_job(stored["queue_id"]) and not folder.exists()
 
 
+def test_a_grid_s_sheet_lives_beside_its_cells_and_goes_alone(tmp_path):
+    """A grid sweep's entry: its sheet (`sheet_image`), and `cells` along generated_images."""
+    store = LibraryStore(tmp_path)
+    cells = [{"seed": 1}, {"seed": 2}, {"seed": 3}]
+    stored = store.add_job(entry(cells=cells, grid={"x": {"field": "seed", "values": [1, 2, 3]}}),
+                           [PNG + b"1", PNG + b"2", PNG + b"3"], sheet=b"sheet PNG")
+    folder = tmp_path / stored["queue_id"]
+    assert (folder / stored["sheet_image"].split("/")[-1]).read_bytes() == b"sheet PNG"
+    assert stored["sheet_image"] not in stored["generated_images"]
+    # A cell deleted: its values go with it; the sheet stays.
+    assert store.delete_image(stored["generated_images"][1])
+    [left] = store.entries()
+    assert left["cells"] == [{"seed": 1}, {"seed": 3}] and left["sheet_image"] == stored["sheet_image"]
+    # The sheet deleted: the cells stay.
+    assert store.delete_image(stored["sheet_image"])
+    [left] = store.entries()
+    assert left["sheet_image"] is None and len(left["generated_images"]) == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["job.json"] + [u.split("/")[-1] for u in left["generated_images"]])
+    assert store.delete_job(stored["queue_id"]) and not folder.exists()
+
+
 def test_add_job_rejects_bad_queue_id_and_missing_fields(tmp_path):
     store = LibraryStore(tmp_path)
     with pytest.raises(ValueError):

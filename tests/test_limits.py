@@ -14,6 +14,7 @@ from frontend.config import Config
 from frontend.openapi import OpenApiDocument
 from frontend.threaded import serving
 from playground import limits
+from playground.grid import GRID_FIELDS
 from playground.protocol import BackendStatus
 from scheduler.worker_queue import WorkerQueue
 
@@ -54,6 +55,9 @@ def test_openapi_states_the_same_limits():
     assert prompt["gen_top_k"]["oneOf"][0]["maximum"] == limits.IMAGE_CODES
     assert prompt["keep_rows"]["oneOf"][0]["maximum"] == limits.MAX_KEEP_ROWS
     assert prompt["candidates"]["oneOf"][0]["maximum"] == limits.MAX_CANDIDATES
+    axis = document["components"]["schemas"]["GridAxis"]["properties"]
+    assert axis["values"]["maxItems"] == limits.MAX_GRID_CELLS
+    assert axis["field"]["enum"] == list(GRID_FIELDS)
     schema = document["components"]["schemas"]["Limits"]
     assert set(schema["required"]) == set(limits.public_limits({}, 1))
     for name, value in limits.public_limits({}, 4 * 2**20).items():

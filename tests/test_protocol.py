@@ -46,7 +46,7 @@ def test_reports_and_events_say_what_the_document_says():
     assert error_report("mini", "no GPU") == {"status": "error", "model": "mini", "error": "no GPU", "stage": "error"}
     assert set(ready_report("mini")) == {"status", "model", "error", "stage", "devices", "slots", "busy", "job_id",
                                          "load_secs", "image_tokens", "image_codes", "ranks", "clip_model",
-                                         "upscale_model"}
+                                         "upscale_model", "grid_cells_max"}
     assert ENDINGS == (Event.DONE, Event.CANCELLED, Event.ERROR, Event.STOPPED)
 
 

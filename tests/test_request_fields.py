@@ -103,14 +103,28 @@ def test_a_job_keeps_and_sends_every_field_it_takes():
               init_image="library/a/b.png", init_source="codes", init_codes=pack_codes([0] * 256), keep_rows=5, extend="down", upscale=4)
     hashed = encode_job_fields(job)
     # The submit script stores the model; a start is codes or a picture, here codes.
-    # A generation has no upscale fields.
+    # A generation has no upscale fields; this one is no grid sweep.
     assert {field.name for field in taken_by(JOB)} - set(hashed) == {"model", "init_picture", "upscale_of",
-                                                                     "upscale_model"}
+                                                                     "upscale_model", "grid"}
     again = Job.from_hash({**hashed, "model": "mega"})
     assert all(getattr(again, field.name) == getattr(job, field.name) for field in taken_by(JOB))
     sent = job.params()
-    assert set(sent) == {"job_id", *(field.name for field in taken_by(GENERATE) if field.name != "init_picture")}
+    assert set(sent) == {"job_id", *(field.name for field in taken_by(GENERATE)
+                                     if field.name not in ("init_picture", "grid"))}
     assert parse_generate_body(sent).init_codes == (0,) * 256
+
+
+def test_a_grid_job_keeps_its_grid_and_sends_it_as_an_object():
+    params = validate_prompt({"text": "a fox", "grid": {"x": {"field": "top_k", "values": ["5", 9]},
+                                                        "y": {"field": "seed", "values": [1, 2]}}})
+    assert params["num_images"] == 4 and params["candidates"] is None
+    job = Job.from_request("0" * 8, params)
+    again = Job.from_hash(encode_job_fields(job))
+    sent = again.params()
+    assert sent["grid"] == {"x": {"field": "top_k", "values": [5, 9]}, "y": {"field": "seed", "values": [1, 2]}}
+    body = parse_generate_body(sent)
+    assert (body.num_images, body.grid.cells()[1]) == (4, {"seed": 1, "top_k": 9})
+    assert again.to_status()["grid"] == sent["grid"]
 
 
 def test_an_upscale_job_keeps_its_fields():

@@ -7,11 +7,14 @@ for eight, so jobs that wait together decode together (issue 30).
     result = job.result()                  # GenerationResult, or raises GenerationCancelled
     runner.close()
 
+`submit_group(requests, ...)` submits jobs that join together at one boundary and share one
+slot (a grid's cells, grid.py): a 4×4 grid of single pictures decodes as one batch of 16 rows.
+
 `submit` is thread-safe and returns at once; one thread (the runner's own) drives the batch
 between chunks of `engine.chunk_steps` steps. At each chunk boundary it
 * ends the jobs whose cancel event is set (their rows go idle; the others go on unchanged),
-* lets waiting jobs join in FIFO order while fewer than `slots` jobs run and their images fit
-  the largest batch size (a job that does not fit waits, and so do the ones behind it),
+* lets waiting jobs (or groups) join in FIFO order while fewer than `slots` run and their
+  images fit the largest batch size (one that does not fit waits, and so do the ones behind it),
 * moves the rows to the smallest of `sizes` that holds them (a lone job of 2 images decodes
   in the 2-image program),
 then queues the next chunk, one chunk always ahead of the host as in `Engine.generate`.
@@ -79,6 +82,10 @@ def _with_rows(tree, rows, values):
                                   tree, values)
 
 
+def _images(group: list) -> int:
+    return sum(job.request.num_images for job in group)
+
+
 class BatchJob:
     """One submitted request; `result()` waits for its images."""
 
@@ -89,6 +96,7 @@ class BatchJob:
         self.cancel = cancel or threading.Event()
         self.seed = request.seed or random_seed()
         self.rows: list[int] = []  # its images' batch rows, image i in rows[i]
+        self.group: list[BatchJob] = [self]  # the jobs that joined with it and share its slot
         self.done = 0  # positions decoded (dispatched) so far
         self.previews: preview.PreviewSchedule | None = None
         self.timings: dict = {}
@@ -129,7 +137,7 @@ class BatchRunner:
         self._state: BatchState | None = None
         self._rows: list[BatchJob | None] = []  # the job of each batch row
         self._active: list[BatchJob] = []
-        self._pending: collections.deque[BatchJob] = collections.deque()
+        self._pending: collections.deque[list[BatchJob]] = collections.deque()  # groups joining together
         self._condition = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -147,23 +155,42 @@ class BatchRunner:
 
     def submit(self, request: GenerationRequest, on_progress=None, cancel: threading.Event | None = None,
                on_preview=None) -> BatchJob:
-        request.validate()
-        self.engine.check_continuation(request)
-        if request.num_images > self.max_rows:
-            raise ValueError(f"num_images must be at most {self.max_rows} in a batch")
-        job = BatchJob(request, on_progress, on_preview, cancel)
+        return self.submit_group([request], [on_progress], cancel, [on_preview])[0]
+
+    def submit_group(self, requests: list[GenerationRequest], on_progress: list | None = None,
+                     cancel: threading.Event | None = None, on_preview: list | None = None) -> list[BatchJob]:
+        """Jobs that join together, at one boundary, and take one slot (a grid's cells): they
+        wait, in the queue's order, until all their images fit. Their callbacks: one per job."""
+        for request in requests:
+            request.validate()
+            self.engine.check_continuation(request)
+        if sum(request.num_images for request in requests) > self.max_rows:
+            raise ValueError(f"num_images must be at most {self.max_rows} in a batch, all together")
+        cancel = cancel or threading.Event()
+        none = [None] * len(requests)
+        group = [BatchJob(request, progress, preview, cancel)
+                 for request, progress, preview in zip(requests, on_progress or none, on_preview or none)]
         with self._condition:
             if self._closed:
                 raise RuntimeError("the batch runner is closed")
-            self._pending.append(job)
+            self._pending.append(group)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
                 self._thread.start()
             self._condition.notify()
-        return job
+        return group
 
     def generate(self, request: GenerationRequest, on_progress=None, cancel=None, on_preview=None) -> GenerationResult:
         return self.submit(request, on_progress, cancel, on_preview).result()
+
+    def generate_group(self, requests: list[GenerationRequest], on_progress=None, cancel=None,
+                       on_preview=None) -> list[GenerationResult]:
+        group = self.submit_group(requests, on_progress, cancel, on_preview)
+        try:
+            return [job.result() for job in group]
+        except BaseException:
+            group[0].cancel.set()  # one failed or was cancelled: the others stop too
+            raise
 
     def close(self) -> None:
         with self._condition:
@@ -325,8 +352,9 @@ class BatchRunner:
                 while not (self._pending or self._active or in_flight or self._closed):
                     self._condition.wait()
                 if self._closed and not (self._active or in_flight):
-                    for job in self._pending:
-                        job._finish(error=GenerationCancelled())
+                    for group in self._pending:
+                        for job in group:
+                            job._finish(error=GenerationCancelled())
                     return
             try:
                 with self.engine._lock:
@@ -350,14 +378,18 @@ class BatchRunner:
             job._finish(error=GenerationCancelled())
         joining = []
         with self._condition:
-            while self._pending and self._pending[0].cancel.is_set():
-                self._pending.popleft()._finish(error=GenerationCancelled())
+            while self._pending and self._pending[0][0].cancel.is_set():  # a group shares its cancel
+                for job in self._pending.popleft():
+                    job._finish(error=GenerationCancelled())
             used = sum(len(job.rows) for job in self._active)
-            while (self._pending and len(self._active) + len(joining) < self.slots
-                   and used + self._pending[0].request.num_images <= self.max_rows):
-                job = self._pending.popleft()
-                used += job.request.num_images
-                joining.append(job)
+            running = len({id(job.group) for job in self._active})
+            while self._pending and running < self.slots and used + _images(self._pending[0]) <= self.max_rows:
+                group = self._pending.popleft()
+                for job in group:
+                    job.group = group
+                used += _images(group)
+                running += 1
+                joining.extend(group)
         self._resize(used)
         for job in joining:
             self._join(job)

@@ -44,14 +44,18 @@ def preview_event(tokens_done: int, total_tokens: int, width: int, height: int, 
 
 def done_event(*, seed: int, model: str, params: dict, images: list[str], timings: dict, codes: list[str] = (),
                candidates: int | None = None, ranked: bool = False, candidate_indices: list[int] | None = None,
-               clip_scores: list[float] | None = None, start: dict | None = None) -> dict:
+               clip_scores: list[float] | None = None, start: dict | None = None,
+               cells: list[dict] | None = None) -> dict:
     """The pictures (base64 PNGs) and their packed codes; Best of N: how many candidates were
-    generated, which were kept (best first) and their scores; a continuation: its `start`."""
+    generated, which were kept (best first) and their scores; a continuation: its `start`; a
+    grid (playground/grid.py): each picture's `cells` values (its swept fields and its seed)."""
     event = {"event": Event.DONE, "seed": seed, "model": model, "params": params, "images": images,
              "codes": list(codes), "timings": timings, "candidates": candidates, "ranked": ranked,
              "candidate_indices": candidate_indices, "clip_scores": clip_scores}
     if start is not None:
         event["start"] = start
+    if cells is not None:
+        event["cells"] = cells
     return event
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from playground.limits import MAX_GRID_CELLS
+
 # Bounds on what a loading backend's /health may put into Redis and the UI.
 MAX_LOADING_FILES = 16
 MAX_NAME_CHARS = 200
@@ -52,16 +54,16 @@ def error_report(model: str, error: str | None) -> dict:
 def ready_report(model: str, *, devices: list[str] = (), slots: int = 1, busy: bool = False,
                  job_id: str | None = None, load_secs: float | None = None, image_tokens: int | None = None,
                  image_codes: int | None = None, ranks: bool | None = None, clip_model: str | None = None,
-                 upscale_model: str | None = None) -> dict:
+                 upscale_model: str | None = None, grid_cells_max: int | None = None) -> dict:
     """A ready backend: its devices, how many jobs it runs at once (`slots`), whether all of
     them are taken (`busy`) and by which job (`job_id`, with one slot), what the scheduler and
     the frontend need of its model (tokens per image; the codebook, which bounds top-k), and
     whether it ranks Best of N candidates with CLIP, with which; the upscaler it runs upscale jobs
-    with (None: none)."""
+    with (None: none); the most cells of a grid sweep it makes (`grid_cells_max`, playground/grid.py)."""
     return {"status": BackendStatus.READY, "model": model, "error": None, "stage": BackendStatus.READY,
             "devices": list(devices), "slots": slots, "busy": busy, "job_id": job_id, "load_secs": load_secs,
             "image_tokens": image_tokens, "image_codes": image_codes, "ranks": ranks, "clip_model": clip_model,
-            "upscale_model": upscale_model}
+            "upscale_model": upscale_model, "grid_cells_max": grid_cells_max}
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Health:
     upscale_model: str | None = None  # the upscaler of a ready backend (None: it upscales nothing)
     busy: bool = False  # no free slot: still running jobs (ones their clients hung up on, or others')
     slots: int = 1  # jobs it runs at once: the scheduler serves it with a worker for each
+    grid_cells_max: int | None = None  # the most cells of a grid sweep it makes (None: it makes none)
     loading: dict | None = None  # while loading: `loading_state`
 
     @property
@@ -100,12 +103,20 @@ def parse_health(body) -> Health:
                   ranks=body["ranks"] if isinstance(body.get("ranks"), bool) else None,
                   upscale_model=_upscale_model(body.get("upscale_model")),
                   busy=bool(body.get("busy")), slots=_slots(body.get("slots")),
+                  grid_cells_max=_grid_cells_max(body.get("grid_cells_max")),
                   loading=loading_state(body) if status == BackendStatus.LOADING else None)
 
 
 def _upscale_model(value) -> str | None:
     """A backend's `upscale_model` as the heartbeat may publish it: a short printable name, or None."""
     return value if isinstance(value, str) and 0 < len(value) <= MAX_UPSCALE_MODEL_CHARS and value.isprintable() else None
+
+
+def _grid_cells_max(value) -> int | None:
+    """A backend's `grid_cells_max`: None when it does not say (one from before grids), bounded."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return min(value, MAX_GRID_CELLS)
 
 
 def _slots(value) -> int:

@@ -62,6 +62,8 @@ class Job:
     upscale_model: str | None = None
     # A generation asking for its pictures to be upscaled this much once it is done (None: not).
     upscale: int | None = None
+    # A grid sweep (playground/grid.py): its JSON text; num_images is then its cells.
+    grid: str | None = None
     status: str = QUEUED
     created_at: float = 0.0
     started_at: float | None = None
@@ -142,6 +144,8 @@ class Job:
             # Codes are the start; a picture beside them is only for the scheduler's stitching.
             params["init_codes"] = unpack_codes(self.init_codes)
             params.pop(request_fields.INIT_PICTURE.name, None)
+        if self.grid is not None:
+            params[request_fields.GRID.name] = json.loads(self.grid)
         return params
 
     def to_status(self) -> dict:
@@ -179,6 +183,7 @@ class Job:
             **{name: getattr(self, name) for name in PUBLIC_START_FIELDS},
             **{name: getattr(self, name) for name in BEST_OF_FIELDS},
             **{name: getattr(self, name) for name in UPSCALE_FIELDS},
+            "grid": None if self.grid is None else json.loads(self.grid),
         }
 
 

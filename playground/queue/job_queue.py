@@ -157,6 +157,7 @@ class JobQueue:
                 "loading": _json_or_none(info.get("backend_loading")),
                 "ranks": {"1": True, "0": False}.get(info.get("ranks", "")),
                 "upscale_model": info.get("upscale_model") or None,
+                "grid_cells_max": int(info["grid_cells_max"]) if info.get("grid_cells_max") else None,
                 "job_id": info.get("job_id") or None,
                 "heartbeat_age_secs": None if not heartbeat else round(now - float(heartbeat), 2),
                 # Of its last job, per picture drawn (for the fitted cost: eta.JobCost).

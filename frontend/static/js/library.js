@@ -5,7 +5,7 @@ import { settingsLink } from "./continue.js";
 import { el, setChildren } from "./dom.js";
 import { downloadName, formatDate, formatSeconds, formatSettings } from "./format.js";
 import { limits } from "./limits.js";
-import { libraryPicture } from "./viewer.js";
+import { gridSheet, libraryPicture } from "./viewer.js";
 
 const PAGE_SIZE = 20;
 const FILTER_DELAY_MS = 300;
@@ -120,6 +120,7 @@ function jobCard(entry) {
       + `${formatSeconds(perImage)} per image`),
     el("p", { class: "params" }, formatSettings(entry)),
     lineage(entry),
+    gridSheet(entry),
     el("div", { class: "thumbs" }, thumbs),
     taller.length > 0 && el("h3", { class: "taller-title" }, "Taller pictures"),
     taller.length > 0 && el("div", { class: "thumbs taller" }, taller),

@@ -7,9 +7,11 @@ import { rememberJob } from "./myjobs.js";
 import { pngText, recalledSettings } from "./pnginfo.js";
 import { startQueue } from "./queue.js";
 import { startPicture } from "./start.js";
-import { SAMPLING_FIELDS, topKLimit, validatePrompt } from "./validation.js";
+import { el } from "./dom.js";
+import { GRID_FIELDS, SAMPLING_FIELDS, topKLimit, validatePrompt } from "./validation.js";
 
-const FIELDS = ["text", "num_images", "best_of", "seed", "model", ...SAMPLING_FIELDS];
+const GRID_INPUTS = ["grid_x_field", "grid_x_values", "grid_y_field", "grid_y_values"];
+const FIELDS = ["text", "num_images", "best_of", "seed", "model", ...SAMPLING_FIELDS, ...GRID_INPUTS];
 // What the advanced page's "Upscale ×4" asks: POST /prompt's `upscale` (the upscalers' scale).
 const UPSCALE_SCALE = 4;
 
@@ -42,6 +44,12 @@ modelChoice?.addEventListener("change", showTopKLimit);
 showTopKLimit();
 
 startBackendStatus(document.getElementById("backends"), document.getElementById("model-field"));
+
+// The grid's field choices (advanced page).
+for (const name of ["grid_x_field", "grid_y_field"]) {
+  const select = form.elements.namedItem(name);
+  select?.append(...GRID_FIELDS.map((field) => el("option", { value: field.name }, field.label)));
+}
 
 const queue = startQueue({
   list: document.getElementById("queue"),
@@ -138,7 +146,7 @@ function showErrors(errors) {
 // The server names the field it refuses: the message goes there, in the form's words.
 const START_FIELDS = ["init_image", "init_image_data", "keep_rows", "extend"];
 function showServerError(error) {
-  const field = error.field === "candidates" ? "best_of" : error.field;
+  const field = { candidates: "best_of", grid: "grid_x_values" }[error.field] ?? error.field;
   const detail = error.message.replace(/^[a-z_]+: /, "");
   if (field && FIELDS.includes(field) && document.getElementById(`${field}-error`)) {
     const label = form.querySelector(`label[for="${field}"]`)?.textContent.trim() ?? field;

@@ -2,12 +2,13 @@
 import { el } from "./dom.js";
 import { formatSeconds } from "./format.js";
 import { previewPictures } from "./previews.js";
-import { thumbnail } from "./viewer.js";
+import { gridSheet, thumbnail } from "./viewer.js";
 
 function doneDetails(entry) {
   const images = entry.generated_images ?? [];
   const perImage = entry.process_time_secs / (entry.num_images || images.length || 1);
   return [
+    gridSheet(entry), // a grid sweep: its labelled sheet first, the cells as pictures below
     el("p", { class: "meta" },
       `Seed ${entry.seed ?? "–"} · ${images.length} images · ${formatSeconds(entry.process_time_secs)}`
       + ` (${formatSeconds(perImage)} per image)`),

@@ -36,6 +36,15 @@ function pictureLabel(entry, src) {
     : `${entry.text_prompt} (taller picture ${at - images.length + 1})`;
 }
 
+// A grid sweep's cell: the entry as that picture's own (its values and seed by the entry's
+// names); any other picture: the entry.
+const ENTRY_NAMES = { top_k: "gen_top_k", top_p: "gen_top_p", text: "text_prompt" };
+function ownEntry(entry, src) {
+  const cell = entry.cells?.[(entry.generated_images ?? []).indexOf(src)];
+  if (!cell) return entry;
+  return { ...entry, ...Object.fromEntries(Object.entries(cell).map(([name, value]) => [ENTRY_NAMES[name] ?? name, value])) };
+}
+
 // What made the picture (its prompt is the caption): seed, values, model, its CLIP score, and
 // its start.
 function pictureDetails(entry, src) {
@@ -45,9 +54,13 @@ function pictureDetails(entry, src) {
   }
   const at = (entry.generated_images ?? []).indexOf(src);
   const score = at >= 0 ? entry.clip_scores?.[at] : undefined;
+  const own = ownEntry(entry, src);
+  const cell = at >= 0 ? entry.cells?.[at] : undefined;
   const rows = [
-    ["Seed", String(entry.seed ?? "–")],
-    ["Settings", formatSettings(entry)],
+    ["Seed", String(own.seed ?? "–")],
+    ["Settings", formatSettings(own)],
+    cell && entry.grid && ["Grid cell", [entry.grid.x, entry.grid.y].filter(Boolean)
+      .map((axis) => `${axis.field === "text" ? "prompt" : axis.field.replace("_", " ")} ${cell[axis.field]}`).join(" · ")],
     typeof score === "number" && ["CLIP score", `${score.toFixed(1)} (higher: closer to the prompt)`],
     entry.keep_rows && ["Start", `${entry.init_image ? "a library picture" : "an uploaded picture"}, `
       + `${entry.keep_rows} of ${limits.image_rows} rows kept${entry.extend === "down" ? ", extended below" : ""}`],
@@ -105,7 +118,7 @@ function openViewer({ src, alt, onDelete, entry, mode = "view", thumb = null }) 
     if (newMode === "view") {
       const image = el("img", { src, alt, width: 256, height: 256 });
       image.addEventListener("load", () => drawExact(image));
-      setChildren(figure, image, el("figcaption", {}, entry ? entry.text_prompt : alt), entry && pictureDetails(entry, src));
+      setChildren(figure, image, el("figcaption", {}, entry ? ownEntry(entry, src).text_prompt : alt), entry && pictureDetails(entry, src));
       // A picture whose previews were kept: its reveal, the picture forming, plays in its place.
       const reveal = entry?.reveal_images?.[(entry.generated_images ?? []).indexOf(src)];
       // An upscale's picture is not drawn from or upscaled again: it is downloaded.
@@ -219,6 +232,14 @@ export function thumbnail({ src, alt, onDelete, entry, tall = false }) {
   }, el("img", { src, alt, loading: "lazy", decoding: "async", width: 256, height: tall ? undefined : 256 }));
   views.set(button, { src, alt, onDelete, entry });
   return button;
+}
+
+// A grid sweep's labelled sheet (none for any other job): a link to it at full size. It is no
+// picture of its own: no viewer, no variations or upscale.
+export function gridSheet(entry) {
+  if (!entry.sheet_image) return null;
+  return el("a", { class: "grid-sheet", href: entry.sheet_image, target: "_blank", rel: "noopener" },
+    el("img", { src: entry.sheet_image, alt: `Grid sheet of ${entry.text_prompt}`, loading: "lazy", decoding: "async" }));
 }
 
 // A library picture: its thumbnail and, under it, the continuation actions.
