@@ -188,10 +188,19 @@ class Api:
     def submit_upscale(self, request: Request) -> Response:
         """An upscale of a library picture, queued as a job like any other (docs/upscaler.md)."""
         body = parse_json_object(request.body or b"")
-        params = validate_upscale(body, self.library.entry, self._library_png, self.library.upscale_of)
+        params = validate_upscale(body, self.library.entry, self._library_png, self._upscaled)
         self._served_models()
         params["upscale_model"] = route_upscaler(params["upscale_model"], self._upscalers, self._any_ready)
         return self._queued(params)
+
+    def _upscaled(self, picture: str) -> str | None:
+        """A picture's upscale: done (its picture in the library), or queued or running (its job),
+        so that a second click queues no second upscale of it."""
+        made = self.library.upscale_of(picture)
+        if made is not None:
+            return made
+        waiting = next((job for job in self.queue.unfinished() if job.upscale_of == picture), None)
+        return None if waiting is None else f"job {waiting.id} ({waiting.status})"
 
     def queue_status(self, request: Request) -> Response:
         return json_response([job.to_status() for job in self.queue.unfinished()])

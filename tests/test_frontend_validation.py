@@ -502,6 +502,20 @@ def test_bad_upscales_are_refused_naming_the_field_and_queue_nothing(upscale_wor
     assert status == 200, payload
 
 
+def test_a_picture_queued_for_an_upscale_is_not_queued_again(upscale_world, upscale_connection, redis_client, queue):
+    serve_upscaler(redis_client, "demo")
+    path = upscale_world["paths"]["small"]
+    status, first = post_upscale(upscale_connection, {"path": path})
+    assert status == 200, first
+    status, payload = post_upscale(upscale_connection, {"path": path})
+    assert status == 400 and payload["field"] == "path", payload
+    assert first["queue_id"] in payload["error"] and "queued" in payload["error"], payload
+    assert [job.id for job in queue.unfinished()] == [first["queue_id"]]
+    queue.cancel(first["queue_id"])  # a cancelled one no longer stands in the way
+    status, payload = post_upscale(upscale_connection, {"path": path})
+    assert status == 200, payload
+
+
 @pytest.mark.parametrize("picture,model,served", [("small", None, "demo"), ("small", "demo", "demo"),
                                                   ("largest", "", "demo"), ("tall", None, "demo"),
                                                   ("small", None, None)])
