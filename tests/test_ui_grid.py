@@ -52,7 +52,21 @@ def test_a_grid_made_from_the_advanced_page_shows_its_sheet_and_cells(page, ui_s
     # The library card shows the sheet too.
     library = page.context.new_page()
     library.goto(f"{ui_stack.frontend.url}/library.html")
-    expect(library.locator(".grid-sheet img").first).to_have_attribute("alt", f"Grid sheet of {prompt}")
+    job = library.locator(f'.job[data-queue-id="{queue_id}"]')
+    expect(job.locator(".grid-sheet img")).to_have_attribute("alt", f"Grid sheet of {prompt}")
+    # "Use these settings again" fills in the same grid; sent, it asks for the same job.
+    job.get_by_role("link", name="Use these settings again").click()
+    library.wait_for_url("**/advanced.html?*")
+    expect(library.locator("#grid_x_field")).to_have_value("temperature")
+    expect(library.locator("#grid_x_values")).to_have_value("0.5, 1.5")
+    expect(library.locator("#grid_y_field")).to_have_value("seed")
+    expect(library.locator("#grid_y_values")).to_have_value("7, 8")
+    library.route("**/prompt", lambda route: route.abort())  # seen, not queued
+    with library.expect_request(lambda request: request.url.endswith("/prompt")) as again:
+        library.click("#submit")
+    assert again.value.post_data_json["grid"] == body["grid"]
+    assert again.value.post_data_json["text"] == prompt
+    assert "num_images" not in again.value.post_data_json
     library.close()
     # A cell in the viewer says its own values.
     card.locator(".thumb").nth(3).click()

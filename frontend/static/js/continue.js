@@ -12,7 +12,7 @@ import { SAMPLING_FIELDS } from "./validation.js";
 // What a library job was made with, as POST /prompt and the prompt form name it: the
 // prompt, the number of images, the sampling values and the model.
 export function jobSettings(entry) {
-  const values = { text: entry.text_prompt, num_images: entry.num_images || (entry.generated_images ?? []).length || 4 };
+  const values = { text: entry.text_prompt ?? "", num_images: entry.num_images || (entry.generated_images ?? []).length || 4 };
   for (const name of SAMPLING_FIELDS) {
     if (entry[name] !== null && entry[name] !== undefined) values[name] = entry[name];
   }
@@ -31,12 +31,24 @@ export function bestOf(entry) {
 export function settingsLink(entry) {
   const query = new URLSearchParams({ ...jobSettings(entry), seed: entry.seed ?? 0 });
   if (bestOf(entry) > 1) query.set("best_of", bestOf(entry));
+  if (entry.grid) setGrid(query, entry.grid);
   if (entry.init_image && entry.keep_rows) {
     query.set("init_image", entry.init_image);
     query.set("keep_rows", entry.keep_rows);
     if (entry.extend === "down") query.set("extend", "down");
   }
   return `advanced.html?${query}`;
+}
+
+// A grid sweep's axes as the advanced page's Grid fields take them (prompts apart by "|", numbers
+// by commas). A grid draws one picture per cell: its image count is not carried.
+function setGrid(query, grid) {
+  query.delete("num_images");
+  for (const axis of ["x", "y"]) {
+    if (!grid[axis]) continue;
+    query.set(`grid_${axis}_field`, grid[axis].field);
+    query.set(`grid_${axis}_values`, grid[axis].values.join(grid[axis].field === "text" ? " | " : ", "));
+  }
 }
 
 // Queues the job (seed 0: a new random seed each time) and returns its queue_id.
