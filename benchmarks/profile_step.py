@@ -26,6 +26,9 @@ With --attention-formulations, the self-attention over all positions written oth
 (products with the cache as the left operand, multiply and sum, two query rows a product, all
 heads in one product, rows in two arrays), each timed alone: what XLA could run faster.
 
+With --runner, also the batch runner's step at the same image counts (issue 30): its chunk
+programs over a whole generation, each row at its own position, prompt and sampling values.
+
 With --vqgan, the VQGAN decoder the same way: its time per image (at the engine's VQGAN
 batch) against its floor, each of its convolutions and matrix products timed alone at its
 own shapes (their FLOPs at the rate this machine reaches for that shape), summed.
@@ -269,6 +272,31 @@ def vqgan_profile(engine) -> dict:
             "distinct_shapes": len(products), "measured_over_floor": measured / floor}
 
 
+def runner_step(engine, images: int) -> float:
+    """Seconds a step of the batch runner's chunk programs (batching.py) over a whole
+    generation, every row at the same position: the engine's step made with per-row positions,
+    prompts and sampling values. The best of three generations."""
+    import jax.numpy as jnp
+
+    from backend.engine.batching import BatchRunner
+
+    runner = BatchRunner(engine, slots=images, sizes=(images,))
+    total, steps = engine.total_tokens, engine.chunk_steps
+    block = total // engine.cache_blocks
+    chunks = [runner._chunk_program(images, min(start + steps - 1, total - 1) // block)
+              for start in range(0, total, steps)]
+    state = runner._empty_program(images)()
+    times = []
+    for _ in range(3):
+        state = state._replace(positions=jnp.zeros((images,), jnp.int32))
+        started = time.perf_counter()
+        for chunk in chunks:
+            state, codes = chunk(engine.params, state)
+        codes.block_until_ready()
+        times.append(time.perf_counter() - started)
+    return min(times) / total
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mini", help="a published size (random weights) or a model folder")
@@ -279,6 +307,8 @@ def main(argv=None) -> None:
     parser.add_argument("--vqgan", action="store_true", help="also the VQGAN decoder against its floor")
     parser.add_argument("--attention-formulations", action="store_true",
                         help="also the self-attention written other ways, each timed alone")
+    parser.add_argument("--runner", action="store_true",
+                        help="also the batch runner's step (several jobs' rows) at the same image counts")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
 
@@ -295,6 +325,8 @@ def main(argv=None) -> None:
               "load_average": os.getloadavg(), "position": args.position, "per_images": []}
     for images in (int(n) for n in args.images.split(",")):
         entry = profile(engine, images, args.position)
+        if args.runner:
+            entry["runner_step_ms"] = 1e3 * runner_step(engine, images)
         report["per_images"].append(entry)
         print(f"{images} images ({entry['rows']} rows): step {entry['step_ms']:.1f} ms = "
               f"{entry['step_over_floor']:.2f}x the weight products alone ({entry['floor_ms']:.1f} ms)", flush=True)
