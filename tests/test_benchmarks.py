@@ -24,12 +24,13 @@ def run_script(name: str, *args: str) -> str:
 def test_profile_step_times_every_piece_and_the_vqgan(tmp_path):
     out = tmp_path / "profile.json"
     run_script("profile_step.py", "--model", "tiny", "--images", "2", "--position", "3", "--vqgan",
-               "--attention-formulations", "--cache-dir", str(tmp_path), "--json", str(out))
+               "--attention-formulations", "--runner", "--cache-dir", str(tmp_path), "--json", str(out))
     report = json.loads(out.read_text())
     (entry,) = report["per_images"]
     for piece in ("step", "weights_out_in", "weights_in_out", "self_attention", "cache_update", "read_cache_once",
                   "cross_attention", "norms_gelu_adds", "sampling"):
         assert entry[f"{piece}_ms"] > 0, piece
+    assert entry["runner_step_ms"] > 0
     assert entry["floor_ms"] == min(entry["weights_out_in_ms"], entry["weights_in_out_ms"])
     formulations = entry["attention_formulations_ms"]
     assert len(formulations) == 6 and "batched products (the engine)" in formulations
