@@ -5,6 +5,7 @@ Handlers take a `Request` and return a `Response`; they raise `ValidationError` 
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
 from frontend.validation import (
+    LIBRARY_IMAGE,
     check_grid,
     ValidationError,
     check_number,
@@ -188,10 +190,13 @@ class Api:
     def submit_upscale(self, request: Request) -> Response:
         """An upscale of a library picture, queued as a job like any other (docs/upscaler.md)."""
         body = parse_json_object(request.body or b"")
-        params = validate_upscale(body, self.library.entry, self._library_png, self._upscaled)
-        self._served_models()
-        params["upscale_model"] = route_upscaler(params["upscale_model"], self._upscalers, self._any_ready)
-        return self._queued(params)
+        path = body.get(UPSCALE_OF.public_name)
+        listed = isinstance(path, str) and LIBRARY_IMAGE.fullmatch(path)  # else refused below, nothing to hold
+        with self.queue.upscaling(path.removeprefix("/")) if listed else contextlib.nullcontext():
+            params = validate_upscale(body, self.library.entry, self._library_png, self._upscaled)
+            self._served_models()
+            params["upscale_model"] = route_upscaler(params["upscale_model"], self._upscalers, self._any_ready)
+            return self._queued(params)
 
     def _upscaled(self, picture: str) -> str | None:
         """A picture's upscale: done (its picture in the library), or queued or running (its job),

@@ -3,10 +3,12 @@ queued, and the connection stays usable."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import http.client
 import io
 import json
 import os
+import threading
 import time
 import uuid
 
@@ -514,6 +516,27 @@ def test_a_picture_queued_for_an_upscale_is_not_queued_again(upscale_world, upsc
     queue.cancel(first["queue_id"])  # a cancelled one no longer stands in the way
     status, payload = post_upscale(upscale_connection, {"path": path})
     assert status == 200, payload
+
+
+def test_clicks_at_the_same_moment_queue_one_upscale(upscale_world, redis_client, queue):
+    serve_upscaler(redis_client, "demo")
+    path = upscale_world["paths"]["small"]
+    clicks = 8
+    together = threading.Barrier(clicks)
+
+    def click():
+        connection = http.client.HTTPConnection(*upscale_world["server"].server_address[:2], timeout=10)
+        try:
+            together.wait()
+            return post_upscale(connection, {"path": path})
+        finally:
+            connection.close()
+
+    with concurrent.futures.ThreadPoolExecutor(clicks) as pool:
+        answers = list(pool.map(lambda _: click(), range(clicks)))
+    assert sorted(status for status, _ in answers) == [200] + [400] * (clicks - 1), answers
+    assert all(payload["field"] == "path" for status, payload in answers if status == 400), answers
+    assert [job.upscale_of for job in queue.unfinished()] == [path]
 
 
 @pytest.mark.parametrize("picture,model,served", [("small", None, "demo"), ("small", "demo", "demo"),

@@ -13,6 +13,8 @@
     <prefix>:speed                 hash: worker id -> its last jobs' [pictures, seconds] (JSON; eta.py)
     <prefix>:backends              set of the URLs of backends that announce themselves
     <prefix>:backend:<url>         string with a TTL: that backend's announcement (JSON: url, status, model)
+    <prefix>:upscaling:<picture>   a lock (redis-py's, with a TTL) held while POST /upscale checks that
+                                   the picture has no upscale yet and queues one
 
 A prefix lets several playgrounds share one Redis server.
 """
@@ -58,3 +60,6 @@ class Keys:
 
     def backend(self, url: str) -> str:
         return f"{self.prefix}:backend:{url}"
+
+    def upscaling(self, picture: str) -> str:
+        return f"{self.prefix}:upscaling:{picture}"
