@@ -12,7 +12,7 @@ import { SAMPLING_FIELDS } from "./validation.js";
 // What a library job was made with, as POST /prompt and the prompt form name it: the
 // prompt, the number of images, the sampling values and the model.
 export function jobSettings(entry) {
-  const values = { text: entry.text_prompt ?? "", num_images: entry.num_images || (entry.generated_images ?? []).length || 4 };
+  const values = { text: entry.text_prompt, num_images: entry.num_images || (entry.generated_images ?? []).length || 4 };
   for (const name of SAMPLING_FIELDS) {
     if (entry[name] !== null && entry[name] !== undefined) values[name] = entry[name];
   }
