@@ -23,6 +23,7 @@ from backend.generate_request import BadRequest, parse_generate_body
 from backend.generation_run import GenerationRun, StreamedRun
 from backend.model_holder import ModelHolder
 from backend.upscale_run import UpscaleRun
+from playground import grid as grids
 from playground import pictures
 from playground.backend_registry import Announcer, BackendRegistry
 from playground.limits import MAX_UPSCALE_SIDE, random_seed
@@ -180,7 +181,7 @@ class BackendApi:
         return self._stream(body.job_id, lambda: GenerationRun(
             self.holder.engine, self.holder.generate, body, body.seed or random_seed(),
             self.config.progress_interval_secs, self._finished, chunk_delay_secs=self.config.test_chunk_delay_secs,
-            generate_group=self.holder.generate_group, together=self.holder.slots > 1))
+            generate_group=self.holder.generate_group, together=grids.cells_together(self.holder.slots)))
 
     def upscale(self) -> Response:
         """An upscale job (playground/protocol/upscale.py): one picture, enlarged by this

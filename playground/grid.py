@@ -30,6 +30,12 @@ AXES = ("x", "y")
 SHEET_KEY = "grid_sheet"  # a sheet PNG's text: its grid (JSON); no codes, so never a start or an upscale
 
 
+def cells_together(slots: int) -> bool:
+    """Whether a backend with `slots` slots decodes a grid's cells as one batch (its batch
+    runner takes the cells as one group) or, with one slot (no runner), one after another."""
+    return slots > 1
+
+
 class GridError(ValueError):
     """A grid the request may not have; `where` is the part at fault ("grid.x.values[2]")."""
 

@@ -18,6 +18,7 @@ from playground.limits import IMAGE_TOKENS
 from playground.protocol import BackendStatus, Event, event_kind
 from playground.protocol.upscale import upscale_body
 from playground.queue import DONE, Job
+from playground.queue.eta import speed_sample
 from playground.queue.job import UPSCALE_KIND, queued_job, upscale_request
 from scheduler.backend_client import (
     BackendClient,
@@ -78,6 +79,7 @@ class Worker:
         self.ranks: bool | None = None  # whether the ready backend ranks Best of N with CLIP
         self.upscale_model: str | None = None  # the ready backend's upscaler (None: none)
         self.grid_cells_max: int | None = None  # the most cells of a grid the ready backend makes
+        self.slots: int | None = None  # the ready backend's slots (whether it decodes a grid's cells together)
         self.model: str | None = None
         self._ready_checked_at = 0.0
         self._kept_previews: list[list[bytes]] = []  # the running job's, when it keeps them
@@ -158,7 +160,7 @@ class Worker:
                 if not self.queue.heartbeat(self.backend_status, self.model, self.backend_error, self.image_codes,
                                             loading=self.backend_loading, ranks=self.ranks,
                                             upscale_model=self.upscale_model,
-                                            grid_cells_max=self.grid_cells_max):
+                                            grid_cells_max=self.grid_cells_max, slots=self.slots):
                     log.error("worker %s: another scheduler took over this backend; stopping", self.worker_id)
                     self.stop.set()
                     return
@@ -190,6 +192,7 @@ class Worker:
             self.ranks = health.ranks
             self.upscale_model = health.upscale_model
             self.grid_cells_max = health.grid_cells_max
+            self.slots = health.slots
             if status != self.backend_status:
                 log.info("worker %s: backend %s is %s%s", self.worker_id, self.backend_url, status,
                          f" ({self.backend_error})" if self.backend_error else "")
@@ -354,7 +357,8 @@ class Worker:
         # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.
         # An upscale's time says nothing of a generation's (the ETAs' fit).
         if job.kind != UPSCALE_KIND:
-            self.queue.record_job_time(job.candidates or len(images), process_time_secs)
+            self.queue.record_job_time(*speed_sample(job, job.candidates or len(images), process_time_secs,
+                                                     grids.cells_together(self.slots or 1)))
         log.info("job %s done in %.2f s", job.id, process_time_secs)
 
 

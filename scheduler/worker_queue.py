@@ -111,13 +111,15 @@ class WorkerQueue:
     def heartbeat(self, backend_status: str, model: str | None = None,
                   backend_error: str | None = None, image_codes: int | None = None,
                   loading: dict | None = None, ranks: bool | None = None,
-                  upscale_model: str | None = None, grid_cells_max: int | None = None) -> bool:
+                  upscale_model: str | None = None, grid_cells_max: int | None = None,
+                  slots: int | None = None) -> bool:
         """Renew the alive key and publish the backend's state; False if the identity was lost.
 
         `loading`: while the backend loads, what it is doing ({"stage", "files"}), for the UI.
         `ranks`: whether the backend ranks Best of N candidates with CLIP (None: not known).
         `upscale_model`: the upscaler it runs upscale jobs with (None: none, or not known).
         `grid_cells_max`: the most cells of a grid sweep it makes (None: none, or not known).
+        `slots`: the jobs it decodes together (None: not known), for the ETAs of grid sweeps.
         """
         beat_at = self._take_identity(keys=[self.keys.alive(self.worker_id)],
                                       args=[self.owner, self.heartbeat_ttl_secs, ""])
@@ -128,7 +130,7 @@ class WorkerQueue:
             "backend_error": backend_error or "", "image_codes": image_codes or "",
             "backend_loading": json.dumps(loading, separators=(",", ":")) if loading else "",
             "ranks": "" if ranks is None else "1" if ranks else "0",
-            "upscale_model": upscale_model or "", "grid_cells_max": grid_cells_max or "", "heartbeat": beat_at})
+            "upscale_model": upscale_model or "", "grid_cells_max": grid_cells_max or "", "slots": slots or "", "heartbeat": beat_at})
         return True
 
     def unregister(self) -> None:

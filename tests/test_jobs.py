@@ -9,7 +9,9 @@ import redis
 
 from playground.protocol import BackendStatus
 from playground.queue import Job, JobNotFound, JobQueue, Keys, QueueFull
-from playground.queue.eta import FIXED_SHARE_GUESS, SPEED_SAMPLES, STALLED_AFTER_SECS, JobCost, estimate, job_times
+from frontend.validation import validate_prompt
+from playground.queue.eta import (FIXED_SHARE_GUESS, SPEED_SAMPLES, STALLED_AFTER_SECS, JobCost, estimate, job_times,
+                                  speed_sample)
 from scheduler.worker_queue import WorkerQueue
 
 
@@ -344,3 +346,30 @@ def test_queued_etas_add_up_the_fitted_costs_of_the_jobs_ahead():
     estimate([], {"": [small, large]}, {"w1": "tiny"}, {"w1": JobCost(1.6, 0.4)}, now)
     assert small.eta_secs == pytest.approx(2.4)
     assert large.eta_secs == pytest.approx(2.4 + 4.8)
+
+
+def grid_params(cells: int) -> dict:
+    return validate_prompt({"text": "a fox", "grid": {"x": {"field": "seed", "values": list(range(1, cells + 1))}}})
+
+
+@pytest.mark.parametrize("slots", [1, 4])
+def test_a_grid_s_eta_follows_how_its_backend_runs_the_cells(queue, redis_client, slots):
+    """With several slots a backend decodes a grid's cells as one batch, like an image count;
+    with one, one after another: a 4-cell grid there costs four one-picture jobs."""
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
+    worker.register()
+    worker.heartbeat(backend_status=BackendStatus.READY, model="tiny", slots=slots)
+    worker.record_job_time(pictures=1, secs=2.0)
+    worker.record_job_time(pictures=4, secs=3.5)  # 1.5 s + 0.5 s a picture
+    grid = queue.submit(grid_params(4))
+    (listed,) = queue.unfinished()
+    assert listed.id == grid.id and listed.num_images == 4
+    assert listed.eta_secs == pytest.approx(3.5 if slots > 1 else 4 * 2.0, abs=0.2)
+
+
+def test_a_grid_whose_cells_ran_one_after_another_counts_as_one_of_them():
+    grid = Job.from_request("g", grid_params(4))
+    plain = Job.from_request("p", params(num_images=4))
+    assert speed_sample(grid, 4, 8.0, cells_together=False) == (1, 2.0)
+    assert speed_sample(grid, 4, 3.5, cells_together=True) == (4, 3.5)
+    assert speed_sample(plain, 4, 3.5, cells_together=False) == (4, 3.5)

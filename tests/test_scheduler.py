@@ -240,6 +240,8 @@ def test_health_shows_each_worker_its_backend_and_heartbeat(backends, processes,
         assert worker["heartbeat_age_secs"] < 3 and worker["job_id"] is None
         assert worker["image_codes"] == 1024  # the tiny model's codebook: the frontend's top-k limit
         assert worker["ranks"] is True  # the tiny model's backends rank with the demo CLIP by default
+        # Its backend's slots, for the ETA of a grid (one slot: the cells one after another).
+        assert queue.redis.hget(queue.keys.worker(worker["id"]), "slots") == b"1"
 
 
 def test_kill_9_of_the_backend_reruns_the_job_and_fails_it_after_three(

@@ -13,6 +13,10 @@ few jobs. While only one picture count has been measured, the split between the 
 not known: half its time is taken as fixed (`FIXED_SHARE_GUESS`), the middle between a step
 that costs the same for any batch and one that costs in proportion to it.
 
+A grid sweep's cells are pictures of one batch on a backend with several slots, like an image
+count; on a backend with one slot they run one after another, so there a grid of n cells costs
+n one-picture jobs, and its time is kept as one such job's (`speed_sample`), not as a batch of n.
+
 A queued job waits for the jobs ahead of it on the worker that will take it, then its own
 cost. A running job has its cost less its elapsed time left, but never less than its own pace
 up to its last progress report says for its tokens left: a job slower than the fit does not
@@ -85,7 +89,7 @@ def job_times(recorded: str | bytes | None) -> list[tuple[int, float]]:
 
 
 def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], workers: dict[str, str],
-             costs: dict[str, JobCost], now: float) -> None:
+             costs: dict[str, JobCost], now: float, cells_together: Collection[str] = ()) -> None:
     """Set position and ETA: each queued job goes, in order, to the worker free soonest among
     those that can run it.
 
@@ -93,7 +97,8 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
     queue in order ("": the jobs naming no model, which any worker takes first); `workers` maps
     each live worker to its backend's model ("" while not known); `costs`, each measured
     worker's `JobCost`. One not yet measured borrows the average of the others; with no
-    measurement at all, ETAs stay None. Positions count within a model's queue. A queued job
+    measurement at all, ETAs stay None. `cells_together`: the workers whose backends decode a
+    grid's cells as one batch (`grid.cells_together`). Positions count within a model's queue. A queued job
     that no live worker can run gets `unserved`, the reason; a running one whose backend has
     gone quiet, `stalled_secs`.
     """
@@ -108,7 +113,7 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
         if cost is None:
             continue
         started = job.started_at or now
-        remaining = max(0.0, cost.secs(pictures(job)) - (now - started))
+        remaining = max(0.0, job_secs(job, cost, wid in cells_together) - (now - started))
         done = job.tokens_done / job.total_tokens if job.total_tokens else 0.0
         if 0 < done < 1 and job.progress_at:
             # At its own pace up to its last report, the tokens left (the pictures' decoding
@@ -126,15 +131,30 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
             if not pool or average is None:
                 continue
             # The worker free soonest takes it, as the real workers do; a tie goes to the faster.
-            secs = {wid: costs.get(wid, average).secs(pictures(job)) for wid in pool}
+            secs = {wid: job_secs(job, costs.get(wid, average), wid in cells_together) for wid in pool}
             wid = min(pool, key=lambda w: (free_at[w], secs[w]))
             free_at[wid] += secs[wid]
             job.eta_secs = free_at[wid] - now
 
 
 def pictures(job: Job) -> int:
-    """How many pictures a job generates: its Best-of candidates, else its images."""
+    """How many pictures a job generates: its Best-of candidates, else its images (a grid's: its cells)."""
     return job.candidates or job.num_images
+
+
+def job_secs(job: Job, cost: JobCost, cells_together: bool) -> float:
+    """A job's seconds on a backend of this cost: a grid's cells one after another unless together."""
+    if job.grid is not None and not cells_together:
+        return job.num_images * cost.secs(1)
+    return cost.secs(pictures(job))
+
+
+def speed_sample(job: Job, pictures_made: int, secs: float, cells_together: bool) -> tuple[int, float]:
+    """What a finished job adds to its worker's recent (pictures, seconds): a grid whose cells ran
+    one after another as one of its one-picture jobs (the mean), anything else as it ran."""
+    if job.grid is not None and not cells_together:
+        return 1, secs / max(1, pictures_made)
+    return pictures_made, secs
 
 
 def unserved_reason(job_id: str, model: str, live_models: Collection[str]) -> str | None:

@@ -11,6 +11,7 @@ import uuid
 
 import redis
 
+from playground.grid import cells_together
 from playground.queue import scripts
 from playground.queue.eta import JobCost, estimate, job_times
 from playground.queue.job import Job, queued_job
@@ -93,6 +94,7 @@ class JobQueue:
         running: list[tuple[Job, str]] = []
         costs: dict[str, JobCost] = {}
         models: dict[str, str] = {}  # live worker -> its backend's model
+        together: set[str] = set()  # live workers whose backends decode a grid's cells as one batch
         # cjson writes an empty Lua table as {}, hence the `or []`.
         for worker in picture["workers"] or []:
             cost = JobCost.fit(job_times(worker["speed"]))
@@ -100,13 +102,15 @@ class JobQueue:
                 costs[worker["id"]] = cost
             if worker["alive"]:
                 models[worker["id"]] = worker["model"]
+                if cells_together(int(worker["slots"] or 1)):
+                    together.add(worker["id"])
             running.extend((Job.from_hash(h), worker["id"]) for h in worker["running"] or [])
         queued: dict[str, list[Job]] = {}
         for h in picture["queued"] or []:
             job = Job.from_hash(h)
             queued.setdefault(job.model or "", []).append(job)
         running.sort(key=lambda item: item[0].started_at or item[0].created_at)
-        estimate(running, queued, models, costs, now)
+        estimate(running, queued, models, costs, now, together)
         waiting = sorted((job for jobs in queued.values() for job in jobs), key=lambda job: job.created_at)
         return [job for job, _ in running] + waiting
 

@@ -5,7 +5,7 @@
     <prefix>:models                set of the models that have a queue
     <prefix>:job:<id>              hash: parameters, status, timestamps, attempts, progress
     <prefix>:workers               set of worker ids (one per slot of each backend)
-    <prefix>:worker:<wid>          hash: backend_url, backend_status, model, job_id, heartbeat
+    <prefix>:worker:<wid>          hash: backend_url, backend_status, model, slots, job_id, heartbeat
     <prefix>:worker:<wid>:alive    string with a TTL, renewed by the worker's heartbeat
     <prefix>:processing:<wid>      list holding the job the worker is running (0 or 1 id)
     <prefix>:preview:<id>          hash, only while the job runs (with a TTL as a safety net):
