@@ -5,7 +5,6 @@ Handlers take a `Request` and return a `Response`; they raise `ValidationError` 
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,6 @@ from frontend.openapi import OpenApiDocument
 from frontend.responses import Response, error_response, json_response
 from frontend.routing import Request, Router
 from frontend.validation import (
-    LIBRARY_IMAGE,
     check_grid,
     ValidationError,
     check_number,
@@ -190,9 +188,7 @@ class Api:
     def submit_upscale(self, request: Request) -> Response:
         """An upscale of a library picture, queued as a job like any other (docs/upscaler.md)."""
         body = parse_json_object(request.body or b"")
-        path = body.get(UPSCALE_OF.public_name)
-        listed = isinstance(path, str) and LIBRARY_IMAGE.fullmatch(path)  # else refused below, nothing to hold
-        with self.queue.upscaling(path.removeprefix("/")) if listed else contextlib.nullcontext():
+        with self.queue.upscaling():
             params = validate_upscale(body, self.library.entry, self._library_png, self._upscaled)
             self._served_models()
             params["upscale_model"] = route_upscaler(params["upscale_model"], self._upscalers, self._any_ready)

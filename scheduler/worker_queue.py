@@ -130,7 +130,8 @@ class WorkerQueue:
             "backend_error": backend_error or "", "image_codes": image_codes or "",
             "backend_loading": json.dumps(loading, separators=(",", ":")) if loading else "",
             "ranks": "" if ranks is None else "1" if ranks else "0",
-            "upscale_model": upscale_model or "", "grid_cells_max": grid_cells_max or "", "slots": slots or "", "heartbeat": beat_at})
+            "upscale_model": upscale_model or "", "grid_cells_max": grid_cells_max or "", "slots": slots or "",
+            "heartbeat": beat_at})
         return True
 
     def unregister(self) -> None:

@@ -98,9 +98,9 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
     each live worker to its backend's model ("" while not known); `costs`, each measured
     worker's `JobCost`. One not yet measured borrows the average of the others; with no
     measurement at all, ETAs stay None. `cells_together`: the workers whose backends decode a
-    grid's cells as one batch (`grid.cells_together`). Positions count within a model's queue. A queued job
-    that no live worker can run gets `unserved`, the reason; a running one whose backend has
-    gone quiet, `stalled_secs`.
+    grid's cells as one batch (`grid.cells_together`). Positions count within a model's queue.
+    A queued job that no live worker can run gets `unserved`, the reason; a running one whose
+    backend has gone quiet, `stalled_secs`.
     """
     average = (JobCost(sum(c.fixed_secs for c in costs.values()) / len(costs),
                        sum(c.secs_per_picture for c in costs.values()) / len(costs)) if costs else None)

@@ -54,11 +54,12 @@ class JobQueue:
         job.model = model or None
         return job
 
-    def upscaling(self, picture: str):
-        """A lock on queueing an upscale of `picture`: held from the check that it has none to
-        the submit, so that clicks at the same moment (from any frontend process) queue one.
-        Held for seconds at most (its TTL, should the holder die)."""
-        return self.redis.lock(self.keys.upscaling(picture), timeout=30, blocking_timeout=30)
+    def upscaling(self):
+        """The lock on queueing upscales: held from the check that a picture has none to the
+        submit, so that clicks at the same moment (from any frontend process) queue one. One lock
+        for every picture: upscales are queued by hand, one click at a time. Held for seconds at
+        most (its TTL, should the holder die)."""
+        return self.redis.lock(self.keys.upscaling, timeout=30, blocking_timeout=30)
 
     def record(self, job_id: str) -> Job | None:
         """The job's own record without position and ETA: one read, whatever the queue's length."""

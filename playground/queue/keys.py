@@ -13,8 +13,8 @@
     <prefix>:speed                 hash: worker id -> its last jobs' [pictures, seconds] (JSON; eta.py)
     <prefix>:backends              set of the URLs of backends that announce themselves
     <prefix>:backend:<url>         string with a TTL: that backend's announcement (JSON: url, status, model)
-    <prefix>:upscaling:<picture>   a lock (redis-py's, with a TTL) held while POST /upscale checks that
-                                   the picture has no upscale yet and queues one
+    <prefix>:upscaling             a lock (redis-py's, with a TTL) held while POST /upscale checks that
+                                   its picture has no upscale yet and queues one
 
 A prefix lets several playgrounds share one Redis server.
 """
@@ -38,6 +38,7 @@ class Keys:
         self.speed = f"{prefix}:speed"
         self.models = f"{prefix}:models"
         self.backends = f"{prefix}:backends"
+        self.upscaling = f"{prefix}:upscaling"
 
     def queue_of(self, model: str | None) -> str:
         """The queue of a model's jobs; "" or None: of the jobs that name no model."""
@@ -60,6 +61,3 @@ class Keys:
 
     def backend(self, url: str) -> str:
         return f"{self.prefix}:backend:{url}"
-
-    def upscaling(self, picture: str) -> str:
-        return f"{self.prefix}:upscaling:{picture}"
