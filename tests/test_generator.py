@@ -303,6 +303,47 @@ def test_compilation_cache_lives_in_the_cache_dir(engine, model_cache_dir):
     assert any((model_cache_dir / "jax-compilation-cache").iterdir())
 
 
+def test_preview_colours_are_kept_for_the_next_start_of_the_same_weights_only(model_cache_dir):
+    """The warm-up's colour table is made once, then read from the model cache by the next
+    engine of the same VQGAN; other weights, or a damaged file, make their own. (Making one is
+    stood in for by random colours here: decoding every code takes seconds.)"""
+    import shutil
+
+    folder = model_cache_dir / generator.PREVIEW_COLOURS_SUBFOLDER
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(0)
+
+    def started(change_weights=False):
+        engine = load_engine("tiny", model_cache_dir)
+        if change_weights:
+            conv = engine.vqgan_params["decoder"]["conv_out"]
+            conv["bias"] = conv["bias"] + 0.25
+        made = []
+
+        def make(*args, **kwargs):
+            made.append(1)
+            engine.colours.sums = rng.random(engine.colours.sums.shape)
+            engine.colours.counts = np.ones_like(engine.colours.counts)
+
+        engine.colours.learn_exact = make
+        engine.prepare_colour_table()
+        return engine, bool(made)
+
+    first, made = started()
+    assert made
+    (kept,) = folder.iterdir()
+    again, made = started()
+    assert not made and np.array_equal(again.colours.table(), first.colours.table())
+    other, made = started(change_weights=True)
+    assert made and not np.array_equal(other.colours.table(), first.colours.table())
+    assert len(list(folder.iterdir())) == 2
+
+    kept.write_bytes(b"not a table")
+    damaged, made = started()
+    assert made and started()[1] is False
+    assert sorted(path.name for path in folder.iterdir()) == sorted([kept.name, other._colours_file().name])
+
+
 TWO_DEVICE_SCRIPT = """
 import json, sys
 from pathlib import Path

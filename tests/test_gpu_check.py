@@ -7,22 +7,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
 
 
-def test_dry_run_benchmarks_and_serves_over_http(tmp_path):
+def dry_run(tmp_path, stages: list[str]) -> dict:
     out = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out),
-         "--work", str(tmp_path / "work"), "--only", "device,bench-mini-float32,http,features"],
+         "--work", str(tmp_path / "work"), "--only", ",".join(stages)],
         capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    stages = json.loads((out / "report.json").read_text())["stages"]
-    assert [name for name, stage in stages.items() if stage] == ["device", "bench-mini-float32", "http", "features"]
-    assert not [name for name, stage in stages.items() if "error" in stage]
+    report = json.loads((out / "report.json").read_text())
+    stages_run = report["stages"]
+    assert [name for name, stage in stages_run.items() if stage] == stages
+    assert not [name for name, stage in stages_run.items() if "error" in stage]
+    report["text"] = (out / "report.txt").read_text()
+    return report
+
+
+def test_dry_run_of_the_device_and_features_stages(tmp_path):
+    """The short version CI runs; the benchmark and HTTP stages are in the slow one below."""
+    report = dry_run(tmp_path, ["device", "features"])
+    features = report["stages"]["features"]
+    assert features["first_continuation_secs"] > 0 and features["previews"]["previews_per_job"][0] > 0
+    assert features["clip"]["candidates"] == 16 and features["clip"]["rank_secs"] > 0
+    assert "first continuation (keep 8 rows)" in report["text"]
+
+
+@pytest.mark.slow
+def test_dry_run_benchmarks_and_serves_over_http(tmp_path):
+    """Run it before spending GPU time: RUN_SLOW=1 ./run-tests.sh tests/test_gpu_check.py."""
+    report = dry_run(tmp_path, ["device", "bench-mini-float32", "http", "features"])
+    stages = report["stages"]
     bench = stages["bench-mini-float32"]
     assert sorted(bench["generation"], key=int) == ["1", "2", "4", "8"]
     assert all(g["total_secs"] >= g["tokens_secs"] > 0 for g in bench["generation"].values())
@@ -31,11 +52,7 @@ def test_dry_run_benchmarks_and_serves_over_http(tmp_path):
     assert bench["ready_cached"]["ready_secs"] > 0
     for backend in stages["http"]["backends"].values():
         assert backend["health"]["status"] == "ready" and backend["alone"]["best_secs"] > 0
-    features = stages["features"]
-    assert features["first_continuation_secs"] > 0 and features["previews"]["previews_per_job"][0] > 0
-    assert features["clip"]["candidates"] == 16 and features["clip"]["rank_secs"] > 0
-    text = (out / "report.txt").read_text()
-    assert "mini   float32     8" in text and "first continuation (keep 8 rows)" in text
+    assert "mini   float32     8" in report["text"]
 
 
 def test_trace_summary_counts_busy_time_once_where_kernels_overlap():

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import logging
@@ -71,6 +72,7 @@ ACCELERATOR_BATCH = 8  # images per device that share one program on a GPU or TP
 # images on a CPU: 0.27 ms for 64 best of 16,384 scores per row, 2.8 ms for 1024).
 TOP_K_TIERS = (64, 1024)
 COMPILATION_CACHE_SUBFOLDER = "jax-compilation-cache"
+PREVIEW_COLOURS_SUBFOLDER = "preview-colours"
 
 
 def _round_up(count: int, multiple: int) -> int:
@@ -185,7 +187,8 @@ class Engine:
     def __init__(self, model_name: str, config: DalleBartConfig, params, vqgan_config, vqgan_params,
                  tokenizer, normalizer=None, devices=None, chunk_steps: int = CHUNK_STEPS,
                  vqgan_batch: int | None = None, batch_per_device: int | None = None,
-                 vqgan_file: Path | None = None, cache_blocks: int | None = None):
+                 vqgan_file: Path | None = None, cache_blocks: int | None = None,
+                 colours_dir: Path | None = None):
         if config.image_length % chunk_steps:
             raise ValueError("chunk_steps must divide image_length")
         self.model_name = model_name
@@ -225,6 +228,7 @@ class Engine:
         self.preview_method = "decode" if self.on_accelerator else "table"
         self.colours = preview.ColourTable(np.asarray(vqgan_params["quantize"]["embedding"]["embedding"]))
         self._colour_table_ready = False
+        self._colours_dir = colours_dir  # where the warm-up's colours are kept between starts
         self.uncond_tokens = tokenizer.encode([""], max_length=config.max_text_length)
         self.clip = None  # the CLIP model that ranks Best of N candidates (`rank_with`); None: no ranking
 
@@ -461,10 +465,16 @@ class Engine:
 
     def prepare_colour_table(self) -> None:
         """The previews' colours (preview.ColourTable): every code decoded on its own for a
-        small codebook, a few random grids for a large one (finished jobs teach it the rest)."""
+        small codebook, a few random grids for a large one (finished jobs teach it the rest).
+        Kept in the model cache, so a restart reads them instead of decoding again."""
         if self._colour_table_ready:
             return
         started = time.perf_counter()
+        kept = self._colours_file()
+        if kept is not None and self.colours.load(kept):
+            log.info("preview colours read from the cache in %.1f s", time.perf_counter() - started)
+            self._colour_table_ready = True
+            return
         if self.num_codes <= preview.EXACT_TABLE_CODES:
             decode = jax.jit(self._vqgan_grid_fn, static_argnums=2)
             self.colours.learn_exact(lambda codes, side: decode(self.vqgan_params, codes, side))
@@ -474,6 +484,25 @@ class Engine:
             self.colours.learn(codes, self.decode_images(codes))
         self._colour_table_ready = True
         log.info("preview colours ready in %.1f s", time.perf_counter() - started)
+        if kept is not None:
+            try:
+                self.colours.save(kept)
+            except OSError as error:  # a read-only cache: the next start decodes them again
+                log.warning("could not keep the preview colours in %s: %s", kept, error)
+
+    def _colours_file(self) -> Path | None:
+        """The file of this VQGAN's warm-up colours: named by a digest of its decoder's weights
+        and of how the table is seeded, so that no other weights ever read it."""
+        if self._colours_dir is None:
+            return None
+        digest = hashlib.sha256(f"{self.num_codes} {self.total_tokens} {preview.EXACT_TABLE_CODES} "
+                                f"{preview.EXACT_GRID_SIDE} {preview.SEED_GRIDS}".encode())
+        leaves = jax.tree_util.tree_flatten_with_path(self.vqgan_params)[0]
+        for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+            array = np.ascontiguousarray(leaf)
+            digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}".encode())
+            digest.update(array.reshape(-1).view(np.uint8))
+        return Path(self._colours_dir) / f"{digest.hexdigest()[:32]}.npz"
 
     def _vqgan_grid_fn(self, vqgan_params, codes, side):
         from .vqgan import decode_codes
@@ -674,7 +703,8 @@ def load_engine(model: str, cache_dir: Path = Path("cache"), *, dtype: str | Non
     tokenizer = TextTokenizer.from_folder(files.dalle_dir)
     normalizer = TextNormalizer(files.word_frequencies) if config.normalize_text else None
     return Engine(files.name, config, params, vqgan_config, vqgan_params, tokenizer, normalizer, devices,
-                  batch_per_device=batch_per_device, vqgan_file=vqgan_file, cache_blocks=cache_blocks)
+                  batch_per_device=batch_per_device, vqgan_file=vqgan_file, cache_blocks=cache_blocks,
+                  colours_dir=Path(cache_dir) / PREVIEW_COLOURS_SUBFOLDER)
 
 
 def _read_json(path: Path) -> dict:

@@ -15,9 +15,12 @@ a tenth of the generation time, whatever the machine.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -73,6 +76,29 @@ class ColourTable:
             self.sums = np.concatenate(colours)[:n_codes]
             self.counts = np.ones(n_codes)
             self._table = None
+
+    def save(self, path: Path) -> None:
+        """Keep what it knows for the next start, written whole or not at all."""
+        with self._lock:
+            sums, counts = self.sums.copy(), self.counts.copy()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        with open(partial, "wb") as file:
+            np.savez(file, sums=sums, counts=counts)
+        os.replace(partial, path)
+
+    def load(self, path: Path) -> bool:
+        """What `save` kept, if it is there and fits this codebook."""
+        try:
+            with np.load(path) as saved:
+                sums, counts = np.asarray(saved["sums"], np.float64), np.asarray(saved["counts"], np.float64)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return False
+        if sums.shape != self.sums.shape or counts.shape != self.counts.shape:
+            return False
+        with self._lock:
+            self.sums, self.counts, self._table = sums, counts, None
+        return True
 
     def table(self) -> np.ndarray:
         """uint8 [n_codes, 3]."""
