@@ -8,6 +8,7 @@ import json
 import re
 import time
 import uuid
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from PIL import Image
@@ -154,13 +155,16 @@ def write_large_library(library_dir, jobs: int) -> None:
 
 
 def test_ten_thousand_jobs_stay_responsive(page, tmp_path, redis_url):
+    """With 10,000 jobs the page asks only for what it shows: a page of jobs at a time, and
+    the server filters. (How fast that is, is the reliability suite's latency table; a timed
+    test here failed on a busy machine.)"""
     library_dir = tmp_path / "library"
     write_large_library(library_dir, 10_000)
+    responses = []
+    page.on("response", lambda response: "/getlibrary" in response.url and responses.append(response))
     with serving(Config(port=0, redis_url=redis_url, library_dir=library_dir)) as server:
-        started = time.monotonic()
         page.goto(f"{server.url}/library.html")
         expect(page.locator("#library-count")).to_have_text("10,000 jobs")
-        first_page_secs = time.monotonic() - started
         cards = page.locator("article.job")
         expect(cards).to_have_count(PAGE_SIZE)
         expect(cards.first.locator(".prompt")).to_have_text("job number 0")
@@ -168,13 +172,15 @@ def test_ten_thousand_jobs_stay_responsive(page, tmp_path, redis_url):
         for pages in range(2, 5):
             page.mouse.wheel(0, 100_000)
             expect(cards).to_have_count(pages * PAGE_SIZE)
-        # Only what was scrolled to is in the page, and a filter answers at once.
-        started = time.monotonic()
         page.fill("#filter", "job number 9998")
         expect(page.locator("#library-count")).to_have_text("1 job matches “job number 9998”")
-        filter_secs = time.monotonic() - started
-    assert first_page_secs < 5, f"the first page took {first_page_secs:.1f} s"
-    assert filter_secs < 3, f"filtering took {filter_secs:.1f} s"
+        expect(cards).to_have_count(1)
+        answers = [(parse_qs(urlparse(response.url).query), len(response.body())) for response in responses]
+    assert len(answers) >= 5
+    assert all(int(query["limit"][0]) == PAGE_SIZE for query, _ in answers), answers
+    assert [query.get("offset", ["0"])[0] for query, _ in answers[:4]] == ["0", "20", "40", "60"]
+    assert answers[-1][0]["q"] == ["job number 9998"]
+    assert max(size for _, size in answers) < 50_000, answers  # the whole library is megabytes
 
 
 def slug(prompt: str) -> str:
