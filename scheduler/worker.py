@@ -355,8 +355,10 @@ class Worker:
             _lost(job, "images (or the job was cancelled at the last moment)")
             return
         # With the pictures it drew: a Best-of job made its candidates, not only the images it kept.
-        # An upscale's time says nothing of a generation's (the ETAs' fit).
-        if job.kind != UPSCALE_KIND:
+        # An upscale's time says nothing of a generation's: it has its own (the ETAs' fit).
+        if job.kind == UPSCALE_KIND:
+            self.queue.record_job_time(1, process_time_secs, upscale=True)
+        else:
             self.queue.record_job_time(*speed_sample(job, job.candidates or len(images), process_time_secs,
                                                      grids.cells_together(self.slots or 1)))
         log.info("job %s done in %.2f s", job.id, process_time_secs)

@@ -279,8 +279,9 @@ class WorkerQueue:
 
     # -- speed -----------------------------------------------------------------------------
 
-    def record_job_time(self, pictures: int, secs: float) -> list[tuple[int, float]]:
-        """Add a finished job to this worker's recent ones (the ETA's cost is fitted to them);
-        returns them, oldest first."""
-        return job_times(self._record_job_time(keys=[self.keys.speed],
+    def record_job_time(self, pictures: int, secs: float, upscale: bool = False) -> list[tuple[int, float]]:
+        """Add a finished job to this worker's recent ones (the ETA's cost is fitted to them), an
+        upscale to its recent upscales; returns them, oldest first."""
+        key = self.keys.upscale_speed if upscale else self.keys.speed
+        return job_times(self._record_job_time(keys=[key],
                                                args=[self.worker_id, pictures, repr(secs), SPEED_SAMPLES]))

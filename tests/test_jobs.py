@@ -12,6 +12,7 @@ from playground.queue import Job, JobNotFound, JobQueue, Keys, QueueFull
 from frontend.validation import validate_prompt
 from playground.queue.eta import (FIXED_SHARE_GUESS, SPEED_SAMPLES, STALLED_AFTER_SECS, JobCost, estimate, job_times,
                                   speed_sample)
+from playground.queue.job import upscale_request
 from scheduler.worker_queue import WorkerQueue
 
 
@@ -373,3 +374,22 @@ def test_a_grid_whose_cells_ran_one_after_another_counts_as_one_of_them():
     assert speed_sample(grid, 4, 8.0, cells_together=False) == (1, 2.0)
     assert speed_sample(grid, 4, 3.5, cells_together=True) == (4, 3.5)
     assert speed_sample(plain, 4, 3.5, cells_together=False) == (4, 3.5)
+
+
+def test_an_upscale_s_eta_is_the_recent_upscales_time_not_a_generated_picture_s(queue, redis_client):
+    """An upscale is measured apart from the generations: generating a picture takes 11 s here,
+    upscaling one 1.5 s, so four upscales queued ahead of a prompt add 6 s to its wait, not 44."""
+    worker = WorkerQueue(redis_client, "w1", "http://127.0.0.1:1")
+    worker.register()
+    worker.heartbeat(backend_status=BackendStatus.READY, model="tiny", slots=1)
+    worker.record_job_time(pictures=1, secs=11.0)
+    upscales = [queue.submit(upscale_request(f"/{i}/0.png", "a fox")) for i in range(4)]
+    prompt = queue.submit(params(num_images=1))
+    # Not measured yet: an upscale is taken to cost a generated picture.
+    assert [job.eta_secs for job in queue.unfinished()] == pytest.approx([11.0, 22.0, 33.0, 44.0, 55.0], abs=0.2)
+    assert worker.record_job_time(pictures=1, secs=1.5, upscale=True) == [(1, 1.5)]
+    assert worker.record_job_time(pictures=1, secs=1.5, upscale=True) == [(1, 1.5), (1, 1.5)]
+    listed = queue.unfinished()
+    assert [job.id for job in listed] == [job.id for job in upscales] + [prompt.id]
+    assert [job.eta_secs for job in listed] == pytest.approx([1.5, 3.0, 4.5, 6.0, 17.0], abs=0.2)
+    assert JobCost.fit(job_times(redis_client.hget(queue.keys.speed, "w1"))).secs(1) == pytest.approx(11.0)

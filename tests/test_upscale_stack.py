@@ -7,11 +7,14 @@ import io
 import time
 
 import numpy as np
+import redis
 import pytest
 import requests
 from PIL import Image
 
 from backend.engine.upscaler import load_upscaler
+from playground.queue import Keys
+from playground.queue.eta import job_times
 from testkit.stack import Stack
 
 pytestmark = pytest.mark.timeout(600)
@@ -54,6 +57,12 @@ def test_a_library_picture_is_upscaled_as_a_job(stack, drawn):
     assert big.text["prompt"] == PROMPT["text"] and "dalle_codes" not in big.text
     listed = requests.get(stack.frontend.url + "/getlibrary", timeout=10).json()
     assert any(e["queue_id"] == done["queue_id"] and e["generated_images"] == [big_path] for e in listed)
+    # Its time is kept with the worker's upscales (the ETAs' fit), apart from its generations.
+    keys, client = Keys(), redis.Redis.from_url(stack.redis.url)
+    upscales = [sample for times in client.hvals(keys.upscale_speed) for sample in job_times(times)]
+    generations = [sample for times in client.hvals(keys.speed) for sample in job_times(times)]
+    assert len(upscales) == 1 and upscales[0][0] == 1 and upscales[0][1] > 0
+    assert [pictures for pictures, _ in generations] == [PROMPT["num_images"]]
     # Once upscaled, neither the picture nor its upscale is upscaled again.
     for path, why in ((source, "is upscaled already"), (big_path, "is itself an upscale")):
         response = requests.post(stack.frontend.url + "/upscale", json={"path": path}, timeout=30)

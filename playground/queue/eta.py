@@ -17,6 +17,10 @@ A grid sweep's cells are pictures of one batch on a backend with several slots, 
 count; on a backend with one slot they run one after another, so there a grid of n cells costs
 n one-picture jobs, and its time is kept as one such job's (`speed_sample`), not as a batch of n.
 
+An upscale job has its own cost: a worker's recent upscales are kept apart from its generations
+(an upscale takes about 1.5 s on a 2-core CPU, where one picture of mini takes 11.6 s), and until
+any worker has upscaled a picture, an upscale is taken to cost one generated picture.
+
 A queued job waits for the jobs ahead of it on the worker that will take it, then its own
 cost. A running job has its cost less its elapsed time left, but never less than its own pace
 up to its last progress report says for its tokens left: a job slower than the fit does not
@@ -28,7 +32,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from playground.queue.job import Job
+from playground.queue.job import UPSCALE_KIND, Job
 
 # A running job whose worker has heard nothing from its backend for this long is shown as
 # stalled. The backend sends a line at least every second (docs/architecture.md), so this is
@@ -89,7 +93,8 @@ def job_times(recorded: str | bytes | None) -> list[tuple[int, float]]:
 
 
 def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], workers: dict[str, str],
-             costs: dict[str, JobCost], now: float, cells_together: Collection[str] = ()) -> None:
+             costs: dict[str, JobCost], now: float, cells_together: Collection[str] = (),
+             upscale_costs: dict[str, JobCost] | None = None) -> None:
     """Set position and ETA: each queued job goes, in order, to the worker free soonest among
     those that can run it.
 
@@ -98,22 +103,32 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
     each live worker to its backend's model ("" while not known); `costs`, each measured
     worker's `JobCost`. One not yet measured borrows the average of the others; with no
     measurement at all, ETAs stay None. `cells_together`: the workers whose backends decode a
-    grid's cells as one batch (`grid.cells_together`). Positions count within a model's queue.
+    grid's cells as one batch (`grid.cells_together`); `upscale_costs`, each worker's cost of an
+    upscale job, measured apart (see the module's doc). Positions count within a model's queue.
     A queued job that no live worker can run gets `unserved`, the reason; a running one whose
     backend has gone quiet, `stalled_secs`.
     """
-    average = (JobCost(sum(c.fixed_secs for c in costs.values()) / len(costs),
-                       sum(c.secs_per_picture for c in costs.values()) / len(costs)) if costs else None)
+    average, upscale_average = _average(costs), _average(upscale_costs or {})
+
+    def secs_of(job: Job, wid: str) -> float | None:
+        """Its seconds on that worker's backend; None with nothing measured."""
+        if job.kind == UPSCALE_KIND:
+            upscale = (upscale_costs or {}).get(wid, upscale_average)
+            if upscale is not None:
+                return upscale.secs(1)
+        cost = costs.get(wid, average)
+        return None if cost is None else job_secs(job, cost, wid in cells_together)
+
     free_at: dict[str, float] = {wid: now for wid in workers}
     for job, wid in running:
         job.position = 0
         quiet = now - (job.progress_at or job.started_at or now)
         job.stalled_secs = quiet if quiet >= STALLED_AFTER_SECS else None
-        cost = costs.get(wid, average)
-        if cost is None:
+        secs = secs_of(job, wid)
+        if secs is None:
             continue
         started = job.started_at or now
-        remaining = max(0.0, job_secs(job, cost, wid in cells_together) - (now - started))
+        remaining = max(0.0, secs - (now - started))
         done = job.tokens_done / job.total_tokens if job.total_tokens else 0.0
         if 0 < done < 1 and job.progress_at:
             # At its own pace up to its last report, the tokens left (the pictures' decoding
@@ -131,10 +146,18 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
             if not pool or average is None:
                 continue
             # The worker free soonest takes it, as the real workers do; a tie goes to the faster.
-            secs = {wid: job_secs(job, costs.get(wid, average), wid in cells_together) for wid in pool}
+            secs = {wid: secs_of(job, wid) for wid in pool}
             wid = min(pool, key=lambda w: (free_at[w], secs[w]))
             free_at[wid] += secs[wid]
             job.eta_secs = free_at[wid] - now
+
+
+def _average(costs: dict[str, JobCost]) -> JobCost | None:
+    """The cost a worker not yet measured borrows: the others' mean; None when none is measured."""
+    if not costs:
+        return None
+    return JobCost(sum(c.fixed_secs for c in costs.values()) / len(costs),
+                   sum(c.secs_per_picture for c in costs.values()) / len(costs))
 
 
 def pictures(job: Job) -> int:

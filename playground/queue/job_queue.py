@@ -90,10 +90,12 @@ class JobQueue:
     def unfinished(self) -> list[Job]:
         """Running jobs first, then queued jobs oldest first, each with position and ETA."""
         picture = json.loads(self._unfinished(
-            keys=[self.keys.queue, self.keys.workers, self.keys.speed], args=[self.keys.prefix]))
+            keys=[self.keys.queue, self.keys.workers, self.keys.speed, self.keys.upscale_speed],
+            args=[self.keys.prefix]))
         now = picture["now"]
         running: list[tuple[Job, str]] = []
         costs: dict[str, JobCost] = {}
+        upscale_costs: dict[str, JobCost] = {}
         models: dict[str, str] = {}  # live worker -> its backend's model
         together: set[str] = set()  # live workers whose backends decode a grid's cells as one batch
         # cjson writes an empty Lua table as {}, hence the `or []`.
@@ -101,6 +103,9 @@ class JobQueue:
             cost = JobCost.fit(job_times(worker["speed"]))
             if cost is not None:
                 costs[worker["id"]] = cost
+            upscale_cost = JobCost.fit(job_times(worker["upscale_speed"]))
+            if upscale_cost is not None:
+                upscale_costs[worker["id"]] = upscale_cost
             if worker["alive"]:
                 models[worker["id"]] = worker["model"]
                 if cells_together(int(worker["slots"] or 1)):
@@ -111,7 +116,7 @@ class JobQueue:
             job = Job.from_hash(h)
             queued.setdefault(job.model or "", []).append(job)
         running.sort(key=lambda item: item[0].started_at or item[0].created_at)
-        estimate(running, queued, models, costs, now, together)
+        estimate(running, queued, models, costs, now, together, upscale_costs)
         waiting = sorted((job for jobs in queued.values() for job in jobs), key=lambda job: job.created_at)
         return [job for job, _ in running] + waiting
 

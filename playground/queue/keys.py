@@ -11,6 +11,8 @@
     <prefix>:preview:<id>          hash, only while the job runs (with a TTL as a safety net):
                                    tokens_done and "0", "1", … the newest preview JPEG of each image
     <prefix>:speed                 hash: worker id -> its last jobs' [pictures, seconds] (JSON; eta.py)
+    <prefix>:upscale_speed         the same for its last upscale jobs ([1, seconds]: an upscale's time
+                                   says nothing of a generation's)
     <prefix>:backends              set of the URLs of backends that announce themselves
     <prefix>:backend:<url>         string with a TTL: that backend's announcement (JSON: url, status, model)
     <prefix>:upscaling             a lock (redis-py's, with a TTL) held while POST /upscale checks that
@@ -36,6 +38,7 @@ class Keys:
         self.queue = f"{prefix}:queue"
         self.workers = f"{prefix}:workers"
         self.speed = f"{prefix}:speed"
+        self.upscale_speed = f"{prefix}:upscale_speed"
         self.models = f"{prefix}:models"
         self.backends = f"{prefix}:backends"
         self.upscaling = f"{prefix}:upscaling"

@@ -89,7 +89,7 @@ return queue_job(prefix, ARGV[2], ARGV[4], {unpack(ARGV, 5)})
 # Everything /queue_status needs in one round trip: the workers (alive or not, their model,
 # slots, running job and speed) and every queue's jobs in order, each with its hash. Encoded as one
 # JSON string, which Python decodes far faster than thousands of nested RESP replies.
-# KEYS: unused, workers, speed. ARGV: prefix.
+# KEYS: unused, workers, speed, upscale speed. ARGV: prefix.
 UNFINISHED = _QUEUES + """
 local prefix = ARGV[1]
 -- A continuation's start picture and the codes are left out: /queue_status never shows them.
@@ -113,7 +113,8 @@ for _, wid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   table.insert(workers, {id = wid, alive = redis.call('EXISTS', prefix .. ':worker:' .. wid .. ':alive'),
                          model = redis.call('HGET', prefix .. ':worker:' .. wid, 'model') or '',
                          slots = redis.call('HGET', prefix .. ':worker:' .. wid, 'slots') or '',
-                         speed = redis.call('HGET', KEYS[3], wid) or '', running = running})
+                         speed = redis.call('HGET', KEYS[3], wid) or '',
+                         upscale_speed = redis.call('HGET', KEYS[4], wid) or '', running = running})
 end
 local queued = {}
 for _, queue in ipairs(all_queues(prefix)) do
