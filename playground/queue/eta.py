@@ -108,12 +108,13 @@ def estimate(running: list[tuple[Job, str]], queued: dict[str, list[Job]], worke
     A queued job that no live worker can run gets `unserved`, the reason; a running one whose
     backend has gone quiet, `stalled_secs`.
     """
-    average, upscale_average = _average(costs), _average(upscale_costs or {})
+    upscale_costs = upscale_costs or {}
+    average, upscale_average = _average(costs), _average(upscale_costs)
 
     def secs_of(job: Job, wid: str) -> float | None:
         """Its seconds on that worker's backend; None with nothing measured."""
         if job.kind == UPSCALE_KIND:
-            upscale = (upscale_costs or {}).get(wid, upscale_average)
+            upscale = upscale_costs.get(wid, upscale_average)
             if upscale is not None:
                 return upscale.secs(1)
         cost = costs.get(wid, average)
