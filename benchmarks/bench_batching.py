@@ -66,6 +66,39 @@ def summary(latencies, codes) -> dict:
             "codes": codes}
 
 
+def compare(engine, runner, requests: list, rounds: int, lone_rounds: int) -> dict:
+    """`requests` one at a time (`Engine.generate`) against all together (`runner`), rounds
+    alternating, then the first alone both ways: each way's best round, the speed-up, the lone
+    job's difference, and whether both ways drew the same codes."""
+    results = {"one_at_a_time": [], "batched": []}
+    ways = {"one_at_a_time": lambda jobs: one_at_a_time(engine, jobs), "batched": lambda jobs: batched(runner, jobs)}
+    for round_index in range(rounds):
+        for name, run in ways.items():
+            result = run(requests)
+            results[name].append(result)
+            print(f"round {round_index + 1} {name}: {result['secs']:.1f} s, {result['jobs_per_minute']:.2f} jobs/min",
+                  flush=True)
+    same = all(np.array_equal(a, b) for single, batch in zip(results["one_at_a_time"], results["batched"])
+               for a, b in zip(single["codes"], batch["codes"]))
+    lone = {name: [] for name in ways}
+    for _ in range(lone_rounds):
+        for name, run in ways.items():
+            lone[name].append(run(requests[:1])["secs"])
+    report: dict = {}
+    for name in ways:
+        best = min(results[name], key=lambda result: result["secs"])
+        report[name] = {"jobs_per_minute": best["jobs_per_minute"], "secs": best["secs"],
+                        "latencies_secs": best["latencies_secs"],
+                        "mean_latency_secs": statistics.mean(best["latencies_secs"]),
+                        "all_rounds_secs": [result["secs"] for result in results[name]],
+                        "lone_job_secs": min(lone[name]), "lone_job_all_secs": lone[name]}
+    report["speed_up"] = report["batched"]["jobs_per_minute"] / report["one_at_a_time"]["jobs_per_minute"]
+    report["lone_job_slower_percent"] = 100 * (report["batched"]["lone_job_secs"]
+                                               / report["one_at_a_time"]["lone_job_secs"] - 1)
+    report["same_codes"] = same
+    return report
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SIZES) + ["demo", "tiny"], default="demo")
@@ -100,41 +133,15 @@ def main(argv=None) -> None:
               "warm_up_secs": time.perf_counter() - started, "load_average_before": os.getloadavg()}
     print(f"{report['devices']}, load {report['load_average_before']}, warm-up {report['warm_up_secs']:.0f} s",
           flush=True)
-    requests = job_requests(args.jobs, args.images)
-    rounds = {"one_at_a_time": [], "batched": []}
-    for round_index in range(args.rounds):
-        for name, run in (("one_at_a_time", lambda: one_at_a_time(engine, requests)),
-                          ("batched", lambda: batched(runner, requests))):
-            result = run()
-            rounds[name].append(result)
-            print(f"round {round_index + 1} {name}: {result['secs']:.1f} s, {result['jobs_per_minute']:.2f} jobs/min",
-                  flush=True)
-    same = all(np.array_equal(a, b) for single, batch in zip(rounds["one_at_a_time"], rounds["batched"])
-               for a, b in zip(single["codes"], batch["codes"]))
-    lone = {"one_at_a_time": [], "batched": []}
-    for _ in range(args.lone_rounds):
-        for name, run in (("one_at_a_time", lambda: one_at_a_time(engine, requests[:1])),
-                          ("batched", lambda: batched(runner, requests[:1]))):
-            lone[name].append(run()["secs"])
+    report.update(compare(engine, runner, job_requests(args.jobs, args.images), args.rounds, args.lone_rounds))
     runner.close()
-    for name in rounds:
-        best = min(rounds[name], key=lambda result: result["secs"])
-        report[name] = {"jobs_per_minute": best["jobs_per_minute"], "secs": best["secs"],
-                        "latencies_secs": best["latencies_secs"],
-                        "mean_latency_secs": statistics.mean(best["latencies_secs"]),
-                        "all_rounds_secs": [result["secs"] for result in rounds[name]],
-                        "lone_job_secs": min(lone[name]), "lone_job_all_secs": lone[name]}
-    report["speed_up"] = report["batched"]["jobs_per_minute"] / report["one_at_a_time"]["jobs_per_minute"]
-    report["lone_job_slower_percent"] = 100 * (report["batched"]["lone_job_secs"]
-                                               / report["one_at_a_time"]["lone_job_secs"] - 1)
-    report["same_codes"] = same
     report["load_average_after"] = os.getloadavg()
     print(f"jobs/min: one at a time {report['one_at_a_time']['jobs_per_minute']:.2f}, "
           f"batched {report['batched']['jobs_per_minute']:.2f} (x{report['speed_up']:.2f}); "
           f"mean latency {report['one_at_a_time']['mean_latency_secs']:.1f} s -> "
           f"{report['batched']['mean_latency_secs']:.1f} s; lone job {report['one_at_a_time']['lone_job_secs']:.2f} s "
           f"-> {report['batched']['lone_job_secs']:.2f} s ({report['lone_job_slower_percent']:+.1f}%); "
-          f"same codes: {same}", flush=True)
+          f"same codes: {report['same_codes']}", flush=True)
     print(json.dumps(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -22,6 +22,11 @@ device memory is counted per model:
   numerics  the engine's numerical tests (pytest) on the GPU at JAX's default matrix-product
             precision (TF32 for float32 weights) and at full float32; greedy mini tokens on
             the GPU against the CPU, and where they part, the two best scores on each
+  batching  issue 30's GPU target: 8 jobs of 8 images of mega (bfloat16), different prompts,
+            seeds and values, one at a time (a backend with one slot) against together in one
+            BatchRunner (BACKEND_SLOTS=8), rounds alternating; jobs per minute, each job's
+            latency, a lone job both ways, the same codes both ways, the runner's compile
+            time and device memory (what sets the default slots on a GPU)
   features  what runs only on an accelerator, mini float32 at 8 images: previews drawn by a
             VQGAN pass (with and without, alternately), the first continuation after warm-up
             (its prefill compiled there) against a fresh job, CLIP ranking 16 candidates in
@@ -67,6 +72,7 @@ DRY_SIZES = {
     "mega": dict(bench_engine.SIZES["mega"], d_model=128, encoder_layers=2, decoder_layers=3,
                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128),
 }
+BATCHING_JOBS = (8, 8)  # issue 30's GPU target: 8 jobs of 8 images, at least 5x the jobs per minute
 NUMERIC_TESTS = ("tests/test_generator.py", "tests/test_dallebart.py")
 
 
@@ -137,6 +143,7 @@ def main_parent(args) -> None:
     run.stage(f"bench-{first_model}-{first_dtype}", ["bench", first_model, first_dtype, "profile"], 240)
     if args.previous:
         run.stage("previous", ["previous", first_model, first_dtype, str(args.previous.resolve())], 240)
+    run.stage(f"batching-{first_model}-{first_dtype}", ["batching", first_model, first_dtype], 300)
     run.stage(f"bench-{second_model}-{second_dtype}", ["bench", second_model, second_dtype], 240)
     run.stage("http", ["http"], 180)
     run.stage("numerics", ["numerics"], 240)
@@ -385,6 +392,34 @@ def hlo_counts(compiled, keep: Path) -> dict:
                                                          "copy", "dynamic-update-slice", "all-reduce")}
     counts["lines"] = text.count("\n")
     return counts
+
+
+def stage_batching(work: Path, dry_run: bool, model: str, dtype: str) -> dict:
+    """Jobs one at a time against together in one BatchRunner (bench_batching.compare)."""
+    import jax
+
+    from backend.engine import load_engine
+    from backend.engine.batching import BatchRunner
+    from bench_batching import compare, job_requests
+
+    jobs, images = (4, 2) if dry_run else BATCHING_JOBS
+    engine = load_engine(str(model_folder(work, model, dry_run)), work / "cache", dtype=dtype)
+    engine.preview_every = 0  # the decoding's figures, not the previews'
+    runner = BatchRunner(engine, slots=jobs, sizes=(images, jobs * images))  # the lone job's size and all together
+    report: dict = {"model": model, "dtype": dtype, "jobs": jobs, "images": images, "sizes": list(runner.sizes),
+                    "device_bytes_after_load": _memory()["bytes_in_use"]}
+    started = time.perf_counter()
+    engine.warm_up((images,))
+    report["engine_warm_up_secs"] = time.perf_counter() - started
+    started = time.perf_counter()
+    runner.warm_up(continuations=False)
+    report["runner_warm_up_secs"] = time.perf_counter() - started
+    report.update(compare(engine, runner, job_requests(jobs, images), rounds=1 if dry_run else 2,
+                          lone_rounds=1 if dry_run else 3))
+    runner.close()
+    report["device_peak_bytes"] = _memory()["peak_bytes_in_use"]
+    report["devices"] = [str(d) for d in jax.devices()]
+    return report
 
 
 def stage_features(work: Path, dry_run: bool) -> dict:
@@ -670,6 +705,17 @@ def summary(report: dict) -> str:
             lines.append(f"{name}: {p.get('tests')} tests, {p.get('failures')} failed, {p.get('errors')} errors"
                          + (f"; greedy vs CPU: {numerics['greedy_vs_cpu']}" if "greedy_vs_cpu" in numerics else ""))
             lines.extend(f"  FAILED {f}" for f in p.get("failed", []))
+    for name, stage in stages.items():
+        if name.startswith("batching-") and "speed_up" in stage:
+            one, together = stage["one_at_a_time"], stage["batched"]
+            lines.append("")
+            lines.append(f"{name}: {stage['jobs']} jobs of {stage['images']} images: one at a time "
+                         f"{one['jobs_per_minute']:.1f} jobs/min, together {together['jobs_per_minute']:.1f} "
+                         f"(x{stage['speed_up']:.2f}); mean latency {one['mean_latency_secs']:.2f} -> "
+                         f"{together['mean_latency_secs']:.2f} s; lone job {one['lone_job_secs']:.3f} -> "
+                         f"{together['lone_job_secs']:.3f} s ({stage['lone_job_slower_percent']:+.1f}%); "
+                         f"same codes: {stage['same_codes']}; runner compile {stage['runner_warm_up_secs']:.1f} s; "
+                         f"peak {_gb(stage['device_peak_bytes'])}")
     features = stages.get("features", {})
     if "clip" in features:
         f, previews, clip = features, features["previews"], features["clip"]
@@ -709,7 +755,7 @@ def main(argv=None) -> None:
         return main_parent(args)
     name, *rest = args.stage
     stages = {"device": stage_device, "bench": stage_bench, "previous": stage_previous, "http": stage_http,
-              "numerics": stage_numerics, "features": stage_features}
+              "numerics": stage_numerics, "features": stage_features, "batching": stage_batching}
     result = stages[name](args.work, args.dry_run, *rest)
     print(json.dumps(result, default=str))
 

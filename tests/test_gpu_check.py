@@ -30,9 +30,16 @@ def dry_run(tmp_path, stages: list[str]) -> dict:
     return report
 
 
-def test_dry_run_of_the_device_and_features_stages(tmp_path):
+def test_dry_run_of_the_device_batching_and_features_stages(tmp_path):
     """The short version CI runs; the benchmark and HTTP stages are in the slow one below."""
-    report = dry_run(tmp_path, ["device", "features"])
+    report = dry_run(tmp_path, ["device", "batching-mega-bfloat16", "features"])
+    batching = report["stages"]["batching-mega-bfloat16"]
+    assert (batching["jobs"], batching["images"], batching["sizes"]) == (4, 2, [2, 8])
+    assert batching["same_codes"] is True
+    for way in ("one_at_a_time", "batched"):
+        assert len(batching[way]["latencies_secs"]) == 4 and batching[way]["lone_job_secs"] > 0
+    assert batching["speed_up"] > 0 and batching["runner_warm_up_secs"] > 0
+    assert "batching-mega-bfloat16: 4 jobs of 2 images" in report["text"]
     features = report["stages"]["features"]
     assert features["first_continuation_secs"] > 0 and features["previews"]["previews_per_job"][0] > 0
     assert features["clip"]["candidates"] == 16 and features["clip"]["rank_secs"] > 0
