@@ -64,6 +64,31 @@ WATCH_SECS = 0.02          # the library watcher's pace
 _UUID = re.compile(UUID_PATTERN)
 
 
+AFTER_PAUSE, FENCED, LATE = "read after a pause", "fenced off", "late"
+RESUME_SLACK_SECS = 1.5    # a resumed stand-in may read its socket before the fault loop records the SIGCONT
+
+
+def pause_windows(fault_times: list[tuple[float, str, str]]) -> dict[str, list[tuple[float, float]]]:
+    """Each service's pauses as (SIGSTOP, SIGCONT) times, from the fault loop's log."""
+    windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    stopped_at: dict[str, float] = {}
+    for at, action, name in fault_times:
+        if action in ("SIGSTOP", STORING_PAUSE):
+            stopped_at[name] = at
+        elif action == "SIGCONT" and name in stopped_at:
+            windows[name].append((stopped_at.pop(name), at))
+    return windows
+
+
+def late_arrival(at: float, ended: float, backend_pauses: list[tuple[float, float]], fenced: bool) -> str:
+    """Why a claim reached a backend at `at`, after its job ended at `ended`: the backend was
+    stopped before the end and resumed just before `at` (it read a request its worker had
+    given up on), or Redis refused the claim's run (`fenced`), or neither: a fault of ours."""
+    if any(stop <= ended and stop <= at and cont >= at - RESUME_SLACK_SECS for stop, cont in backend_pauses):
+        return AFTER_PAUSE
+    return FENCED if fenced else LATE
+
+
 class _Redis:
     """The chaos' own redis-server as a fault target (kill -9 + restart, pause + resume)."""
 
@@ -510,20 +535,11 @@ def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: l
     #   over and ended meanwhile, and the resumed scheduler sends the stale claim, whose first
     #   progress write Redis refuses ("claim N was taken over"): the worker hangs up, which
     #   stops the backend's run. Neither can change the job or the library (checked above).
-    # Anything else — above all a job's last claim arriving after it ended — fails.
-    paused: dict[str, list[tuple[float, float]]] = defaultdict(list)   # backend -> (SIGSTOP, SIGCONT) times
-    stopped_at: dict[str, float] = {}
-    for at, action, name in fault_times:
-        if action == "SIGSTOP":
-            stopped_at[name] = at
-        elif action == "SIGCONT" and name in stopped_at:
-            paused[name].append((stopped_at.pop(name), at))
-
-    def read_after_pause(name: str, at: float, ended: float) -> bool:
-        """The backend was stopped before the job ended and resumed shortly before `at` (1.5 s
-        of slack: the stand-in may read its socket before this loop records the SIGCONT)."""
-        return any(stop <= ended and stop <= at and cont >= at - 1.5 for stop, cont in paused[name])
-
+    # Either can be the job's last claim: a sweep that finds its worker dead (paused past the
+    # heartbeat; after a SIGCONT even a sibling worker of the same scheduler, whose thread wakes
+    # first) fails the job when that was its last attempt, instead of claiming it again.
+    # Anything else — a claim arriving late without a pause or a refusal to explain it — fails.
+    pauses = pause_windows(fault_times)
     fenced_runs = set()
     for path in logs.glob("scheduler-*.log"):
         fenced_runs.update(_FENCED_RUN.findall(path.read_text(errors="replace")))
@@ -538,14 +554,13 @@ def _check(result: ScenarioResult, client: redis.Redis, keys: Keys, submitted: l
                 continue
             line = (f"{job_id}.{claim} ({job.status}, last claim {job.claim}) reached {backend.name} "
                     f"{float(at) - job.finished_at:.3f} s after it ended")
-            if int(claim) >= job.claim:
-                late.append(line)
-            elif read_after_pause(backend.name, float(at), job.finished_at):
+            kind = late_arrival(float(at), job.finished_at, pauses[backend.name], (job_id, claim) in fenced_runs)
+            if kind == AFTER_PAUSE:
                 stale_after_pause.append(line)
-            elif (job_id, claim) in fenced_runs:
+            elif kind == FENCED:
                 stale_dispatch.append(line)
             else:
-                late.append(line + " (not fenced off)")
+                late.append(line + (" (not fenced off)" if int(claim) < job.claim else ""))
     late_cancelled = [line for line in late if "(cancelled," in line]
     result.check(CHECK_AFTER_CANCEL, not late_cancelled, f"{len(late_cancelled)}: " + "; ".join(late_cancelled[:5]))
     result.check(CHECK_AFTER_END, not late, f"{len(late)}: " + "; ".join(late[:5]))

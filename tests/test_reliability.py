@@ -14,7 +14,8 @@ from __future__ import annotations
 import pytest
 
 from testkit import hostile_uploads
-from reliability.chaos import CHECK_AFTER_CANCEL, CHECK_AFTER_END, CHECK_VISIBLE, STORING_PAUSE
+from reliability.chaos import (AFTER_PAUSE, CHECK_AFTER_CANCEL, CHECK_AFTER_END, CHECK_VISIBLE, FENCED, LATE,
+                              STORING_PAUSE, late_arrival, pause_windows)
 from reliability.report import FINDINGS, render
 from reliability.suite import NAMES, run_suite
 
@@ -192,3 +193,21 @@ def test_chaos_counts_every_invariant(suite):
                   CHECK_AFTER_CANCEL, CHECK_AFTER_END, CHECK_VISIBLE):
         assert result.passed(check) is True, check
     assert f"chaos seed {suite.seed}" in render(suite)
+
+
+def test_a_claim_reaching_a_backend_after_its_job_ended_needs_a_pause_or_a_refusal_to_explain_it():
+    """The chaos check's rule, on the case a CI run met: a scheduler resumed from SIGSTOP sent a
+    job's last claim 0.2 ms after a sweep had failed the job (its third attempt). Redis refused
+    the run's first write: fenced off, whatever the claim's number. Without that refusal, or a
+    pause of the backend around the end, a late arrival is our fault."""
+    ended = 1000.0
+    windows = pause_windows([(990.0, "SIGSTOP", "backend-1"), (999.5, "SIGCONT", "backend-1"),
+                             (995.0, "SIGSTOP", "scheduler-a"), (999.9, "SIGCONT", "scheduler-a"),
+                             (996.0, "kill -9", "backend-2"), (997.0, "restart", "backend-2")])
+    assert windows == {"backend-1": [(990.0, 999.5)], "scheduler-a": [(995.0, 999.9)]}
+    assert late_arrival(ended + 0.0002, ended, [], fenced=True) == FENCED
+    assert late_arrival(ended + 0.0002, ended, [], fenced=False) == LATE
+    assert late_arrival(ended + 0.5, ended, windows["backend-1"], fenced=False) == AFTER_PAUSE
+    # Resumed long before the request arrived, or stopped only after the job ended: no excuse.
+    assert late_arrival(ended + 5.0, ended, windows["backend-1"], fenced=False) == LATE
+    assert late_arrival(ended + 0.5, ended, [(ended + 0.1, ended + 0.4)], fenced=False) == LATE
