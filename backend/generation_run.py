@@ -71,6 +71,14 @@ def preview_of(engine: Any, done: int, codes, total_tokens: int) -> dict:
     return preview_event(done, total_tokens, width, height, images)
 
 
+def cells_so_far(cell_codes: list) -> tuple[int, np.ndarray]:
+    """A grid's cells' codes as one preview: each cell's preview schedule keeps its own time (the
+    last cell's pays for the decoding, so it is due less often), so at the last cell's turn the
+    others may hold fewer tokens. All are cut to the fewest: (that count, codes [cells, count])."""
+    shown = min(len(codes) for codes in cell_codes)
+    return shown, np.stack([np.asarray(codes)[:shown] for codes in cell_codes])
+
+
 class StreamedRun:
     """One job of the backend (a generation, an upscale): its work runs in a thread of its own
     (`_run`, which sets `_outcome`, the last event) while `events` streams started, progress
@@ -255,11 +263,13 @@ class GenerationRun(StreamedRun):
         the last one's completes the picture of them all."""
         self._cell_previews[cell] = codes[0]
         if cell == len(self._cells_done) - 1 and len(self._cell_previews) == len(self._cells_done):
+            shown, together = cells_so_far([self._cell_previews[k] for k in range(cell + 1)])
+            if shown <= (self._preview or {}).get("tokens_done", 0):
+                return  # nothing new in every cell yet
             try:
-                self._preview = preview_of(self.engine, done, np.stack([self._cell_previews[k][:done] for k in
-                                                                        range(cell + 1)]), self._total_tokens)
+                self._preview = preview_of(self.engine, shown, together, self._total_tokens)
             except Exception:  # as _on_preview: a preview never costs the job its pictures
-                log.exception("job %s: no preview at %d tokens", self.job_id, done)
+                log.exception("job %s: no preview at %d tokens", self.job_id, shown)
 
     def _start(self) -> dict | None:
         """The code grid a continuation starts from, and how it was obtained: given, or the

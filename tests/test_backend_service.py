@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import subprocess
 import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from backend.app import create_app
 from backend.config import Config
+from backend.generation_run import cells_so_far
 from backend.png import read_png_metadata
 from playground import pictures
 from testkit import hostile_uploads
@@ -364,8 +367,11 @@ def test_a_grid_s_cells_are_the_pictures_lone_jobs_of_their_values_get(engine, c
         assert (meta["prompt"], meta["temperature"], meta["grid_cell"], meta["image_index"]) == ("a fox", "2.0", "1", "0")
 
 
-def test_a_grid_decoded_together_previews_all_its_cells(engine):
-    engine.preview_every = 32
+@pytest.mark.parametrize("every", [32, None])
+def test_a_grid_decoded_together_previews_all_its_cells(engine, every, caplog):
+    """At a fixed spacing, or on the default schedule, where each cell's schedule keeps its own
+    time and the cells' codes so far can differ in length at the last cell's turn."""
+    engine.preview_every = every
     try:
         app = create_app(Config(slots=2, progress_interval_secs=0.02, test_chunk_delay_secs=0.03),
                          loader=lambda _progress: engine)
@@ -381,6 +387,16 @@ def test_a_grid_decoded_together_previews_all_its_cells(engine):
     assert tokens == sorted(set(tokens))
     progress = [e["tokens_done"] for e in events if e["event"] == "progress"]
     assert progress == sorted(progress) and progress[-1] <= 256
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_grid_preview_cuts_every_cell_to_the_tokens_all_have():
+    """Seen in a stack's log: the last cell's turn came at 216 tokens while the others had handed
+    208 ("all input arrays must have the same shape"): no preview that time."""
+    cells = [np.arange(208), np.arange(208) + 1000, np.arange(216) + 2000]
+    shown, together = cells_so_far(cells)
+    assert shown == 208 and together.shape == (3, 208)
+    assert [row.tolist() for row in together] == [cell[:208].tolist() for cell in cells]
 
 
 def test_real_server_streams_and_a_client_that_leaves_cancels_its_job(tmp_path, model_cache_dir):

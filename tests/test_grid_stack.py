@@ -64,6 +64,8 @@ def test_a_grid_is_one_job_of_cells_that_lone_jobs_draw_alike(stack):
     listed = next(e for e in requests.get(stack.frontend.url + "/getlibrary", timeout=10).json()
                   if e["queue_id"] == done["queue_id"])
     assert listed["generated_images"] == entry["generated_images"] and listed.get("sheet_image") is None
+    # Nothing went wrong on the way, not even a preview (the cells' codes so far once differed in length).
+    assert "Traceback" not in stack.backend.log_tail(10**7), stack.backend.log_tail()
 
 
 def test_an_oversized_grid_gets_a_400_naming_grid(stack):
