@@ -384,7 +384,10 @@ def test_a_backend_stopped_on_purpose_hands_its_job_back_but_a_crash_costs_an_at
     print(f"handed back {handed_back:.2f} s after SIGTERM; the backend exited {time.monotonic() - asked:.2f} s after it")
     assert backend.process.returncode == 0, backend.log_tail()
 
-    processes(backend)  # started again: the job runs to the end on its one attempt
+    # Started again, its chunks shorter (a job now lasts 5 s): the job runs to the end on its one
+    # attempt, and the next is still caught mid-way.
+    backend.env["BACKEND_TEST_CHUNK_DELAY_SECS"] = "0.15"
+    processes(backend)
     backend.wait_healthy(300)
     wait_for(lambda: queue.get(stopped.id).finished, 120, "the job to finish", scheduler, backend)
     assert (queue.get(stopped.id).status, queue.get(stopped.id).attempts) == ("done", 1)
