@@ -21,7 +21,8 @@ then queues the next chunk, one chunk always ahead of the host as in `Engine.gen
 
 Each image of a job is one row of the batch (its conditional and unconditional rows in the
 cache, as in dallebart.py), with its own position, its prompt's cross-attention keys and
-values, its sampling values (run-time arrays, one per row) and its random key. A job starts
+values (the unconditional rows' empty prompt kept once for all: `dallebart.RowPrompts`), its
+sampling values (run-time arrays, one per row) and its random key. A job starts
 exactly as on its own (`Engine.start_job`: the prompt encoded, a continuation's kept positions
 prefilled, image i keyed by `fold_in(key(seed), i)`) in the batch size of its padded image
 count, and is copied into free rows; a step at position t draws with `fold_in(that, t)`, so
@@ -38,7 +39,6 @@ engine's lock held (so `engine.preview_pictures` may be called there).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import logging
 import threading
@@ -53,7 +53,7 @@ import numpy as np
 from playground.limits import random_seed
 
 from . import dallebart, preview
-from .generator import DecodingState, Engine, GenerationResult, JobStart, _sample, seed_key
+from .generator import DecodingState, Engine, GenerationResult, JobStart, _sample
 from .request import GenerationCancelled, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ class BatchState(NamedTuple):
     cache, cross-attention and mask two rows per image)."""
     decoding: DecodingState
     positions: jax.Array  # [B] int32: the position each image decodes next (T: none)
-    cross_kv: list  # per decoder layer, (keys, values) [2B, H, S, hd]: each row's prompt
-    encoder_mask: jax.Array  # [2B, S]
+    cross_kv: list  # per decoder layer, RowPrompts: (keys, values) [B, H, S, hd] of each image's prompt, [1, ...] empty
+    encoder_mask: dallebart.RowPrompts  # [B, S] and [1, S]
     sampling: dict  # top_k, top_p, temperature, condition_scale: [B] each
 
 
@@ -230,14 +230,15 @@ class BatchRunner:
     def _state_shape(self, batch: int) -> BatchState:
         engine, config = self.engine, self.engine.config
         heads = config.decoder_attention_heads
-        cross = jax.ShapeDtypeStruct((2 * batch, heads, config.max_text_length, config.d_model // heads),
-                                     engine.cache_dtype)
+        text = lambda rows: jax.ShapeDtypeStruct((rows, heads, config.max_text_length, config.d_model // heads),  # noqa: E731
+                                                 engine.cache_dtype)
+        mask = lambda rows: jax.ShapeDtypeStruct((rows, config.max_text_length), jnp.int32)  # noqa: E731
         program = engine.preparation(batch).prepared[0][1]
         decoding = jax.tree_util.tree_map(lambda info: jax.ShapeDtypeStruct(info.shape, info.dtype), program)
         return BatchState(
             decoding=decoding, positions=jax.ShapeDtypeStruct((batch,), jnp.int32),
-            cross_kv=[(cross, cross)] * config.decoder_layers,
-            encoder_mask=jax.ShapeDtypeStruct((2 * batch, config.max_text_length), jnp.int32),
+            cross_kv=[dallebart.RowPrompts((text(batch),) * 2, (text(1),) * 2)] * config.decoder_layers,
+            encoder_mask=dallebart.RowPrompts(mask(batch), mask(1)),
             sampling={name: jax.ShapeDtypeStruct((batch,), dtype) for name, dtype in SAMPLING_DTYPES.items()})
 
     def _chunk_program(self, batch: int, last: int) -> Callable:
@@ -285,11 +286,16 @@ class BatchRunner:
 
     @staticmethod
     def _join_fn(state: BatchState, start: JobStart, sampling, rows):
-        """A started job's rows copied into batch rows `rows` (those out of range: its padding)."""
+        """A started job's rows copied into batch rows `rows` (those out of range: its padding).
+        Its two encoder rows: the prompt's, copied to each of its images, and the empty prompt's,
+        the same for every job."""
         pairs = _pair_rows(rows)
         job_size = rows.shape[0]
         per_row = lambda value: jnp.broadcast_to(value, (job_size,))  # noqa: E731
-        tiled = lambda pair: tuple(jnp.tile(array, (job_size,) + (1,) * (array.ndim - 1)) for array in pair)  # noqa: E731
+        tiled = lambda array: jnp.tile(array[:1], (job_size,) + (1,) * (array.ndim - 1))  # noqa: E731
+        text = lambda cross, new: dallebart.RowPrompts(  # noqa: E731
+            _with_rows(cross.conditional, rows, jax.tree_util.tree_map(tiled, new)),
+            jax.tree_util.tree_map(lambda array: array[1:], new))
         decoding = state.decoding
         decoding = decoding._replace(
             cache=[tuple(tuple(cached.at[pairs].set(new, mode="drop") for cached, new in zip(block, new_block))
@@ -300,8 +306,8 @@ class BatchRunner:
         return BatchState(
             decoding=decoding,
             positions=state.positions.at[rows].set(start.first, mode="drop"),
-            cross_kv=[_with_rows(layer, pairs, tiled(new)) for layer, new in zip(state.cross_kv, start.cross_kv)],
-            encoder_mask=state.encoder_mask.at[pairs].set(jnp.tile(start.encoder_mask, (job_size, 1)), mode="drop"),
+            cross_kv=[text(layer, new) for layer, new in zip(state.cross_kv, start.cross_kv)],
+            encoder_mask=text(state.encoder_mask, start.encoder_mask),
             sampling={name: state.sampling[name].at[rows].set(per_row(value), mode="drop")
                       for name, value in sampling.items()})
 
@@ -325,8 +331,9 @@ class BatchRunner:
         return BatchState(
             decoding=decoding,
             positions=jnp.where(rows >= 0, take(kept)(state.positions), total),
-            cross_kv=jax.tree_util.tree_map(take(pairs), state.cross_kv),
-            encoder_mask=take(pairs)(state.encoder_mask),
+            cross_kv=[layer._replace(conditional=jax.tree_util.tree_map(take(kept), layer.conditional))
+                      for layer in state.cross_kv],
+            encoder_mask=state.encoder_mask._replace(conditional=take(kept)(state.encoder_mask.conditional)),
             sampling=jax.tree_util.tree_map(take(kept), state.sampling))
 
     def _empty_program(self, batch: int) -> Callable:

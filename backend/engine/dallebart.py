@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -299,9 +299,37 @@ def _keys_values(attn, x, heads: int):
 def _attention_block(attn, x, blocks, bias, post_norm, heads: int):
     """Attention from x [R, Q, D] (already normed) over blocks of keys and values, projected
     out and normed: what a residual block adds to its input."""
-    attended = attention(_project_heads(x, attn["q"], heads), blocks, bias)  # (R, Q, H, hd)
+    return _out_block(attn, attention(_project_heads(x, attn["q"], heads), blocks, bias), post_norm)
+
+
+def _out_block(attn, attended, post_norm):
+    """Attended values [R, Q, H, hd] merged, projected out and normed."""
     merged = attended.reshape(attended.shape[:-2] + (-1,))  # (R, Q, D)
     return _layer_norm(_dense(merged, attn["out"]), post_norm)
+
+
+class RowPrompts(NamedTuple):
+    """The text a batch of several jobs' rows attends to (batching.py): each image's own
+    prompt for its conditional row, and the empty prompt, the same for every job, for all the
+    unconditional rows. Kept once rather than per row, the empty prompt's keys are read by one
+    product for all rows: per row, the cross-attention's many tiny products cost a fifth of
+    a 16-image step on a CPU (docs/engine.md)."""
+    conditional: Any  # per image: keys and values [B, H, S, hd], or its mask [B, S]
+    unconditional: Any  # the empty prompt's: [1, H, S, hd], or [1, S]
+
+
+def _cross_attention_block(attn, x, cross_kv, cross_bias, post_norm, heads: int):
+    """The cross-attention residual block: x [R, Q, D] over the text's keys and values, the
+    encoder rows' (see `attention.attention`) or, for a batch of jobs (Q = 1), `RowPrompts`."""
+    queries = _project_heads(x, attn["q"], heads)  # (R, Q, H, hd)
+    if not isinstance(cross_kv, RowPrompts):
+        return _out_block(attn, attention(queries, [cross_kv], cross_bias), post_norm)
+    pairs = queries.reshape((-1, 2) + queries.shape[-2:])  # (B, 2, H, hd): image b's two rows
+    conditional = attention(pairs[:, :1], [cross_kv.conditional], cross_bias.conditional)  # (B, 1, H, hd)
+    # The unconditional rows as the positions of one row: one product with the shared keys.
+    unconditional = attention(pairs[None, :, 1], [cross_kv.unconditional], cross_bias.unconditional)  # (1, B, H, hd)
+    attended = jnp.stack([conditional[:, 0], unconditional[0]], axis=1).reshape(queries.shape)
+    return _out_block(attn, attended, post_norm)
 
 
 def _glu(glu, x):
@@ -354,7 +382,7 @@ def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: i
     remember(keys, values) takes the layer's new self-attention keys and values [R, H, Q, hd]
     and returns the blocks to attend to (key positions 0, 1, …) and what the caller keeps of
     them; the layer returns x and that. cross_kv: the text's keys and values [R or 2, H, S, hd]
-    (see `attention.attention` for 2).
+    (see `attention.attention` for 2), or a batch of jobs' `RowPrompts`.
     """
     hidden = _layer_norm(x, layer["pre_self_attn_norm"])
     blocks, kept = remember(*_keys_values(layer["self_attn"], hidden, heads))
@@ -364,7 +392,8 @@ def _decoder_layer(layer, x, positions, remember, cross_kv, cross_bias, heads: i
         causal_bias = causal_bias[:, None]
     x = x + _attention_block(layer["self_attn"], hidden, blocks, causal_bias, layer["post_self_attn_norm"], heads)
     hidden = _layer_norm(x, layer["pre_cross_attn_norm"])
-    x = x + _attention_block(layer["cross_attn"], hidden, [cross_kv], cross_bias, layer["post_cross_attn_norm"], heads)
+    x = x + _cross_attention_block(layer["cross_attn"], hidden, cross_kv, cross_bias, layer["post_cross_attn_norm"],
+                                   heads)
     return x + _glu(layer["glu"], x), kept
 
 
@@ -373,7 +402,8 @@ def _decoder(params, config: DalleBartConfig, tokens, positions, remembers, cros
     and values through remembers[i] → logits [R, Q, V] and what each layer's remember kept."""
     decoder = params["decoder"]
     x = _embed(decoder, tokens, positions)  # (R, Q, D)
-    cross_bias = _text_bias(encoder_mask)
+    cross_bias = (RowPrompts(*map(_text_bias, encoder_mask)) if isinstance(encoder_mask, RowPrompts)
+                  else _text_bias(encoder_mask))
     kept = []
     for layer, remember, layer_cross_kv in zip(decoder["layers"], remembers, cross_kv):
         x, layer_kept = _decoder_layer(layer, x, positions, remember, layer_cross_kv, cross_bias,
@@ -458,8 +488,8 @@ def decode_rows_step(params, config: DalleBartConfig, tokens, positions, cache, 
     of a batch of several jobs (batching.py).
 
     tokens [B, 2], positions [B] int32 (a row at T or beyond computes at T - 1 and writes
-    nothing), cache as in `decode_step` (every block given may be written), cross_kv and
-    encoder_mask per row: [2B, H, S, hd] and [2B, S], rows 2b and 2b + 1 as in the cache.
+    nothing), cache as in `decode_step` (every block given may be written), cross_kv (per
+    layer) and encoder_mask as `RowPrompts`: each image's prompt and the empty prompt.
     """
     row_positions = jnp.repeat(positions, 2)  # (2B,)
 
