@@ -402,8 +402,7 @@ def _decoder(params, config: DalleBartConfig, tokens, positions, remembers, cros
     and values through remembers[i] → logits [R, Q, V] and what each layer's remember kept."""
     decoder = params["decoder"]
     x = _embed(decoder, tokens, positions)  # (R, Q, D)
-    cross_bias = (RowPrompts(*map(_text_bias, encoder_mask)) if isinstance(encoder_mask, RowPrompts)
-                  else _text_bias(encoder_mask))
+    cross_bias = jax.tree_util.tree_map(_text_bias, encoder_mask)  # a mask, or RowPrompts of two
     kept = []
     for layer, remember, layer_cross_kv in zip(decoder["layers"], remembers, cross_kv):
         x, layer_kept = _decoder_layer(layer, x, positions, remember, layer_cross_kv, cross_bias,
